@@ -1,0 +1,42 @@
+# The README's commands. Each target sets up .venv first if it is missing.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+PIP_QUIET := 2>&1 | grep -v "^WARNING: Location" || true
+
+.PHONY: setup train test test-all bench lint format ui clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -e '.[dev]' $(PIP_QUIET)
+	$(BIN)/python -c "import recolab, torch, pytorch_lightning, hydra, mlflow, faiss, sklearn"
+	touch $(STAMP)
+
+train: setup                 ## MMoE on the synthetic world, tracked in MLflow
+	$(BIN)/python -m recolab train +exp=mmoe $(ARGS)
+
+test: setup                  ## the default suite (< 10 minutes on 2 cores)
+	$(BIN)/python -m pytest -q
+
+test-all: setup              ## everything, the slow tests included
+	$(BIN)/python -m pytest -q -m ""
+
+bench: setup                 ## speed figures into experiments/bench/
+	$(BIN)/python benchmarks/run_all.py
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+format: setup
+	$(BIN)/ruff check --fix src tests benchmarks
+	$(BIN)/ruff format src tests benchmarks
+
+ui: setup                    ## MLflow UI over the local store (mlflow.db)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --port $${PORT:-5000}
+
+clean:
+	rm -rf outputs mlruns .pytest_cache

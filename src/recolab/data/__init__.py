@@ -1,0 +1,1 @@
+"""Data: schema, columnar batches, data modules, sources."""

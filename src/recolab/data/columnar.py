@@ -1,0 +1,122 @@
+"""Columnar batches: whole batches sliced by index from in-memory column tensors.
+
+No per-row `__getitem__` and no collate: one `index_select` per column per batch. The dataset's
+items are *batches*, so a `DataLoader(dataset, batch_size=None)` yields them as they are.
+
+Sharding (DDP) is done here, not by a `DistributedSampler`: a distributed sampler pads the
+evaluation set by repeating rows, which would bias exact metrics. Training shards keep the same
+number of rows on every rank (DDP needs equal step counts; fewer than `world_size` rows are
+left out of an epoch, different ones each epoch); evaluation shards hold every row exactly once,
+with unequal lengths, and the pipeline gathers them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+Columns = dict[str, dict[str, torch.Tensor]]
+
+
+@dataclass
+class Vocabulary:
+    """Sorted distinct raw ids; raw id -> 1 + its index, unseen ids -> 0 (out of vocabulary)."""
+
+    values: np.ndarray  # (V-1,) sorted, the training split's distinct ids
+
+    @classmethod
+    def fit(cls, raw: np.ndarray) -> Vocabulary:
+        return cls(values=np.unique(raw))
+
+    @property
+    def size(self) -> int:
+        return len(self.values) + 1  # + the OOV bucket
+
+    def encode(self, raw: np.ndarray) -> np.ndarray:
+        raw = np.asarray(raw)
+        if len(self.values) == 0:
+            return np.zeros(raw.shape, dtype=np.int64)
+        pos = np.searchsorted(self.values, raw)
+        pos_clipped = np.minimum(pos, len(self.values) - 1)
+        found = self.values[pos_clipped] == raw
+        return np.where(found, pos_clipped + 1, 0).astype(np.int64)
+
+
+def pad_left(offsets: np.ndarray, values: np.ndarray, max_len: int) -> np.ndarray:
+    """Ragged rows (`values[offsets[i]:offsets[i+1]]`) -> (N, max_len), last items kept, left-padded with 0."""
+    offsets = np.asarray(offsets, dtype=np.int64)
+    lengths = np.diff(offsets)  # (N,)
+    n = len(lengths)
+    # Column j of row i holds element (end_i - max_len + j) when that is inside the row.
+    idx = offsets[1:, None] - max_len + np.arange(max_len)[None, :]  # (N, L)
+    valid = idx >= offsets[:-1, None]
+    out = np.zeros((n, max_len), dtype=np.int64)
+    out[valid] = np.asarray(values)[idx[valid]]
+    return out
+
+
+def batch_rows(batch: Any) -> int:
+    """Rows in a (nested dict) columnar batch: its first tensor's length (for ThroughputMonitor)."""
+    while isinstance(batch, dict):
+        batch = next(iter(batch.values()))
+    return len(batch)
+
+
+class ColumnarBatches(Dataset):
+    """A map-style dataset whose items are whole batches.
+
+    Args:
+        columns: `{"features": {...}, "labels": {...}, "meta": {...}}`, each tensor with N rows.
+        batch_size: rows per batch.
+        shuffle: reshuffle rows every epoch (seeded by `seed + epoch`, see `set_epoch`).
+        seed: base seed of the row permutation.
+        rank, world_size: this process's shard (see the module docstring).
+    """
+
+    def __init__(
+        self,
+        columns: Columns,
+        *,
+        batch_size: int,
+        shuffle: bool = False,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.columns = columns
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        lengths = {len(t) for group in columns.values() for t in group.values()}
+        if len(lengths) != 1:
+            raise ValueError(f"columns have different lengths: {sorted(lengths)}")
+        self.num_rows = lengths.pop()
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        n, w = self.num_rows, self.world_size
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed + epoch)
+            order = torch.randperm(n, generator=g)
+            # Equal shard sizes so every rank takes the same number of optimizer steps.
+            self.rows = order[self.rank : (n // w) * w : w]
+        else:
+            self.rows = torch.arange(self.rank, n, w)
+
+    def __len__(self) -> int:
+        return (len(self.rows) + self.batch_size - 1) // self.batch_size
+
+    def __getitem__(self, i: int) -> Columns:
+        idx = self.rows[i * self.batch_size : (i + 1) * self.batch_size]  # (B,)
+        return {
+            group: {name: t.index_select(0, idx) for name, t in tensors.items()}
+            for group, tensors in self.columns.items()
+        }

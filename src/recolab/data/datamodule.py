@@ -1,0 +1,392 @@
+"""The ranking data module: a parquet table -> validated, split, encoded column tensors.
+
+Subclasses say where the table comes from (`_load`); everything else is shared: column checks,
+the split, vocabularies fitted on the training split, dense standardization, and columnar
+batches (`recolab.data.columnar`).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from recolab.data import checks
+from recolab.data.columnar import ColumnarBatches, Columns, Vocabulary, pad_left
+from recolab.data.resumable import ResumableLoader
+from recolab.data.schema import (
+    DenseFeature,
+    Schema,
+    SequenceFeature,
+    SparseFeature,
+    Task,
+)
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+
+class DataError(ValueError):
+    """Bad input data: the message names the file, the column, and how many rows."""
+
+
+class RankDataModule(pl.LightningDataModule):
+    """Shared machinery of the tabular data sets (see the module docstring).
+
+    Args:
+        sparse: categorical id columns; each gets a vocabulary fitted on the training split.
+        dense: numeric columns, standardized with the training split's mean and std.
+        sequences: `{name: {max_len: L, vocab_of: column}}`, id-list columns (e.g. a history).
+        tasks: `[{name, kind, weight, transform}]`, see `recolab.data.schema.Task`.
+        meta: evaluation-only columns (never given to a model), e.g. `user_id`, `position`, `gt_*`.
+        oracle: `{task: meta column}` holding the true probability or expectation, if known.
+        split: `{kind: time|random|column, fractions: [train, val, test], column: name}`.
+        batch_size, eval_batch_size: rows per training / evaluation batch.
+        drop_bad_rows: drop rows with non-finite labels or dense values (and report how many)
+            instead of failing.
+        pin_memory: pin batches for faster host-to-GPU copies; `auto` pins when training on a GPU.
+        seed: seeds the random split and the row shuffling.
+        negative_downsampling: `{task: name, rate: w}` keeps each training row whose binary
+            label `task` is 0 with probability w (seeded; validation and test keep every row), as
+            large CTR systems do (He et al., ADKDD 2014). The rate reaches the pipeline module
+            (`module_inputs`), which corrects predictions by `q = p / (p + (1 - p) / w)`.
+    """
+
+    def __init__(
+        self,
+        *,
+        sparse: list[str],
+        dense: list[str] = (),
+        sequences: dict[str, dict[str, Any]] | None = None,
+        tasks: list[dict[str, Any]],
+        meta: list[str] = (),
+        oracle: dict[str, str] | None = None,
+        split: dict[str, Any] | None = None,
+        batch_size: int = 2048,
+        eval_batch_size: int = 16384,
+        drop_bad_rows: bool = False,
+        pin_memory: bool | str = "auto",
+        seed: int = 0,
+        negative_downsampling: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.sparse_names = list(sparse)
+        self.dense_names = list(dense)
+        self.sequence_specs = {k: dict(v) for k, v in (sequences or {}).items()}
+        self.tasks = tuple(Task(**dict(t)) for t in tasks)
+        if not self.tasks:
+            raise ValueError("data.tasks is empty: at least one task is needed")
+        self.meta_names = list(meta)
+        self.oracle = dict(oracle or {})
+        self.split_cfg = {"kind": "time", "fractions": [0.8, 0.1, 0.1], **dict(split or {})}
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.drop_bad_rows = drop_bad_rows
+        self.pin_memory = pin_memory
+        self.seed = seed
+        self.vocabs: dict[str, Vocabulary] = {}
+        self.dense_stats: dict[str, tuple[float, float]] = {}
+        self.data: dict[str, Columns] = {}
+        self.schema: Schema | None = None
+        self.source_path = "<unset>"
+        self.dropped_rows = 0
+        for t, col in self.oracle.items():
+            if col not in self.meta_names:
+                raise ValueError(f"data.oracle.{t}: column {col!r} must also be listed in data.meta")
+        self.negative_downsampling = _check_downsampling(negative_downsampling, self.tasks)
+        self.downsampled_rows = 0
+
+    # -- where the table comes from ---------------------------------------------------------
+
+    def _load(self) -> tuple[str, pa.Table]:
+        """Return (path for messages, table). Subclasses implement it."""
+        raise NotImplementedError(f"{type(self).__name__} must implement _load()")
+
+    # -- Lightning hooks --------------------------------------------------------------------
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.data:
+            return
+        self.source_path, table = self._load()
+        table = self._validate(table)
+        parts = self._split(table)
+        if self.negative_downsampling:
+            parts["train"] = self._downsample(parts["train"])
+        if not self.vocabs:  # a checkpoint's vocabularies win (see load_state_dict)
+            self._fit(parts["train"])
+        self.data = {name: self._encode(part) for name, part in parts.items()}
+        self.schema = self._schema()
+        log.info(
+            "data %s: %s rows (train/val/test), %d dropped",
+            self.source_path, "/".join(str(part.num_rows) for part in parts.values()), self.dropped_rows,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True, batch_size=self.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False, batch_size=self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False, batch_size=self.eval_batch_size)
+
+    def state_dict(self) -> dict[str, Any]:
+        # Tensors and plain lists only: checkpoints load with torch.load(weights_only=True).
+        def portable(values: np.ndarray) -> torch.Tensor | list:
+            return torch.from_numpy(values) if values.dtype.kind in "iuf" else values.tolist()
+
+        return {
+            "vocabs": {k: portable(v.values) for k, v in self.vocabs.items()},
+            "dense_stats": dict(self.dense_stats),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        def array(values: torch.Tensor | list) -> np.ndarray:
+            return values.numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+
+        self.vocabs = {k: Vocabulary(array(v)) for k, v in state["vocabs"].items()}
+        self.dense_stats = dict(state["dense_stats"])
+
+    def quality_metrics(self) -> dict[str, float]:
+        """`data/dropped_rows` and `data/oov_rows/<split>/<column>` (ids mapped to the OOV bucket), for tracking."""
+        oov = checks.oov_rows(self.data, self.sparse_names)
+        if any(oov.values()):
+            log.info("%s: rows with an out-of-vocabulary id: %s", self.source_path, {k: v for k, v in oov.items() if v})
+        return {"data/dropped_rows": float(self.dropped_rows)} | {f"data/oov_rows/{k}": float(v) for k, v in oov.items()}
+
+    def model_inputs(self) -> dict[str, Any]:
+        """What a model may take from the data (see `recolab.train.build`)."""
+        return {"schema": self.schema}
+
+    def module_inputs(self) -> dict[str, Any]:
+        """What a pipeline module may take from the data (see `recolab.train.build`)."""
+        rates = {d["task"]: d["rate"] for d in [self.negative_downsampling] if d}
+        return {"schema": self.schema, "negative_downsampling": rates}
+
+    # -- internals --------------------------------------------------------------------------
+
+    @property
+    def required_columns(self) -> list[str]:
+        cols = [*self.sparse_names, *self.dense_names, *self.sequence_specs, *self.task_names, *self.meta_names]
+        if self.split_cfg["kind"] == "time":
+            cols.append("timestamp")
+        if self.split_cfg["kind"] == "column":
+            cols.append(self.split_cfg["column"])
+        return list(dict.fromkeys(cols))
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+    def _check_columns(self, path: str, names: list[str]) -> None:
+        missing = [c for c in self.required_columns if c not in names]
+        if missing:
+            raise DataError(f"{path}: missing column(s) {missing}; the table has {list(names)}")
+
+    def _validate(self, table: pa.Table) -> pa.Table:
+        """Fail (or, with drop_bad_rows, drop and count) before any training starts."""
+        self._check_columns(self.source_path, table.column_names)
+        if table.num_rows == 0:
+            raise DataError(f"{self.source_path}: the table has no rows")
+        wrong_types = [  # types no row can fix (recolab.data.checks states the policies)
+            *(p for n in self.sparse_names if (p := checks.id_type_problem(n, table.column(n).type))),
+            *(p for n in self.sequence_specs if (p := checks.sequence_type_problem(n, table.column(n).type))),
+            *checks.special_type_problems(table),
+        ]
+        if wrong_types:
+            raise DataError(f"{self.source_path}: " + "; ".join(wrong_types))
+        bad = np.zeros(table.num_rows, dtype=bool)
+        problems = []
+        for name in [*self.task_names, *self.dense_names]:
+            col = table.column(name)
+            if not (pa.types.is_floating(col.type) or pa.types.is_integer(col.type) or pa.types.is_boolean(col.type)):
+                raise DataError(f"{self.source_path}: column {name!r} must be numeric, got {col.type}")
+            values = col.to_numpy(zero_copy_only=False).astype(np.float64)
+            nonfinite = ~np.isfinite(values)  # NaN, +-inf, and nulls (to_numpy gives NaN)
+            if nonfinite.any():
+                problems.append(f"column {name!r}: {int(nonfinite.sum())} non-finite value(s) (NaN, inf or null)")
+                bad |= nonfinite
+        for task in self.tasks:
+            values = table.column(task.name).to_numpy(zero_copy_only=False).astype(np.float64)
+            if task.kind == "binary":
+                wrong = np.isfinite(values) & (values != 0) & (values != 1)
+                if wrong.any():
+                    problems.append(f"column {task.name!r}: {int(wrong.sum())} binary label(s) not 0 or 1")
+                    bad |= wrong
+            elif task.transform == "log1p":
+                wrong = np.isfinite(values) & (values < 0)
+                if wrong.any():
+                    problems.append(f"column {task.name!r}: {int(wrong.sum())} negative value(s) (log1p target)")
+                    bad |= wrong
+        for name in self.sparse_names:
+            if table.column(name).null_count:
+                problems.append(f"column {name!r}: {table.column(name).null_count} null id(s)")
+                bad |= table.column(name).is_null().to_numpy(zero_copy_only=False)
+        log1p = frozenset(t.name for t in self.tasks if t.transform == "log1p")
+        found = checks.special_column_problems(
+            table, finite_checked=frozenset([*self.task_names, *self.dense_names]), sign_checked=log1p
+        )
+        duplicates = checks.duplicate_rows(table)
+        if duplicates.any():
+            found.append((f"{int(duplicates.sum())} duplicate row(s) (equal to an earlier row in every column used: {table.column_names})", duplicates))
+        for problem, wrong in found:
+            problems.append(problem)
+            bad |= wrong
+        if problems:
+            if not self.drop_bad_rows:
+                raise DataError(
+                    f"{self.source_path}: " + "; ".join(problems)
+                    + ". Fix the data, or set data.drop_bad_rows=true to drop these rows."
+                )
+            self.dropped_rows = int(bad.sum())
+            log.warning("%s: dropping %d bad row(s): %s", self.source_path, self.dropped_rows, "; ".join(problems))
+            table = table.filter(pa.array(~bad))
+            if table.num_rows == 0:
+                raise DataError(f"{self.source_path}: no rows left after dropping bad rows")
+        return table
+
+    def _split(self, table: pa.Table) -> dict[str, pa.Table]:
+        kind = self.split_cfg["kind"]
+        n = table.num_rows
+        if kind == "column":
+            col = table.column(self.split_cfg["column"]).to_numpy(zero_copy_only=False).astype(str)
+            parts = {s: table.filter(pa.array(col == s)) for s in SPLITS}
+        else:
+            fractions = np.asarray(self.split_cfg["fractions"], dtype=np.float64)
+            if fractions.shape != (3,) or (fractions < 0).any() or not np.isclose(fractions.sum(), 1.0):
+                raise ValueError(f"data.split.fractions must be 3 non-negative numbers summing to 1, got {list(fractions)}")
+            if kind == "time":
+                order = np.argsort(table.column("timestamp").to_numpy(zero_copy_only=False), kind="stable")
+            elif kind == "random":
+                order = np.random.default_rng(self.seed).permutation(n)
+            else:
+                raise ValueError(f"data.split.kind must be time, random or column, got {kind!r}")
+            cuts = np.round(np.cumsum(fractions)[:2] * n).astype(int)
+            parts = {s: table.take(pa.array(idx)) for s, idx in zip(SPLITS, np.split(order, cuts))}
+        for s, part in parts.items():
+            if part.num_rows == 0:
+                raise DataError(f"{self.source_path}: the {s} split is empty (split {self.split_cfg})")
+        return parts
+
+    def _downsample(self, train: pa.Table) -> pa.Table:
+        """Keep every training row with label 1 and each row with label 0 at the configured rate."""
+        task, rate = self.negative_downsampling["task"], self.negative_downsampling["rate"]
+        negative = train.column(task).to_numpy(zero_copy_only=False) == 0
+        keep = ~negative | (np.random.default_rng([self.seed, 7]).random(train.num_rows) < rate)
+        self.downsampled_rows = int((~keep).sum())
+        log.info("negative downsampling of %r at rate %g: %d of %d training rows left out", task, rate, self.downsampled_rows, train.num_rows)
+        if keep.all():
+            return train
+        return train.filter(pa.array(keep))
+
+    def _fit(self, train: pa.Table) -> None:
+        for name in self.sparse_names:
+            self.vocabs[name] = Vocabulary.fit(train.column(name).to_numpy(zero_copy_only=False))
+        for name, spec in self.sequence_specs.items():
+            if spec.get("vocab_of") is None:
+                values = _list_values(train.column(name))
+                self.vocabs[name] = Vocabulary.fit(values[values != 0])
+        for name in self.dense_names:
+            values = train.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
+            std = float(values.std())
+            self.dense_stats[name] = (float(values.mean()), std if std > 0 else 1.0)
+
+    def _encode(self, part: pa.Table) -> Columns:
+        def col(name: str) -> np.ndarray:
+            return part.column(name).to_numpy(zero_copy_only=False)
+
+        features: dict[str, torch.Tensor] = {}
+        for name in self.sparse_names:
+            features[name] = torch.from_numpy(self.vocabs[name].encode(col(name)))
+        for name in self.dense_names:
+            mean, std = self.dense_stats[name]
+            features[name] = torch.from_numpy(((col(name).astype(np.float64) - mean) / std).astype(np.float32))
+        for name, spec in self.sequence_specs.items():
+            vocab = self.vocabs[spec.get("vocab_of") or name]
+            offsets, values = _list_offsets_values(part.column(name))
+            features[name] = torch.from_numpy(pad_left(offsets, vocab.encode(values), int(spec["max_len"])))
+        labels = {t: torch.from_numpy(col(t).astype(np.float32)) for t in self.task_names}
+        meta = {m: torch.from_numpy(np.array(col(m))) for m in self.meta_names}  # a writable copy
+        return {"features": features, "labels": labels, "meta": meta}
+
+    def _schema(self) -> Schema:
+        return Schema(
+            sparse=tuple(SparseFeature(n, self.vocabs[n].size) for n in self.sparse_names),
+            dense=tuple(DenseFeature(n) for n in self.dense_names),
+            sequences=tuple(
+                SequenceFeature(n, self.vocabs[s.get("vocab_of") or n].size, int(s["max_len"]), s.get("vocab_of"))
+                for n, s in self.sequence_specs.items()
+            ),
+            tasks=self.tasks,
+            meta=tuple(self.meta_names),
+            oracle=self.oracle,
+        )
+
+    def _loader(self, split: str, *, shuffle: bool, batch_size: int) -> DataLoader:
+        rank, world = 0, 1
+        if self.trainer is not None:
+            rank, world = self.trainer.global_rank, self.trainer.world_size
+        dataset = ColumnarBatches(
+            self.data[split], batch_size=batch_size, shuffle=shuffle, seed=self.seed, rank=rank, world_size=world
+        )
+        pin = self.pin_memory
+        if pin == "auto":
+            pin = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
+        # Resumable mid-epoch (recolab.data.resumable): a killed run resumes on the batch it stopped at.
+        return ResumableLoader(dataset, pin_memory=bool(pin), seed=self.seed)
+
+
+class ParquetDataModule(RankDataModule):
+    """A ranking data set stored as one parquet file (or a folder of them) at `path`."""
+
+    def __init__(self, *, path: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.path = path
+
+    def _load(self) -> tuple[str, pa.Table]:
+        path = Path(self.path)
+        if not path.exists():
+            raise DataError(f"{path}: no such file or folder (data.path)")
+        dataset = pq.ParquetDataset(path)
+        self._check_columns(str(path), dataset.schema.names)
+        return str(path), dataset.read(columns=self.required_columns)
+
+
+def _check_downsampling(spec: dict[str, Any] | None, tasks: tuple[Task, ...]) -> dict[str, Any] | None:
+    if not spec:
+        return None
+    spec = dict(spec)
+    if set(spec) != {"task", "rate"}:
+        raise ValueError(f"data.negative_downsampling must be {{task: <binary task>, rate: <w in (0, 1]>}}, got keys {sorted(spec)}")
+    kinds = {t.name: t.kind for t in tasks}
+    if kinds.get(spec["task"]) != "binary":
+        raise ValueError(f"data.negative_downsampling.task: {spec['task']!r} is not a binary task of data.tasks ({list(kinds)})")
+    rate = float(spec["rate"])
+    if not 0.0 < rate <= 1.0:
+        raise ValueError(f"data.negative_downsampling.rate must lie in (0, 1], got {spec['rate']}")
+    return {"task": str(spec["task"]), "rate": rate}
+
+
+def _list_offsets_values(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    arr = column.combine_chunks()
+    if pa.types.is_fixed_size_list(arr.type):
+        size = arr.type.list_size
+        values = arr.flatten().to_numpy(zero_copy_only=False)
+        return np.arange(len(arr) + 1, dtype=np.int64) * size, values
+    if not (pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type)):
+        raise DataError(f"a sequence column must hold lists of ids, got {arr.type}")
+    offsets = arr.offsets.to_numpy().astype(np.int64)
+    values = arr.values.to_numpy(zero_copy_only=False)
+    return offsets - offsets[0], values[offsets[0] : offsets[-1]]
+
+
+def _list_values(column: pa.ChunkedArray) -> np.ndarray:
+    return _list_offsets_values(column)[1]

@@ -1,0 +1,99 @@
+"""`python -m recolab evaluate ckpt_path=...`: the offline report for a checkpoint, as a new run.
+
+The checkpoint carries its training config and data vocabularies (`RankModule.run_info`), so the
+model is rebuilt exactly; `data=<option>` (with its keys) evaluates it on another data config, its
+ids encoded with the training vocabularies. The evaluation is logged to MLflow as a new run,
+nested under the training run (`mlflow.parentRunId`) and tagged `recolab.kind=evaluate`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from recolab import tracking
+from recolab.config_validation import top_level_keys, validate_config
+from recolab.train import (
+    CONFIG_DIR,
+    build,
+    fail_run,
+    finish_run,
+    mlflow_logger,
+    start_tracking,
+    track_extras,
+)
+
+log = logging.getLogger(__name__)
+
+
+def load_checkpoint(path: str) -> dict:
+    """A recolab checkpoint, loaded with `weights_only=True` (no arbitrary code runs)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"ckpt_path={path}: no such checkpoint file")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if "recolab" not in ckpt or "config" not in ckpt["recolab"]:
+        raise ValueError(f"ckpt_path={path}: not a recolab checkpoint (no 'recolab' entry with the run's config)")
+    return ckpt
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    """Rebuild the checkpoint's model, test it on the chosen data, report and track; return the metrics."""
+    validate_config(cfg, known_top_level=top_level_keys(CONFIG_DIR, "evaluate"))  # before any data is read
+    ckpt = load_checkpoint(cfg.ckpt_path)
+    run_cfg = OmegaConf.create(ckpt["recolab"]["config"])
+    train_run_id = ckpt["recolab"].get("run_id", "")
+    if cfg.get("logger") and "mlflow" in cfg.logger:
+        tracking.check_reachable(cfg.logger.mlflow.tracking_uri)
+
+    data_cfg = cfg.data if cfg.get("data") else run_cfg.data
+    datamodule: pl.LightningDataModule = instantiate(data_cfg)
+    datamodule.load_state_dict(ckpt["recolab"]["data_state"])
+    datamodule.prepare_data()
+    datamodule.setup("test")
+    model, module = build(run_cfg, datamodule)
+    module.load_state_dict(ckpt["state_dict"])
+
+    with open_dict(cfg):
+        cfg.exp_name = run_cfg.exp_name
+        cfg.seed = run_cfg.seed
+        cfg.run_name = f"evaluate-{run_cfg.exp_name}-seed{run_cfg.seed}"
+    links = {"mlflow.parentRunId": train_run_id, "recolab.train_run": train_run_id} if train_run_id else {}
+    loggers = [
+        instantiate(c, tags={
+            **{k: str(v) for k, v in OmegaConf.to_container(c.get("tags") or {}, resolve=True).items() if v is not None},
+            **links,
+        })
+        for c in (cfg.get("logger") or {}).values()
+    ]
+    trainer: pl.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[])
+    mlf = mlflow_logger(loggers)
+    output_dir = Path(cfg.paths.output_dir)
+    try:
+        start_tracking(OmegaConf.merge(run_cfg, {"data": data_cfg, "ckpt_path": cfg.ckpt_path}), mlf, output_dir, kind="evaluate")
+        track_extras(mlf, datamodule, None)  # OOV ids of new data under the checkpoint's vocabularies
+        trainer.test(module, datamodule=datamodule)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("test/", "oracle/"))}
+        finish_run(
+            cfg, title=f"recolab evaluation: {run_cfg.exp_name}", datamodule=datamodule, module=module,
+            mlf=mlf, metrics=metrics, output_dir=output_dir, checkpoint=str(cfg.ckpt_path),
+        )
+    except BaseException:
+        fail_run(mlf)
+        raise
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    with tracking.keep_tracking_env():
+        evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()

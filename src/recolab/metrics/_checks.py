@@ -1,0 +1,192 @@
+"""Input conversion and validation shared by the metric modules, and exact sorting helpers.
+
+Every metric takes 1-D array-likes (numpy arrays or torch tensors, any real dtype) and converts
+them here. The sorting helpers turn values into order-preserving unsigned 64-bit keys and sort
+`(key, row index)` pairs packed into one word with `np.sort`, which is several times faster than
+`np.argsort` and still exact: ties keep row order (a stable sort), and keys too wide to share a
+word with the row index are fixed up where their truncated prefixes collide.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+_U64 = np.uint64
+_SIGN = _U64(1 << 63)
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    """An array-like or a torch tensor (any device, with or without grad) -> a numpy array."""
+    if hasattr(x, "detach"):
+        t = x.detach().cpu()
+        if t.is_floating_point() and t.element_size() < 4:
+            t = t.float()  # bfloat16 has no numpy twin
+        return t.numpy()
+    return np.asarray(x)
+
+
+def as_1d(name: str, x: Any) -> np.ndarray:
+    """`x` as a 1-D real numpy array; ValueError naming `name` and its shape otherwise."""
+    a = to_numpy(x)
+    if a.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {a.shape}")
+    if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
+        raise ValueError(f"{name} must hold real numbers, got dtype {a.dtype}")
+    if np.iscomplexobj(a):
+        raise ValueError(f"{name} must hold real numbers, got dtype {a.dtype}")
+    return a
+
+
+def same_length(names: tuple[str, ...], arrays: tuple[np.ndarray, ...]) -> int:
+    """The common length of `arrays`; ValueError quoting every shape if they differ or are empty."""
+    shapes = ", ".join(f"{n} {a.shape}" for n, a in zip(names, arrays))
+    if len({a.shape[0] for a in arrays}) != 1:
+        raise ValueError(f"inputs must have the same length, got shapes {shapes}")
+    if arrays[0].shape[0] == 0:
+        raise ValueError(f"inputs are empty, got shapes {shapes}")
+    return arrays[0].shape[0]
+
+
+def check_finite(name: str, a: np.ndarray) -> None:
+    """ValueError saying how many entries of `a` are NaN or infinite, if any."""
+    if a.dtype.kind == "f":
+        bad = a.size - int(np.count_nonzero(np.isfinite(a)))
+        if bad:
+            raise ValueError(f"{name} holds {bad} NaN or infinite values (shape {a.shape})")
+
+
+def check_binary(name: str, a: np.ndarray) -> np.ndarray:
+    """`a` as int8 zeros and ones; ValueError saying how many rows are neither 0 nor 1."""
+    if a.dtype == np.bool_:
+        return a.view(np.int8)
+    bad = a.size - int(np.count_nonzero((a == 0) | (a == 1)))
+    if bad:
+        raise ValueError(f"{name} must be 0 or 1, got {bad} other values (shape {a.shape})")
+    return a.astype(np.int8)
+
+
+def check_unit_interval(name: str, a: np.ndarray) -> None:
+    """ValueError saying how many entries of `a` lie outside [0, 1]."""
+    bad = a.size - int(np.count_nonzero((a >= 0) & (a <= 1)))
+    if bad:
+        raise ValueError(f"{name} must lie in [0, 1], got {bad} values outside (shape {a.shape})")
+
+
+def sort_keys(a: np.ndarray) -> tuple[np.ndarray, int]:
+    """Order-preserving unsigned keys of a real 1-D array, and how many low bits they use.
+
+    Equal values get equal keys (-0.0 and 0.0 included), so ties stay ties. Integers map to
+    `value - min` (exact at any magnitude), floats to their IEEE bits with the sign folded in.
+    """
+    if a.dtype == np.bool_:
+        a = a.view(np.uint8)
+    if a.dtype.kind in "iu":
+        lo, hi = int(a.min()), int(a.max())
+        bits = max(1, (hi - lo).bit_length())
+        if a.dtype == np.uint64:
+            return a - _U64(lo), bits
+        if hi - lo < 1 << 63:
+            return (a.astype(np.int64, copy=False) - lo).view(_U64), bits
+        return a.view(_U64) ^ _SIGN, 64  # int64 spanning the whole range
+    if a.dtype.itemsize <= 4:
+        b, sign = np.ascontiguousarray(a, dtype=np.float32).view(np.int32), np.int32(-(1 << 31))
+        width, unsigned = 32, np.uint32
+    else:
+        b, sign = np.ascontiguousarray(a, dtype=np.float64).view(np.int64), np.int64(-(1 << 63))
+        width, unsigned = 64, _U64
+    # Sign-magnitude to ordered unsigned: x >= 0 -> bits | sign, x < 0 -> ~bits + 1. Both zeros
+    # land on `sign`, so -0.0 ties with 0.0.
+    m = b >> (width - 1)  # -1 where negative, else 0
+    key = b ^ (m | sign)
+    key -= m
+    return key.view(unsigned).astype(_U64, copy=False), width
+
+
+def stable_argsort(key: np.ndarray, key_bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stable argsort of unsigned keys, and where each run of equal keys starts.
+
+    Packs `(key >> shift, row)` into one uint64 and sorts it with `np.sort`. When the key is too
+    wide to fit beside the row index (`shift > 0`), rows whose truncated keys collide are put in
+    order by their full keys afterwards, so the result is always exactly `argsort(key, stable)`.
+
+    Args:
+        key: (N,) unsigned integer keys.
+        key_bits: an upper bound on the bits `key` uses.
+
+    Returns:
+        order: (N,) int64 row indices sorted by (key, row).
+        new: (N,) bool, True where the sorted key differs from the previous one (True at 0).
+    """
+    n = key.shape[0]
+    idx_bits = max(1, (n - 1).bit_length())
+    shift = max(0, key_bits + idx_bits - 64)
+    packed = key.astype(_U64, copy=True) if shift == 0 else key >> _U64(shift)
+    packed <<= _U64(idx_bits)
+    packed |= np.arange(n, dtype=_U64)
+    packed.sort()
+    order = (packed & _U64((1 << idx_bits) - 1)).view(np.int64)
+    packed >>= _U64(idx_bits)
+    new = np.empty(n, dtype=bool)
+    new[0] = True
+    np.not_equal(packed[1:], packed[:-1], out=new[1:])
+    if shift:
+        _fix_collisions(key, order, new)
+    return order, new
+
+
+def _fix_collisions(key: np.ndarray, order: np.ndarray, new: np.ndarray) -> None:
+    """Order rows whose truncated keys collide by their full keys, in place (see stable_argsort)."""
+    same = np.flatnonzero(~new[1:])  # sorted positions k whose truncated key equals k + 1's
+    if same.size == 0:
+        return
+    ka, kb = key[order[same]], key[order[same + 1]]
+    bad = same[ka > kb]
+    if bad.size:
+        # The runs of colliding positions that hold a disorder: re-sort them by (run, key, row).
+        in_run = np.zeros(new.shape[0], dtype=bool)
+        in_run[same] = True
+        in_run[same + 1] = True
+        pos = np.flatnonzero(in_run)  # (P,) every colliding run, whole
+        run = np.cumsum(new[pos]) - 1  # (P,) a run starts where its truncated key is new
+        pick = np.isin(run, run[np.searchsorted(pos, bad)])
+        pos, run = pos[pick], run[pick]
+        rows = order[pos]
+        order[pos] = rows[np.lexsort((rows, key[rows], run))]
+        ka, kb = key[order[same]], key[order[same + 1]]
+    new[same + 1] = ka != kb
+
+
+def group_keys(name: str, groups: Any, n: int) -> tuple[np.ndarray, int]:
+    """Group labels (ints, floats, strings: anything np.unique sorts) -> sort keys and their bits.
+
+    Equal labels get equal keys and the key order follows the label order.
+
+    Raises:
+        ValueError: on a shape other than (n,) or on NaN labels.
+    """
+    g = to_numpy(groups)
+    if g.ndim != 1 or g.shape[0] != n:
+        raise ValueError(
+            f"{name} must be 1-D with one label per row, got shape {g.shape}, ({n},) expected"
+        )
+    if g.dtype.kind in "biuf":
+        check_finite(name, g)
+        return sort_keys(g)
+    codes = np.unique(g, return_inverse=True)[1].reshape(-1)
+    return codes.astype(_U64), max(1, int(codes.max()).bit_length())
+
+
+def run_lengths(new: np.ndarray) -> np.ndarray:
+    """Lengths of the runs that start where `new` is True."""
+    starts = np.flatnonzero(new)
+    return np.diff(starts, append=new.shape[0])
+
+
+def tied_pairs(new: np.ndarray) -> int:
+    """Pairs of rows inside the same run, runs starting where `new` is True: sum of C(len, 2)."""
+    if new.all():
+        return 0
+    lengths = run_lengths(new)
+    return int(np.sum(lengths * (lengths - 1) // 2))

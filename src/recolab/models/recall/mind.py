@@ -1,0 +1,153 @@
+"""MIND: Multi-Interest Network with Dynamic routing.
+
+Li et al., "Multi-Interest Network with Dynamic Routing for Recommendation at Tmall", CIKM 2019.
+A user is K vectors, one per interest, extracted from the behavior sequence by capsule routing
+(behavior-to-interest, B2I). Serving retrieves with every vector and merges the lists
+(`merge_interest_topk`); training reads one vector out with label-aware attention.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from recolab.models.recall._blocks import (
+    MLP,
+    ItemEmbedding,
+    SparseFeatureEmbeddings,
+    capsule_routing,
+    label_aware_attention,
+    recent_history,
+)
+
+
+class MIND(nn.Module):
+    """Multi-interest extractor with B2I dynamic routing, ReLU layers and label-aware attention.
+
+    - Embedding & pooling: an item is the mean of its id and static feature embeddings; the
+      same item embedding serves behaviors and targets.
+    - B2I routing (`capsule_routing`): one bilinear map `S` shared by all pairs,
+      `u_hat[j|i] = S e_i`; routing logits `b[i, j]` start from a draw of N(0, 1) rather than
+      zeros (with a shared `S`, equal logits would give K identical capsules). The draw is made
+      once at construction and kept as a buffer (fixed, not learned, saved with the model), so
+      serving a user twice gives the same vectors. Positions are right-aligned: logit column -1
+      belongs to the most recent behavior. Softmax over the interests, squash, `b += u_j . S e_i`.
+    - Dynamic interest number: `K'_u = max(1, min(K, floor(log2 |I_u|)))` with `|I_u|` the
+      user's non-padding behaviors; the other `K - K'_u` capsules are switched off in routing.
+      `user_embeddings` returns them as copies of interest 0, so every row is a valid query and
+      `merge_interest_topk`'s de-duplication makes the copies harmless.
+    - ReLU layers: each capsule, concatenated with the user profile embeddings (the optional
+      user features), goes through an MLP whose every layer, the output included, is ReLU.
+    - Label-aware attention for training: `softmax(pow(V_u^T e_target, p))`.
+
+    Args:
+        num_items: item ids run 1..num_items, 0 is padding.
+        dim: embedding and interest width `D`.
+        num_interests: the maximum number of interests `K`.
+        routing_iters: routing iterations (capsule computations), 3 in the paper.
+        pow_p: label-aware attention power `p`, a non-negative integer value.
+        history_len: the most recent behaviors routed; also the width of the fixed logits.
+        hidden_dims: hidden widths of the ReLU layers after routing.
+        user_features: user profile features in the batch, name -> vocabulary size.
+        item_features: static item features, name -> ((num_items + 1,) index table, vocab size).
+        dynamic_interests: use `K'_u` (True) or always all K interests.
+    """
+
+    def __init__(
+        self,
+        *,
+        num_items: int,
+        dim: int = 64,
+        num_interests: int = 4,
+        routing_iters: int = 3,
+        pow_p: float = 2.0,
+        history_len: int = 50,
+        hidden_dims: Sequence[int] = (128,),
+        user_features: Mapping[str, int] | None = None,
+        item_features: Mapping[str, tuple[Tensor, int]] | None = None,
+        dynamic_interests: bool = True,
+    ) -> None:
+        super().__init__()
+        if pow_p < 0 or float(pow_p) != int(pow_p):
+            raise ValueError(f"pow_p must be a non-negative integer value, got {pow_p}")
+        user_features = dict(user_features or {})
+        self.num_items = num_items
+        self.dim = dim
+        self.num_interests = num_interests
+        self.routing_iters = routing_iters
+        self.pow_p = float(pow_p)
+        self.history_len = history_len
+        self.dynamic_interests = dynamic_interests
+        self.item = ItemEmbedding(num_items, dim, item_features)
+        self.bilinear = nn.Linear(dim, dim, bias=False)  # S, shared by every (behavior, interest)
+        self.register_buffer("routing_logits", torch.randn(num_interests, history_len))  # (K, L)
+        self.user_features = SparseFeatureEmbeddings(user_features, dim)
+        width = (1 + len(user_features)) * dim
+        self.mlp = MLP(width, hidden_dims, dim, final_activation=True)
+
+    def num_active_interests(self, mask: Tensor) -> Tensor:
+        """(B,) long `K'_u` from the (B, L) behavior mask."""
+        if not self.dynamic_interests:
+            return torch.full_like(mask[:, 0], self.num_interests, dtype=torch.long)
+        count = mask.sum(dim=1).float()  # (B,)
+        return torch.log2(count).floor().clamp(1, self.num_interests).long()  # log2(0) = -inf -> 1
+
+    def interest_capsules(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """The routed capsules before the ReLU layers.
+
+        Returns:
+            capsules: (B, K, D), zeros for switched-off interests.
+            active: (B, K) bool.
+        """
+        hist, mask = recent_history(batch, self.history_len)  # (B, L), (B, L)
+        behaviors = self.item(hist).mean(dim=-2)  # (B, L, D)
+        shared = self.bilinear(behaviors)  # (B, L, D)
+        predictions = shared.unsqueeze(1).expand(-1, self.num_interests, -1, -1)  # (B, K, L, D)
+        ranks = torch.arange(self.num_interests, device=hist.device)  # (K,)
+        active = ranks.unsqueeze(0) < self.num_active_interests(mask).unsqueeze(1)  # (B, K)
+        capsules = capsule_routing(
+            predictions,
+            mask,
+            self.routing_logits[:, -hist.shape[1] :],
+            iterations=self.routing_iters,
+            interest_mask=active,
+        )  # (B, K, D)
+        return capsules, active
+
+    def _interests(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        capsules, active = self.interest_capsules(batch)  # (B, K, D), (B, K)
+        parts = [capsules]
+        if self.user_features.names:
+            profile = self.user_features(batch).flatten(1)  # (B, F*D)
+            parts.append(profile.unsqueeze(1).expand(-1, self.num_interests, -1))  # (B, K, F*D)
+        return self.mlp(torch.cat(parts, dim=-1)), active  # (B, K, D), (B, K)
+
+    def user_embeddings(self, batch: Mapping[str, Tensor]) -> Tensor:
+        """(B, K, D) interest vectors; switched-off interests repeat interest 0."""
+        interests, active = self._interests(batch)  # (B, K, D), (B, K)
+        return torch.where(active.unsqueeze(-1), interests, interests[:, :1])  # (B, K, D)
+
+    def training_user_embeddings(
+        self, batch: Mapping[str, Tensor], target_item_emb: Tensor
+    ) -> Tensor:
+        """(B, D) label-aware attention of the active interests over the (B, D) target."""
+        interests, active = self._interests(batch)  # (B, K, D), (B, K)
+        return label_aware_attention(
+            interests, target_item_emb, pow_p=self.pow_p, interest_mask=active
+        )  # (B, D)
+
+    def item_embeddings(self, item_ids: Tensor) -> Tensor:
+        """(N, D): mean of the id and feature embeddings of ids (N,)."""
+        return self.item(item_ids).mean(dim=-2)
+
+    @torch.no_grad()
+    def all_item_embeddings(self, *, chunk_size: int = 65536) -> Tensor:
+        """(num_items + 1, D) vectors of every id; row 0 is padding (never retrieved)."""
+        ids = torch.arange(self.num_items + 1, device=self.item.ids.weight.device)
+        return torch.cat([self.item_embeddings(chunk) for chunk in ids.split(chunk_size)])
+
+    def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
+        """Same as `user_embeddings`."""
+        return self.user_embeddings(batch)

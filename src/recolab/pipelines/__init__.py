@@ -1,0 +1,1 @@
+"""LightningModules: a model plus its loss, optimizer, evaluation and metric accumulation."""

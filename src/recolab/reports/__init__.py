@@ -1,0 +1,1 @@
+"""Offline evaluation reports (markdown, JSON) and run comparison."""

@@ -1,0 +1,66 @@
+"""MLflow tracking: where runs go, a fast reachability check, and run status bookkeeping."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be used; raised before any data is read or training starts."""
+
+
+def tracking_uri(root_dir: str) -> str:
+    """`MLFLOW_TRACKING_URI` if set, else the embedded store `<root_dir>/mlflow.db`."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(root_dir).resolve()}/mlflow.db"
+
+
+def artifact_location(root_dir: str) -> str | None:
+    """Local artifacts sit beside the embedded store; a tracking server chooses its own."""
+    return None if os.environ.get("MLFLOW_TRACKING_URI") else str(Path(root_dir).resolve() / "mlartifacts")
+
+
+def check_reachable(uri: str, *, timeout: float = 5.0) -> None:
+    """Fail in seconds, with a clear message, if a tracking server does not answer."""
+    if uri.startswith(("http://", "https://")):
+        url = uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                if response.status != 200:
+                    raise TrackingError(f"MLflow tracking server {uri} answered {response.status} on /health")
+        except (urllib.error.URLError, OSError) as e:
+            raise TrackingError(
+                f"MLflow tracking server {uri} is not reachable ({e}). Start it, fix MLFLOW_TRACKING_URI, "
+                "or unset it to use the local store (mlflow.db in the project folder)."
+            ) from e
+    elif uri.startswith("sqlite:///"):
+        folder = Path(uri[len("sqlite:///"):]).parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise TrackingError(f"MLflow store {uri}: folder {folder} does not exist or is not writable")
+
+
+@contextlib.contextmanager
+def keep_tracking_env() -> Iterator[None]:
+    """Undo `mlflow.set_tracking_uri`'s export of MLFLOW_TRACKING_URI when a run ends, so the
+    next run in the same process (a Hydra multirun job, a test) resolves its own store."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = before
+
+
+OmegaConf.register_new_resolver("recolab_tracking_uri", tracking_uri, replace=True)
+OmegaConf.register_new_resolver("recolab_artifact_location", artifact_location, replace=True)

@@ -1,0 +1,64 @@
+"""`recolab evaluate` rebuilds a checkpoint's report as a linked run; `recolab compare` tabulates runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from recolab.compare import compare
+from recolab.evaluate import evaluate
+from recolab.tracking import keep_tracking_env
+from recolab.train import train
+from tests.conftest import TINY_WORLD, compose_train
+
+QUICK = ["trainer.max_epochs=1", "+trainer.limit_train_batches=4"]
+
+
+@pytest.fixture(scope="module")
+def two_seeds(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str, float]]]:
+    root = tmp_path_factory.mktemp("runs")
+    results = []
+    for seed in (1, 2):
+        cfg = compose_train(root, ["+exp=mmoe", *TINY_WORLD, *QUICK, f"seed={seed}"], out=f"out{seed}")
+        with keep_tracking_env():
+            results.append(train(cfg))
+    return root, results
+
+
+def test_evaluate_reproduces_the_test_metrics_as_a_linked_run(two_seeds) -> None:
+    root, results = two_seeds
+    ckpt = next((root / "out1" / "checkpoints").glob("epoch*.ckpt"))
+    assert "recolab" in torch.load(ckpt, weights_only=True)  # loads without pickled code
+    cfg = compose_train(root, [f"ckpt_path={ckpt}"], config_name="evaluate", out="eval")
+    metrics = evaluate(cfg)
+    for key, value in results[0].items():
+        assert metrics[key] == pytest.approx(value, rel=1e-5, nan_ok=True), key
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("recolab").experiment_id], "tags.`recolab.kind` = 'evaluate'")
+    assert len(runs) == 1
+    train_run = client.search_runs(
+        [client.get_experiment_by_name("recolab").experiment_id], "tags.`recolab.kind` = 'train' and params.seed = '1'"
+    )[0]
+    assert runs[0].data.tags["mlflow.parentRunId"] == train_run.info.run_id
+    assert {"report/report.md"} <= {a.path for a in client.list_artifacts(runs[0].info.run_id, "report")}
+
+
+def test_evaluate_refuses_a_missing_checkpoint(tmp_path: Path) -> None:
+    cfg = compose_train(tmp_path, [f"ckpt_path={tmp_path}/nope.ckpt"], config_name="evaluate")
+    with pytest.raises(FileNotFoundError, match="nope.ckpt"):
+        evaluate(cfg)
+
+
+def test_compare_groups_seeds_into_mean_and_std(two_seeds) -> None:
+    root, results = two_seeds
+    cfg = compose_train(root, ["exps=[mmoe]", f"out_dir={root}/table"], config_name="compare")
+    md, html = compare(cfg)
+    text = md.read_text()
+    values = [r["test/auc/click"] for r in results]
+    mean, std = sum(values) / 2, abs(values[0] - values[1]) / 2**0.5
+    assert f"{mean:.4f} +- {std:.4f} (2)" in text
+    assert "<table" in html.read_text()

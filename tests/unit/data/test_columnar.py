@@ -1,0 +1,64 @@
+import numpy as np
+import pytest
+import torch
+
+from recolab.data.columnar import ColumnarBatches, Vocabulary, pad_left
+
+
+def _columns(n: int) -> dict:
+    return {
+        "features": {"x": torch.arange(n)},
+        "labels": {"y": torch.arange(n, dtype=torch.float32) * 2},
+        "meta": {"m": torch.arange(n) + 100},
+    }
+
+
+def test_vocabulary_maps_unseen_to_zero():
+    vocab = Vocabulary.fit(np.array([30, 10, 20, 10]))
+    assert vocab.size == 4
+    np.testing.assert_array_equal(vocab.encode(np.array([10, 20, 30, 5, 40, 25])), [1, 2, 3, 0, 0, 0])
+
+
+def test_pad_left_keeps_last_items():
+    offsets = np.array([0, 3, 3, 8])
+    values = np.arange(1, 9)
+    out = pad_left(offsets, values, 4)
+    np.testing.assert_array_equal(out, [[0, 1, 2, 3], [0, 0, 0, 0], [5, 6, 7, 8]])
+
+
+def test_batches_slice_all_columns_consistently():
+    ds = ColumnarBatches(_columns(10), batch_size=4, shuffle=True, seed=3)
+    assert len(ds) == 3
+    seen = []
+    for i in range(len(ds)):
+        b = ds[i]
+        torch.testing.assert_close(b["labels"]["y"], b["features"]["x"].float() * 2)
+        torch.testing.assert_close(b["meta"]["m"], b["features"]["x"] + 100)
+        seen.append(b["features"]["x"])
+    assert sorted(torch.cat(seen).tolist()) == list(range(10))
+
+
+def test_epochs_reshuffle_deterministically():
+    ds = ColumnarBatches(_columns(50), batch_size=10, shuffle=True, seed=0)
+    first = ds[0]["features"]["x"].clone()
+    ds.set_epoch(1)
+    assert not torch.equal(first, ds[0]["features"]["x"])
+    ds.set_epoch(0)
+    assert torch.equal(first, ds[0]["features"]["x"])
+
+
+@pytest.mark.parametrize("n,world", [(10, 2), (11, 2), (23, 3)])
+def test_eval_shards_cover_every_row_once(n, world):
+    rows = []
+    for rank in range(world):
+        ds = ColumnarBatches(_columns(n), batch_size=4, rank=rank, world_size=world)
+        rows += [x for i in range(len(ds)) for x in ds[i]["features"]["x"].tolist()]
+    assert sorted(rows) == list(range(n))
+
+
+@pytest.mark.parametrize("n,world", [(10, 2), (11, 2), (23, 3)])
+def test_train_shards_are_disjoint_and_equal(n, world):
+    shards = [ColumnarBatches(_columns(n), batch_size=3, shuffle=True, rank=r, world_size=world) for r in range(world)]
+    sets = [set(s.rows.tolist()) for s in shards]
+    assert len({len(s) for s in sets}) == 1 and len({len(s) for s in shards}) == 1
+    assert sum(len(s) for s in sets) == len(set().union(*sets)) == (n // world) * world
