@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PIP_QUIET := 2>&1 | grep -v "^WARNING: Location" || true
 
-.PHONY: setup train test test-all bench lint format ui clean
+.PHONY: setup train test test-all bench lint format ui clean experiments-multitask experiments-debias experiments-calibration
 
 setup: $(STAMP)
 
@@ -26,6 +26,15 @@ test-all: setup              ## everything, the slow tests included
 
 bench: setup                 ## speed figures into experiments/bench/
 	$(BIN)/python benchmarks/run_all.py
+
+experiments-multitask: setup ## the multi-task tables: experiments/multitask/results.md (~20 min)
+	$(BIN)/python experiments/multitask/run.py $(ARGS)
+
+experiments-debias: setup    ## position and duration bias tables: experiments/debias/results.md (~40 min)
+	$(BIN)/python experiments/debias/run.py $(ARGS)
+
+experiments-calibration: setup ## calibration tables: experiments/calibration/results.md (~15 min)
+	$(BIN)/python experiments/calibration/run.py $(ARGS)
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks

@@ -32,7 +32,7 @@ DATA = dict(
         {"name": "like", "kind": "binary"},
         {"name": "watch_time", "kind": "regression", "transform": "log1p"},
     ],
-    meta=["user_id"],
+    meta=["user_id", "request_id", "position"],  # (request, position) tells repeated items of a slate apart
 )
 
 
@@ -85,7 +85,7 @@ def main() -> None:
     def bare():
         for b in batches:
             opt.zero_grad(set_to_none=True)
-            loss, _ = module._loss(model(b["features"]), b["labels"])
+            loss, _ = module._loss(model(b["features"]), b["labels"], b["meta"])
             loss.backward()
             opt.step()
 

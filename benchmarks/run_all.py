@@ -10,6 +10,11 @@ HERE = Path(__file__).resolve().parent
 BENCHES = [
     ["bench_metrics.py"],
     ["bench_train.py"],
+    ["bench_speed.py"],
+    ["bench_flops.py"],
+    ["bench_ddp.py"],
+    ["bench_memory.py"],
+    ["bench_vs_rechub.py"],
 ]
 
 

@@ -37,6 +37,11 @@ def check_reachable(uri: str, *, timeout: float = 5.0) -> None:
             with urllib.request.urlopen(url, timeout=timeout) as response:
                 if response.status != 200:
                     raise TrackingError(f"MLflow tracking server {uri} answered {response.status} on /health")
+        except urllib.error.HTTPError as e:  # something answers on that port, but not MLflow's /health
+            raise TrackingError(
+                f"{uri} answered HTTP {e.code} on /health: is it an MLflow tracking server? Fix "
+                "MLFLOW_TRACKING_URI, or unset it to use the local store (mlflow.db in the project folder)."
+            ) from e
         except (urllib.error.URLError, OSError) as e:
             raise TrackingError(
                 f"MLflow tracking server {uri} is not reachable ({e}). Start it, fix MLFLOW_TRACKING_URI, "

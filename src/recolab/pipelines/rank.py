@@ -154,6 +154,10 @@ class CalibrationStage(nn.Module):
         self.calibrators = {t: C.from_state(s) for t, s in state.get("calibrators", {}).items()}
 
 
+#: `module.optimizer` -> the torch optimizer.
+OPTIMIZERS = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad}
+
+
 class RankModule(pl.LightningModule):
     """Trains a multi-task ranker; evaluates it on all rows of each evaluation split.
 
@@ -169,6 +173,9 @@ class RankModule(pl.LightningModule):
         truth: `{task: meta column}` with the debiased truth (synthetic data), for the truth metrics.
         negative_downsampling: `{task: w}` from the data module: the share of negatives it kept
             in the training split (`recolab.data.datamodule.RankDataModule`).
+        optimizer: `adam` or `adagrad` (which also takes sparse embedding gradients).
+        optimizer_kwargs: passed on to the torch optimizer, e.g. `{foreach: true}` or
+            `{fused: true}` (experiments/bench/speed.md measures them).
     """
 
     def __init__(
@@ -183,10 +190,16 @@ class RankModule(pl.LightningModule):
         calibration: Callable[[], Any] | None = None,
         truth: dict[str, str] | None = None,
         negative_downsampling: dict[str, float] | None = None,
+        optimizer: str = "adam",
+        optimizer_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if not lr > 0:
             raise ValueError(f"module.lr must be > 0, got {lr}")
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"module.optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}")
+        self.optimizer_name = optimizer
+        self.optimizer_kwargs = dict(optimizer_kwargs or {})
         self.model = model
         self.schema = schema
         self.lr = lr
@@ -382,4 +395,8 @@ class RankModule(pl.LightningModule):
         return to_markdown(metric_table(metrics, self.schema))
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        sparse = [n for n, m in self.named_modules() if isinstance(m, nn.Embedding) and m.sparse]
+        if sparse and self.optimizer_name == "adam":
+            raise ValueError(f"embeddings {sparse} have sparse gradients, which Adam does not take: set module.optimizer=adagrad")
+        cls = OPTIMIZERS[self.optimizer_name]
+        return cls(self.parameters(), lr=self.lr, weight_decay=self.weight_decay, **self.optimizer_kwargs)

@@ -1,0 +1,187 @@
+"""MMoE training throughput and AUC: recolab against torch-rechub, same architecture, data and batch.
+
+    python benchmarks/bench_vs_rechub.py [--steps 200] [--threads 1] [--sizes 1000000 10000000] [--skip-census]
+
+torch-rechub is installed into its own environment, benchmarks/rechub_env/ (created here on first
+use; ignored by git), with the on-disk CPU torch wheel when there is one, and runs as a
+subprocess (`_rechub_run.py`): it is no dependency of recolab, and none of its code is in this
+repository. Both sides get the same encoded columns: this script sets up recolab's data module
+from the same config as the recolab run and writes its training and test columns for
+torch-rechub. Both run with the same number of torch threads, one process each, no loader workers.
+
+Scenarios:
+- the synthetic world at each size (`+exp=mmoe`): a fixed number of training steps (`--steps`) on
+  both sides (a full epoch of torch-rechub at 10M rows would take hours on 2 cores), then AUC on
+  the test split's first rows (the same rows for both);
+- Census-Income (`+exp=mmoe_census_bench`): 3 full epochs, AUC on the whole 20% test split.
+
+Throughput counts only training (recolab: epoch start to validation start, `_runs.EpochTimer`;
+torch-rechub: the time inside `MTLTrainer.train_one_epoch`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import glob
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from _common import write
+from _runs import HERE, compose, load_note, run_recolab, samples_per_sec
+from hydra.utils import instantiate
+
+ENV = HERE / "rechub_env"
+ENV_PY = ENV / "bin" / "python"
+
+
+def ensure_env() -> str:
+    """benchmarks/rechub_env with torch-rechub; returns its torch-rechub version."""
+    check = [str(ENV_PY), "-c", "import importlib.metadata as m; print(m.version('torch-rechub'))"]
+    if not ENV_PY.exists() or subprocess.run(check, capture_output=True).returncode:
+        subprocess.run([sys.executable, "-m", "venv", str(ENV)], check=True)
+        wheels = sorted(glob.glob("/opt/wheels/torch-2.*+cpu-*.whl"))
+        torch_req = wheels[-1] if wheels else "torch>=2.4,<2.14"
+        subprocess.run([str(ENV_PY), "-m", "pip", "install", "-q", torch_req, "torch-rechub"], check=True)
+    return subprocess.run(check, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def export(cfg, folder: Path, *, test_rows: int | None, steps: int | None, epochs: int, seed: int) -> dict:
+    """Write recolab's encoded columns and the architecture for torch-rechub; return the spec."""
+    dm = instantiate(cfg.data)
+    dm.prepare_data()
+    dm.setup("fit")
+    schema = dm.schema
+    spec = {
+        "sparse": {f.name: f.vocab_size for f in schema.sparse},
+        "sequences": {f.name: {"vocab_size": f.vocab_size, "shared_with": f.vocab_of} for f in schema.sequences},
+        "dense": [f.name for f in schema.dense],
+        "tasks": [{"name": t.name, "kind": t.kind} for t in schema.tasks],
+        "embedding_dim": cfg.model.embedding_dim, "num_experts": cfg.model.num_experts,
+        "expert_dims": list(cfg.model.expert_dims), "tower_dims": list(cfg.model.tower_dims),
+        "lr": cfg.module.lr, "batch_size": cfg.data.batch_size, "epochs": epochs, "steps": steps, "seed": seed,
+    }
+    for split in ("train", "test"):
+        cols = dm.data[split]
+        n = len(next(iter(cols["labels"].values())))
+        n = min(n, test_rows) if split == "test" and test_rows else n
+        out = {f"x/{k}": v[:n].numpy() for k, v in cols["features"].items()}
+        for t in schema.tasks:  # the target recolab's loss sees: log1p for log1p-transformed regression
+            y = cols["labels"][t.name][:n].numpy()
+            out[f"y/{t.name}"] = np.log1p(y) if t.transform == "log1p" else y
+        np.savez(folder / f"{split}.npz", **out)
+        spec[f"{split}_rows"] = n
+    (folder / "spec.json").write_text(json.dumps(spec))
+    spec["params_recolab"] = None
+    del dm
+    gc.collect()
+    return spec
+
+
+def run_rechub(folder: Path, threads: int) -> dict:
+    out = folder / "rechub.json"
+    r = subprocess.run(
+        [str(ENV_PY), str(HERE / "_rechub_run.py"), str(folder), str(out)],
+        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)}, timeout=7200,
+    )
+    if r.returncode:
+        raise RuntimeError(f"torch-rechub run failed:\n{r.stderr[-4000:]}")
+    return json.loads(out.read_text())
+
+
+def scenario(name: str, overrides: list[str], *, steps: int | None, epochs: int, eval_rows: int | None, threads: int) -> dict:
+    cfg = compose(overrides)
+    limits = [f"trainer.max_epochs={epochs}"]
+    if steps:
+        limits += [f"+trainer.limit_train_batches={steps}", "+trainer.limit_val_batches=1"]
+    if eval_rows:
+        limits.append(f"+trainer.limit_test_batches={-(-eval_rows // cfg.data.eval_batch_size)}")
+        eval_rows = -(-eval_rows // cfg.data.eval_batch_size) * cfg.data.eval_batch_size
+    with tempfile.TemporaryDirectory(prefix="rechub-bench-") as tmp:
+        spec = export(cfg, Path(tmp), test_rows=eval_rows, steps=steps, epochs=epochs, seed=cfg.seed)
+        ours = run_recolab([*overrides, *limits], threads=threads)
+        theirs = run_rechub(Path(tmp), threads)
+    return {"name": name, "overrides": overrides + limits, "spec": spec, "recolab": ours, "rechub": theirs}
+
+
+def table(results: list[dict]) -> str:
+    rows = [
+        "| data | training rows | samples trained | recolab samples/s | torch-rechub samples/s | ratio | "
+        "recolab AUC | torch-rechub AUC | torch-rechub data pipeline alone, samples/s |",
+        "|---|---:|---:|---:|---:|---:|---|---|---:|",
+    ]
+    for r in results:
+        ours, theirs = samples_per_sec(r["recolab"]), samples_per_sec(r["rechub"])
+        binary = [t["name"] for t in r["spec"]["tasks"] if t["kind"] == "binary"]
+
+        def auc(rec: dict, binary: list[str] = binary) -> str:
+            return ", ".join(f"{t} {rec['metrics'].get(f'test/auc/{t}', float('nan')):.4f}" for t in binary)
+
+        samples = sum(e["samples"] for e in r["recolab"]["epochs"])
+        rows.append(
+            f"| {r['name']} | {r['spec']['train_rows']:,} | {samples:,} | {ours:,.0f} | {theirs:,.0f} | **{ours / theirs:.1f}x** | "
+            f"{auc(r['recolab'])} | {auc(r['rechub'])} | {r['rechub']['data_samples_per_sec']:,.0f} |"
+        )
+    return "\n".join(rows)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=200, help="training steps on the synthetic world (both sides)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per process (both sides)")
+    ap.add_argument("--sizes", type=int, nargs="*", default=[1_000_000, 10_000_000])
+    ap.add_argument("--eval-rows", type=int, default=100_000, help="test rows scored on the synthetic world")
+    ap.add_argument("--skip-census", action="store_true")
+    args = ap.parse_args()
+    version = ensure_env()
+
+    results = []
+    for n in args.sizes:
+        results.append(scenario(
+            f"synthetic world, {n:,} impressions", ["+exp=mmoe", f"data.num_impressions={n}"],
+            steps=args.steps, epochs=1, eval_rows=args.eval_rows, threads=args.threads,
+        ))
+    if not args.skip_census:
+        results.append(scenario("Census-Income (KDD), `+exp=mmoe_census_bench`", ["+exp=mmoe_census_bench"],
+                                steps=None, epochs=3, eval_rows=None, threads=args.threads))
+
+    configs = []
+    for r in results:
+        s = r["spec"]
+        configs.append(
+            f"- **{r['name']}**: recolab `python -m recolab train {' '.join(r['overrides'])}`; torch-rechub "
+            f"{version} `MMOE(features, task_types, n_expert={s['num_experts']}, expert_params={{'dims': {s['expert_dims']}}}, "
+            f"tower_params_list=[{{'dims': {s['tower_dims']}}}] * {len(s['tasks'])})` with `SparseFeature(embed_dim={s['embedding_dim']})` "
+            f"for {len(s['sparse'])} id columns, " + (f"`SequenceFeature(pooling='mean', shared_with=..., padding_idx=0)` for {list(s['sequences'])}, " if s["sequences"] else "")
+            + f"`DenseFeature` for {len(s['dense'])} numeric columns; `DataGenerator(x, y).generate_dataloader(batch_size={s['batch_size']})`; "
+            f"`MTLTrainer(optimizer_params={{'lr': {s['lr']}, 'weight_decay': 0}}, n_epoch={s['epochs']})`"
+            + (f", training loader drawing {s['steps']} x {s['batch_size']} shuffled samples" if s["steps"] else "")
+            + f"; test AUC on {s['test_rows']:,} rows. Parameters: torch-rechub {r['rechub']['params']:,}."
+        )
+    body = f"""{table(results)}
+
+Ratio: recolab's training samples per second over torch-rechub's, both measured in this run with
+{args.threads} torch thread(s) per process; {load_note()}.
+
+Same on both sides: the encoded columns (recolab's vocabularies and standardization, written
+for torch-rechub by this script), the architecture (embeddings, experts, softmax gates, towers),
+Adam at the config's rate without weight decay, the batch size, and the number of steps or
+epochs. Where they differ, by torch-rechub's design: its MLP puts BatchNorm1d after every linear
+layer (experts, gates and towers), its gates are such an MLP with a softmax, it averages the task
+losses (recolab sums them, weights 1), and its loss is BCE on probabilities (recolab: BCE on logits).
+The last column is torch-rechub's `DataLoader` alone (per-sample `TorchDataset` + default collate),
+which bounds its training speed from above: that is where the ratio comes from.
+
+Configs:
+{chr(10).join(configs)}
+"""
+    write("vs_rechub", "MMoE training throughput: recolab against torch-rechub", body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,226 @@
+"""The multi-task tables of issue 5, from one command (see README.md beside this file).
+
+    python experiments/multitask/run.py                # train everything, then write results.md
+    python experiments/multitask/run.py --tables-only  # rebuild results.md from the MLflow runs
+
+1. Census-Income: `python -m recolab train -m +exp=census_single_task,...,census_ple
+   seed=1,2,3,4,5 experiment_name=multitask_census`, AUC per task, mean +- std over the seeds.
+2. The MMoE paper's synthetic experiment (Ma et al., KDD 2018, Section 4) on the synthetic world:
+   shared-bottom and MMoE on the tasks click and like at several `data.task_correlation`, three
+   seeds each, into `experiment_name=multitask_synthetic`; the MMoE - shared-bottom gap is the
+   mean +- std over seeds of the paired difference (same seed, same world).
+
+Runs go to the project's MLflow store (`mlflow.db`, or `MLFLOW_TRACKING_URI`). The tables read it
+back and keep, for every (experiment, setting, seed), the latest complete run, so a rerun
+replaces older runs rather than mixing with them. Torch runs on one thread per process unless
+OMP_NUM_THREADS says otherwise: on a small shared machine, two threads that wait for each other
+are much slower than one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from recolab.tracking import tracking_uri
+
+ROOT = Path(__file__).resolve().parents[2]
+OUT = Path(__file__).resolve().parent / "results.md"
+
+CENSUS_EXPERIMENT = "multitask_census"
+CENSUS_EXPS = ["census_single_task", "census_shared_bottom", "census_mmoe", "census_cgc", "census_ple"]
+CENSUS_SEEDS = [1, 2, 3, 4, 5]
+CENSUS_TASKS = {"income": "income > 50K", "never_married": "never married"}
+
+#: AUC reported by the papers for group 1 (income, marital status) on UCI's full split; None: not reported.
+PAPER_AUC: dict[str, dict[str, tuple[float | None, float | None]]] = {}
+
+SYNTHETIC_EXPERIMENT = "multitask_synthetic"
+CORRELATIONS = [0.9, 0.5, 0.1]
+SYNTHETIC_SEEDS = [1, 2, 3]
+#: The world: small enough to learn in a few epochs, every impression examined (position is not a
+#: feature, and examination noise only hides relevance), 4-dim latent tastes. Exact duplicate
+#: impressions (an item shown twice in a slate, same labels) are dropped.
+WORLD = {
+    "data.num_users": 500,
+    "data.num_items": 300,
+    "data.num_impressions": 200_000,
+    "data.latent_dim": 4,
+    "data.examination_power": 0.0,
+}
+TRAINING = [
+    "data.drop_bad_rows=true", "data.batch_size=1024", "module.lr=0.005", "trainer.max_epochs=6",
+    "data.tasks=[{name:click,kind:binary},{name:like,kind:binary}]",
+    "data.oracle={click:gt_click_prob,like:gt_like_prob}",
+]
+SYNTHETIC_MODELS = {
+    "shared_bottom": ["model.embedding_dim=16", "model.bottom_dims=[128,64]", "model.tower_dims=[32]"],
+    "mmoe": ["model.embedding_dim=16", "model.num_experts=4", "model.expert_dims=[64,32]", "model.tower_dims=[32]"],
+}
+QUIET = ["callbacks.progress_bar.refresh_rate=0"]
+
+
+def start(args: list[str], log_name: str) -> tuple[subprocess.Popen, Path]:
+    """Start one `python -m recolab train -m ...` sweep; its output goes to outputs/multitask/<log_name>.log."""
+    # A literal sweep folder: the project's default, ${paths.log_dir}/multiruns/..., interpolates
+    # ${hydra:runtime.cwd}, which Hydra cannot resolve before a multirun's jobs start.
+    sweep_dir = f"hydra.sweep.dir=outputs/multiruns/multitask-{log_name}-{time.strftime('%Y-%m-%d_%H-%M-%S')}"
+    cmd = [sys.executable, "-m", "recolab", "train", "-m", *args, *QUIET, sweep_dir]
+    log_path = ROOT / "outputs" / "multitask" / f"{log_name}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    print("$", " ".join(cmd), f"> {log_path.relative_to(ROOT)}", flush=True)
+    with open(log_path, "w") as log:
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log_path
+
+
+def wait(started: list[tuple[subprocess.Popen, Path]], since: float) -> None:
+    failed = []
+    for process, log_path in started:
+        if process.wait():
+            failed.append(str(log_path))
+        print(f"  {log_path.name}: exit {process.returncode} after {time.time() - since:.0f} s", flush=True)
+    if failed:
+        sys.exit(f"a sweep failed: see {', '.join(failed)}")
+
+
+def census_sweep(seeds: list[int]) -> list[tuple[list[str], str]]:
+    args = [f"+exp={','.join(CENSUS_EXPS)}", f"seed={','.join(map(str, seeds))}", f"experiment_name={CENSUS_EXPERIMENT}"]
+    return [(args, "census")]
+
+
+def synthetic_sweeps(seeds: list[int], correlations: list[float]) -> list[tuple[list[str], str]]:
+    """One sweep per model (their `model.*` keys differ), run one after the other."""
+    return [
+        (
+            [
+                f"+exp={model}", f"data.task_correlation={','.join(map(str, correlations))}",
+                f"seed={','.join(map(str, seeds))}", f"experiment_name={SYNTHETIC_EXPERIMENT}",
+                *(f"{k}={v}" for k, v in WORLD.items()), *TRAINING, *overrides,
+            ],
+            f"synthetic_{model}",
+        )
+        for model, overrides in SYNTHETIC_MODELS.items()
+    ]
+
+
+def latest_runs(experiment: str, keys: list[str]) -> pd.DataFrame:
+    """Complete training runs of `experiment`: one row per (exp, *keys, seed), the latest; params and metrics as columns."""
+    client = MlflowClient(tracking_uri=tracking_uri(str(ROOT)))
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        sys.exit(f"no MLflow experiment {experiment!r} at {tracking_uri(str(ROOT))}: run without --tables-only first")
+    query = "attributes.status = 'FINISHED' and tags.`recolab.complete` = 'true' and tags.`recolab.kind` = 'train'"
+    runs = client.search_runs([found.experiment_id], query, max_results=5000)
+    rows = [
+        {"exp": r.data.tags.get("recolab.exp"), "start": r.info.start_time, **r.data.params, **r.data.metrics}
+        for r in runs
+    ]
+    df = pd.DataFrame(rows)
+    return df.sort_values("start").drop_duplicates(["exp", *keys, "seed"], keep="last")
+
+
+def cell(values: pd.Series) -> str:
+    values = values.dropna()
+    if values.empty:
+        return "-"
+    if len(values) == 1:
+        return f"{values.iloc[0]:.4f} (1)"
+    return f"{values.mean():.4f} +- {values.std(ddof=1):.4f} ({len(values)})"
+
+
+def census_table(seeds: list[int]) -> str:
+    df = latest_runs(CENSUS_EXPERIMENT, [])
+    df = df[df["exp"].isin(CENSUS_EXPS) & df["seed"].isin([str(s) for s in seeds])]
+    papers = sorted({p for figures in PAPER_AUC.values() for p in figures})
+    head = ["model", *(f"AUC {name}" for name in CENSUS_TASKS.values())]
+    head += [f"{p}: AUC {name}" for p in papers for name in CENSUS_TASKS.values()]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for exp in CENSUS_EXPS:
+        runs = df[df["exp"] == exp]
+        row = [exp.removeprefix("census_"), *(cell(runs.get(f"test/auc/{t}", pd.Series(dtype=float))) for t in CENSUS_TASKS)]
+        for p in papers:
+            figures = PAPER_AUC.get(exp.removeprefix("census_"), {}).get(p, (None, None))
+            row += [f"{v:.4f}" if v is not None else "-" for v in figures]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def synthetic_table(seeds: list[int], correlations: list[float]) -> str:
+    df = latest_runs(SYNTHETIC_EXPERIMENT, ["data.task_correlation", *WORLD])
+    for key, value in WORLD.items():
+        df = df[df[key].astype(float) == float(value)]
+    df = df[df["seed"].isin([str(s) for s in seeds]) & df["data.tasks"].str.count("name").eq(2)]
+    df["corr"] = df["data.task_correlation"].astype(float)
+    head = [
+        "task correlation", "shared-bottom AUC click", "MMoE AUC click", "shared-bottom AUC like", "MMoE AUC like",
+        "gap like (MMoE - SB)", "gap click (MMoE - SB)", "oracle AUC like",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|---:|" + "---:|" * (len(head) - 1)]
+    for corr in correlations:
+        at = df[np.isclose(df["corr"], corr)].set_index(["exp", "seed"])
+        sb, mm = (at.xs(m, level="exp") if m in at.index.get_level_values(0) else pd.DataFrame() for m in SYNTHETIC_MODELS)
+
+        def metric(frame: pd.DataFrame, name: str) -> pd.Series:
+            return frame[name].astype(float) if name in frame else pd.Series(dtype=float)
+
+        def gap(name: str) -> str:
+            paired = (metric(mm, name) - metric(sb, name)).dropna()
+            if paired.empty:
+                return "-"
+            sd = paired.std(ddof=1) if len(paired) > 1 else math.nan
+            return f"{paired.mean():+.4f} +- {sd:.4f} ({len(paired)})"
+
+        row = [
+            f"{corr:g}", cell(metric(sb, "test/auc/click")), cell(metric(mm, "test/auc/click")),
+            cell(metric(sb, "test/auc/like")), cell(metric(mm, "test/auc/like")),
+            gap("test/auc/like"), gap("test/auc/click"), cell(metric(pd.concat([sb, mm]), "oracle/auc/like")),
+        ]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tables-only", action="store_true", help="only rebuild the tables from MLflow")
+    ap.add_argument("--only", choices=["census", "synthetic"], help="train (and tabulate) one part only")
+    ap.add_argument("--census-seeds", default=",".join(map(str, CENSUS_SEEDS)))
+    ap.add_argument("--synthetic-seeds", default=",".join(map(str, SYNTHETIC_SEEDS)))
+    ap.add_argument("--correlations", default=",".join(map(str, CORRELATIONS)))
+    args = ap.parse_args()
+    census_seeds = [int(s) for s in args.census_seeds.split(",")]
+    synthetic_seeds = [int(s) for s in args.synthetic_seeds.split(",")]
+    correlations = [float(c) for c in args.correlations.split(",")]
+    parts = [args.only] if args.only else ["census", "synthetic"]
+    start = time.time()
+    if not args.tables_only:
+        if "census" in parts:
+            run_census(census_seeds)
+        if "synthetic" in parts:
+            run_synthetic(synthetic_seeds, correlations)
+    sections = []
+    if "census" in parts:
+        sections.append("## Census-Income (KDD): test AUC, mean +- std (seeds)\n\n" + census_table(census_seeds))
+    if "synthetic" in parts:
+        world = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in WORLD.items())
+        sections.append(
+            f"## Synthetic world, tasks click and like ({world}): test AUC, mean +- std (seeds)\n\n"
+            + synthetic_table(synthetic_seeds, correlations)
+        )
+    text = "# Multi-task results\n\nWritten by `python experiments/multitask/run.py`"
+    text += f" ({' '.join(sys.argv[1:]) or 'no options'}; {time.time() - start:.0f} s).\n\n" + "\n\n".join(sections) + "\n"
+    OUT.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,457 @@
+"""`python -m recolab data import`: a user's own log (CSV or parquet) -> recolab's parquet layout.
+
+A small YAML schema says which column is what (see `examples/import/schema.yaml`):
+
+```yaml
+user: uid                 # required: the user id column
+item: video_id            # required: the item id column
+timestamp: ts             # unix seconds or an ISO date-time; needed by the time split
+position: slot            # optional: the 1-based slot the item was shown in
+duration: video_seconds   # optional: the item's length in seconds
+labels:                   # one or more tasks
+  - {column: clicked, name: click, kind: binary}
+  - {column: watch_seconds, name: watch_time, kind: regression, transform: log1p}
+sparse: [category]        # categorical features (integers or strings)
+dense: [user_age]         # numeric features
+split: {kind: time, fractions: [0.8, 0.1, 0.1]}
+```
+
+The import writes `<out>/data.parquet` with recolab's column names (`user_id`, `item_id`,
+`timestamp`, `position`, `duration`, one column per task, the features under their own names),
+`<out>/recolab_schema.yaml` (the data module's arguments, read by `data=imported`), string ids
+turned into integer codes with their mapping in `<out>/ids/<column>.parquet`, and a summary
+(`summary.json`, `summary.md`: rows, users, items, label rates, duration and position
+distributions). Every problem is found before anything is written, and named by file, column and
+rows (1-based data rows, the CSV header not counted); `drop_bad_rows=true` drops bad rows and
+the summary says how many, and why.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import yaml
+
+from recolab.data import checks
+
+log = logging.getLogger(__name__)
+
+DATA_FILE = "data.parquet"
+SCHEMA_FILE = "recolab_schema.yaml"
+SCHEMA_KEYS = ("user", "item", "timestamp", "position", "duration", "labels", "sparse", "dense", "split")
+LABEL_KEYS = ("column", "name", "kind", "weight", "transform")
+SHOWN_ROWS = 5
+
+
+class LogImportError(ValueError):
+    """A log or schema that cannot be imported; the message names the file, the column and the rows."""
+
+
+@dataclass
+class LogSchema:
+    """The user's YAML schema, checked (see the module docstring)."""
+
+    user: str
+    item: str
+    labels: list[dict[str, Any]]
+    timestamp: str | None = None
+    position: str | None = None
+    duration: str | None = None
+    sparse: list[str] = field(default_factory=list)
+    dense: list[str] = field(default_factory=list)
+    split: dict[str, Any] = field(default_factory=lambda: {"kind": "time", "fractions": [0.8, 0.1, 0.1]})
+
+    def renames(self) -> dict[str, str]:
+        """Log column -> recolab column, in output order."""
+        out = {self.user: "user_id", self.item: "item_id"}
+        for key, special in (("timestamp", "timestamp"), ("position", "position"), ("duration", "duration")):
+            if getattr(self, key):
+                out[getattr(self, key)] = special
+        for label in self.labels:
+            out[label["column"]] = label["name"]
+        out |= {c: c for c in (*self.sparse, *self.dense)}
+        return out
+
+
+def _suggest(name: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def read_schema(path: str | Path) -> LogSchema:
+    """Parse and check the YAML schema; `LogImportError` names the file and the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise LogImportError(f"{path}: no such schema file (schema=)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise LogImportError(f"{path}: not valid YAML ({str(e).splitlines()[0]} {getattr(e, 'problem_mark', '')})".strip()) from e
+    if not isinstance(raw, dict):
+        raise LogImportError(f"{path}: expected a mapping of keys ({', '.join(SCHEMA_KEYS)}), got {type(raw).__name__}")
+    problems = [f"unknown key {k!r}{_suggest(str(k), list(SCHEMA_KEYS))}" for k in raw if k not in SCHEMA_KEYS]
+    problems += [f"key {k!r} is required (the {k} id column)" for k in ("user", "item") if not raw.get(k)]
+    labels = raw.get("labels")
+    if isinstance(labels, (str, dict)):
+        labels = [labels]
+    if not labels:
+        problems.append("key 'labels' is required: at least one label column, e.g. [{column: clicked, name: click, kind: binary}]")
+        labels = []
+    parsed = []
+    for i, label in enumerate(labels):
+        label = {"column": label} if isinstance(label, str) else label
+        if not isinstance(label, dict) or not label.get("column"):
+            problems.append(f"labels[{i}]: expected a column name or {{column: ..., name: ..., kind: binary|regression}}, got {label!r}")
+            continue
+        problems += [f"labels[{i}]: unknown key {k!r}{_suggest(str(k), list(LABEL_KEYS))}" for k in label if k not in LABEL_KEYS]
+        label = {"name": label["column"], "kind": "binary", "weight": 1.0, "transform": "none"} | label
+        if label["kind"] not in ("binary", "regression"):
+            problems.append(f"labels[{i}].kind={label['kind']!r}: expected 'binary' or 'regression'")
+        if label["transform"] not in ("none", "log1p"):
+            problems.append(f"labels[{i}].transform={label['transform']!r}: expected 'none' or 'log1p'")
+        parsed.append(label)
+    for key in ("sparse", "dense"):
+        value = raw.get(key) or []
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            problems.append(f"key {key!r}: expected a list of column names, got {value!r}")
+    split = raw.get("split") or {"kind": "time", "fractions": [0.8, 0.1, 0.1]}
+    if not isinstance(split, dict) or split.get("kind", "time") not in ("time", "random"):
+        problems.append(f"key 'split': expected {{kind: time|random, fractions: [train, val, test]}}, got {split!r}")
+    elif split.get("kind", "time") == "time" and not raw.get("timestamp"):
+        problems.append("key 'split': a time split needs a `timestamp` column; name it, or use split: {kind: random}")
+    if problems:
+        raise LogImportError(f"{path}: " + "; ".join(problems))
+    schema = LogSchema(
+        user=raw["user"], item=raw["item"], labels=parsed, timestamp=raw.get("timestamp"),
+        position=raw.get("position"), duration=raw.get("duration"), sparse=list(raw.get("sparse") or []),
+        dense=list(raw.get("dense") or []), split=dict(split),
+    )
+    used = [c for c in [schema.user, schema.item, schema.timestamp, schema.position, schema.duration,
+                        *(lbl["column"] for lbl in parsed), *schema.sparse, *schema.dense] if c]
+    twice = sorted({c for c in used if used.count(c) > 1})
+    names = list(schema.renames().values())
+    clash = sorted({n for n in names if names.count(n) > 1})
+    if twice or clash:
+        raise LogImportError(f"{path}: " + "; ".join(
+            ([f"column(s) {twice} given more than one role"] if twice else [])
+            + ([f"output name(s) {clash} used twice (a feature named like a special column or a task?)"] if clash else [])
+        ))
+    return schema
+
+
+def read_log(path: str | Path) -> pa.Table:
+    path = Path(path)
+    if not path.exists():
+        raise LogImportError(f"{path}: no such file (path=)")
+    try:
+        if path.suffix.lower() in (".csv", ".tsv", ".txt") or path.name.lower().endswith((".csv.gz", ".tsv.gz")):
+            delimiter = "\t" if ".tsv" in path.name.lower() else ","
+            return pacsv.read_csv(  # an empty field is a missing value, for strings too (an empty id is no id)
+                path, parse_options=pacsv.ParseOptions(delimiter=delimiter),
+                convert_options=pacsv.ConvertOptions(strings_can_be_null=True),
+            )
+        if path.suffix.lower() == ".parquet" or path.is_dir():
+            return pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise LogImportError(f"{path}: cannot be read ({str(e).splitlines()[0]})") from e
+    raise LogImportError(f"{path}: expected a .csv, .tsv or .parquet file (or a folder of parquet files)")
+
+
+def _rows(mask: np.ndarray) -> str:
+    idx = np.flatnonzero(mask) + 1
+    shown = ", ".join(map(str, idx[:SHOWN_ROWS])) + (", ..." if len(idx) > SHOWN_ROWS else "")
+    return f"{len(idx)} row(s) ({shown})"
+
+
+def _as_float(col: pa.ChunkedArray) -> np.ndarray:
+    if pa.types.is_boolean(col.type):
+        col = pc.cast(col, pa.int8())
+    return col.to_numpy(zero_copy_only=False).astype(np.float64)
+
+
+def _timestamp_seconds(col: pa.ChunkedArray) -> pa.Array:
+    """Unix seconds (int64) from numbers, timestamps or ISO date-time strings (checked by `_unparsed`)."""
+    if pa.types.is_integer(col.type) or pa.types.is_floating(col.type):
+        return pc.cast(col, pa.int64()) if pa.types.is_integer(col.type) else col
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        col = pc.cast(col, pa.timestamp("s"))
+    return pc.cast(pc.cast(col, pa.timestamp("s")), pa.int64())
+
+
+def _unparsed(col: pa.ChunkedArray) -> np.ndarray | None:
+    """Rows whose timestamp is neither a number nor an ISO date-time; None if the type holds neither."""
+    if pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_timestamp(col.type) or pa.types.is_date(col.type):
+        return np.zeros(len(col), dtype=bool)
+    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+        return None
+    raw = col.to_numpy(zero_copy_only=False)
+    present = np.array([v is not None for v in raw])
+    distinct = np.unique(raw[present].astype(str))
+    bad_values = set()
+    for v in distinct:  # distinct values only; this runs on the error path of a parse, or on short logs
+        try:
+            pc.cast(pa.array([v]), pa.timestamp("s"))
+        except pa.ArrowInvalid:
+            bad_values.add(v)
+    return np.array([v is not None and v in bad_values for v in raw]) if bad_values else np.zeros(len(col), dtype=bool)
+
+
+def check_log(table: pa.Table, schema: LogSchema) -> tuple[list[tuple[str, np.ndarray]], list[str]]:
+    """`(problems rows cause, each with its bad-row mask; problems no row can fix)`."""
+    fatal: list[str] = []
+    renames = schema.renames()
+    missing = [c for c in renames if c not in table.column_names]
+    for c in missing:
+        role = next(k for k, v in _roles(schema).items() if c in v)
+        fatal.append(f"schema {role} names column {c!r}, which is not in the file{_suggest(c, table.column_names)}")
+    if missing:
+        return [], fatal + [f"the file has {table.column_names}"]
+    found: list[tuple[str, np.ndarray]] = []
+
+    def flag(mask: np.ndarray, what: str) -> None:
+        if mask.any():
+            found.append((what, mask))
+
+    for column in [schema.user, schema.item, *schema.sparse]:
+        col = table.column(column)
+        if pa.types.is_floating(col.type):  # a float id column is fine if every value is integral
+            values = col.to_numpy(zero_copy_only=False)
+            flag(np.isfinite(values) & (values != np.round(values)), f"column {column!r}: fractional id(s)")
+        elif problem := checks.id_type_problem(column, col.type):
+            fatal.append(problem)
+            continue
+        flag(col.is_null().to_numpy(zero_copy_only=False), f"column {column!r}: missing id(s)")
+    numeric = [(lbl["column"], "label") for lbl in schema.labels] + [(c, "dense feature") for c in schema.dense]
+    numeric += [(c, k) for c, k in ((schema.position, "position"), (schema.duration, "duration")) if c]
+    for column, role in numeric:
+        col = table.column(column)
+        if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_boolean(col.type)):
+            sample = [v for v in col.slice(0, 50).to_pylist() if v is not None][:3]
+            fatal.append(f"column {column!r} ({role}) must be numeric, got {col.type} (e.g. {sample})")
+            continue
+        flag(~np.isfinite(_as_float(col)), f"column {column!r}: missing or non-finite value(s)")
+    if schema.timestamp:
+        col = table.column(schema.timestamp)
+        unparsed = _unparsed(col)
+        if unparsed is None:
+            fatal.append(f"column {schema.timestamp!r} (timestamp) must be unix seconds or date-times, got {col.type}")
+        else:
+            flag(col.is_null().to_numpy(zero_copy_only=False), f"column {schema.timestamp!r}: missing timestamp(s)")
+            flag(unparsed, f"column {schema.timestamp!r}: timestamp(s) that are not ISO date-times like 2024-05-01T12:00:00")
+    if fatal:
+        return found, fatal
+    for label in schema.labels:
+        values = _as_float(table.column(label["column"]))
+        if label["kind"] == "binary":
+            flag(np.isfinite(values) & (values != 0) & (values != 1), f"column {label['column']!r}: binary label(s) not 0 or 1")
+        elif label["transform"] == "log1p" or label["name"] in checks.NON_NEGATIVE:
+            flag(np.isfinite(values) & (values < 0), f"column {label['column']!r}: negative value(s)")
+    if schema.duration:
+        values = _as_float(table.column(schema.duration))
+        flag(np.isfinite(values) & (values < 0), f"column {schema.duration!r}: negative duration(s) (seconds, must be >= 0)")
+    if schema.position:
+        values = _as_float(table.column(schema.position))
+        flag(np.isfinite(values) & ((values < 1) | (values != np.round(values))),
+             f"column {schema.position!r}: position(s) below 1 or fractional (slots count from 1)")
+    if schema.timestamp:  # an event log: exact repeats are logging accidents (recolab.data.checks)
+        used = table.select(list(renames)).rename_columns(list(renames.values()))
+        flag(checks.duplicate_rows(used), "duplicate row(s) (equal to an earlier row in every imported column)")
+    return found, fatal
+
+
+def _roles(schema: LogSchema) -> dict[str, list[str]]:
+    return {
+        "user": [schema.user], "item": [schema.item], "timestamp": [schema.timestamp], "position": [schema.position],
+        "duration": [schema.duration], "labels": [lbl["column"] for lbl in schema.labels],
+        "sparse": schema.sparse, "dense": schema.dense,
+    }
+
+
+def _encode_ids(col: pa.ChunkedArray) -> tuple[pa.Array, pa.Table | None]:
+    """Integer ids as they are; string ids -> int64 codes (sorted order) and the code -> id table."""
+    if pa.types.is_dictionary(col.type):
+        col = pc.cast(col, col.type.value_type)
+    if pa.types.is_integer(col.type):
+        return pc.cast(col, pa.int64()), None
+    if pa.types.is_floating(col.type):
+        return pc.cast(col, pa.int64()), None  # integral, checked
+    raw = col.to_numpy(zero_copy_only=False).astype(str)
+    distinct, codes = np.unique(raw, return_inverse=True)
+    return pa.array(codes.astype(np.int64)), pa.table({"code": np.arange(len(distinct), dtype=np.int64), "id": distinct})
+
+
+def convert(table: pa.Table, schema: LogSchema) -> tuple[pa.Table, dict[str, pa.Table]]:
+    """The log in recolab's layout, and the code tables of string id columns."""
+    columns, id_maps = {}, {}
+    for column, name in schema.renames().items():
+        col = table.column(column)
+        if column in (schema.user, schema.item, *schema.sparse):
+            col, mapping = _encode_ids(col)
+            if mapping is not None:
+                id_maps[name] = mapping
+        elif column == schema.timestamp:
+            col = _timestamp_seconds(col)
+        elif column == schema.position:
+            col = pc.cast(col, pa.int32())
+        else:
+            col = pa.array(_as_float(col).astype(np.float32))
+        columns[name] = col
+    return pa.table(columns), id_maps
+
+
+def module_schema(schema: LogSchema) -> dict[str, Any]:
+    """The data module's arguments (`recolab_schema.yaml`): features, tasks, evaluation columns, split."""
+    meta = ["user_id", *(["position"] if schema.position else []), *(["duration"] if schema.duration else [])]
+    return {
+        "sparse": ["user_id", "item_id", *schema.sparse],
+        "dense": list(schema.dense),
+        "tasks": [{k: lbl[k] for k in ("name", "kind", "weight", "transform")} for lbl in schema.labels],
+        "meta": meta,
+        "split": {"kind": schema.split.get("kind", "time"), "fractions": list(schema.split.get("fractions", [0.8, 0.1, 0.1]))},
+    }
+
+
+def _quantiles(values: np.ndarray) -> dict[str, float]:
+    if len(values) == 0:
+        return {}
+    q = np.quantile(values, [0.0, 0.1, 0.5, 0.9, 1.0])
+    return {"min": float(q[0]), "p10": float(q[1]), "p50": float(q[2]), "p90": float(q[3]), "max": float(q[4]),
+            "mean": float(values.mean())}
+
+
+def summarize(out: pa.Table, schema: LogSchema, *, source: str, dropped: dict[str, Any]) -> dict[str, Any]:
+    """Rows, users, items, label rates, and the duration and position distributions."""
+    users = out.column("user_id").to_numpy()
+    items = out.column("item_id").to_numpy()
+    per_user = np.unique(users, return_counts=True)[1]
+    per_item = np.unique(items, return_counts=True)[1]
+    summary: dict[str, Any] = {
+        "source": source,
+        "rows": out.num_rows,
+        "dropped_rows": dropped,
+        "users": int(len(per_user)),
+        "items": int(len(per_item)),
+        "rows_per_user": _quantiles(per_user.astype(float)),
+        "rows_per_item": _quantiles(per_item.astype(float)),
+        "labels": {},
+    }
+    for label in schema.labels:
+        y = out.column(label["name"]).to_numpy().astype(np.float64)
+        summary["labels"][label["name"]] = (
+            {"kind": "binary", "rate": float(y.mean()), "positives": int(y.sum())} if label["kind"] == "binary"
+            else {"kind": "regression", "zero_share": float((y == 0).mean()), **_quantiles(y)}
+        )
+    if schema.duration:
+        summary["duration"] = _quantiles(out.column("duration").to_numpy().astype(np.float64))
+    if schema.position:
+        pos, counts = np.unique(out.column("position").to_numpy(), return_counts=True)
+        summary["position"] = {"rows_by_position": {int(p): int(c) for p, c in zip(pos[:20], counts[:20])},
+                               **_quantiles(out.column("position").to_numpy().astype(float))}
+        if schema.labels and schema.labels[0]["kind"] == "binary":
+            y = out.column(schema.labels[0]["name"]).to_numpy()
+            p = out.column("position").to_numpy()
+            summary["position"][f"{schema.labels[0]['name']}_rate_by_position"] = {
+                int(k): float(y[p == k].mean()) for k in pos[:20]
+            }
+    if schema.timestamp:
+        t = out.column("timestamp").to_numpy()
+        summary["timestamp"] = {"first": int(t.min()), "last": int(t.max()), "days": round(float(t.max() - t.min()) / 86400, 2)}
+    return summary
+
+
+def summary_markdown(s: dict[str, Any]) -> str:
+    def fmt(v: Any) -> str:
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    def dist(d: dict[str, float]) -> str:
+        return ", ".join(f"{k} {fmt(v)}" for k, v in d.items() if not isinstance(v, dict))
+
+    lines = [
+        f"# Imported log: {s['source']}", "",
+        "| what | value |", "| --- | --- |",
+        f"| rows | {s['rows']} |",
+        f"| dropped rows | {s['dropped_rows']['total']} |",
+        f"| users | {s['users']} |",
+        f"| items | {s['items']} |",
+        f"| rows per user | {dist(s['rows_per_user'])} |",
+        f"| rows per item | {dist(s['rows_per_item'])} |",
+    ]
+    for name, label in s["labels"].items():
+        if label["kind"] == "binary":
+            lines.append(f"| label {name} (binary) | rate {fmt(label['rate'])} ({label['positives']} positives) |")
+        else:
+            lines.append(f"| label {name} (regression) | {dist({k: v for k, v in label.items() if k != 'kind'})} |")
+    if "duration" in s:
+        lines.append(f"| duration (s) | {dist(s['duration'])} |")
+    if "position" in s:
+        lines.append(f"| position | {dist(s['position'])} |")
+        lines.append(f"| rows by position | {', '.join(f'{k}: {v}' for k, v in s['position']['rows_by_position'].items())} |")
+        for key, rates in s["position"].items():
+            if key.endswith("_rate_by_position"):
+                lines.append(f"| {key.replace('_', ' ')} | {', '.join(f'{k}: {fmt(v)}' for k, v in rates.items())} |")
+    if "timestamp" in s:
+        lines.append(f"| time span | {s['timestamp']['days']} days |")
+    for reason, n in s["dropped_rows"].get("reasons", {}).items():
+        lines.append(f"| dropped: {reason} | {n} |")
+    return "\n".join(lines) + "\n"
+
+
+def import_log(path: str | Path, schema_path: str | Path, out: str | Path, *, drop_bad_rows: bool = False) -> dict[str, Any]:
+    """Check, convert and write a log (see the module docstring); return the summary."""
+    schema = read_schema(schema_path)
+    table = read_log(path)
+    source = str(Path(path))
+    if table.num_rows == 0:
+        raise LogImportError(f"{source}: the file has no rows")
+    found, fatal = check_log(table, schema)
+    if fatal:
+        raise LogImportError(f"{source}: " + "; ".join(fatal))
+    dropped: dict[str, Any] = {"total": 0}
+    if found:
+        problems = "; ".join(f"{what}: {_rows(mask)}" for what, mask in found)
+        if not drop_bad_rows:
+            raise LogImportError(
+                f"{source}: {problems} (data rows counted from 1, the header not counted). "
+                "Fix the file, or import with drop_bad_rows=true to drop these rows."
+            )
+        bad = np.logical_or.reduce([mask for _, mask in found])
+        dropped = {"total": int(bad.sum()), "reasons": {what: int(mask.sum()) for what, mask in found}}
+        log.warning("%s: dropping %d bad row(s): %s", source, dropped["total"], problems)
+        table = table.filter(pa.array(~bad))
+        if table.num_rows == 0:
+            raise LogImportError(f"{source}: no rows left after dropping bad rows")
+    converted, id_maps = convert(table, schema)
+    summary = summarize(converted, schema, source=str(Path(path).resolve()), dropped=dropped)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    pq.write_table(converted, out / DATA_FILE)
+    (out / SCHEMA_FILE).write_text(
+        f"# Written by `python -m recolab data import` from {Path(path).resolve()}; read by data=imported.\n"
+        + yaml.safe_dump(module_schema(schema), sort_keys=False)
+    )
+    if id_maps:
+        (out / "ids").mkdir(exist_ok=True)
+        for name, mapping in id_maps.items():
+            pq.write_table(mapping, out / "ids" / f"{name}.parquet")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default) + "\n")
+    (out / "summary.md").write_text(summary_markdown(summary))
+    return summary
+
+
+def _json_default(v: Any) -> Any:
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (np.floating,)):
+        return None if math.isnan(v) else float(v)
+    raise TypeError(type(v))

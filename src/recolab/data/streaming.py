@@ -1,0 +1,470 @@
+"""Streaming parquet: ranking data larger than memory, read row group by row group.
+
+Layout: a folder with one sub-folder per split, each a folder of parquet files with row groups:
+
+    <path>/train/part-00000.parquet ...   <path>/val/...   <path>/test/...
+
+`setup` makes one streaming pass (`_scan`) over every split before any training starts: it
+validates each row group with `RankDataModule._validate` (failing, or dropping and counting bad
+rows, as the in-memory module does), counts each row group's good rows, and on the training split
+fits the vocabularies (a running union of each row group's distinct ids) and the dense mean and
+std (Chan et al.'s pairwise update, float64). Vocabularies from a checkpoint (`load_state_dict`)
+win over fitting. Memory during the scan and during training is a row group plus the shuffle
+buffer, whatever the data's size; vocabularies grow with the number of distinct ids only.
+
+Rows to ranks and loader workers (`Shard`): the split's row groups, in a per-epoch random order
+for training (seed + epoch, the same on every rank), are laid end to end as one sequence of N good
+rows. Rank r takes the contiguous range [r * floor(N / W), (r + 1) * floor(N / W)) for training:
+equal row counts, so equal step counts under DDP, leaving out the last N mod W < W rows of the
+epoch's order (different rows each epoch). Evaluation ranks take [floor(N r / W), floor(N (r+1) / W)):
+every row exactly once, lengths differing by at most one (the pipeline gathers them). A rank's
+range is then cut among its DataLoader workers in whole batches (the remainder goes to the last
+worker), so a rank yields ceil(R / B) batches whatever its number of workers: one partial batch
+per rank per epoch at most. Rows are shuffled by row group and within a buffer of
+`shuffle_buffer` rows in each worker (half of it carries over into the next refill).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from recolab.data.columnar import Columns, Vocabulary
+from recolab.data.datamodule import SPLITS, DataError, RankDataModule, _list_values
+from recolab.data.synthetic_video import WorldParams, cached_world
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RowGroup:
+    """One row group of one file, with its number of good rows (after validation)."""
+
+    file: str
+    index: int
+    rows: int
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Rows `[start, stop)` of a row group's good rows."""
+
+    group: RowGroup
+    start: int
+    stop: int
+
+
+def _cut(groups: list[RowGroup], lo: int, hi: int) -> list[Piece]:
+    """The pieces holding rows `[lo, hi)` of the groups laid end to end."""
+    pieces, offset = [], 0
+    for g in groups:
+        a, b = max(lo, offset), min(hi, offset + g.rows)
+        if a < b:
+            pieces.append(Piece(g, a - offset, b - offset))
+        offset += g.rows
+        if offset >= hi:
+            break
+    return pieces
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Which rows one rank and one loader worker read in one epoch (see the module docstring).
+
+    Args:
+        groups: the split's row groups, in file order.
+        batch_size: B.
+        train: equal rows per rank, row groups in a per-epoch random order.
+        seed: base seed of the row-group order.
+        rank, world_size: the DDP process and the number of processes.
+    """
+
+    groups: tuple[RowGroup, ...]
+    batch_size: int
+    train: bool
+    seed: int = 0
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def total_rows(self) -> int:
+        return sum(g.rows for g in self.groups)
+
+    def rank_range(self) -> tuple[int, int]:
+        n, w, r = self.total_rows, self.world_size, self.rank
+        if self.train:
+            per = n // w
+            return r * per, (r + 1) * per
+        return n * r // w, n * (r + 1) // w
+
+    def num_batches(self) -> int:
+        lo, hi = self.rank_range()
+        return math.ceil((hi - lo) / self.batch_size)
+
+    def order(self, epoch: int) -> list[RowGroup]:
+        if not self.train:
+            return list(self.groups)
+        g = torch.Generator().manual_seed(self.seed + epoch)
+        return [self.groups[i] for i in torch.randperm(len(self.groups), generator=g).tolist()]
+
+    def pieces(self, epoch: int, worker: int = 0, num_workers: int = 1) -> list[Piece]:
+        """This rank's and worker's pieces: whole batches per worker, the remainder to the last."""
+        lo, hi = self.rank_range()
+        full, rest = divmod(hi - lo, self.batch_size)
+        counts = [full // num_workers + (k < full % num_workers) for k in range(num_workers)]
+        start = lo + sum(counts[:worker]) * self.batch_size
+        stop = start + counts[worker] * self.batch_size + (rest if worker == num_workers - 1 else 0)
+        return _cut(self.order(epoch), start, stop)
+
+
+class StreamingBatches(IterableDataset):
+    """Columnar batches streamed from parquet row groups (an `IterableDataset` of whole batches).
+
+    Args:
+        shard: which rows this rank reads (workers split them further at iteration time).
+        read: a piece -> its encoded columns (validation and encoding of the data module).
+        shuffle_buffer: rows held for shuffling in each worker; 0 or `shuffle=False` keeps order.
+        shuffle: shuffle row groups (see `Shard.order`) and rows within the buffer.
+        epoch: the epoch whose order is read (see `set_epoch`).
+    """
+
+    def __init__(self, shard: Shard, read: Any, *, shuffle_buffer: int, shuffle: bool, epoch: int = 0) -> None:
+        super().__init__()
+        self.shard = shard
+        self.read = read
+        self.shuffle_buffer = shuffle_buffer
+        self.shuffle = shuffle
+        self.epoch = epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.shard.num_batches()
+
+    def __iter__(self) -> Iterator[Columns]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        B = self.shard.batch_size
+        shuffle = self.shuffle and self.shuffle_buffer > 0
+        capacity = max(self.shuffle_buffer, B) if shuffle else B
+        keep = capacity // 2 if shuffle else 0  # rows carried into the next refill
+        g = torch.Generator().manual_seed(self.shard.seed + 7919 * self.epoch + 104729 * (self.shard.rank * workers + worker))
+        chunks: list[Columns] = []
+        held = 0
+        for piece in self.shard.pieces(self.epoch, worker, workers):
+            chunks.append(self.read(piece))
+            held += piece.stop - piece.start
+            if held < capacity:
+                continue
+            buffer = _concat(chunks)
+            if shuffle:
+                buffer = _take(buffer, torch.randperm(held, generator=g))
+            start = 0
+            while held - start - B >= keep:
+                yield _slice(buffer, start, start + B)
+                start += B
+            chunks, held = [_slice(buffer, start, held)], held - start
+        if held:
+            buffer = _concat(chunks)
+            if shuffle:
+                buffer = _take(buffer, torch.randperm(held, generator=g))
+            for start in range(0, held, B):
+                yield _slice(buffer, start, min(start + B, held))
+
+
+def _concat(chunks: list[Columns]) -> Columns:
+    if len(chunks) == 1:
+        return chunks[0]
+    return {grp: {k: torch.cat([c[grp][k] for c in chunks]) for k in chunks[0][grp]} for grp in chunks[0]}
+
+
+def _take(cols: Columns, idx: torch.Tensor) -> Columns:
+    return {grp: {k: t.index_select(0, idx) for k, t in ts.items()} for grp, ts in cols.items()}
+
+
+def _slice(cols: Columns, a: int, b: int) -> Columns:
+    return {grp: {k: t[a:b] for k, t in ts.items()} for grp, ts in cols.items()}
+
+
+class _DenseStats:
+    """Running count, mean and sum of squared deviations (Chan, Golub and LeVeque's pairwise update)."""
+
+    def __init__(self) -> None:
+        self.n, self.mean, self.m2 = 0, 0.0, 0.0
+
+    def add(self, x: np.ndarray) -> None:
+        n_b = len(x)
+        if n_b == 0:
+            return
+        mean_b = float(x.mean())
+        m2_b = float(((x - mean_b) ** 2).sum())
+        n = self.n + n_b
+        delta = mean_b - self.mean
+        self.mean += delta * n_b / n
+        self.m2 += m2_b + delta**2 * self.n * n_b / n
+        self.n = n
+
+    def result(self) -> tuple[float, float]:
+        std = math.sqrt(self.m2 / self.n) if self.n else 0.0
+        return self.mean, std if std > 0 else 1.0
+
+
+class StreamingParquetDataModule(RankDataModule):
+    """A ranking data set streamed from a folder of parquet files (see the module docstring).
+
+    Args:
+        path: the folder holding one sub-folder (of parquet files) per split.
+        splits: `{train: sub-folder, val: ..., test: ...}`, relative to `path`.
+        shuffle_buffer: rows held for shuffling in each loader worker.
+        num_workers: DataLoader worker processes per rank (0 reads in the training process).
+        **kwargs: `RankDataModule` arguments (`sparse`, `dense`, `tasks`, `meta`, `batch_size`, ...);
+            `split` must be null: the folders are the split.
+    """
+
+    def __init__(
+        self,
+        *,
+        path: str,
+        splits: dict[str, str] | None = None,
+        shuffle_buffer: int = 100_000,
+        num_workers: int = 1,
+        **kwargs: Any,
+    ) -> None:
+        if kwargs.pop("split", None) is not None:
+            raise ValueError("a streaming data set is split by folder: set data.splits, not data.split")
+        super().__init__(split={"kind": "folder"}, **kwargs)
+        if getattr(self, "negative_downsampling", None):
+            raise ValueError("data.negative_downsampling is not supported by streaming data yet: use the in-memory module")
+        if shuffle_buffer < 0 or num_workers < 0:
+            raise ValueError(f"data.shuffle_buffer and data.num_workers must be >= 0, got {shuffle_buffer}, {num_workers}")
+        self.path = path
+        self.splits = {s: s for s in SPLITS} | dict(splits or {})
+        self.shuffle_buffer = shuffle_buffer
+        self.num_workers = num_workers
+        self.groups: dict[str, list[RowGroup]] = {}
+
+    # -- the streaming pass -----------------------------------------------------------------
+
+    def _files(self, split: str) -> list[Path]:
+        folder = Path(self.path) / self.splits[split]
+        files = sorted(folder.rglob("*.parquet")) if folder.is_dir() else [folder] if folder.is_file() else []
+        if not files:
+            raise DataError(f"{folder}: no parquet files for the {split} split (data.path, data.splits.{split})")
+        return files
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.schema is not None:
+            return
+        self.source_path = str(self.path)
+        fit = not self.vocabs  # a checkpoint's vocabularies win (see load_state_dict)
+        self.dropped_rows = 0
+        self.groups = {split: self._scan(split, fit=fit and split == "train") for split in SPLITS}
+        self.schema = self._schema()
+        log.info(
+            "data %s (streaming): %s rows (train/val/test), %d dropped",
+            self.source_path, "/".join(str(sum(g.rows for g in self.groups[s])) for s in SPLITS), self.dropped_rows,
+        )
+
+    def _scan(self, split: str, *, fit: bool) -> list[RowGroup]:
+        """Validate and count every row group of a split; fit vocabularies and dense stats on it if asked."""
+        ids: dict[str, np.ndarray] = {}
+        stats = {name: _DenseStats() for name in self.dense_names}
+        fit_sequences = [n for n, s in self.sequence_specs.items() if s.get("vocab_of") is None]
+        groups = []
+        for file in self._files(split):
+            pf = pq.ParquetFile(file)
+            self._check_columns(str(file), pf.schema_arrow.names)
+            for i in range(pf.num_row_groups):
+                table = self._validated(pf.read_row_group(i, columns=self.required_columns), f"{file} (row group {i})")
+                groups.append(RowGroup(str(file), i, table.num_rows))
+                if not fit:
+                    continue
+                for name in self.sparse_names:
+                    values = np.unique(table.column(name).to_numpy(zero_copy_only=False))
+                    ids[name] = values if name not in ids else np.union1d(ids[name], values)
+                for name in fit_sequences:
+                    values = _list_values(table.column(name))
+                    values = np.unique(values[values != 0])
+                    ids[name] = values if name not in ids else np.union1d(ids[name], values)
+                for name in self.dense_names:
+                    stats[name].add(table.column(name).to_numpy(zero_copy_only=False).astype(np.float64))
+        if not sum(g.rows for g in groups):
+            raise DataError(f"{Path(self.path) / self.splits[split]}: the {split} split has no rows")
+        if fit:
+            self.vocabs = {name: Vocabulary(values) for name, values in ids.items()}
+            self.dense_stats = {name: s.result() for name, s in stats.items()}
+        return groups
+
+    def _validated(self, table: pa.Table, where: str) -> pa.Table:
+        """`RankDataModule._validate` on one row group, its messages naming the file and row group."""
+        if table.num_rows == 0:
+            return table
+        self.source_path, before, self.dropped_rows = where, self.dropped_rows, 0
+        try:
+            table = self._validate(table)  # sets dropped_rows to this row group's count
+        except DataError as e:
+            if not (self.drop_bad_rows and "no rows left" in str(e)):
+                raise
+            self.dropped_rows, table = table.num_rows, table.slice(0, 0)  # a row group of bad rows only
+        finally:
+            self.source_path = str(self.path)
+        self.dropped_rows += before
+        return table
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def _loader(self, split: str, *, shuffle: bool, batch_size: int) -> DataLoader:
+        rank, world, epoch = 0, 1, 0
+        if self.trainer is not None:
+            rank, world, epoch = self.trainer.global_rank, self.trainer.world_size, self.trainer.current_epoch
+        shard = Shard(tuple(self.groups[split]), batch_size, train=shuffle, seed=self.seed, rank=rank, world_size=world)
+        dataset = StreamingBatches(shard, _PieceReader(self), shuffle_buffer=self.shuffle_buffer, shuffle=shuffle, epoch=epoch)
+        pin = self.pin_memory
+        if pin == "auto":
+            pin = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
+        return DataLoader(dataset, batch_size=None, num_workers=self.num_workers, pin_memory=bool(pin))
+
+
+class _PieceReader:
+    """Reads and encodes one piece; holds a copy of the data module's encoding state, not its trainer.
+
+    It travels to DataLoader workers (pickled under `spawn`), so it carries no trainer and opens
+    files lazily in the process that reads them.
+    """
+
+    def __init__(self, dm: StreamingParquetDataModule) -> None:
+        self.dm = copy.copy(dm)
+        self.dm.trainer = None
+        self.files: dict[str, pq.ParquetFile] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"dm": self.dm, "files": {}}
+
+    def __call__(self, piece: Piece) -> Columns:
+        g = piece.group
+        if g.file not in self.files:
+            self.files[g.file] = pq.ParquetFile(g.file)
+        table = self.files[g.file].read_row_group(g.index, columns=self.dm.required_columns)
+        table = self.dm._validated(table, f"{g.file} (row group {g.index})")
+        if table.num_rows != g.rows:
+            raise DataError(f"{g.file} row group {g.index}: {table.num_rows} good rows, the scan counted {g.rows}; did the file change?")
+        return self.dm._encode(table.slice(piece.start, piece.stop - piece.start))
+
+
+# -- writing a data set as a folder of parquet files ----------------------------------------
+
+
+def write_parquet_folder(
+    source: str | Path,
+    out: str | Path,
+    *,
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    rows_per_file: int = 1_000_000,
+    row_group_size: int = 100_000,
+    read_batch: int = 65_536,
+) -> Path:
+    """Split one parquet file, in its row order, into `out/{train,val,test}/part-NNNNN.parquet`.
+
+    The cuts are the in-memory time split's (`round(cumsum(fractions) * n)`) when the file is in
+    time order. Reads `read_batch` rows at a time, so memory stays bounded; writes into a temporary
+    folder renamed into place at the end (a killed writer leaves nothing half-written).
+    """
+    source, out = Path(source), Path(out)
+    pf = pq.ParquetFile(source)
+    n = pf.metadata.num_rows
+    cuts = [0, *np.round(np.cumsum(fractions)[:2] * n).astype(int).tolist(), n]
+    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    writer: pq.ParquetWriter | None = None
+    split, file_no, in_file, row = 0, 0, 0, 0
+
+    def open_writer() -> pq.ParquetWriter:
+        folder = tmp / SPLITS[split]
+        folder.mkdir(parents=True, exist_ok=True)
+        return pq.ParquetWriter(folder / f"part-{file_no:05d}.parquet", pf.schema_arrow)
+
+    for batch in pf.iter_batches(batch_size=read_batch):
+        table = pa.Table.from_batches([batch])
+        while table.num_rows:
+            while row >= cuts[split + 1]:  # next split (skipping empty ones)
+                if writer is not None:
+                    writer.close()
+                    writer = None
+                split, file_no, in_file = split + 1, 0, 0
+            if writer is None or in_file >= rows_per_file:
+                if writer is not None:
+                    writer.close()
+                    file_no += 1
+                writer, in_file = open_writer(), 0
+            take = min(table.num_rows, cuts[split + 1] - row, rows_per_file - in_file)
+            writer.write_table(table.slice(0, take), row_group_size=row_group_size)
+            table, row, in_file = table.slice(take), row + take, in_file + take
+    if writer is not None:
+        writer.close()
+    try:
+        tmp.replace(out)
+    except OSError:  # another process (a DDP rank) finished first: keep its copy
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+class SyntheticVideoStreamingDataModule(StreamingParquetDataModule):
+    """The synthetic world (`recolab.data.synthetic_video`) as a streamed folder of parquet files.
+
+    `prepare_data` generates the world once (the same cached file as the in-memory module) and
+    splits it by time into `<cache_dir>/synthetic_video-<world>-stream-<layout>/{train,val,test}/`,
+    so the three splits hold exactly the rows of the in-memory module's time split.
+
+    Args:
+        cache_dir: where generated worlds are cached.
+        fractions: train, val and test shares of the time-ordered log.
+        rows_per_file, row_group_size: the folder's layout.
+        **kwargs: `WorldParams` fields and `StreamingParquetDataModule` arguments (not `path`).
+    """
+
+    def __init__(
+        self,
+        *,
+        cache_dir: str,
+        fractions: list[float] = (0.8, 0.1, 0.1),
+        rows_per_file: int = 1_000_000,
+        row_group_size: int = 100_000,
+        **kwargs: Any,
+    ) -> None:
+        fields = WorldParams.__dataclass_fields__
+        self.params = WorldParams(**{k: kwargs.pop(k) for k in list(kwargs) if k in fields})
+        self.cache_dir = cache_dir
+        self.layout = {"fractions": [float(f) for f in fractions], "rows_per_file": rows_per_file, "row_group_size": row_group_size}
+        key = hashlib.sha1(json.dumps(self.layout, sort_keys=True).encode()).hexdigest()[:8]
+        path = Path(cache_dir) / f"synthetic_video-{self.params.key()}-stream-{key}"
+        super().__init__(path=str(path), **kwargs)
+
+    def prepare_data(self) -> None:
+        if Path(self.path).is_dir():
+            return
+        source = cached_world(self.params, self.cache_dir)
+        log.info("writing the synthetic world as a parquet folder %s", self.path)
+        write_parquet_folder(
+            source, self.path, fractions=tuple(self.layout["fractions"]),
+            rows_per_file=self.layout["rows_per_file"], row_group_size=self.layout["row_group_size"],
+        )
+
+    def setup(self, stage: str | None = None) -> None:
+        self.prepare_data()
+        super().setup(stage)

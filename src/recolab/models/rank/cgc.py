@@ -1,0 +1,185 @@
+"""Customized Gate Control (CGC) and Progressive Layered Extraction (PLE) (Tang, Liu, Zhao and
+Gong, "Progressive Layered Extraction (PLE): A Novel Multi-Task Learning (MTL) Model for
+Personalized Recommendations", RecSys 2020).
+
+CGC (the paper's Section 4.1): every task k owns `num_task_experts` experts and all tasks share
+`num_shared_experts` experts. Task k's gate is a softmax over its own and the shared experts
+only (eq. 2-3, `g^k(x) = w^k(x) S^k(x)`, `w^k(x) = Softmax(W^k_g x)`), so a task never reads
+another task's specific experts: the specific experts are where the seesaw between tasks is
+kept out.
+
+PLE (Section 4.2) stacks extraction layers. Layer j has the same experts and task gates as CGC,
+but task k's experts and gate read task k's output of layer j-1, and the shared experts read the
+shared output of layer j-1 (eq. 4). Every layer but the last also has a shared gate, a softmax
+over *all* experts of the layer (every task's and the shared ones), whose mixture is the shared
+input of layer j+1: that is how PLE lets tasks exchange information progressively. The first
+layer's inputs are all the embedded features; towers per task read the last layer's task outputs
+(eq. 5). PLE with one level is CGC.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from recolab.data.schema import Schema
+from recolab.models.blocks import MLP, FeatureEmbedding
+
+
+class LevelGates(NamedTuple):
+    """One extraction layer's gate weights: per task (B, E_task + E_shared), shared (B, T * E_task + E_shared) or None."""
+
+    tasks: dict[str, torch.Tensor]
+    shared: torch.Tensor | None
+
+
+class ExtractionLayer(nn.Module):
+    """One CGC layer: task-specific and shared experts, a gate per task, and optionally a shared gate.
+
+    Args:
+        tasks: task names, T of them.
+        in_dim: width of the layer's inputs.
+        num_task_experts: experts owned by each task.
+        num_shared_experts: experts shared by all tasks.
+        expert_dims: hidden widths of each expert MLP (the last is the output width H).
+        dropout: dropout after the experts' hidden layers.
+        shared_gate: build the shared gate over all experts (every PLE layer but the last).
+    """
+
+    def __init__(
+        self,
+        tasks: list[str],
+        in_dim: int,
+        *,
+        num_task_experts: int,
+        num_shared_experts: int,
+        expert_dims: list[int],
+        dropout: float,
+        shared_gate: bool,
+    ) -> None:
+        super().__init__()
+        self.tasks = list(tasks)
+
+        def experts(n: int) -> nn.ModuleList:
+            return nn.ModuleList([MLP(in_dim, expert_dims, dropout=dropout) for _ in range(n)])
+
+        self.task_experts = nn.ModuleDict({t: experts(num_task_experts) for t in self.tasks})
+        self.shared_experts = experts(num_shared_experts)
+        self.task_gates = nn.ModuleDict({t: nn.Linear(in_dim, num_task_experts + num_shared_experts) for t in self.tasks})
+        num_all = len(self.tasks) * num_task_experts + num_shared_experts
+        self.shared_gate = nn.Linear(in_dim, num_all) if shared_gate else None
+        self.output_dim = expert_dims[-1]
+
+    def forward(
+        self, task_inputs: dict[str, torch.Tensor], shared_input: torch.Tensor
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, LevelGates]:
+        """Task inputs {task: (B, F)} and the shared input (B, F) -> task outputs {task: (B, H)}, shared output or None, gates."""
+        shared = [e(shared_input) for e in self.shared_experts]  # each (B, H)
+        specific = {t: [e(task_inputs[t]) for e in self.task_experts[t]] for t in self.tasks}
+        outputs, gates = {}, {}
+        for t in self.tasks:
+            experts = torch.stack([*specific[t], *shared], dim=1)  # (B, E_task + E_shared, H)
+            gate = self.task_gates[t](task_inputs[t]).softmax(-1)  # (B, E_task + E_shared)
+            outputs[t] = (gate.unsqueeze(1) @ experts).squeeze(1)  # (B, H)
+            gates[t] = gate
+        if self.shared_gate is None:
+            return outputs, None, LevelGates(gates, None)
+        every = torch.stack([e for t in self.tasks for e in specific[t]] + shared, dim=1)  # (B, T*E_task + E_shared, H)
+        shared_gate = self.shared_gate(shared_input).softmax(-1)  # (B, T*E_task + E_shared)
+        shared_out = (shared_gate.unsqueeze(1) @ every).squeeze(1)  # (B, H)
+        return outputs, shared_out, LevelGates(gates, shared_gate)
+
+
+class PLE(nn.Module):
+    """Args:
+        schema: features and tasks.
+        embedding_dim: width of each id embedding.
+        num_levels: extraction layers; 1 is CGC.
+        num_task_experts: experts owned by each task, per layer.
+        num_shared_experts: experts shared by all tasks, per layer.
+        expert_dims: hidden widths of each expert MLP (the last is the expert's output width).
+        tower_dims: hidden widths of each task tower (a final linear layer gives the output).
+        dropout: dropout after hidden layers.
+    """
+
+    def __init__(
+        self,
+        schema: Schema,
+        *,
+        embedding_dim: int = 16,
+        num_levels: int = 2,
+        num_task_experts: int = 2,
+        num_shared_experts: int = 2,
+        expert_dims: list[int] = (128, 64),
+        tower_dims: list[int] = (32,),
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if num_levels < 1:
+            raise ValueError(f"num_levels must be >= 1, got {num_levels}")
+        if num_task_experts < 0 or num_shared_experts < 0 or num_task_experts + num_shared_experts < 1:
+            raise ValueError(
+                "num_task_experts and num_shared_experts must be >= 0 and give each task at least one "
+                f"expert, got {num_task_experts} and {num_shared_experts}"
+            )
+        if num_levels > 1 and num_shared_experts < 1:
+            raise ValueError(
+                f"num_levels={num_levels} needs num_shared_experts >= 1: the inner layers pass information "
+                "between tasks only through the shared experts of the next layer"
+            )
+        if not expert_dims:
+            raise ValueError("expert_dims must name at least one layer")
+        self.tasks = schema.task_names
+        self.embed = FeatureEmbedding(schema, embedding_dim=embedding_dim)
+        dims = [self.embed.output_dim] + [expert_dims[-1]] * (num_levels - 1)
+        self.levels = nn.ModuleList(
+            [
+                ExtractionLayer(
+                    self.tasks, d_in, num_task_experts=num_task_experts, num_shared_experts=num_shared_experts,
+                    expert_dims=list(expert_dims), dropout=dropout, shared_gate=level < num_levels - 1,
+                )
+                for level, d_in in enumerate(dims)
+            ]
+        )
+        self.towers = nn.ModuleDict(
+            {t: MLP(expert_dims[-1], tower_dims, dropout=dropout, out_dim=1) for t in self.tasks}
+        )
+
+    def _extract(self, features: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[LevelGates]]:
+        x = self.embed(features)  # (B, F)
+        task_inputs, shared_input = dict.fromkeys(self.tasks, x), x
+        gates = []
+        for level in self.levels:
+            task_inputs, shared_input, level_gates = level(task_inputs, shared_input)  # {task: (B, H)}, (B, H) or None
+            gates.append(level_gates)
+        return task_inputs, gates
+
+    def forward(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        task_outputs, _ = self._extract(features)
+        return {t: self.towers[t](task_outputs[t]).squeeze(-1) for t in self.tasks}  # each (B,)
+
+    def gate_weights(self, features: dict[str, torch.Tensor]) -> list[LevelGates]:
+        """Each layer's gate weights, for inspecting how tasks share experts (see `LevelGates`)."""
+        return self._extract(features)[1]
+
+
+class CGC(PLE):
+    """PLE with a single extraction layer: task gates over own and shared experts, no shared gate."""
+
+    def __init__(
+        self,
+        schema: Schema,
+        *,
+        embedding_dim: int = 16,
+        num_task_experts: int = 2,
+        num_shared_experts: int = 2,
+        expert_dims: list[int] = (128, 64),
+        tower_dims: list[int] = (32,),
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__(
+            schema, embedding_dim=embedding_dim, num_levels=1, num_task_experts=num_task_experts,
+            num_shared_experts=num_shared_experts, expert_dims=expert_dims, tower_dims=tower_dims, dropout=dropout,
+        )

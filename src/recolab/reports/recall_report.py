@@ -1,0 +1,119 @@
+"""The retrieval run's offline report: `report.md` (the table and how it was measured) and `metrics.json`.
+
+The table puts the model next to the most-popular and random baselines, scored on the same
+users with the same exclusions (`recolab.pipelines.recall`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+COLUMNS = (("model", "test"), ("most popular", "baseline_popular"), ("random", "baseline_random"))
+
+
+def at_k(metric: str, k: int) -> str:
+    """The logged name of a metric at cut-off K: `recall_at_50` for recall@50.
+
+    MLflow metric names may not contain `@` (Lightning's MLflow logger silently strips it, so
+    `test/recall@50` would be stored as `test/recall50`); `_at_` keeps the names the same in
+    Lightning, MLflow, the reports and `recolab compare`.
+    """
+    return f"{metric}_at_{k}"
+
+
+def display(name: str) -> str:
+    """`recall_at_50` -> `recall@50`, for tables read by people."""
+    return name.replace("_at_", "@")
+
+
+def _metric_names(ks: list[int]) -> list[str]:
+    names = [at_k(m, k) for m in ("recall", "ndcg", "hit_rate") for k in ks]
+    return [*names, "mrr", at_k("retrieved_popularity", 50)]
+
+
+def metric_rows(metrics: dict[str, float], summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows `{metric, model, most popular, random}` from the run's test metrics and the test summary.
+
+    `metrics` holds the run's `test/...` values (what `recolab.train` tracks); the baselines come
+    from `summary["values"]` (the test epoch's logged values), which also fills in any model value
+    missing from `metrics`.
+    """
+    values = {**summary.get("values", {}), **metrics}
+    ks = summary.get("ks") or sorted({int(k.rsplit("_", 1)[1]) for k in values if k.startswith("test/recall_at_")})
+    rows = []
+    for name in _metric_names(ks):
+        row: dict[str, Any] = {"metric": display(name)}
+        for column, prefix in COLUMNS:
+            row[column] = values.get(f"{prefix}/{name}")
+        if any(row[c] is not None for c, _ in COLUMNS):
+            rows.append(row)
+    return rows
+
+
+def _fmt(x: float | None) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{x:.4f}"
+
+
+def to_markdown(rows: list[dict[str, Any]]) -> str:
+    lines = ["| metric | model | most popular | random |", "|---|---:|---:|---:|"]
+    lines += [f"| {r['metric']} | " + " | ".join(_fmt(r[c]) for c, _ in COLUMNS) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_recall_report(
+    out_dir: str | Path,
+    *,
+    title: str,
+    metrics: dict[str, float],
+    summary: dict[str, Any],
+    context: dict[str, Any],
+) -> list[Path]:
+    """Write `report.md` and `metrics.json` under `out_dir`; return their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = metric_rows(metrics, summary)
+    data = summary.get("data", {})
+    values = summary.get("values", {})
+    index_recall = {k: v for k, v in {**values, **metrics}.items() if "index_recall" in k}
+    protocol = [
+        f"- users evaluated: {summary.get('users', '?')} (one held-out item each: the user's last interaction)",
+        f"- corpus: all {data.get('items', '?')} training items, ranked in full (no sampled negatives); each user's "
+        "earlier items (training items, and the validation item at test) are excluded",
+        f"- test targets that are not training items (out of vocabulary, always misses): "
+        f"{data.get('test_targets_out_of_vocabulary', '?')}",
+        f"- users left out by the minimum-interactions filter (< {data.get('min_interactions', '?')}): "
+        f"{data.get('users_filtered', '?')} of {data.get('users_read', '?')}",
+        f"- retrieval: {summary.get('index', '?')} top-k"
+        + (f" ({summary.get('num_interests')} interests, each retrieving its own top-k, merged by best score)"
+           if summary.get("num_interests", 1) > 1 else ""),
+        "- MRR counts the first hit within the top "
+        f"{max(summary.get('ks') or [0])}; retrieved_popularity@50 is the mean log(1 + training count) of the top 50",
+    ]
+    sampler = summary.get("sampler", {})
+    md = [
+        f"# {title}", "",
+        *[f"- {k}: `{v}`" for k, v in context.items()], "",
+        "## Test metrics", "",
+        "The model next to the most-popular baseline (the most frequent training items the user has not seen) and "
+        "a random baseline, on the same users with the same exclusions.", "",
+        to_markdown(rows), "",
+        "## How it was measured", "", *protocol, "",
+        *(["## Index", "", f"faiss `{summary.get('index')}` index, options {summary.get('index_options')}:", "",
+           *[f"- `{k}` (share of the exact top-k that the index returned): {_fmt(v)}" for k, v in index_recall.items()], ""]
+          if index_recall else []),
+        "## Training softmax", "",
+        *[f"- {k}: `{v}`" for k, v in sampler.items()], "",
+        "## Data", "",
+        *[f"- {k}: `{v}`" for k, v in data.items()], "",
+    ]
+    md_path, json_path = out / "report.md", out / "metrics.json"
+    md_path.write_text("\n".join(md))
+    json_path.write_text(json.dumps(
+        {"metrics": metrics, "table": rows, "summary": summary, "context": context}, indent=2, default=str
+    ))
+    return [md_path, json_path]

@@ -1,0 +1,180 @@
+"""Resuming a run: what `ckpt_path=last` means, and how a resumed run ends where an unbroken one would.
+
+**Which checkpoint.** `ckpt_path=last` is the newest `last.ckpt` (by modification time) of the
+same experiment and seed among this project's runs and sweeps:
+`<paths.log_dir>/runs/<exp_name>/*/checkpoints/last.ckpt` and
+`<paths.log_dir>/multiruns/*/*/checkpoints/last.ckpt`, keeping those whose stored config has the
+same `exp_name` and `seed`. `ckpt_path=<file>` names one directly.
+
+**The same run.** Resuming continues the checkpoint's run: the new invocation writes into that
+run's folder (`paths.output_dir`, so its checkpoints and report land beside the first ones) and
+logs into its MLflow run (`checkpoint["recolab"]["run_id"]`, through `MLFlowLogger(run_id=...)`),
+which goes back to RUNNING and is tagged `recolab.resumed_from=<checkpoint>`. Its params describe
+the run as it was started, so `ckpt_path` keeps the value that run had. Every other setting must
+be the one the run had (a different setting is a different experiment, and MLflow would refuse
+to change a logged param): `check_same_settings` names each difference before any data is read.
+
+**The same result.** Lightning restores the weights, the optimizer, the loop counters and the
+callbacks (best checkpoint, early stopping). Two more things decide what a run does after step
+k, and both are restored too:
+
+- the rest of the epoch's batches: the training loader is resumable
+  (`recolab.data.resumable.ResumableLoader`): a checkpoint records the epoch and how many batches
+  of it were consumed, and the resumed loader skips those in the same seeded permutation;
+- the random state (dropout masks): `RNGState` saves torch's generator states in each checkpoint
+  and sets them back on resume (loaders draw from their own generators, so nothing else moves the
+  global one between the checkpoint and the next step).
+
+So a run killed mid-epoch and resumed ends with the same test metrics, bit for bit, as one that
+ran through (`tests/integration/test_resume.py`), on one CPU process. Not covered: a loader with
+worker processes (the sampler runs ahead of training), the streaming data module (its loader
+restarts the epoch), and a GPU's non-deterministic kernels.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+log = logging.getLogger(__name__)
+
+#: Settings that may differ between a run and its resumption. (`artifact_location` resolves to null
+#: once MLflow has set MLFLOW_TRACKING_URI in the process, as `mlflow.set_tracking_uri` does; it only
+#: matters when an experiment is created.)
+MAY_DIFFER = ("ckpt_path", "paths.", "hydra.", "logger.mlflow.run_id", "logger.mlflow.artifact_location")
+
+
+class ResumeError(ValueError):
+    """The checkpoint to resume cannot be found or does not belong to this configuration."""
+
+
+def candidates(cfg: DictConfig) -> list[Path]:
+    """`last.ckpt` files of this project's runs and sweeps, newest first."""
+    log_dir = Path(cfg.paths.log_dir)
+    found = [*log_dir.glob(f"runs/{cfg.exp_name}/*/checkpoints/last.ckpt"), *log_dir.glob("multiruns/*/*/checkpoints/last.ckpt")]
+    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def read_info(path: Path) -> dict[str, Any]:
+    """The checkpoint's `recolab` entry (config, run id), read with `weights_only=True` and memory-mapped."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:
+        raise ResumeError(f"ckpt_path: {path} cannot be loaded as a checkpoint ({type(e).__name__}: {e})") from e
+    return dict(ckpt.get("recolab") or {})
+
+
+def find_last(cfg: DictConfig) -> tuple[Path, dict[str, Any]]:
+    """The newest `last.ckpt` of the same experiment and seed (see the module docstring)."""
+    for path in candidates(cfg):
+        info = read_info(path)
+        stored = OmegaConf.create(info.get("config") or "{}")
+        if stored.get("exp_name") == cfg.exp_name and stored.get("seed") == cfg.seed:
+            return path, info
+    raise ResumeError(
+        f"ckpt_path=last: no last.ckpt of experiment {cfg.exp_name!r} with seed={cfg.seed} under "
+        f"{Path(cfg.paths.log_dir)}/runs/{cfg.exp_name}/*/checkpoints/ or {Path(cfg.paths.log_dir)}/multiruns/*/*/checkpoints/; "
+        "start a new run (ckpt_path=null) or name a checkpoint file (ckpt_path=<file>)"
+    )
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out |= _flat(v, f"{prefix}{k}.")
+        return out
+    return {prefix[:-1]: node}
+
+
+def check_same_settings(stored: DictConfig, cfg: DictConfig, path: Path) -> None:
+    """Raise `ResumeError` naming every setting (resolved) that differs from the stored run's."""
+    def flat(c: DictConfig) -> dict[str, Any]:
+        keys = [k for k in c if k != "hydra"]
+        items = _flat(OmegaConf.to_container(OmegaConf.masked_copy(c, keys), resolve=True))
+        return {k: v for k, v in items.items() if not k.startswith(MAY_DIFFER)}
+
+    old, new = flat(stored), flat(cfg)
+    missing = object()
+    diffs = [
+        f"{k}: {old.get(k, '(absent)')!r} -> {new.get(k, '(absent)')!r}"
+        for k in sorted(old.keys() | new.keys()) if old.get(k, missing) != new.get(k, missing)
+    ]
+    if diffs:
+        shown = "; ".join(diffs[:8]) + (f"; and {len(diffs) - 8} more" if len(diffs) > 8 else "")
+        raise ResumeError(
+            f"ckpt_path: {path} belongs to a run with other settings ({shown}). Resume with the run's "
+            "own settings, or start a new run (ckpt_path=null)"
+        )
+
+
+def prepare(cfg: DictConfig) -> Path | None:
+    """Resolve `cfg.ckpt_path` and point `cfg` at the run being resumed; return the checkpoint to fit
+    from, or None for a fresh run. Reads no data; fails with `ResumeError` before any is read."""
+    requested = cfg.get("ckpt_path")
+    if requested in (None, ""):
+        return None
+    if requested == "last":
+        path, info = find_last(cfg)
+    else:
+        path = Path(str(requested)).expanduser().resolve()
+        if not path.is_file():
+            raise ResumeError(f"ckpt_path={requested}: no such checkpoint file")
+        info = read_info(path)
+    stored = OmegaConf.create(info["config"]) if info.get("config") else None
+    run_id = info.get("run_id") or None
+    with open_dict(cfg):
+        if path.parent.name == "checkpoints":
+            cfg.paths.output_dir = str(path.parent.parent)
+        if stored is not None:
+            check_same_settings(stored, cfg, path)
+        cfg.ckpt_path = stored.get("ckpt_path") if stored is not None else None
+        if run_id and cfg.get("logger") and "mlflow" in cfg.logger:
+            check_run_exists(cfg.logger.mlflow.tracking_uri, run_id, path)
+            cfg.logger.mlflow.run_id = run_id
+    log.info("resuming from %s (folder %s, MLflow run %s)", path, cfg.paths.output_dir, run_id or "none")
+    return path
+
+
+def check_run_exists(tracking_uri: str, run_id: str, path: Path) -> None:
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        MlflowClient(tracking_uri=tracking_uri).get_run(run_id)
+    except MlflowException as e:
+        raise ResumeError(
+            f"ckpt_path: {path} belongs to MLflow run {run_id}, which is not in {tracking_uri} "
+            f"({e.error_code}); point MLFLOW_TRACKING_URI at the store it was logged to"
+        ) from e
+
+
+def mark_resumed(mlf: Any, checkpoint: Path | None) -> None:
+    """Tag the continued MLflow run with the checkpoint it resumed from, and set it RUNNING again."""
+    if mlf is None or checkpoint is None:
+        return
+    mlf.experiment.update_run(mlf.run_id, status="RUNNING")
+    mlf.experiment.set_tag(mlf.run_id, "recolab.resumed_from", str(checkpoint))
+
+
+class RNGState(pl.Callback):
+    """Saves torch's random generator states in every checkpoint; sets them back when one is resumed.
+
+    Plain tensors, so checkpoints still load with `weights_only=True`.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        torch.set_rng_state(state_dict["torch"])
+        if "cuda" in state_dict and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(list(state_dict["cuda"]))

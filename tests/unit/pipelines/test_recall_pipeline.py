@@ -1,0 +1,212 @@
+"""The retrieval pipeline: samplers in training, exclusions, exact vs faiss, baselines, multi-interest."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from recolab.data.retrieval import RetrievalDataModule
+from recolab.index import exact_topk
+from recolab.models.recall import MIND, TwoTower, merge_interest_topk
+from recolab.pipelines.recall import RecallModule, Sampler, repeat_rows_csr, retrieval_metrics
+
+
+class TableModule(RetrievalDataModule):
+    def __init__(self, table: pa.Table, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.table = table
+
+    def _load(self):
+        return "memory.parquet", self.table
+
+
+def _log(seed: int = 0, users: int = 40, items: int = 60, n: int = 1200) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    # popular items are drawn more often, so the popularity baseline has something to find
+    weights = 1.0 / np.arange(1, items + 1)
+    return pa.table({
+        "user_id": rng.integers(1, users + 1, n),
+        "item_id": rng.choice(np.arange(1, items + 1), n, p=weights / weights.sum()),
+        "timestamp": rng.permutation(n),
+        "category": rng.integers(0, 4, n),
+    })
+
+
+@pytest.fixture(scope="module")
+def data() -> TableModule:
+    dm = TableModule(_log(), min_interactions=3, history_len=6, item_features=["category"], batch_size=64, eval_batch_size=16)
+    dm.setup()
+    return dm
+
+
+def _module(dm: TableModule, model_cls=TwoTower, *, seed: int = 0, **kw) -> RecallModule:
+    torch.manual_seed(seed)
+    inputs = dm.model_inputs()
+    if model_cls is TwoTower:
+        model = TwoTower(**inputs, dim=8, hidden_dims=[16])
+    else:
+        model = MIND(num_items=inputs["num_items"], item_features=inputs["item_features"], history_len=6, dim=8, num_interests=3)
+    return RecallModule(model, **dm.module_inputs(), ks=(5, 10), **kw)
+
+
+def _trainer(**kw) -> pl.Trainer:
+    return pl.Trainer(
+        accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, use_distributed_sampler=False, num_sanity_val_steps=0, **kw,
+    )
+
+
+@pytest.mark.parametrize(
+    "sampler",
+    [Sampler(), Sampler(logq=True), Sampler(kind="mixed", num_negatives=16, logq=True), Sampler(similarity="cosine", temperature=0.1)],
+    ids=["in_batch", "logq", "mixed", "cosine"],
+)
+def test_training_steps_learn_and_update_the_estimator(data, sampler):
+    module = _module(data, sampler=sampler, lr=0.01)
+    opt = module.configure_optimizers()
+    module.log = lambda *a, **k: None
+    batches = list(data.train_dataloader())
+    losses = []
+    for _ in range(4):
+        for b in batches:
+            loss = module.training_step(b, 0)
+            opt.zero_grad()
+            loss.backward()
+            assert all(torch.isfinite(p.grad).all() for p in module.parameters() if p.grad is not None)
+            opt.step()
+            losses.append(float(loss))
+    assert np.mean(losses[-len(batches):]) < np.mean(losses[: len(batches)])
+    if sampler.logq:
+        # updated once per training step, and part of the state dict (so of checkpoints)
+        assert int(module.frequency.step) == 4 * len(batches)
+        assert "frequency.interval" in module.state_dict()
+    else:
+        assert module.frequency is None
+
+
+def test_training_items_are_excluded_from_rankings(data):
+    module = _module(data).eval()
+    for split, loader in (("val", data.val_dataloader()), ("test", data.test_dataloader())):
+        module._reset()
+        for batch in loader:
+            seen = (batch["seen"]["indptr"], batch["seen"]["indices"])
+            with torch.no_grad():
+                ids = module.retrieve(batch["features"], seen)
+                popular = module.popular_topk(seen, len(ids))
+                random = module.random_topk(seen, len(ids), torch.Generator().manual_seed(0))
+            for got in (ids, popular, random):
+                for row in range(len(ids)):
+                    excluded = set(seen[1][seen[0][row] : seen[0][row + 1]].tolist())
+                    assert excluded, "every evaluated user has earlier items"
+                    listed = [i for i in got[row].tolist() if i > 0]
+                    assert not excluded & set(listed), f"{split}: a seen item was retrieved"
+                    assert len(listed) == len(set(listed)) and 0 not in got[row].tolist()
+                    # every unseen corpus item is available: the list is full up to the corpus size
+                    assert len(listed) == min(module.max_k, module.num_items - len(excluded))
+
+
+def test_exact_and_faiss_flat_give_the_same_metrics(data):
+    results = {}
+    for index in ("exact", "flat"):
+        module = _module(data, seed=3, index=index)
+        _trainer(max_epochs=1).fit(module, datamodule=data)
+        _trainer().test(module, datamodule=data, verbose=False)
+        results[index] = module.test_summary["values"]
+    exact, flat = results["exact"], results["flat"]
+    assert exact["test/recall_at_10"] > 0 and "test/index_recall_at_10" not in exact
+    assert flat["test/index_recall_at_10"] == 1.0
+    for key, value in exact.items():
+        assert flat[key] == pytest.approx(value, abs=1e-9), key
+
+
+def test_popularity_baseline_matches_a_hand_computation():
+    # user 1: a b c d (times 1..4) -> val c, test d, train a b
+    # user 2: b c e            -> val c, test e, train b
+    # user 3: c a b e           -> val b, test e, train c a
+    rows = [(1, "a", 1), (1, "b", 2), (1, "c", 3), (1, "d", 4), (2, "b", 1), (2, "c", 2), (2, "e", 3),
+            (3, "c", 1), (3, "a", 2), (3, "b", 3), (3, "e", 4)]
+    codes = {"a": 11, "b": 12, "c": 13, "d": 14, "e": 15}
+    table = pa.table({
+        "user_id": [r[0] for r in rows], "item_id": [codes[r[1]] for r in rows], "timestamp": [r[2] for r in rows],
+    })
+    dm = TableModule(table, min_interactions=3, history_len=3, eval_batch_size=2)
+    dm.setup()
+    # training counts: a 2, b 2, c 1 (d and e are never training items: out of vocabulary)
+    vocab = dm.vocabs["item_id"].values.tolist()
+    assert vocab == [11, 12, 13] and dm.item_counts.tolist() == [0, 2, 2, 1]
+    module = RecallModule(TwoTower(**dm.model_inputs(), dim=4, hidden_dims=[]), **dm.module_inputs(), ks=(1, 2))
+    got = {}
+    for batch in dm.test_dataloader():
+        seen = (batch["seen"]["indptr"], batch["seen"]["indices"])
+        for uid, ids in zip(batch["features"]["user_id"].tolist(), module.popular_topk(seen, len(seen[0]) - 1).tolist()):
+            got[uid] = ids
+    # by count, ties by the lower id: a(1), b(2), c(3); each user's earlier items excluded;
+    # user 1 has seen a b c at test, user 2 b c, user 3 c a b
+    assert got == {1: [-1, -1], 2: [1, -1], 3: [-1, -1]}
+    for batch in dm.val_dataloader():
+        seen = (batch["seen"]["indptr"], batch["seen"]["indices"])
+        for uid, ids, target in zip(batch["features"]["user_id"].tolist(), module.popular_topk(seen, len(seen[0]) - 1).tolist(), batch["targets"]["item_id"][:, 0].tolist()):
+            got[uid] = (ids, target)
+    # validation: user 1 saw a b -> [c, -]; user 2 saw b -> [a, c]; user 3 saw c a -> [b, -]
+    assert got == {1: ([3, -1], 3), 2: ([1, 3], 3), 3: ([2, -1], 2)}
+    targets = np.array([[3], [3], [2]])
+    m = retrieval_metrics(np.array([[3, -1], [1, 3], [2, -1]]), targets, ks=(1, 2), item_counts=dm.item_counts.numpy())
+    assert m["recall_at_1"] == pytest.approx(2 / 3) and m["recall_at_2"] == 1.0
+    assert m["mrr"] == pytest.approx((1 + 0.5 + 1) / 3)
+    assert m["retrieved_popularity_at_50"] == pytest.approx((np.log(2) + (np.log(3) + np.log(2)) / 2 + np.log(3)) / 3)
+
+
+def test_multi_interest_serving_merges_each_interests_topk(data):
+    module = _module(data, MIND).eval()
+    batch = next(iter(data.test_dataloader()))
+    seen = (batch["seen"]["indptr"], batch["seen"]["indices"])
+    with torch.no_grad():
+        got = module.retrieve(batch["features"], seen)
+        users = module.model.user_embeddings(batch["features"])  # (B, K, D)
+        items = module.model.all_item_embeddings()
+        b, k, d = users.shape
+        per_interest = [exact_topk(users[:, j], items, k=10, exclude=seen) for j in range(k)]
+        scores = torch.stack([s for s, _ in per_interest], 1)
+        ids = torch.stack([i for _, i in per_interest], 1)
+        want, _ = merge_interest_topk(ids, scores, n=10)
+    torch.testing.assert_close(got, want)
+
+
+def test_repeat_rows_csr():
+    indptr, indices = torch.tensor([0, 2, 2, 3]), torch.tensor([5, 6, 7])
+    ptr, idx = repeat_rows_csr(indptr, indices, 2)
+    assert ptr.tolist() == [0, 2, 4, 4, 4, 5, 6] and idx.tolist() == [5, 6, 5, 6, 7, 7]
+
+
+def test_checkpoint_state_loads_weights_only(data):
+    module = _module(data, sampler=Sampler(logq=True))
+    module.run_info = {"config": "exp_name: x", "run_id": ""}
+    trainer = _trainer(max_epochs=1)
+    trainer.fit(module, datamodule=data)
+    checkpoint = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)
+    buf = io.BytesIO()
+    torch.save(checkpoint, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=True)
+    assert loaded["recolab"]["config"] == "exp_name: x" and "vocabs" in loaded["recolab"]["data_state"]
+    fresh = _module(data, sampler=Sampler(logq=True), seed=9)
+    fresh.load_state_dict(loaded["state_dict"])
+    assert int(fresh.frequency.step) == int(module.frequency.step) > 0
+
+
+def test_bad_settings_fail_with_the_key():
+    with pytest.raises(ValueError, match="module.sampler.kind"):
+        Sampler(kind="hard")
+    with pytest.raises(ValueError, match="module.sampler.num_negatives"):
+        Sampler(kind="mixed", num_negatives=0)
+    model = TwoTower(num_users=3, num_items=4, dim=4)
+    with pytest.raises(ValueError, match="module.index"):
+        RecallModule(model, num_items=4, item_counts=torch.ones(5, dtype=torch.long), index="annoy")
+    with pytest.raises(ValueError, match=r"item_counts must have shape \(5,\)"):
+        RecallModule(model, num_items=4, item_counts=torch.ones(4, dtype=torch.long))
