@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PIP_QUIET := 2>&1 | grep -v "^WARNING: Location" || true
 
-.PHONY: setup train test test-all bench lint format ui clean experiments-multitask experiments-debias experiments-calibration
+.PHONY: setup train test test-all bench lint format ui clean experiments-multitask experiments-debias experiments-calibration experiments-retrieval
 
 setup: $(STAMP)
 
@@ -35,6 +35,9 @@ experiments-debias: setup    ## position and duration bias tables: experiments/d
 
 experiments-calibration: setup ## calibration tables: experiments/calibration/results.md (~15 min)
 	$(BIN)/python experiments/calibration/run.py $(ARGS)
+
+experiments-retrieval: setup  ## recallers and samplers, ml-latest-small + synthetic: experiments/retrieval/README.md
+	$(BIN)/python experiments/retrieval/run.py $(ARGS)
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks

@@ -8,7 +8,8 @@ written by bench_vs_rechub.py). The data goes through torch-rechub's `DataGenera
 `TorchDataset` and default-collate `DataLoader`s) into `MTLTrainer.fit`. With a step limit, the
 training loader is the same shuffled `DataLoader` over the same dataset drawing `steps * batch`
 samples (a `RandomSampler` with `num_samples`), since `MTLTrainer` has no step limit of its own.
-Only the time inside `MTLTrainer.train_one_epoch` is counted (its per-epoch validation is not).
+Only the time inside `MTLTrainer.train_one_epoch` is counted (its per-epoch validation is not),
+as wall-clock and as CPU seconds of the process.
 Nothing from recolab is imported here: this runs in torch-rechub's own environment.
 """
 
@@ -35,9 +36,18 @@ def main() -> None:
     spec = json.loads((data / "spec.json").read_text())
     torch.manual_seed(spec["seed"])
     D = spec["embedding_dim"]
-    features = [SparseFeature(name, vocab_size=v, embed_dim=D) for name, v in spec["sparse"].items()]
+    features = [
+        SparseFeature(name, vocab_size=v, embed_dim=D) for name, v in spec["sparse"].items()
+    ]
     features += [
-        SequenceFeature(name, vocab_size=s["vocab_size"], embed_dim=D, pooling="mean", shared_with=s["shared_with"], padding_idx=0)
+        SequenceFeature(
+            name,
+            vocab_size=s["vocab_size"],
+            embed_dim=D,
+            pooling="mean",
+            shared_with=s["shared_with"],
+            padding_idx=0,
+        )
         for name, s in spec["sequences"].items()
     ]
     features += [DenseFeature(name) for name in spec["dense"]]
@@ -54,9 +64,15 @@ def main() -> None:
     x_test, y_test = arrays("test")
     B = spec["batch_size"]
     dg = DataGenerator(x_train, y_train)
-    train_dl, val_dl, test_dl = dg.generate_dataloader(x_val=x_test, y_val=y_test, x_test=x_test, y_test=y_test, batch_size=B)
+    train_dl, val_dl, test_dl = dg.generate_dataloader(
+        x_val=x_test, y_val=y_test, x_test=x_test, y_test=y_test, batch_size=B
+    )
     if spec.get("steps"):
-        train_dl = DataLoader(dg.dataset, batch_size=B, sampler=RandomSampler(dg.dataset, num_samples=spec["steps"] * B))
+        train_dl = DataLoader(
+            dg.dataset,
+            batch_size=B,
+            sampler=RandomSampler(dg.dataset, num_samples=spec["steps"] * B),
+        )
 
     # Its data pipeline alone (a profile of where its time goes): the first 50 batches.
     t, seen = time.perf_counter(), 0
@@ -67,22 +83,36 @@ def main() -> None:
     data_rate = seen / (time.perf_counter() - t)
 
     model = MMOE(
-        features, task_types, n_expert=spec["num_experts"], expert_params={"dims": spec["expert_dims"]},
+        features,
+        task_types,
+        n_expert=spec["num_experts"],
+        expert_params={"dims": spec["expert_dims"]},
         tower_params_list=[{"dims": spec["tower_dims"]} for _ in tasks],
     )
     epochs = spec["epochs"]
     with tempfile.TemporaryDirectory() as tmp:
         trainer = MTLTrainer(
-            model, task_types=task_types, optimizer_params={"lr": spec["lr"], "weight_decay": 0.0},
-            n_epoch=epochs, earlystop_patience=epochs + 1, device="cpu", model_path=tmp,
+            model,
+            task_types=task_types,
+            optimizer_params={"lr": spec["lr"], "weight_decay": 0.0},
+            n_epoch=epochs,
+            earlystop_patience=epochs + 1,
+            device="cpu",
+            model_path=tmp,
         )
         timed: list[dict[str, float]] = []
         train_one_epoch = trainer.train_one_epoch
 
         def timed_epoch(loader):
-            t = time.perf_counter()
+            t, cpu = time.perf_counter(), time.process_time()
             result = train_one_epoch(loader)
-            timed.append({"seconds": time.perf_counter() - t, "samples": len(loader.sampler)})
+            timed.append(
+                {
+                    "seconds": time.perf_counter() - t,
+                    "cpu_seconds": time.process_time() - cpu,
+                    "samples": len(loader.sampler),
+                }
+            )
             return result
 
         trainer.train_one_epoch = timed_epoch
@@ -90,7 +120,10 @@ def main() -> None:
         scores = trainer.evaluate(trainer.model, test_dl)
     record = {
         "epochs": timed,
-        "metrics": {f"test/{'auc' if k == 'classification' else 'mse'}/{t['name']}": float(s) for t, k, s in zip(tasks, task_types, scores)},
+        "metrics": {
+            f"test/{'auc' if k == 'classification' else 'mse'}/{t['name']}": float(s)
+            for t, k, s in zip(tasks, task_types, scores)
+        },
         "data_samples_per_sec": data_rate,
         "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "torch_rechub": __import__("importlib.metadata").metadata.version("torch-rechub"),

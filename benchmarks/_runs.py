@@ -3,8 +3,8 @@
 `run_recolab(overrides)` runs `python -m recolab train <overrides>` in a subprocess (a temporary
 folder as its working directory, the repository's `data/` as its data folder, no tracking) with
 `EpochTimer` added as a callback, and returns what the timer wrote: per epoch, the training
-seconds (epoch start to the start of validation, so evaluation is left out) and the samples
-trained on by all ranks; the test metrics; and the peak resident memory of the process and of
+seconds (epoch start to the start of validation, so evaluation is left out), the CPU seconds of
+rank zero's process over the same span, and the samples trained on by all ranks; the test metrics; and the peak resident memory of the process and of
 its reaped children (DataLoader workers).
 """
 
@@ -34,20 +34,27 @@ class EpochTimer(pl.Callback):
     def __init__(self, out: str) -> None:
         self.out = Path(out)
         self.epochs: list[dict[str, float]] = []
-        self.t0 = 0.0
+        self.t0 = self.cpu0 = 0.0
         self.rows = 0
         self.open = False
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.t0, self.rows, self.open = time.perf_counter(), 0, True
+        self.t0, self.cpu0, self.rows, self.open = time.perf_counter(), time.process_time(), 0, True
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.rows += batch_rows(batch)
 
     def _close(self, trainer: pl.Trainer) -> None:
         if self.open:
-            seconds = time.perf_counter() - self.t0
-            self.epochs.append({"seconds": seconds, "samples": self.rows * trainer.world_size})
+            seconds, cpu = time.perf_counter() - self.t0, time.process_time() - self.cpu0
+            self.epochs.append(
+                {
+                    "seconds": seconds,
+                    "cpu_seconds": cpu,
+                    "samples": self.rows * trainer.world_size,
+                    "world_size": trainer.world_size,
+                }
+            )
             self.open = False
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -73,18 +80,39 @@ def samples_per_sec(record: dict[str, Any]) -> float:
     return samples / sum(e["seconds"] for e in record["epochs"])
 
 
+def samples_per_cpu_sec(record: dict[str, Any]) -> float:
+    """Samples per CPU second of one process (rank zero's samples over its CPU time).
+
+    On a machine shared with other work, a process's CPU time does not count the time it waited
+    for a core, so this rate is what the process achieves per core it gets; wall-clock rates
+    also carry the other processes' load.
+    """
+    samples = sum(e["samples"] / e.get("world_size", 1) for e in record["epochs"])
+    return samples / sum(e["cpu_seconds"] for e in record["epochs"])
+
+
 def run_recolab(overrides: list[str], *, threads: int, timeout: int = 1800) -> dict[str, Any]:
     """`python -m recolab train <overrides>` with `threads` torch threads per process; the timer's record."""
     with tempfile.TemporaryDirectory(prefix="recolab-bench-") as tmp:
         out = Path(tmp) / "timer.json"
         cmd = [
-            sys.executable, "-m", "recolab", "train", *overrides, "logger=none",
-            f"paths.data_dir={ROOT / 'data'}", f"hydra.run.dir={Path(tmp) / 'run'}",
-            "~callbacks.progress_bar", "+trainer.enable_progress_bar=false",
-            "+callbacks.timer._target_=_runs.EpochTimer", f"+callbacks.timer.out={out}",
+            sys.executable,
+            "-m",
+            "recolab",
+            "train",
+            *overrides,
+            "logger=none",
+            f"paths.data_dir={ROOT / 'data'}",
+            f"hydra.run.dir={Path(tmp) / 'run'}",
+            "~callbacks.progress_bar",
+            "+trainer.enable_progress_bar=false",
+            "+callbacks.timer._target_=_runs.EpochTimer",
+            f"+callbacks.timer.out={out}",
         ]
         env = {
-            **os.environ, "OMP_NUM_THREADS": str(threads), "RECOLAB_CONFIG_DIR": str(ROOT / "configs"),
+            **os.environ,
+            "OMP_NUM_THREADS": str(threads),
+            "RECOLAB_CONFIG_DIR": str(ROOT / "configs"),
             "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
         }
         r = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=timeout)

@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from _common import write
-from _runs import compose, load_note, run_recolab, samples_per_sec
+from _runs import compose, load_note, run_recolab, samples_per_cpu_sec, samples_per_sec
 from hydra.utils import instantiate
 
 from recolab.train import build
@@ -66,8 +66,14 @@ def main() -> None:
     ap.add_argument("--impressions", type=int, default=1_000_000)
     ap.add_argument("--steps", type=int, default=100)
     args = ap.parse_args()
-    base = ["+exp=mmoe", f"data.num_impressions={args.impressions}", "trainer.max_epochs=1",
-            f"+trainer.limit_train_batches={args.steps}", "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1"]
+    base = [
+        "+exp=mmoe",
+        f"data.num_impressions={args.impressions}",
+        "trainer.max_epochs=1",
+        f"+trainer.limit_train_batches={args.steps}",
+        "+trainer.limit_val_batches=1",
+        "+trainer.limit_test_batches=1",
+    ]
 
     cfg = compose(base)
     dm = instantiate(cfg.data)
@@ -78,28 +84,37 @@ def main() -> None:
     grad_bytes = params * 4
     del dm
 
-    one = samples_per_sec(run_recolab([*base, "trainer=cpu"], threads=1))
-    ddp = samples_per_sec(run_recolab([*base, "trainer=ddp", "trainer.devices=2"], threads=1))
-    threads = samples_per_sec(run_recolab([*base, "trainer=cpu"], threads=2))
+    runs = {
+        "one": run_recolab([*base, "trainer=cpu"], threads=1),
+        "ddp": run_recolab([*base, "trainer=ddp", "trainer.devices=2"], threads=1),
+        "threads": run_recolab([*base, "trainer=cpu"], threads=2),
+    }
+    one, ddp, threads = (samples_per_sec(runs[k]) for k in ("one", "ddp", "threads"))
+    cpu = {k: samples_per_cpu_sec(r) for k, r in runs.items()}
     ar = allreduce_seconds(params)
     step_ddp = 2 * cfg.data.batch_size / ddp  # seconds per DDP step (both ranks step together)
 
     links = "\n".join(
-        f"| {name} | " + " | ".join(f"{2 * (n - 1) / n * grad_bytes / bw * 1e6:,.0f}" for n in (2, 8, 16)) + " |"
+        f"| {name} | "
+        + " | ".join(f"{2 * (n - 1) / n * grad_bytes / bw * 1e6:,.0f}" for n in (2, 8, 16))
+        + " |"
         for name, bw in LINKS.items()
     )
     body = f"""Synthetic world, {args.impressions:,} impressions; `+exp=mmoe` (batch {cfg.data.batch_size} per process);
 {args.steps} training steps per process; {load_note()}.
 
-| run | processes x threads | samples / s | vs one process, one thread |
-|---|---|---:|---:|
-| `trainer=cpu` | 1 x 1 | {one:,.0f} | 1.00x |
-| `trainer=ddp trainer.devices=2` (gloo) | 2 x 1 | {ddp:,.0f} | **{ddp / one:.2f}x** |
-| `trainer=cpu`, OMP_NUM_THREADS=2 | 1 x 2 | {threads:,.0f} | {threads / one:.2f}x |
+| run | processes x threads | samples / s (wall clock, all processes) | vs one process | samples per CPU second, per process | vs one process |
+|---|---|---:|---:|---:|---:|
+| `trainer=cpu` | 1 x 1 | {one:,.0f} | 1.00x | {cpu["one"]:,.0f} | 1.00x |
+| `trainer=ddp trainer.devices=2` (gloo) | 2 x 1 | {ddp:,.0f} | {ddp / one:.2f}x | {cpu["ddp"]:,.0f} | **{cpu["ddp"] / cpu["one"]:.2f}x** |
+| `trainer=cpu`, OMP_NUM_THREADS=2 | 1 x 2 | {threads:,.0f} | {threads / one:.2f}x | {cpu["threads"]:,.0f} | {cpu["threads"] / cpu["one"]:.2f}x |
 
-DDP's overhead on two processes: {ddp / one:.2f}x the throughput of one, against the ideal 2x
-({ddp / one / 2:.0%} scaling efficiency); {ddp / threads:.2f}x what the same two cores give one
-process as threads.
+DDP's overhead: each of the two processes trains {cpu["ddp"] / cpu["one"]:.2f}x as many samples per CPU
+second as the single process (1.00x would be no overhead: the all-reduce, waiting for the other
+rank, and Lightning's DDP hooks cost the rest), so two processes that each had a core to
+themselves would reach {2 * cpu["ddp"] / cpu["one"]:.2f}x one process (ideal 2x). The wall-clock
+columns depend on how much of the two cores the other processes on this shared machine left
+free during each run; with 2 threads, CPU time also counts threads that spin waiting for a core.
 
 Communication volume: the model has {params:,} parameters, so each step all-reduces
 {grad_bytes / 2**20:.2f} MiB of float32 gradients (embedding tables included: DDP reduces dense

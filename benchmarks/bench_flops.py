@@ -27,7 +27,12 @@ from recolab.models.rank.mmoe import MMoE
 from recolab.pipelines.rank import RankModule
 
 SCHEMA = Schema(
-    sparse=(SparseFeature("user_id", 20_001), SparseFeature("item_id", 5_001), SparseFeature("category", 21), SparseFeature("user_age", 8)),
+    sparse=(
+        SparseFeature("user_id", 20_001),
+        SparseFeature("item_id", 5_001),
+        SparseFeature("category", 21),
+        SparseFeature("user_age", 8),
+    ),
     dense=(DenseFeature("user_activity"), DenseFeature("log_duration")),
     sequences=(SequenceFeature("hist_items", 5_001, 20, "item_id"),),
     tasks=(Task("click"), Task("like"), Task("watch_time", "regression", transform="log1p")),
@@ -49,8 +54,11 @@ def batch(n: int, g: torch.Generator) -> dict:
     f = {s.name: torch.randint(1, s.vocab_size, (n,), generator=g) for s in SCHEMA.sparse}
     f["hist_items"] = torch.randint(0, 5_001, (n, 20), generator=g)
     f |= {d.name: torch.randn(n, generator=g) for d in SCHEMA.dense}
-    labels = {"click": torch.randint(0, 2, (n,), generator=g).float(), "like": torch.randint(0, 2, (n,), generator=g).float(),
-              "watch_time": torch.rand(n, generator=g) * 100}
+    labels = {
+        "click": torch.randint(0, 2, (n,), generator=g).float(),
+        "like": torch.randint(0, 2, (n,), generator=g).float(),
+        "watch_time": torch.rand(n, generator=g) * 100,
+    }
     return {"features": f, "labels": labels, "meta": {}}
 
 
@@ -95,10 +103,14 @@ def measure(B: int, g: torch.Generator, peak: float) -> list[str]:
 
     mlp_flops, mlp_time = counted(mlp_step), best_time(mlp_step)
     rows = []
-    for what, flops, seconds in (("MLP part (forward + backward)", mlp_flops, mlp_time),
-                                 ("whole training step", step_flops, step_time)):
+    for what, flops, seconds in (
+        ("MLP part (forward + backward)", mlp_flops, mlp_time),
+        ("whole training step", step_flops, step_time),
+    ):
         rate = flops / seconds
-        rows.append(f"| {B:,} | {what} | {flops / 1e9:.2f} | {seconds * 1e3:.1f} | {rate / 1e9:.1f} | **{rate / peak:.0%}** |")
+        rows.append(
+            f"| {B:,} | {what} | {flops / 1e9:.2f} | {seconds * 1e3:.1f} | {rate / 1e9:.1f} | **{rate / peak:.0%}** |"
+        )
     return rows
 
 

@@ -35,16 +35,27 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     for n in args.sizes:  # generate each world and its parquet folder outside the measured runs
-        subprocess.run([sys.executable, "-c", PREPARE, str(HERE.parent / "data" / "synthetic"), str(n)], check=True)
+        subprocess.run(
+            [sys.executable, "-c", PREPARE, str(HERE.parent / "data" / "synthetic"), str(n)],
+            check=True,
+        )
 
-    limits = ["trainer.max_epochs=1", f"+trainer.limit_train_batches={args.steps}",
-              "+trainer.limit_val_batches=2", "+trainer.limit_test_batches=2"]
+    limits = [
+        "trainer.max_epochs=1",
+        f"+trainer.limit_train_batches={args.steps}",
+        "+trainer.limit_val_batches=2",
+        "+trainer.limit_test_batches=2",
+    ]
     rows, peaks = [], {}
     for n in args.sizes:
         for mode, data in (("in memory", []), ("streaming", ["data=synthetic_video_streaming"])):
-            rec = run_recolab(["+exp=mmoe", *data, f"data.num_impressions={n}", *limits], threads=args.threads)
+            rec = run_recolab(
+                ["+exp=mmoe", *data, f"data.num_impressions={n}", *limits], threads=args.threads
+            )
             peaks[mode, n] = rec["maxrss_mib"]
-            rows.append(f"| {n:,} | {mode} | {rec['maxrss_mib']:,.0f} | {rec['maxrss_children_mib']:,.0f} |")
+            rows.append(
+                f"| {n:,} | {mode} | {rec['maxrss_mib']:,.0f} | {rec['maxrss_children_mib']:,.0f} |"
+            )
     growth = []
     if len(args.sizes) == 2:
         a, b = args.sizes

@@ -20,8 +20,8 @@ import os
 import faiss
 import numpy as np
 import torch
-
 from _common import timed, write
+
 from recolab.index import FaissIndex, csr_from_pairs, exact_topk
 from recolab.models.recall import TwoTower
 from recolab.pipelines.recall import RecallModule, Sampler
@@ -51,7 +51,7 @@ def sampler_rows(args: argparse.Namespace) -> list[tuple[str, float]]:
         module.log = lambda *a, **k: None
         opt = module.configure_optimizers()
 
-        def steps(n: int) -> None:
+        def steps(n: int, module: RecallModule = module, opt: torch.optim.Optimizer = opt) -> None:
             for _ in range(n):
                 loss = module.training_step(batch, 0)
                 opt.zero_grad(set_to_none=True)
@@ -90,7 +90,7 @@ def eval_rows(args: argparse.Namespace) -> tuple[list[tuple[str, float]], dict]:
     _, exact_ids = exact_topk(users[:200], items, k=args.k, exclude=(seen[0][:201], seen[1][: int(seen[0][200])]))
     _, flat_ids = FaissIndex(kind="flat").build(items).search(users[:200], args.k, exclude=(seen[0][:201], seen[1][: int(seen[0][200])]))
     agree = float((np.sort(exact_ids.numpy(), 1) == np.sort(flat_ids, 1)).mean())
-    return [("bare `U @ I.T` (blocks of %d users)" % block, t_bare), ("exact batched top-k, seen items excluded", t_exact),
+    return [(f"bare `U @ I.T` (blocks of {block} users)", t_bare), ("exact batched top-k, seen items excluded", t_exact),
             ("faiss flat (build + search), seen items excluded", t_flat)], {"agree": agree}
 
 

@@ -59,7 +59,11 @@ class Runner:
         torch.manual_seed(0)
         self.model = MMoE(schema, **model_kw)
         if sparse:
-            self.model.embed = FeatureEmbedding(schema, embedding_dim=self.model.embed.tables[schema.sparse[0].name].embedding_dim, sparse=True)
+            self.model.embed = FeatureEmbedding(
+                schema,
+                embedding_dim=self.model.embed.tables[schema.sparse[0].name].embedding_dim,
+                sparse=True,
+            )
         self.module = RankModule(self.model, schema, optimizer=opt, optimizer_kwargs=kwargs)
         self.opt = self.module.configure_optimizers()
         self.batches = batches
@@ -97,11 +101,20 @@ def measure(runners: dict[str, Runner], steps: int, rounds: int) -> dict[str, fl
 
 def large_vocab_batches(n_ids: int, batch: int, steps: int) -> tuple[Schema, list]:
     """Random batches over a 1,000,000-id table and a small one (what the dense/sparse choice is about)."""
-    schema = Schema(sparse=(SparseFeature("user_id", n_ids), SparseFeature("item_id", 5001)), tasks=(Task("click"),))
+    schema = Schema(
+        sparse=(SparseFeature("user_id", n_ids), SparseFeature("item_id", 5001)),
+        tasks=(Task("click"),),
+    )
     g = torch.Generator().manual_seed(0)
     batches = [
-        {"features": {"user_id": torch.randint(1, n_ids, (batch,), generator=g), "item_id": torch.randint(1, 5001, (batch,), generator=g)},
-         "labels": {"click": torch.randint(0, 2, (batch,), generator=g).float()}, "meta": {}}
+        {
+            "features": {
+                "user_id": torch.randint(1, n_ids, (batch,), generator=g),
+                "item_id": torch.randint(1, 5001, (batch,), generator=g),
+            },
+            "labels": {"click": torch.randint(0, 2, (batch,), generator=g).float()},
+            "meta": {},
+        }
         for _ in range(steps)
     ]
     return schema, batches
@@ -117,8 +130,12 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    dm = SyntheticVideoDataModule(cache_dir=str(ROOT / "data" / "synthetic"), num_impressions=args.impressions,
-                                  batch_size=args.batch_size, **DATA)
+    dm = SyntheticVideoDataModule(
+        cache_dir=str(ROOT / "data" / "synthetic"),
+        num_impressions=args.impressions,
+        batch_size=args.batch_size,
+        **DATA,
+    )
     dm.prepare_data()
     dm.setup()
     dataset = dm.train_dataloader().dataset
@@ -129,16 +146,39 @@ def main() -> None:
     base = rates["dense, Adam (torch default)"]
     fastest = max(rates, key=rates.get)
     rows = "\n".join(
-        f"| {name} | {rate:,.0f} | {rate / base:.2f}x |" + (f" compiled in {runners[name].compile_seconds:.0f} s" if runners[name].compile_seconds else "")
+        f"| {name} | {rate:,.0f} | {rate / base:.2f}x |"
+        + (
+            f" compiled in {runners[name].compile_seconds:.0f} s"
+            if runners[name].compile_seconds
+            else ""
+        )
         for name, rate in rates.items()
     )
 
+    compiled = "dense, Adam, torch.compile"
+    gain = 1 / base - 1 / rates[compiled]  # seconds saved per sample
+    compile_note = (
+        f"`torch.compile` trains {rates[compiled] / base:.2f}x as fast per step but first spends "
+        f"{runners[compiled].compile_seconds:.0f} s compiling: it pays off after "
+        + (f"{runners[compiled].compile_seconds / gain:,.0f} samples" if gain > 0 else "never")
+        + ", so `compile: false` stays the default (tests and short runs would lose) and long runs should set `compile=true`."
+    )
+
     schema, big = large_vocab_batches(1_000_000, args.batch_size, args.steps)
-    big_runners = {name: Runner(schema, big, OPTIONS[name], **model_kw) for name in
-                   ("dense, Adam (torch default)", "dense, Adam foreach", "dense, Adagrad", "sparse, Adagrad")}
+    big_runners = {
+        name: Runner(schema, big, OPTIONS[name], **model_kw)
+        for name in (
+            "dense, Adam (torch default)",
+            "dense, Adam foreach",
+            "dense, Adagrad",
+            "sparse, Adagrad",
+        )
+    }
     big_rates = measure(big_runners, args.steps, args.rounds)
     big_base = big_rates["dense, Adam (torch default)"]
-    big_rows = "\n".join(f"| {name} | {rate:,.0f} | {rate / big_base:.2f}x |" for name, rate in big_rates.items())
+    big_rows = "\n".join(
+        f"| {name} | {rate:,.0f} | {rate / big_base:.2f}x |" for name, rate in big_rates.items()
+    )
 
     default = Runner(dm.schema, batches, OPTIONS[fastest], **model_kw)
     default.rate(3)
@@ -146,7 +186,10 @@ def main() -> None:
         default.rate(args.steps)
     events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:10]
     total = sum(e.self_cpu_time_total for e in prof.key_averages())
-    prof_rows = "\n".join(f"| `{e.key}` | {e.self_cpu_time_total / total:.0%} | {e.count // args.steps} |" for e in events)
+    prof_rows = "\n".join(
+        f"| `{e.key}` | {e.self_cpu_time_total / total:.0%} | {e.count // args.steps} |"
+        for e in events
+    )
 
     body = f"""Synthetic world, {args.impressions:,} impressions; batch {args.batch_size}; MMoE with 4 experts of
 [128, 64], towers [32], 16-dim embeddings (users 20,000, items 5,000), tasks click, like, watch_time.
@@ -156,7 +199,7 @@ def main() -> None:
 |---|---:|---:|
 {rows}
 
-Fastest here: **{fastest}**.
+Fastest here: **{fastest}**. {compile_note}
 
 With a 1,000,000-id table (random ids, one small table beside it, same MLPs; a step touches at most
 {args.batch_size:,} of the 1,000,000 rows):

@@ -15,6 +15,7 @@ BENCHES = [
     ["bench_ddp.py"],
     ["bench_memory.py"],
     ["bench_vs_rechub.py"],
+    ["bench_recall.py"],
 ]
 
 

@@ -24,13 +24,17 @@ import math
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from hydra.utils import instantiate
 from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
 
+from recolab.metrics import auc
 from recolab.tracking import tracking_uri
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,9 +44,6 @@ CENSUS_EXPERIMENT = "multitask_census"
 CENSUS_EXPS = ["census_single_task", "census_shared_bottom", "census_mmoe", "census_cgc", "census_ple"]
 CENSUS_SEEDS = [1, 2, 3, 4, 5]
 CENSUS_TASKS = {"income": "income > 50K", "never_married": "never married"}
-
-#: AUC reported by the papers for group 1 (income, marital status) on UCI's full split; None: not reported.
-PAPER_AUC: dict[str, dict[str, tuple[float | None, float | None]]] = {}
 
 SYNTHETIC_EXPERIMENT = "multitask_synthetic"
 CORRELATIONS = [0.9, 0.5, 0.1]
@@ -57,11 +58,8 @@ WORLD = {
     "data.latent_dim": 4,
     "data.examination_power": 0.0,
 }
-TRAINING = [
-    "data.drop_bad_rows=true", "data.batch_size=1024", "module.lr=0.005", "trainer.max_epochs=6",
-    "data.tasks=[{name:click,kind:binary},{name:like,kind:binary}]",
-    "data.oracle={click:gt_click_prob,like:gt_like_prob}",
-]
+TWO_TASKS = ["data.tasks=[{name:click,kind:binary},{name:like,kind:binary}]", "data.oracle={click:gt_click_prob,like:gt_like_prob}"]
+TRAINING = ["data.drop_bad_rows=true", "data.batch_size=1024", "module.lr=0.005", "trainer.max_epochs=6", *TWO_TASKS]
 SYNTHETIC_MODELS = {
     "shared_bottom": ["model.embedding_dim=16", "model.bottom_dims=[128,64]", "model.tower_dims=[32]"],
     "mmoe": ["model.embedding_dim=16", "model.num_experts=4", "model.expert_dims=[64,32]", "model.tower_dims=[32]"],
@@ -81,16 +79,6 @@ def start(args: list[str], log_name: str) -> tuple[subprocess.Popen, Path]:
     print("$", " ".join(cmd), f"> {log_path.relative_to(ROOT)}", flush=True)
     with open(log_path, "w") as log:
         return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log_path
-
-
-def wait(started: list[tuple[subprocess.Popen, Path]], since: float) -> None:
-    failed = []
-    for process, log_path in started:
-        if process.wait():
-            failed.append(str(log_path))
-        print(f"  {log_path.name}: exit {process.returncode} after {time.time() - since:.0f} s", flush=True)
-    if failed:
-        sys.exit(f"a sweep failed: see {', '.join(failed)}")
 
 
 def census_sweep(seeds: list[int]) -> list[tuple[list[str], str]]:
@@ -141,52 +129,90 @@ def cell(values: pd.Series) -> str:
 def census_table(seeds: list[int]) -> str:
     df = latest_runs(CENSUS_EXPERIMENT, [])
     df = df[df["exp"].isin(CENSUS_EXPS) & df["seed"].isin([str(s) for s in seeds])]
-    papers = sorted({p for figures in PAPER_AUC.values() for p in figures})
-    head = ["model", *(f"AUC {name}" for name in CENSUS_TASKS.values())]
-    head += [f"{p}: AUC {name}" for p in papers for name in CENSUS_TASKS.values()]
+    head = ["model", *(f"AUC {name}" for name in CENSUS_TASKS.values()), *(f"logloss {name}" for name in CENSUS_TASKS.values())]
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     for exp in CENSUS_EXPS:
         runs = df[df["exp"] == exp]
-        row = [exp.removeprefix("census_"), *(cell(runs.get(f"test/auc/{t}", pd.Series(dtype=float))) for t in CENSUS_TASKS)]
-        for p in papers:
-            figures = PAPER_AUC.get(exp.removeprefix("census_"), {}).get(p, (None, None))
-            row += [f"{v:.4f}" if v is not None else "-" for v in figures]
-        lines.append("| " + " | ".join(row) + " |")
+        cells = [cell(metric(runs, f"test/{m}/{t}")) for m in ("auc", "logloss") for t in CENSUS_TASKS]
+        lines.append("| " + " | ".join([exp.removeprefix("census_"), *cells]) + " |")
     return "\n".join(lines)
+
+
+def metric(frame: pd.DataFrame, name: str) -> pd.Series:
+    return frame[name].astype(float) if name in frame else pd.Series(dtype=float)
+
+
+def gap(a: pd.DataFrame, b: pd.DataFrame, name: str) -> str:
+    """Mean +- std over seeds of a - b, paired on the seed (both frames indexed by seed)."""
+    paired = (metric(a, name) - metric(b, name)).dropna()
+    if paired.empty:
+        return "-"
+    sd = paired.std(ddof=1) if len(paired) > 1 else math.nan
+    return f"{paired.mean():+.4f} +- {sd:.4f} ({len(paired)})"
+
+
+def relevance_only_like_auc(correlation: float) -> float:
+    """Like AUC on the test split of scoring by the true click relevance (`gt_relevance`): what a
+    model gets that knows click relevance exactly and nothing specific to like."""
+    cfg = OmegaConf.load(ROOT / "configs" / "data" / "synthetic_video.yaml")
+    cfg.cache_dir, cfg.seed, cfg.task_correlation, cfg.drop_bad_rows = str(ROOT / "data" / "synthetic"), 0, correlation, True
+    for key, value in WORLD.items():
+        cfg[key.removeprefix("data.")] = value
+    cfg.tasks = [{"name": "click"}, {"name": "like"}]
+    cfg.oracle = {}
+    datamodule = instantiate(cfg)
+    datamodule.setup()
+    test = datamodule.data["test"]
+    return auc(test["labels"]["like"].numpy(), test["meta"]["gt_relevance"].numpy())
 
 
 def synthetic_table(seeds: list[int], correlations: list[float]) -> str:
     df = latest_runs(SYNTHETIC_EXPERIMENT, ["data.task_correlation", *WORLD])
     for key, value in WORLD.items():
         df = df[df[key].astype(float) == float(value)]
-    df = df[df["seed"].isin([str(s) for s in seeds]) & df["data.tasks"].str.count("name").eq(2)]
-    df["corr"] = df["data.task_correlation"].astype(float)
+    two_tasks = df["data.tasks/2/name"].isna() if "data.tasks/2/name" in df else True
+    df = df[df["seed"].isin([str(s) for s in seeds]) & two_tasks]
+    corr = df["data.task_correlation"].astype(float)
     head = [
         "task correlation", "shared-bottom AUC click", "MMoE AUC click", "shared-bottom AUC like", "MMoE AUC like",
-        "gap like (MMoE - SB)", "gap click (MMoE - SB)", "oracle AUC like",
+        "gap like (MMoE - SB)", "gap click (MMoE - SB)", "like AUC of gt_relevance", "oracle AUC like",
     ]
     lines = ["| " + " | ".join(head) + " |", "|---:|" + "---:|" * (len(head) - 1)]
-    for corr in correlations:
-        at = df[np.isclose(df["corr"], corr)].set_index(["exp", "seed"])
-        sb, mm = (at.xs(m, level="exp") if m in at.index.get_level_values(0) else pd.DataFrame() for m in SYNTHETIC_MODELS)
-
-        def metric(frame: pd.DataFrame, name: str) -> pd.Series:
-            return frame[name].astype(float) if name in frame else pd.Series(dtype=float)
-
-        def gap(name: str) -> str:
-            paired = (metric(mm, name) - metric(sb, name)).dropna()
-            if paired.empty:
-                return "-"
-            sd = paired.std(ddof=1) if len(paired) > 1 else math.nan
-            return f"{paired.mean():+.4f} +- {sd:.4f} ({len(paired)})"
+    for c in correlations:
+        at = df[np.isclose(corr, c)]
+        sb, mm = (at[at["exp"] == m].set_index("seed") for m in SYNTHETIC_MODELS)
 
         row = [
-            f"{corr:g}", cell(metric(sb, "test/auc/click")), cell(metric(mm, "test/auc/click")),
+            f"{c:g}", cell(metric(sb, "test/auc/click")), cell(metric(mm, "test/auc/click")),
             cell(metric(sb, "test/auc/like")), cell(metric(mm, "test/auc/like")),
-            gap("test/auc/like"), gap("test/auc/click"), cell(metric(pd.concat([sb, mm]), "oracle/auc/like")),
+            gap(mm, sb, "test/auc/like"), gap(mm, sb, "test/auc/click"), f"{relevance_only_like_auc(c):.4f}",
+            f"{metric(at, 'oracle/auc/like').iloc[0]:.4f}" if len(metric(at, "oracle/auc/like")) else "-",
         ]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
+
+
+def run_lanes(lanes: list[list[tuple[list[str], str]]]) -> None:
+    """Each lane's sweeps one after the other; the lanes side by side (one core each)."""
+    since = time.time()
+    failures: list[str] = []
+
+    def lane(sweeps: list[tuple[list[str], str]]) -> None:
+        for args, name in sweeps:
+            process, log_path = start(args, name)
+            code = process.wait()
+            print(f"  {name}: exit {code} after {time.time() - since:.0f} s", flush=True)
+            if code:
+                failures.append(str(log_path))
+                return
+
+    threads = [threading.Thread(target=lane, args=(sweeps,)) for sweeps in lanes if sweeps]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if failures:
+        sys.exit(f"a sweep failed: see {', '.join(failures)}")
 
 
 def main() -> None:
@@ -201,23 +227,24 @@ def main() -> None:
     synthetic_seeds = [int(s) for s in args.synthetic_seeds.split(",")]
     correlations = [float(c) for c in args.correlations.split(",")]
     parts = [args.only] if args.only else ["census", "synthetic"]
-    start = time.time()
+    start_time = time.time()
     if not args.tables_only:
-        if "census" in parts:
-            run_census(census_seeds)
-        if "synthetic" in parts:
-            run_synthetic(synthetic_seeds, correlations)
+        run_lanes([
+            census_sweep(census_seeds) if "census" in parts else [],
+            synthetic_sweeps(synthetic_seeds, correlations) if "synthetic" in parts else [],
+        ])
     sections = []
     if "census" in parts:
         sections.append("## Census-Income (KDD): test AUC, mean +- std (seeds)\n\n" + census_table(census_seeds))
     if "synthetic" in parts:
         world = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in WORLD.items())
         sections.append(
-            f"## Synthetic world, tasks click and like ({world}): test AUC, mean +- std (seeds)\n\n"
+            f"## Synthetic world ({world}), tasks click and like: test AUC, mean +- std (seeds)\n\n"
             + synthetic_table(synthetic_seeds, correlations)
         )
-    text = "# Multi-task results\n\nWritten by `python experiments/multitask/run.py`"
-    text += f" ({' '.join(sys.argv[1:]) or 'no options'}; {time.time() - start:.0f} s).\n\n" + "\n\n".join(sections) + "\n"
+    took = f"{time.time() - start_time:.0f} s" + (", tables only" if args.tables_only else "")
+    text = "# Multi-task results\n\nWritten by `python experiments/multitask/run.py"
+    text += (" " + " ".join(sys.argv[1:]) if sys.argv[1:] else "") + f"` ({took}).\n\n" + "\n\n".join(sections) + "\n"
     OUT.write_text(text)
     print(text)
 

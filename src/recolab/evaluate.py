@@ -13,12 +13,12 @@ from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from recolab import tracking
 from recolab.config_validation import top_level_keys, validate_config
+from recolab.resume import load_weights_only
 from recolab.train import (
     CONFIG_DIR,
     build,
@@ -36,7 +36,7 @@ def load_checkpoint(path: str) -> dict:
     """A recolab checkpoint, loaded with `weights_only=True` (no arbitrary code runs)."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"ckpt_path={path}: no such checkpoint file")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = load_weights_only(path)  # CheckpointError (a ValueError) if torch refuses it
     if "recolab" not in ckpt or "config" not in ckpt["recolab"]:
         raise ValueError(f"ckpt_path={path}: not a recolab checkpoint (no 'recolab' entry with the run's config)")
     return ckpt

@@ -34,6 +34,7 @@ restarts the epoch), and a GPU's non-deterministic kernels.
 from __future__ import annotations
 
 import logging
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -60,13 +61,33 @@ def candidates(cfg: DictConfig) -> list[Path]:
     return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
 
 
+class CheckpointError(ValueError):
+    """A file that `torch.load(weights_only=True)` refuses: not a checkpoint, or one holding code."""
+
+
+def load_weights_only(path: str | Path, *, mmap: bool = False) -> dict[str, Any]:
+    """`torch.load(path, weights_only=True)`: tensors and plain data only, so loading runs no code.
+
+    A refused file raises `CheckpointError` with torch's reason (not its advice to retry with
+    `weights_only=False`, which would run whatever the file holds).
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as e:
+        lines = [ln.strip() for ln in str(e).splitlines()[1:]]
+        reason = next((ln for ln in lines if ln and not ln.startswith(("Please file", "Check the documentation", "WeightsUnpickler error"))), "")
+        raise CheckpointError(
+            f"ckpt_path={path}: refused by torch.load(weights_only=True) ({reason or 'unreadable'}): a recolab "
+            "checkpoint holds only tensors and plain data, so this file is not one, or it holds objects that "
+            "would run code when loaded"
+        ) from e
+    except RuntimeError as e:  # not a zip or pickle file at all
+        raise CheckpointError(f"ckpt_path={path}: not a checkpoint file ({str(e).splitlines()[0]})") from e
+
+
 def read_info(path: Path) -> dict[str, Any]:
     """The checkpoint's `recolab` entry (config, run id), read with `weights_only=True` and memory-mapped."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:
-        raise ResumeError(f"ckpt_path: {path} cannot be loaded as a checkpoint ({type(e).__name__}: {e})") from e
-    return dict(ckpt.get("recolab") or {})
+    return dict(load_weights_only(path, mmap=True).get("recolab") or {})
 
 
 def find_last(cfg: DictConfig) -> tuple[Path, dict[str, Any]]:

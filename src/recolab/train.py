@@ -152,7 +152,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     # Rank zero alone builds loggers: under torchrun or SLURM every rank starts at once, and their
     # MLflow clients would race to create the local store (rank_zero_only.rank reads RANK,
     # LOCAL_RANK or SLURM_PROCID; Lightning's own launcher sets LOCAL_RANK on the ranks it starts).
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()] if rank_zero_only.rank == 0 else []
+    loggers = [build_logger(c) for c in (cfg.get("logger") or {}).values()] if rank_zero_only.rank == 0 else []
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
     mlf = mlflow_logger(loggers) if trainer.is_global_zero else None
@@ -178,6 +178,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
         fail_run(mlf)
         raise
     return metrics | selection
+
+
+def build_logger(node: DictConfig) -> Any:
+    """A logger, its tags as strings: an MLflow server refuses a non-string tag (the seed), the local store does not."""
+    if not node.get("tags"):
+        return instantiate(node)
+    tags = OmegaConf.to_container(node.tags, resolve=True)
+    return instantiate(node, tags={k: str(v) for k, v in tags.items() if v is not None})
 
 
 def sweep_id() -> str | None:

@@ -21,13 +21,22 @@ class SeenRows(pl.Callback):
         self.rows: list[int] = []
         self.steps = 0
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         meta = batch["meta"]
         self.rows += (meta["request_id"] * self.slate_size + meta["position"] - 1).tolist()
         self.steps += 1
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
-        record = {"rank": trainer.global_rank, "world_size": trainer.world_size, "steps": self.steps, "rows": self.rows}
-        (self.out / f"rank{trainer.global_rank}-epoch{trainer.current_epoch}.json").write_text(json.dumps(record))
+        record = {
+            "rank": trainer.global_rank,
+            "world_size": trainer.world_size,
+            "steps": self.steps,
+            "rows": self.rows,
+        }
+        (self.out / f"rank{trainer.global_rank}-epoch{trainer.current_epoch}.json").write_text(
+            json.dumps(record)
+        )
         self.rows, self.steps = [], 0

@@ -35,5 +35,8 @@ def test_ddp_two_processes_gather_exact_metrics(tmp_path: Path) -> None:
     single = evaluate(cfg)
     ddp = {k: v for k, v in run.data.metrics.items() if k.startswith(("test/", "oracle/"))}
     assert set(ddp) == set(single)
+    # Predictions agree to float rounding only (the ranks' batches hold other rows, so BLAS sums
+    # in another order); that can flip a near-tied pair, worth 1/(positives x negatives) ~ 3e-5
+    # of AUC here. Averaging per-rank values instead of gathering is off by ~1e-2 on 300-row shards.
     for key, value in single.items():
-        assert ddp[key] == pytest.approx(value, rel=1e-5, abs=1e-6, nan_ok=True), key
+        assert ddp[key] == pytest.approx(value, rel=1e-5, abs=3e-4, nan_ok=True), key

@@ -31,24 +31,47 @@ from tests.conftest import ROOT, compose_train
 from tests.integration.test_cli import run_cli
 
 # 6010 impressions -> 4808 training rows (time split 0.8/0.1/0.1), 601 test rows.
-WORLD = ["data.num_users=300", "data.num_items=200", "data.num_impressions=6010",
-         "data.batch_size=256", "data.eval_batch_size=128"]
+WORLD = [
+    "data.num_users=300",
+    "data.num_items=200",
+    "data.num_impressions=6010",
+    "data.batch_size=256",
+    "data.eval_batch_size=128",
+]
 TRAIN_ROWS = 4808
-STREAMING = ["data=synthetic_video_streaming", "data.row_group_size=500", "data.rows_per_file=2000",
-             "data.shuffle_buffer=1000", "data.num_workers=2"]
+STREAMING = [
+    "data=synthetic_video_streaming",
+    "data.row_group_size=500",
+    "data.rows_per_file=2000",
+    "data.shuffle_buffer=1000",
+    "data.num_workers=2",
+]
 
 
 def _ddp_run(tmp_path: Path, data: list[str]) -> tuple[Path, list]:
     seen = tmp_path / "seen"
     r = run_cli(
-        ["train", "+exp=mmoe", "trainer=ddp", "trainer.devices=2", "trainer.max_epochs=2", *WORLD, *data,
-         "+callbacks.seen_rows._target_=tests.integration.seen_rows.SeenRows", f"+callbacks.seen_rows.out={seen}"],
-        tmp_path, env={"PYTHONPATH": str(ROOT)}, timeout=600,
+        [
+            "train",
+            "+exp=mmoe",
+            "trainer=ddp",
+            "trainer.devices=2",
+            "trainer.max_epochs=2",
+            *WORLD,
+            *data,
+            "+callbacks.seen_rows._target_=tests.integration.seen_rows.SeenRows",
+            f"+callbacks.seen_rows.out={seen}",
+        ],
+        tmp_path,
+        env={"PYTHONPATH": str(ROOT)},
+        timeout=600,
     )
     assert r.returncode == 0, r.stderr[-4000:]
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("recolab").experiment_id])
-    assert len(runs) == 1 and runs[0].info.status == "FINISHED", "the run is recorded once, by rank zero"
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED", (
+        "the run is recorded once, by rank zero"
+    )
     run_dirs = list((tmp_path / "outputs" / "runs" / "mmoe").iterdir())
     assert len(run_dirs) == 1
     ckpts = sorted(p.name for p in (run_dirs[0] / "checkpoints").iterdir())
@@ -62,7 +85,9 @@ def _check_shards(seen: Path) -> None:
         assert [rec["world_size"] for rec in records] == [2, 2]
         assert records[0]["steps"] == records[1]["steps"], "equal step counts on every rank"
         a, b = (rec["rows"] for rec in records)
-        assert len(a) == len(b) == len(set(a)) == len(set(b)), "each rank sees each of its rows once"
+        assert len(a) == len(b) == len(set(a)) == len(set(b)), (
+            "each rank sees each of its rows once"
+        )
         assert not set(a) & set(b), "the ranks' shards are distinct"
         assert set(a) | set(b) == set(range(TRAIN_ROWS)), "every training row is seen in the epoch"
 
@@ -73,11 +98,15 @@ def test_in_memory_ranks_read_distinct_shards(tmp_path: Path) -> None:
     _check_shards(seen)
 
 
-def test_streaming_ranks_and_workers_read_distinct_shards_and_gather_exact_metrics(tmp_path: Path) -> None:
+def test_streaming_ranks_and_workers_read_distinct_shards_and_gather_exact_metrics(
+    tmp_path: Path,
+) -> None:
     seen, runs = _ddp_run(tmp_path, STREAMING)
     _check_shards(seen)
     best = next((tmp_path / "outputs" / "runs" / "mmoe").glob("*/checkpoints/epoch*.ckpt"))
-    cfg = compose_train(tmp_path, [f"ckpt_path={best}", "logger=none"], config_name="evaluate", out="single")
+    cfg = compose_train(
+        tmp_path, [f"ckpt_path={best}", "logger=none"], config_name="evaluate", out="single"
+    )
     single = evaluate(cfg)
     ddp = {k: v for k, v in runs[0].data.metrics.items() if k.startswith(("test/", "oracle/"))}
     assert set(ddp) == set(single)
@@ -96,15 +125,41 @@ def test_torchrun_two_nodes_one_process_each(tmp_path: Path) -> None:
     """`torchrun --nnodes 2 --node-rank i` per node, as docs/distributed.md shows; Lightning reads
     the torchelastic environment, so `trainer.num_nodes=2 trainer.devices=1` matches the world."""
     port, seen = _free_port(), tmp_path / "seen"
-    env = {**os.environ, "RECOLAB_CONFIG_DIR": str(ROOT / "configs"), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "RECOLAB_CONFIG_DIR": str(ROOT / "configs"),
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": "1",
+    }
     nodes = [
         subprocess.Popen(
-            [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node-rank={node}", "--nproc-per-node=1",
-             "--master-addr=127.0.0.1", f"--master-port={port}", "-m", "recolab", "train", "+exp=mmoe", "trainer=ddp",
-             "trainer.num_nodes=2", "trainer.devices=1", "trainer.max_epochs=2", *WORLD,
-             "hydra.run.dir=outputs/runs/mmoe/torchrun",
-             "+callbacks.seen_rows._target_=tests.integration.seen_rows.SeenRows", f"+callbacks.seen_rows.out={seen}"],
-            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes=2",
+                f"--node-rank={node}",
+                "--nproc-per-node=1",
+                "--master-addr=127.0.0.1",
+                f"--master-port={port}",
+                "-m",
+                "recolab",
+                "train",
+                "+exp=mmoe",
+                "trainer=ddp",
+                "trainer.num_nodes=2",
+                "trainer.devices=1",
+                "trainer.max_epochs=2",
+                *WORLD,
+                "hydra.run.dir=outputs/runs/mmoe/torchrun",
+                "+callbacks.seen_rows._target_=tests.integration.seen_rows.SeenRows",
+                f"+callbacks.seen_rows.out={seen}",
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for node in range(2)
     ]
@@ -115,5 +170,8 @@ def test_torchrun_two_nodes_one_process_each(tmp_path: Path) -> None:
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("recolab").experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
-    ckpts = sorted(p.name for p in (tmp_path / "outputs" / "runs" / "mmoe" / "torchrun" / "checkpoints").iterdir())
+    ckpts = sorted(
+        p.name
+        for p in (tmp_path / "outputs" / "runs" / "mmoe" / "torchrun" / "checkpoints").iterdir()
+    )
     assert "last.ckpt" in ckpts and len(ckpts) == 2, ckpts

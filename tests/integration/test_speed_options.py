@@ -19,13 +19,22 @@ from recolab.pipelines.rank import RankModule
 from recolab.train import train
 from tests.conftest import TINY_WORLD, compose_train
 
-FEW_STEPS = ["trainer.max_epochs=1", "+trainer.limit_train_batches=3", "+trainer.limit_val_batches=1", "logger=none"]
+FEW_STEPS = [
+    "trainer.max_epochs=1",
+    "+trainer.limit_train_batches=3",
+    "+trainer.limit_val_batches=1",
+    "logger=none",
+]
 
 
 def _train(tmp_path: Path, data_cache: Path, overrides: list[str]) -> dict[str, float]:
-    cfg = compose_train(tmp_path, ["+exp=mmoe", *TINY_WORLD, *FEW_STEPS, *overrides], data_dir=data_cache)
+    cfg = compose_train(
+        tmp_path, ["+exp=mmoe", *TINY_WORLD, *FEW_STEPS, *overrides], data_dir=data_cache
+    )
     metrics = train(cfg)
-    assert metrics and all(math.isfinite(v) for k, v in metrics.items() if "/auc/" in k or k.endswith("test/loss"))
+    assert metrics and all(
+        math.isfinite(v) for k, v in metrics.items() if "/auc/" in k or k.endswith("test/loss")
+    )
     return metrics
 
 
@@ -34,22 +43,34 @@ def test_bf16_mixed_precision_trains_on_cpu(tmp_path, data_cache):
 
 
 def test_optimizer_settings_reach_the_torch_optimizer(tmp_path, data_cache):
-    _train(tmp_path, data_cache, ["module.optimizer=adagrad", "+module.optimizer_kwargs.foreach=true"])
+    _train(
+        tmp_path, data_cache, ["module.optimizer=adagrad", "+module.optimizer_kwargs.foreach=true"]
+    )
 
 
 @pytest.mark.slow  # torch.compile's first compilation takes about a minute on 2 cores
 def test_compile_switch_trains_and_keeps_plain_checkpoint_keys(tmp_path, data_cache):
     _train(tmp_path, data_cache, ["compile=true"])
     ckpt = torch.load(next((tmp_path / "out" / "checkpoints").glob("last.ckpt")), weights_only=True)
-    assert not any("_orig_mod" in k for k in ckpt["state_dict"]), "compiled in place: the keys stay the model's"
+    assert not any("_orig_mod" in k for k in ckpt["state_dict"]), (
+        "compiled in place: the keys stay the model's"
+    )
 
 
 @pytest.fixture()
 def tiny(data_cache) -> SyntheticVideoDataModule:
     dm = SyntheticVideoDataModule(
-        cache_dir=str(data_cache), num_users=300, num_items=200, num_impressions=6000, batch_size=256,
-        sparse=["user_id", "item_id"], dense=["log_duration"], sequences={"hist_items": {"max_len": 20, "vocab_of": "item_id"}},
-        tasks=[{"name": "click"}], meta=["user_id"], drop_bad_rows=True,  # slates may repeat an item
+        cache_dir=str(data_cache),
+        num_users=300,
+        num_items=200,
+        num_impressions=6000,
+        batch_size=256,
+        sparse=["user_id", "item_id"],
+        dense=["log_duration"],
+        sequences={"hist_items": {"max_len": 20, "vocab_of": "item_id"}},
+        tasks=[{"name": "click"}],
+        meta=["user_id"],
+        drop_bad_rows=True,  # slates may repeat an item
     )
     dm.setup()
     return dm
@@ -64,8 +85,16 @@ def test_sparse_embeddings_give_sparse_gradients_and_train_with_adagrad(tiny):
     with pytest.raises(ValueError, match="module.optimizer=adagrad"):
         RankModule(model, tiny.schema).configure_optimizers()
     before = model.embed.tables["item_id"].weight.detach().clone()
-    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=3, limit_val_batches=0, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, use_distributed_sampler=False)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        limit_train_batches=3,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        use_distributed_sampler=False,
+    )
     trainer.fit(RankModule(model, tiny.schema, optimizer="adagrad"), datamodule=tiny)
     assert not torch.equal(before, model.embed.tables["item_id"].weight)
 

@@ -21,6 +21,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from recolab.evaluate import load_checkpoint
+from recolab.resume import CheckpointError
 from recolab.tracking import TrackingError
 from recolab.train import train
 from tests.conftest import ROOT, TINY_WORLD, compose_train
@@ -110,10 +111,15 @@ class Payload:
 def test_a_checkpoint_holding_a_pickled_object_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {}, "recolab": {"config": "{}"}, "payload": Payload()}, path)
-    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+    with pytest.raises(CheckpointError, match=r"evil\.ckpt: refused by torch\.load\(weights_only=True\) \(Trying to load unsupported GLOBAL posix\.getpid") as e:
         load_checkpoint(str(path))
+    assert isinstance(e.value.__cause__, pickle.UnpicklingError)
+    (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match=r"junk\.ckpt: refused by torch\.load\(weights_only=True\)"):
+        load_checkpoint(str(tmp_path / "junk.ckpt"))
 
 
+@pytest.mark.slow  # a subprocess; the in-process test above covers the FAILED path in the default suite
 def test_an_interrupted_run_is_marked_failed(tmp_path: Path) -> None:
     log = tmp_path / "probe.log"
     env = {**os.environ, "RECOLAB_CONFIG_DIR": str(ROOT / "configs"), "PYTHONPATH": str(ROOT),

@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 #: Special columns that hold non-negative amounts of time (seconds).
 NON_NEGATIVE = ("duration", "watch_time")
@@ -100,9 +101,15 @@ def _is_number(type_: pa.DataType) -> bool:
 def _list_row_hash(arr: pa.Array) -> np.ndarray:
     """One uint64 per row of a list column, from its elements and their places."""
     arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
-    if pa.types.is_fixed_size_list(arr.type):
-        offsets = np.arange(len(arr) + 1, dtype=np.int64) * arr.type.list_size
-        values = arr.flatten().to_numpy(zero_copy_only=False)
+    if arr.null_count:  # a missing list is not an empty one
+        arr = pc.if_else(arr.is_null(), pa.scalar([-1], arr.type), arr)
+    if pa.types.is_fixed_size_list(arr.type):  # (N, L): one pass per place, no per-element bookkeeping
+        grid = arr.flatten().to_numpy(zero_copy_only=False).reshape(len(arr), arr.type.list_size)
+        row = np.zeros(len(arr), dtype=np.uint64)
+        with np.errstate(over="ignore"):
+            for j in range(grid.shape[1]):
+                row = _mix(row ^ _element_hash(grid[:, j]))
+        return row
     else:
         offsets = arr.offsets.to_numpy().astype(np.int64)
         values = arr.values.to_numpy(zero_copy_only=False)[offsets[0] : offsets[-1]]
@@ -110,9 +117,15 @@ def _list_row_hash(arr: pa.Array) -> np.ndarray:
     lengths = np.diff(offsets)
     place = (np.arange(len(values), dtype=np.int64) - np.repeat(offsets[:-1], lengths)).astype(np.uint64)
     with np.errstate(over="ignore"):
-        element = _mix(pd.util.hash_array(values) ^ _mix(place + np.uint64(1)))  # value at its place
+        element = _mix(_element_hash(values) ^ _mix(place + np.uint64(1)))  # value at its place
         sums = np.concatenate([[np.uint64(0)], np.cumsum(element, dtype=np.uint64)])  # wraps mod 2**64
         return _mix((sums[offsets[1:]] - sums[offsets[:-1]]) ^ _mix(lengths.astype(np.uint64) + np.uint64(2)))
+
+
+def _element_hash(values: np.ndarray) -> np.ndarray:
+    if values.dtype.kind in "iu":
+        return _mix(values.astype(np.int64).view(np.uint64))
+    return pd.util.hash_array(values)
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
@@ -123,20 +136,36 @@ def _mix(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
+def _is_list(type_: pa.DataType) -> bool:
+    return pa.types.is_list(type_) or pa.types.is_large_list(type_) or pa.types.is_fixed_size_list(type_)
+
+
 def duplicate_rows(table: pa.Table) -> np.ndarray:
     """Rows equal to an earlier row in every column (list columns compared through a 64-bit hash of
     their elements, other columns exactly); the first copy is not marked. Only for event logs:
-    a table without a `timestamp` column has none (see the module docstring)."""
-    if table.num_rows < 2 or TIMESTAMP not in table.column_names:
-        return np.zeros(table.num_rows, dtype=bool)
-    frame = {}
-    for name in table.column_names:
-        col = table.column(name)
-        if pa.types.is_list(col.type) or pa.types.is_large_list(col.type) or pa.types.is_fixed_size_list(col.type):
-            frame[name] = _list_row_hash(col)
-        else:
-            frame[name] = col.to_pandas()
-    return pd.DataFrame(frame).duplicated(keep="first").to_numpy()
+    a table without a `timestamp` column has none (see the module docstring).
+
+    One 64-bit hash per row finds the candidates (rows whose hash is not unique) in O(N log N);
+    only those are compared value by value, so a hash collision never makes a duplicate.
+    """
+    n = table.num_rows
+    if n < 2 or TIMESTAMP not in table.column_names:
+        return np.zeros(n, dtype=bool)
+    columns = {
+        name: _list_row_hash(col) if _is_list(col.type) else col.to_numpy(zero_copy_only=False)
+        for name, col in zip(table.column_names, table.columns)
+    }
+    row = np.zeros(n, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for values in columns.values():
+            row = _mix(row ^ pd.util.hash_array(values))
+    _, first, counts = np.unique(row, return_inverse=True, return_counts=True)
+    candidates = np.flatnonzero(counts[first] > 1)  # ascending: "earlier" keeps its meaning
+    out = np.zeros(n, dtype=bool)
+    if len(candidates):
+        frame = pd.DataFrame({name: values[candidates] for name, values in columns.items()})
+        out[candidates] = frame.duplicated(keep="first").to_numpy()
+    return out
 
 
 def oov_rows(data: dict[str, dict[str, dict]], sparse_names: list[str]) -> dict[str, int]:

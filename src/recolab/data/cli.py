@@ -29,20 +29,20 @@ def parse(argv: list[str]) -> tuple[str, dict[str, str]]:
     """`[command, key=value, ...]` -> (command, {key: value}); `SystemExit(2)` with usage on a mistake."""
     if not argv or argv[0] not in COMMANDS:
         got = repr(argv[0]) if argv else "nothing"
-        raise SystemExit(f"{USAGE}\n(got {got}; commands: {', '.join(COMMANDS)})")
+        raise SystemExit(f"unknown command {got} (commands: {', '.join(COMMANDS)})\n{USAGE}")
     command, args = argv[0], {}
     for item in argv[1:]:
         key, sep, value = item.partition("=")
         if not sep:
-            raise SystemExit(f"{USAGE}\n(got {item!r}: arguments are key=value)")
+            raise SystemExit(f"{item!r}: arguments are key=value\n{USAGE}")
         if key not in COMMANDS[command]:
             close = difflib.get_close_matches(key, COMMANDS[command], n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise SystemExit(f"{USAGE}\n(unknown key {key!r}{hint})")
+            raise SystemExit(f"unknown key {key!r}{hint}\n{USAGE}")
         args[key] = value
     missing = [k for k in REQUIRED[command] if k not in args]
     if missing:
-        raise SystemExit(f"{USAGE}\n(missing {', '.join(f'{k}=' for k in missing)})")
+        raise SystemExit(f"missing {', '.join(f'{k}=' for k in missing)}\n{USAGE}")
     return command, args
 
 
@@ -51,7 +51,7 @@ def _flag(value: str, key: str) -> bool:
         return True
     if value.lower() in ("false", "0", "no"):
         return False
-    raise SystemExit(f"{USAGE}\n({key}={value!r}: expected true or false)")
+    raise SystemExit(f"{key}={value!r}: expected true or false\n{USAGE}")
 
 
 def main(argv: list[str] | None = None) -> None:

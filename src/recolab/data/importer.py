@@ -97,7 +97,9 @@ def read_schema(path: str | Path) -> LogSchema:
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise LogImportError(f"{path}: not valid YAML ({str(e).splitlines()[0]} {getattr(e, 'problem_mark', '')})".strip()) from e
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise LogImportError(f"{path}: not valid YAML: {getattr(e, 'problem', None) or e}{where}") from e
     if not isinstance(raw, dict):
         raise LogImportError(f"{path}: expected a mapping of keys ({', '.join(SCHEMA_KEYS)}), got {type(raw).__name__}")
     problems = [f"unknown key {k!r}{_suggest(str(k), list(SCHEMA_KEYS))}" for k in raw if k not in SCHEMA_KEYS]

@@ -41,7 +41,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from recolab.data.columnar import Columns, ColumnarBatches, Vocabulary
+from recolab.data.columnar import ColumnarBatches, Columns, Vocabulary
 from recolab.data.datamodule import DataError
 from recolab.data.synthetic_video import WorldParams, cached_world
 

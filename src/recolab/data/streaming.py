@@ -143,7 +143,9 @@ class StreamingBatches(IterableDataset):
         epoch: the epoch whose order is read (see `set_epoch`).
     """
 
-    def __init__(self, shard: Shard, read: Any, *, shuffle_buffer: int, shuffle: bool, epoch: int = 0) -> None:
+    def __init__(
+        self, shard: Shard, read: Any, *, shuffle_buffer: int, shuffle: bool, epoch: int = 0
+    ) -> None:
         super().__init__()
         self.shard = shard
         self.read = read
@@ -164,7 +166,9 @@ class StreamingBatches(IterableDataset):
         shuffle = self.shuffle and self.shuffle_buffer > 0
         capacity = max(self.shuffle_buffer, B) if shuffle else B
         keep = capacity // 2 if shuffle else 0  # rows carried into the next refill
-        g = torch.Generator().manual_seed(self.shard.seed + 7919 * self.epoch + 104729 * (self.shard.rank * workers + worker))
+        g = torch.Generator().manual_seed(
+            self.shard.seed + 7919 * self.epoch + 104729 * (self.shard.rank * workers + worker)
+        )
         chunks: list[Columns] = []
         held = 0
         for piece in self.shard.pieces(self.epoch, worker, workers):
@@ -191,7 +195,10 @@ class StreamingBatches(IterableDataset):
 def _concat(chunks: list[Columns]) -> Columns:
     if len(chunks) == 1:
         return chunks[0]
-    return {grp: {k: torch.cat([c[grp][k] for c in chunks]) for k in chunks[0][grp]} for grp in chunks[0]}
+    return {
+        grp: {k: torch.cat([c[grp][k] for c in chunks]) for k in chunks[0][grp]}
+        for grp in chunks[0]
+    }
 
 
 def _take(cols: Columns, idx: torch.Tensor) -> Columns:
@@ -247,12 +254,18 @@ class StreamingParquetDataModule(RankDataModule):
         **kwargs: Any,
     ) -> None:
         if kwargs.pop("split", None) is not None:
-            raise ValueError("a streaming data set is split by folder: set data.splits, not data.split")
+            raise ValueError(
+                "a streaming data set is split by folder: set data.splits, not data.split"
+            )
         super().__init__(split={"kind": "folder"}, **kwargs)
         if getattr(self, "negative_downsampling", None):
-            raise ValueError("data.negative_downsampling is not supported by streaming data yet: use the in-memory module")
+            raise ValueError(
+                "data.negative_downsampling is not supported by streaming data yet: use the in-memory module"
+            )
         if shuffle_buffer < 0 or num_workers < 0:
-            raise ValueError(f"data.shuffle_buffer and data.num_workers must be >= 0, got {shuffle_buffer}, {num_workers}")
+            raise ValueError(
+                f"data.shuffle_buffer and data.num_workers must be >= 0, got {shuffle_buffer}, {num_workers}"
+            )
         self.path = path
         self.splits = {s: s for s in SPLITS} | dict(splits or {})
         self.shuffle_buffer = shuffle_buffer
@@ -263,9 +276,17 @@ class StreamingParquetDataModule(RankDataModule):
 
     def _files(self, split: str) -> list[Path]:
         folder = Path(self.path) / self.splits[split]
-        files = sorted(folder.rglob("*.parquet")) if folder.is_dir() else [folder] if folder.is_file() else []
+        files = (
+            sorted(folder.rglob("*.parquet"))
+            if folder.is_dir()
+            else [folder]
+            if folder.is_file()
+            else []
+        )
         if not files:
-            raise DataError(f"{folder}: no parquet files for the {split} split (data.path, data.splits.{split})")
+            raise DataError(
+                f"{folder}: no parquet files for the {split} split (data.path, data.splits.{split})"
+            )
         return files
 
     def setup(self, stage: str | None = None) -> None:
@@ -278,7 +299,9 @@ class StreamingParquetDataModule(RankDataModule):
         self.schema = self._schema()
         log.info(
             "data %s (streaming): %s rows (train/val/test), %d dropped",
-            self.source_path, "/".join(str(sum(g.rows for g in self.groups[s])) for s in SPLITS), self.dropped_rows,
+            self.source_path,
+            "/".join(str(sum(g.rows for g in self.groups[s])) for s in SPLITS),
+            self.dropped_rows,
         )
 
     def _scan(self, split: str, *, fit: bool) -> list[RowGroup]:
@@ -291,7 +314,9 @@ class StreamingParquetDataModule(RankDataModule):
             pf = pq.ParquetFile(file)
             self._check_columns(str(file), pf.schema_arrow.names)
             for i in range(pf.num_row_groups):
-                table = self._validated(pf.read_row_group(i, columns=self.required_columns), f"{file} (row group {i})")
+                table = self._validated(
+                    pf.read_row_group(i, columns=self.required_columns), f"{file} (row group {i})"
+                )
                 groups.append(RowGroup(str(file), i, table.num_rows))
                 if not fit:
                     continue
@@ -303,9 +328,13 @@ class StreamingParquetDataModule(RankDataModule):
                     values = np.unique(values[values != 0])
                     ids[name] = values if name not in ids else np.union1d(ids[name], values)
                 for name in self.dense_names:
-                    stats[name].add(table.column(name).to_numpy(zero_copy_only=False).astype(np.float64))
+                    stats[name].add(
+                        table.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
+                    )
         if not sum(g.rows for g in groups):
-            raise DataError(f"{Path(self.path) / self.splits[split]}: the {split} split has no rows")
+            raise DataError(
+                f"{Path(self.path) / self.splits[split]}: the {split} split has no rows"
+            )
         if fit:
             self.vocabs = {name: Vocabulary(values) for name, values in ids.items()}
             self.dense_stats = {name: s.result() for name, s in stats.items()}
@@ -321,7 +350,10 @@ class StreamingParquetDataModule(RankDataModule):
         except DataError as e:
             if not (self.drop_bad_rows and "no rows left" in str(e)):
                 raise
-            self.dropped_rows, table = table.num_rows, table.slice(0, 0)  # a row group of bad rows only
+            self.dropped_rows, table = (
+                table.num_rows,
+                table.slice(0, 0),
+            )  # a row group of bad rows only
         finally:
             self.source_path = str(self.path)
         self.dropped_rows += before
@@ -332,13 +364,32 @@ class StreamingParquetDataModule(RankDataModule):
     def _loader(self, split: str, *, shuffle: bool, batch_size: int) -> DataLoader:
         rank, world, epoch = 0, 1, 0
         if self.trainer is not None:
-            rank, world, epoch = self.trainer.global_rank, self.trainer.world_size, self.trainer.current_epoch
-        shard = Shard(tuple(self.groups[split]), batch_size, train=shuffle, seed=self.seed, rank=rank, world_size=world)
-        dataset = StreamingBatches(shard, _PieceReader(self), shuffle_buffer=self.shuffle_buffer, shuffle=shuffle, epoch=epoch)
+            rank, world, epoch = (
+                self.trainer.global_rank,
+                self.trainer.world_size,
+                self.trainer.current_epoch,
+            )
+        shard = Shard(
+            tuple(self.groups[split]),
+            batch_size,
+            train=shuffle,
+            seed=self.seed,
+            rank=rank,
+            world_size=world,
+        )
+        dataset = StreamingBatches(
+            shard,
+            _PieceReader(self),
+            shuffle_buffer=self.shuffle_buffer,
+            shuffle=shuffle,
+            epoch=epoch,
+        )
         pin = self.pin_memory
         if pin == "auto":
             pin = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
-        return DataLoader(dataset, batch_size=None, num_workers=self.num_workers, pin_memory=bool(pin))
+        return DataLoader(
+            dataset, batch_size=None, num_workers=self.num_workers, pin_memory=bool(pin)
+        )
 
 
 class _PieceReader:
@@ -363,7 +414,9 @@ class _PieceReader:
         table = self.files[g.file].read_row_group(g.index, columns=self.dm.required_columns)
         table = self.dm._validated(table, f"{g.file} (row group {g.index})")
         if table.num_rows != g.rows:
-            raise DataError(f"{g.file} row group {g.index}: {table.num_rows} good rows, the scan counted {g.rows}; did the file change?")
+            raise DataError(
+                f"{g.file} row group {g.index}: {table.num_rows} good rows, the scan counted {g.rows}; did the file change?"
+            )
         return self.dm._encode(table.slice(piece.start, piece.stop - piece.start))
 
 
@@ -450,7 +503,11 @@ class SyntheticVideoStreamingDataModule(StreamingParquetDataModule):
         fields = WorldParams.__dataclass_fields__
         self.params = WorldParams(**{k: kwargs.pop(k) for k in list(kwargs) if k in fields})
         self.cache_dir = cache_dir
-        self.layout = {"fractions": [float(f) for f in fractions], "rows_per_file": rows_per_file, "row_group_size": row_group_size}
+        self.layout = {
+            "fractions": [float(f) for f in fractions],
+            "rows_per_file": rows_per_file,
+            "row_group_size": row_group_size,
+        }
         key = hashlib.sha1(json.dumps(self.layout, sort_keys=True).encode()).hexdigest()[:8]
         path = Path(cache_dir) / f"synthetic_video-{self.params.key()}-stream-{key}"
         super().__init__(path=str(path), **kwargs)
@@ -461,8 +518,11 @@ class SyntheticVideoStreamingDataModule(StreamingParquetDataModule):
         source = cached_world(self.params, self.cache_dir)
         log.info("writing the synthetic world as a parquet folder %s", self.path)
         write_parquet_folder(
-            source, self.path, fractions=tuple(self.layout["fractions"]),
-            rows_per_file=self.layout["rows_per_file"], row_group_size=self.layout["row_group_size"],
+            source,
+            self.path,
+            fractions=tuple(self.layout["fractions"]),
+            rows_per_file=self.layout["rows_per_file"],
+            row_group_size=self.layout["row_group_size"],
         )
 
     def setup(self, stage: str | None = None) -> None:

@@ -43,8 +43,9 @@ class FeatureEmbedding(nn.Module):
         schema: the features to read; anything else in the batch is ignored.
         embedding_dim: D, the width of every embedding.
         sparse: sparse gradients for the tables (only the rows a batch touched), which need an
-            optimizer that takes them (`module.optimizer=adagrad`); dense by default, the faster
-            choice measured on this project's data (experiments/bench/speed.md).
+            optimizer that takes them (`module.optimizer=adagrad`). Dense by default: as fast with
+            tables of tens of thousands of ids; sparse pays off with tables of millions, where a
+            batch touches few rows (experiments/bench/speed.md).
     """
 
     def __init__(self, schema: Schema, *, embedding_dim: int = 16, sparse: bool = False) -> None:

@@ -41,9 +41,14 @@ def _write(root: Path, *, bad: bool = False) -> dict[str, np.ndarray]:
             y = (rng.random(n) < 0.4).astype(np.float32)
             if bad and split == "train" and f == 1:
                 y[2] = np.nan
-            table = pa.table({
-                "row_id": row_id, "a": rng.integers(0, 30, n), "x": rng.normal(3.0, 2.0, n), "y": y,
-            })
+            table = pa.table(
+                {
+                    "row_id": row_id,
+                    "a": rng.integers(0, 30, n),
+                    "x": rng.normal(3.0, 2.0, n),
+                    "y": y,
+                }
+            )
             with pq.ParquetWriter(root / split / f"part-{f}.parquet", table.schema) as w:
                 offset = 0
                 for g in groups:
@@ -55,15 +60,29 @@ def _write(root: Path, *, bad: bool = False) -> dict[str, np.ndarray]:
 
 
 def _module(root: Path, **kw) -> StreamingParquetDataModule:
-    args = dict(path=str(root), sparse=["a"], dense=["x"], tasks=[{"name": "y"}], meta=["row_id"],
-                batch_size=4, eval_batch_size=3, shuffle_buffer=10, num_workers=2, seed=1)
+    args = dict(
+        path=str(root),
+        sparse=["a"],
+        dense=["x"],
+        tasks=[{"name": "y"}],
+        meta=["row_id"],
+        batch_size=4,
+        eval_batch_size=3,
+        shuffle_buffer=10,
+        num_workers=2,
+        seed=1,
+    )
     return StreamingParquetDataModule(**(args | kw))
 
 
 def _attach(dm: StreamingParquetDataModule, rank: int, world: int, epoch: int = 0) -> None:
     """What Lightning's trainer tells the data module: this process's rank, the world, the epoch."""
-    dm.trainer = SimpleNamespace(global_rank=rank, world_size=world, current_epoch=epoch,
-                                 strategy=SimpleNamespace(root_device=torch.device("cpu")))
+    dm.trainer = SimpleNamespace(
+        global_rank=rank,
+        world_size=world,
+        current_epoch=epoch,
+        strategy=SimpleNamespace(root_device=torch.device("cpu")),
+    )
 
 
 def _read(loader) -> list[torch.Tensor]:
@@ -134,7 +153,9 @@ def test_vocabularies_and_dense_stats_equal_the_in_memory_fit(tmp_path):
     dm = _module(tmp_path)
     dm.setup()
     train = pq.ParquetDataset(tmp_path / "train").read()
-    np.testing.assert_array_equal(dm.vocabs["a"].values, Vocabulary.fit(train["a"].to_numpy()).values)
+    np.testing.assert_array_equal(
+        dm.vocabs["a"].values, Vocabulary.fit(train["a"].to_numpy()).values
+    )
     x = train["x"].to_numpy()
     mean, std = dm.dense_stats["x"]
     assert mean == pytest.approx(x.mean(), rel=1e-12) and std == pytest.approx(x.std(), rel=1e-12)
@@ -145,7 +166,9 @@ def test_checkpoint_vocabularies_win_over_fitting(tmp_path):
     dm = _module(tmp_path)
     dm.setup()
     other = _module(tmp_path)
-    other.load_state_dict({"vocabs": {"a": torch.tensor([1, 2, 3])}, "dense_stats": {"x": (0.0, 1.0)}})
+    other.load_state_dict(
+        {"vocabs": {"a": torch.tensor([1, 2, 3])}, "dense_stats": {"x": (0.0, 1.0)}}
+    )
     other.setup()
     assert other.schema.sparse[0].vocab_size == 4 and other.dense_stats["x"] == (0.0, 1.0)
 
@@ -170,12 +193,18 @@ def test_missing_split_folder_is_named(tmp_path):
 
 def test_synthetic_world_folder_holds_the_in_memory_time_split(tmp_path):
     world = dict(num_users=100, num_items=80, num_impressions=3000)
-    common = dict(sparse=["user_id", "item_id"], tasks=[{"name": "click"}], meta=["request_id", "position"])
+    common = dict(
+        sparse=["user_id", "item_id"], tasks=[{"name": "click"}], meta=["request_id", "position"]
+    )
     memory = SyntheticVideoDataModule(cache_dir=str(tmp_path), **world, **common)
     memory.setup()
-    stream = SyntheticVideoStreamingDataModule(cache_dir=str(tmp_path), rows_per_file=700, row_group_size=256, **world, **common)
+    stream = SyntheticVideoStreamingDataModule(
+        cache_dir=str(tmp_path), rows_per_file=700, row_group_size=256, **world, **common
+    )
     stream.setup()
-    assert len(list((Path(stream.path) / "train").glob("*.parquet"))) == 4  # 2400 rows, 700 per file
+    assert (
+        len(list((Path(stream.path) / "train").glob("*.parquet"))) == 4
+    )  # 2400 rows, 700 per file
     assert stream.schema == memory.schema
     for split in ("train", "val", "test"):
         want = memory.data[split]["meta"]
@@ -187,8 +216,14 @@ def test_synthetic_world_folder_holds_the_in_memory_time_split(tmp_path):
 def test_write_parquet_folder_bounded_reads_keep_every_row(tmp_path):
     table = pa.table({"i": np.arange(1000)})
     pq.write_table(table, tmp_path / "one.parquet", row_group_size=300)
-    out = write_parquet_folder(tmp_path / "one.parquet", tmp_path / "folder", fractions=(0.5, 0.25, 0.25),
-                               rows_per_file=200, row_group_size=64, read_batch=77)
+    out = write_parquet_folder(
+        tmp_path / "one.parquet",
+        tmp_path / "folder",
+        fractions=(0.5, 0.25, 0.25),
+        rows_per_file=200,
+        row_group_size=64,
+        read_batch=77,
+    )
     parts = {s: pq.ParquetDataset(out / s).read()["i"].to_numpy() for s in ("train", "val", "test")}
     np.testing.assert_array_equal(np.concatenate(list(parts.values())), np.arange(1000))
     assert [len(p) for p in parts.values()] == [500, 250, 250]

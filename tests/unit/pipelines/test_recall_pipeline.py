@@ -79,7 +79,7 @@ def test_training_steps_learn_and_update_the_estimator(data, sampler):
             loss.backward()
             assert all(torch.isfinite(p.grad).all() for p in module.parameters() if p.grad is not None)
             opt.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
     assert np.mean(losses[-len(batches):]) < np.mean(losses[: len(batches)])
     if sampler.logq:
         # updated once per training step, and part of the state dict (so of checkpoints)

@@ -4,17 +4,17 @@ Personalized Recommendations", RecSys 2020).
 
 CGC (the paper's Section 4.1): every task k owns `num_task_experts` experts and all tasks share
 `num_shared_experts` experts. Task k's gate is a softmax over its own and the shared experts
-only (eq. 2-3, `g^k(x) = w^k(x) S^k(x)`, `w^k(x) = Softmax(W^k_g x)`), so a task never reads
-another task's specific experts: the specific experts are where the seesaw between tasks is
-kept out.
+only, `g^k(x) = w^k(x) S^k(x)` with `w^k(x) = Softmax(W^k_g x)` and `S^k(x)` the stacked outputs
+of task k's and the shared experts, so a task never reads another task's specific experts: the
+specific experts are where the seesaw between tasks is kept out.
 
 PLE (Section 4.2) stacks extraction layers. Layer j has the same experts and task gates as CGC,
 but task k's experts and gate read task k's output of layer j-1, and the shared experts read the
-shared output of layer j-1 (eq. 4). Every layer but the last also has a shared gate, a softmax
-over *all* experts of the layer (every task's and the shared ones), whose mixture is the shared
-input of layer j+1: that is how PLE lets tasks exchange information progressively. The first
-layer's inputs are all the embedded features; towers per task read the last layer's task outputs
-(eq. 5). PLE with one level is CGC.
+shared output of layer j-1. Every layer but the last also has a shared gate, a softmax over
+*all* experts of the layer (every task's and the shared ones), whose mixture is the shared input
+of layer j+1: that is how PLE lets tasks exchange information progressively. The first layer's
+inputs are all the embedded features; each task's tower reads the last layer's output for that
+task. PLE with one level is CGC.
 """
 
 from __future__ import annotations

@@ -91,7 +91,8 @@ def test_ple_with_one_level_is_cgc():
 
 
 def test_cgc_without_task_experts_is_mmoe():
-    # The paper (Section 4.1): with no task-specific experts CGC degenerates to MMoE.
+    # With no task-specific experts every task's gate mixes the same shared experts: MMoE, the
+    # structure CGC extends with task-specific experts.
     torch.manual_seed(0)
     model = cgc(num_task_experts=0, num_shared_experts=3)
     mmoe = MMoE(SCHEMA, embedding_dim=8, num_experts=3, expert_dims=[16, 8], tower_dims=[8])
