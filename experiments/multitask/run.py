@@ -10,11 +10,12 @@
    seeds each, into `experiment_name=multitask_synthetic`; the MMoE - shared-bottom gap is the
    mean +- std over seeds of the paired difference (same seed, same world).
 
-Runs go to the project's MLflow store (`mlflow.db`, or `MLFLOW_TRACKING_URI`). The tables read it
-back and keep, for every (experiment, setting, seed), the latest complete run, so a rerun
-replaces older runs rather than mixing with them. Torch runs on one thread per process unless
-OMP_NUM_THREADS says otherwise: on a small shared machine, two threads that wait for each other
-are much slower than one.
+Runs go to the project's MLflow store (`mlflow.db`, or `MLFLOW_TRACKING_URI`), each with the
+param `multitask_batch` naming this invocation's batch; the tables read back one batch's
+complete runs. `--batch ID` resumes a batch: only its missing (experiment, setting, seed) runs
+are trained. The census sweep and the two synthetic sweeps run side by side (one core each);
+torch runs on one thread per process unless OMP_NUM_THREADS says otherwise: on a small shared
+machine, two threads that wait for each other are much slower than one.
 """
 
 from __future__ import annotations
@@ -81,39 +82,79 @@ def start(args: list[str], log_name: str) -> tuple[subprocess.Popen, Path]:
         return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log_path
 
 
-def census_sweep(seeds: list[int]) -> list[tuple[list[str], str]]:
-    args = [f"+exp={','.join(CENSUS_EXPS)}", f"seed={','.join(map(str, seeds))}", f"experiment_name={CENSUS_EXPERIMENT}"]
-    return [(args, "census")]
+def group_seeds(missing: dict[str, list[int]]) -> list[tuple[list[str], list[int]]]:
+    """{key: missing seeds} -> [(keys, seeds)], keys with the same missing seeds in one sweep."""
+    groups: dict[tuple[int, ...], list[str]] = {}
+    for key, seeds in missing.items():
+        if seeds:
+            groups.setdefault(tuple(seeds), []).append(key)
+    return [(keys, list(seeds)) for seeds, keys in groups.items()]
 
 
-def synthetic_sweeps(seeds: list[int], correlations: list[float]) -> list[tuple[list[str], str]]:
-    """One sweep per model (their `model.*` keys differ), run one after the other."""
+def census_sweeps(seeds: list[int], batch: str, done: set[tuple]) -> list[tuple[list[str], str]]:
+    missing = {exp: [s for s in seeds if (exp, str(s)) not in done] for exp in CENSUS_EXPS}
     return [
         (
-            [
-                f"+exp={model}", f"data.task_correlation={','.join(map(str, correlations))}",
-                f"seed={','.join(map(str, seeds))}", f"experiment_name={SYNTHETIC_EXPERIMENT}",
-                *(f"{k}={v}" for k, v in WORLD.items()), *TRAINING, *overrides,
-            ],
-            f"synthetic_{model}",
+            [f"+exp={','.join(exps)}", f"seed={','.join(map(str, todo))}", f"experiment_name={CENSUS_EXPERIMENT}",
+             f"+multitask_batch={batch}"],
+            f"census-{n}",
         )
-        for model, overrides in SYNTHETIC_MODELS.items()
+        for n, (exps, todo) in enumerate(group_seeds(missing))
     ]
 
 
-def latest_runs(experiment: str, keys: list[str]) -> pd.DataFrame:
-    """Complete training runs of `experiment`: one row per (exp, *keys, seed), the latest; params and metrics as columns."""
+def synthetic_sweeps(
+    seeds: list[int], correlations: list[float], batch: str, done: set[tuple]
+) -> list[tuple[list[str], str]]:
+    """Sweeps per model (their `model.*` keys differ), run one after the other."""
+    sweeps = []
+    for model, overrides in SYNTHETIC_MODELS.items():
+        missing = {f"{c:g}": [s for s in seeds if (model, f"{c:g}", str(s)) not in done] for c in correlations}
+        for n, (corrs, todo) in enumerate(group_seeds(missing)):
+            args = [
+                f"+exp={model}", f"data.task_correlation={','.join(corrs)}", f"seed={','.join(map(str, todo))}",
+                f"experiment_name={SYNTHETIC_EXPERIMENT}", f"+multitask_batch={batch}",
+                *(f"{k}={v}" for k, v in WORLD.items()), *TRAINING, *overrides,
+            ]
+            sweeps.append((args, f"synthetic-{model}-{n}"))
+    return sweeps
+
+
+def complete_runs(experiment: str, batch: str | None = None) -> pd.DataFrame:
+    """Complete training runs of `experiment` (of one batch, if given): params, metrics and the
+    `exp` tag as columns; empty if there are none."""
     client = MlflowClient(tracking_uri=tracking_uri(str(ROOT)))
     found = client.get_experiment_by_name(experiment)
     if found is None:
-        sys.exit(f"no MLflow experiment {experiment!r} at {tracking_uri(str(ROOT))}: run without --tables-only first")
+        return pd.DataFrame(columns=["exp", "seed", "start", "multitask_batch"])
     query = "attributes.status = 'FINISHED' and tags.`recolab.complete` = 'true' and tags.`recolab.kind` = 'train'"
+    if batch is not None:
+        query += f" and params.multitask_batch = '{batch}'"
     runs = client.search_runs([found.experiment_id], query, max_results=5000)
     rows = [
         {"exp": r.data.tags.get("recolab.exp"), "start": r.info.start_time, **r.data.params, **r.data.metrics}
         for r in runs
     ]
-    df = pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=None if rows else ["exp", "seed", "start", "multitask_batch"])
+
+
+def latest_batch() -> str:
+    batches = pd.concat([complete_runs(e) for e in (CENSUS_EXPERIMENT, SYNTHETIC_EXPERIMENT)])["multitask_batch"]
+    if batches.dropna().empty:
+        sys.exit(f"no multi-task runs at {tracking_uri(str(ROOT))}: run without --tables-only first")
+    return str(batches.dropna().max())
+
+
+def done_runs(batch: str) -> tuple[set[tuple], set[tuple]]:
+    """The batch's complete (exp, seed) census runs and (model, correlation, seed) synthetic runs."""
+    census = complete_runs(CENSUS_EXPERIMENT, batch)
+    synthetic = complete_runs(SYNTHETIC_EXPERIMENT, batch)
+    corr = [f"{float(c):g}" for c in synthetic.get("data.task_correlation", [])]
+    return set(zip(census["exp"], census["seed"])), set(zip(synthetic["exp"], corr, synthetic["seed"]))
+
+
+def one_per_seed(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """The latest run per (exp, *keys, seed): a run retried within a batch counts once."""
     return df.sort_values("start").drop_duplicates(["exp", *keys, "seed"], keep="last")
 
 
@@ -126,8 +167,8 @@ def cell(values: pd.Series) -> str:
     return f"{values.mean():.4f} +- {values.std(ddof=1):.4f} ({len(values)})"
 
 
-def census_table(seeds: list[int]) -> str:
-    df = latest_runs(CENSUS_EXPERIMENT, [])
+def census_table(seeds: list[int], batch: str) -> str:
+    df = one_per_seed(complete_runs(CENSUS_EXPERIMENT, batch), [])
     df = df[df["exp"].isin(CENSUS_EXPS) & df["seed"].isin([str(s) for s in seeds])]
     head = ["model", *(f"AUC {name}" for name in CENSUS_TASKS.values()), *(f"logloss {name}" for name in CENSUS_TASKS.values())]
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
@@ -166,8 +207,8 @@ def relevance_only_like_auc(correlation: float) -> float:
     return auc(test["labels"]["like"].numpy(), test["meta"]["gt_relevance"].numpy())
 
 
-def synthetic_table(seeds: list[int], correlations: list[float]) -> str:
-    df = latest_runs(SYNTHETIC_EXPERIMENT, ["data.task_correlation", *WORLD])
+def synthetic_table(seeds: list[int], correlations: list[float], batch: str) -> str:
+    df = one_per_seed(complete_runs(SYNTHETIC_EXPERIMENT, batch), ["data.task_correlation"])
     for key, value in WORLD.items():
         df = df[df[key].astype(float) == float(value)]
     two_tasks = df["data.tasks/2/name"].isna() if "data.tasks/2/name" in df else True
@@ -217,7 +258,8 @@ def run_lanes(lanes: list[list[tuple[list[str], str]]]) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tables-only", action="store_true", help="only rebuild the tables from MLflow")
+    ap.add_argument("--batch", help="resume (or, with --tables-only, tabulate) this batch; default: a new one")
+    ap.add_argument("--tables-only", action="store_true", help="only rebuild the tables (default: the latest batch)")
     ap.add_argument("--only", choices=["census", "synthetic"], help="train (and tabulate) one part only")
     ap.add_argument("--census-seeds", default=",".join(map(str, CENSUS_SEEDS)))
     ap.add_argument("--synthetic-seeds", default=",".join(map(str, SYNTHETIC_SEEDS)))
@@ -228,23 +270,29 @@ def main() -> None:
     correlations = [float(c) for c in args.correlations.split(",")]
     parts = [args.only] if args.only else ["census", "synthetic"]
     start_time = time.time()
-    if not args.tables_only:
+    if args.tables_only:
+        batch = args.batch or latest_batch()
+    else:
+        batch = args.batch or time.strftime("%Y%m%d-%H%M%S")
+        census_done, synthetic_done = done_runs(batch)
+        print(f"batch {batch}: {len(census_done)} census and {len(synthetic_done)} synthetic runs already complete", flush=True)
         run_lanes([
-            census_sweep(census_seeds) if "census" in parts else [],
-            synthetic_sweeps(synthetic_seeds, correlations) if "synthetic" in parts else [],
+            census_sweeps(census_seeds, batch, census_done) if "census" in parts else [],
+            synthetic_sweeps(synthetic_seeds, correlations, batch, synthetic_done) if "synthetic" in parts else [],
         ])
     sections = []
     if "census" in parts:
-        sections.append("## Census-Income (KDD): test AUC, mean +- std (seeds)\n\n" + census_table(census_seeds))
+        sections.append("## Census-Income (KDD): test AUC and logloss, mean +- std (seeds)\n\n" + census_table(census_seeds, batch))
     if "synthetic" in parts:
         world = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in WORLD.items())
         sections.append(
             f"## Synthetic world ({world}), tasks click and like: test AUC, mean +- std (seeds)\n\n"
-            + synthetic_table(synthetic_seeds, correlations)
+            + synthetic_table(synthetic_seeds, correlations, batch)
         )
     took = f"{time.time() - start_time:.0f} s" + (", tables only" if args.tables_only else "")
     text = "# Multi-task results\n\nWritten by `python experiments/multitask/run.py"
-    text += (" " + " ".join(sys.argv[1:]) if sys.argv[1:] else "") + f"` ({took}).\n\n" + "\n\n".join(sections) + "\n"
+    text += (" " + " ".join(sys.argv[1:]) if sys.argv[1:] else "") + f"` (batch {batch}; {took}).\n\n"
+    text += "\n\n".join(sections) + "\n"
     OUT.write_text(text)
     print(text)
 
