@@ -279,6 +279,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parts", nargs="+", choices=list(PARTS), default=list(PARTS))
     ap.add_argument("--tables-only", action="store_true", help="only rebuild the tables from MLflow")
+    ap.add_argument("--methods", nargs="+", help="train only these method keys (e.g. pal); the tables show all")
     args = ap.parse_args()
     start = time.time()
     timings = {}
@@ -286,7 +287,8 @@ def main() -> None:
         for part in args.parts:
             t = time.time()
             for method in PARTS[part].methods:
-                sweep(part, PARTS[part], method)
+                if args.methods is None or method.key in args.methods:
+                    sweep(part, PARTS[part], method)
             timings[part] = time.time() - t
     out = HERE / "results.md"
     previous = out.read_text() if out.exists() else ""

@@ -10,8 +10,8 @@
    seeds each, into `experiment_name=multitask_synthetic`; the MMoE - shared-bottom gap is the
    mean +- std over seeds of the paired difference (same seed, same world).
 
-Runs go to the project's MLflow store (`mlflow.db`, or `MLFLOW_TRACKING_URI`), each with the
-param `multitask_batch` naming this invocation's batch; the tables read back one batch's
+Runs go to the project's MLflow store (`mlflow.db`, or `MLFLOW_TRACKING_URI`), named
+`<exp>-seed<seed>-mt<batch>` after this invocation's batch; the tables read back one batch's
 complete runs. `--batch ID` resumes a batch: only its missing (experiment, setting, seed) runs
 are trained. The census sweep and the two synthetic sweeps run side by side (one core each);
 torch runs on one thread per process unless OMP_NUM_THREADS says otherwise: on a small shared
@@ -82,6 +82,11 @@ def start(args: list[str], log_name: str) -> tuple[subprocess.Popen, Path]:
         return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log_path
 
 
+def batch_run_name(batch: str) -> str:
+    """The override naming a run after its batch (the project's default name, plus `-mt<batch>`)."""
+    return "run_name=${exp_name}-seed${seed}-mt" + batch
+
+
 def group_seeds(missing: dict[str, list[int]]) -> list[tuple[list[str], list[int]]]:
     """{key: missing seeds} -> [(keys, seeds)], keys with the same missing seeds in one sweep."""
     groups: dict[tuple[int, ...], list[str]] = {}
@@ -96,7 +101,7 @@ def census_sweeps(seeds: list[int], batch: str, done: set[tuple]) -> list[tuple[
     return [
         (
             [f"+exp={','.join(exps)}", f"seed={','.join(map(str, todo))}", f"experiment_name={CENSUS_EXPERIMENT}",
-             f"+multitask_batch={batch}"],
+             batch_run_name(batch)],
             f"census-{n}",
         )
         for n, (exps, todo) in enumerate(group_seeds(missing))
@@ -113,7 +118,7 @@ def synthetic_sweeps(
         for n, (corrs, todo) in enumerate(group_seeds(missing)):
             args = [
                 f"+exp={model}", f"data.task_correlation={','.join(corrs)}", f"seed={','.join(map(str, todo))}",
-                f"experiment_name={SYNTHETIC_EXPERIMENT}", f"+multitask_batch={batch}",
+                f"experiment_name={SYNTHETIC_EXPERIMENT}", batch_run_name(batch),
                 *(f"{k}={v}" for k, v in WORLD.items()), *TRAINING, *overrides,
             ]
             sweeps.append((args, f"synthetic-{model}-{n}"))
@@ -126,23 +131,27 @@ def complete_runs(experiment: str, batch: str | None = None) -> pd.DataFrame:
     client = MlflowClient(tracking_uri=tracking_uri(str(ROOT)))
     found = client.get_experiment_by_name(experiment)
     if found is None:
-        return pd.DataFrame(columns=["exp", "seed", "start", "multitask_batch"])
+        return pd.DataFrame(columns=["exp", "seed", "start", "batch"])
     query = "attributes.status = 'FINISHED' and tags.`recolab.complete` = 'true' and tags.`recolab.kind` = 'train'"
-    if batch is not None:
-        query += f" and params.multitask_batch = '{batch}'"
+    query += f" and attributes.run_name LIKE '%-mt{batch if batch is not None else ''}%'"
     runs = client.search_runs([found.experiment_id], query, max_results=5000)
     rows = [
-        {"exp": r.data.tags.get("recolab.exp"), "start": r.info.start_time, **r.data.params, **r.data.metrics}
+        {
+            "exp": r.data.tags.get("recolab.exp"), "start": r.info.start_time,
+            "batch": r.info.run_name.rsplit("-mt", 1)[-1], **r.data.params, **r.data.metrics,
+        }
         for r in runs
     ]
-    return pd.DataFrame(rows, columns=None if rows else ["exp", "seed", "start", "multitask_batch"])
+    df = pd.DataFrame(rows, columns=None if rows else ["exp", "seed", "start", "batch"])
+    return df if batch is None else df[df["batch"] == batch]
 
 
 def latest_batch() -> str:
-    batches = pd.concat([complete_runs(e) for e in (CENSUS_EXPERIMENT, SYNTHETIC_EXPERIMENT)])["multitask_batch"]
-    if batches.dropna().empty:
+    """The batch of the latest complete multi-task run."""
+    runs = pd.concat([complete_runs(e) for e in (CENSUS_EXPERIMENT, SYNTHETIC_EXPERIMENT)])
+    if runs.empty:
         sys.exit(f"no multi-task runs at {tracking_uri(str(ROOT))}: run without --tables-only first")
-    return str(batches.dropna().max())
+    return str(runs.sort_values("start")["batch"].iloc[-1])
 
 
 def done_runs(batch: str) -> tuple[set[tuple], set[tuple]]:

@@ -14,8 +14,8 @@ import torch
 
 from recolab import calibration as C
 from recolab.data.datamodule import ParquetDataModule
-from recolab.evaluate import evaluate
 from recolab.data.schema import Schema
+from recolab.evaluate import evaluate
 from recolab.heads.duration import D2Q
 from recolab.heads.position import PAL
 from recolab.pipelines.rank import CalibrationStage, RankModule
@@ -127,8 +127,8 @@ def test_pal_d2q_isotonic_and_downsampling_end_to_end(tmp_path: Path, data_cache
     """Train through `train(cfg)`; the best checkpoint carries the heads' fit and the calibrator."""
     cfg = compose_train(
         tmp_path,
-        ["+exp=mmoe_pal", "head=[pal,d2q]", "+calibration=isotonic", "+module.truth.watch_time=gt_interest",
-         "+data.negative_downsampling={task: click, rate: 0.5}", *TINY_WORLD, *QUICK],
+        ["+exp=mmoe_pal", "head=[pal,d2q]", "+calibration=isotonic", "++module.truth.watch_time=gt_interest",
+         "++data.negative_downsampling={task: click, rate: 0.5}", *TINY_WORLD, *QUICK],
         data_dir=data_cache,
     )
     metrics = train(cfg)
