@@ -5,7 +5,7 @@
 
 1. Census-Income: `python -m recolab train -m +exp=census_single_task,...,census_ple
    seed=1,2,3,4,5 experiment_name=multitask_census`, AUC per task, mean +- std over the seeds.
-2. The MMoE paper's synthetic experiment (Ma et al., KDD 2018, Section 4) on the synthetic world:
+2. The MMoE paper's synthetic experiment (Ma et al., KDD 2018) on the synthetic world:
    shared-bottom and MMoE on the tasks click and like at several `data.task_correlation`, three
    seeds each, into `experiment_name=multitask_synthetic`; the MMoE - shared-bottom gap is the
    mean +- std over seeds of the paired difference (same seed, same world).
@@ -13,8 +13,8 @@
 Runs go to the project's MLflow store (`mlflow.db`, or `MLFLOW_TRACKING_URI`), named
 `<exp>-seed<seed>-mt<batch>` after this invocation's batch; the tables read back one batch's
 complete runs. `--batch ID` resumes a batch: only its missing (experiment, setting, seed) runs
-are trained. The census sweep and the two synthetic sweeps run side by side (one core each);
-torch runs on one thread per process unless OMP_NUM_THREADS says otherwise: on a small shared
+are trained. Two lanes run side by side, one core each: the census sweep, and the synthetic
+sweeps one after the other. Torch runs on one thread per process unless OMP_NUM_THREADS says otherwise: on a small shared
 machine, two threads that wait for each other are much slower than one.
 """
 
@@ -201,9 +201,10 @@ def gap(a: pd.DataFrame, b: pd.DataFrame, name: str) -> str:
     return f"{paired.mean():+.4f} +- {sd:.4f} ({len(paired)})"
 
 
-def relevance_only_like_auc(correlation: float) -> float:
-    """Like AUC on the test split of scoring by the true click relevance (`gt_relevance`): what a
-    model gets that knows click relevance exactly and nothing specific to like."""
+def world_reference(correlation: float) -> tuple[float, float]:
+    """On the world's test split: the like AUC of scoring by the true click relevance
+    (`gt_relevance`; what a model gets that knows click relevance exactly and nothing specific
+    to like), and the Pearson correlation of the click and like labels."""
     cfg = OmegaConf.load(ROOT / "configs" / "data" / "synthetic_video.yaml")
     cfg.cache_dir, cfg.seed, cfg.task_correlation, cfg.drop_bad_rows = str(ROOT / "data" / "synthetic"), 0, correlation, True
     for key, value in WORLD.items():
@@ -213,7 +214,8 @@ def relevance_only_like_auc(correlation: float) -> float:
     datamodule = instantiate(cfg)
     datamodule.setup()
     test = datamodule.data["test"]
-    return auc(test["labels"]["like"].numpy(), test["meta"]["gt_relevance"].numpy())
+    click, like = test["labels"]["click"].numpy(), test["labels"]["like"].numpy()
+    return auc(like, test["meta"]["gt_relevance"].numpy()), float(np.corrcoef(click, like)[0, 1])
 
 
 def synthetic_table(seeds: list[int], correlations: list[float], batch: str) -> str:
@@ -224,7 +226,7 @@ def synthetic_table(seeds: list[int], correlations: list[float], batch: str) -> 
     df = df[df["seed"].isin([str(s) for s in seeds]) & two_tasks]
     corr = df["data.task_correlation"].astype(float)
     head = [
-        "task correlation", "shared-bottom AUC click", "MMoE AUC click", "shared-bottom AUC like", "MMoE AUC like",
+        "task correlation", "label correlation click-like", "shared-bottom AUC click", "MMoE AUC click", "shared-bottom AUC like", "MMoE AUC like",
         "gap like (MMoE - SB)", "gap click (MMoE - SB)", "like AUC of gt_relevance", "oracle AUC like",
     ]
     lines = ["| " + " | ".join(head) + " |", "|---:|" + "---:|" * (len(head) - 1)]
@@ -232,10 +234,11 @@ def synthetic_table(seeds: list[int], correlations: list[float], batch: str) -> 
         at = df[np.isclose(corr, c)]
         sb, mm = (at[at["exp"] == m].set_index("seed") for m in SYNTHETIC_MODELS)
 
+        relevance_only, label_corr = world_reference(c)
         row = [
-            f"{c:g}", cell(metric(sb, "test/auc/click")), cell(metric(mm, "test/auc/click")),
+            f"{c:g}", f"{label_corr:.3f}", cell(metric(sb, "test/auc/click")), cell(metric(mm, "test/auc/click")),
             cell(metric(sb, "test/auc/like")), cell(metric(mm, "test/auc/like")),
-            gap(mm, sb, "test/auc/like"), gap(mm, sb, "test/auc/click"), f"{relevance_only_like_auc(c):.4f}",
+            gap(mm, sb, "test/auc/like"), gap(mm, sb, "test/auc/click"), f"{relevance_only:.4f}",
             f"{metric(at, 'oracle/auc/like').iloc[0]:.4f}" if len(metric(at, "oracle/auc/like")) else "-",
         ]
         lines.append("| " + " | ".join(row) + " |")
