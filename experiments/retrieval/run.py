@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import shlex
 import subprocess
 import sys
@@ -35,8 +36,12 @@ ML_PATH = ROOT.parent / "shared" / "data" / "ml-latest-small"
 #: The logQ experiment's world: a much heavier head than the default zipf_exponent 1.1.
 SKEWED_ZIPF = 1.6
 METRICS = [
-    ("recall@20", "test/recall_at_20"), ("recall@50", "test/recall_at_50"), ("recall@100", "test/recall_at_100"),
-    ("NDCG@50", "test/ndcg_at_50"), ("HR@50", "test/hit_rate_at_50"), ("MRR", "test/mrr"),
+    ("recall@20", "test/recall_at_20"),
+    ("recall@50", "test/recall_at_50"),
+    ("recall@100", "test/recall_at_100"),
+    ("NDCG@50", "test/ndcg_at_50"),
+    ("HR@50", "test/hit_rate_at_50"),
+    ("MRR", "test/mrr"),
     ("retrieved pop.@50", "test/retrieved_popularity_at_50"),
 ]
 QUIET = ["~callbacks.progress_bar"]
@@ -44,7 +49,16 @@ QUIET = ["~callbacks.progress_bar"]
 
 def sweeps(experiment: str, seeds: str, ml_path: Path, extra: list[str]) -> list[list[list[str]]]:
     """Two lists of multirun commands, run side by side, of about equal CPU cost."""
-    base = [sys.executable, "-m", "recolab", "train", "-m", f"experiment_name={experiment}", *QUIET, *extra]
+    base = [
+        sys.executable,
+        "-m",
+        "recolab",
+        "train",
+        "-m",
+        f"experiment_name={experiment}",
+        *QUIET,
+        *extra,
+    ]
     ml = ["data=movielens", f"data.path={ml_path}"]
 
     def where(name: str) -> str:
@@ -52,14 +66,39 @@ def sweeps(experiment: str, seeds: str, ml_path: Path, extra: list[str]) -> list
 
     return [
         [
-            [*base, "+exp=two_tower,two_tower_logq,two_tower_mns,mind", f"seed={seeds}", *ml, where("ml-a")],
-            [*base, "+exp=two_tower_logq", "module.index=flat,ivf,hnsw", "seed=1", *ml, where("ml-index")],
+            [
+                *base,
+                "+exp=two_tower,two_tower_logq,two_tower_mns,mind",
+                f"seed={seeds}",
+                *ml,
+                where("ml-a"),
+            ],
+            [
+                *base,
+                "+exp=two_tower_logq",
+                "module.index=flat,ivf,hnsw",
+                "seed=1",
+                *ml,
+                where("ml-index"),
+            ],
         ],
         [
             [*base, "+exp=comirec_dr,comirec_sa", f"seed={seeds}", *ml, where("ml-b")],
             [*base, f"+exp={','.join(EXPS)}", f"seed={seeds}", where("synthetic")],
-            [*base, "+exp=two_tower,two_tower_logq", f"seed={seeds}", f"data.zipf_exponent={SKEWED_ZIPF}", where("skewed")],
-            [*base, "+exp=two_tower_logq", "module.index=flat,ivf,hnsw", "seed=1", where("synthetic-index")],
+            [
+                *base,
+                "+exp=two_tower,two_tower_logq",
+                f"seed={seeds}",
+                f"data.zipf_exponent={SKEWED_ZIPF}",
+                where("skewed"),
+            ],
+            [
+                *base,
+                "+exp=two_tower_logq",
+                "module.index=flat,ivf,hnsw",
+                "seed=1",
+                where("synthetic-index"),
+            ],
         ],
     ]
 
@@ -74,16 +113,33 @@ def run_sweeps(commands: list[list[list[str]]], experiment: str) -> None:
     log_dir.mkdir(parents=True, exist_ok=True)
     procs = []
     for i, group in enumerate(commands):
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": store(experiment, i)}
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1",
+            "MLFLOW_TRACKING_URI": store(experiment, i),
+        }
         script = " && ".join(shlex.join(c) for c in group)
         log = open(log_dir / f"sweep{i}.log", "w")
-        print(f"[sweep {i}] MLFLOW_TRACKING_URI={env['MLFLOW_TRACKING_URI']}\n  {script}\n  log: {log.name}", flush=True)
-        procs.append((subprocess.Popen(["bash", "-c", script], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log))
+        print(
+            f"[sweep {i}] MLFLOW_TRACKING_URI={env['MLFLOW_TRACKING_URI']}\n  {script}\n  log: {log.name}",
+            flush=True,
+        )
+        procs.append(
+            (
+                subprocess.Popen(
+                    ["bash", "-c", script], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+                ),
+                log,
+            )
+        )
     codes = [p.wait() for p, _ in procs]
     for _, log in procs:
         log.close()
     if any(codes):
-        sys.exit(f"sweep(s) {[i for i, c in enumerate(codes) if c]} failed: see {log_dir}/sweep<i>.log")
+        sys.exit(
+            f"sweep(s) {[i for i, c in enumerate(codes) if c]} failed: see {log_dir}/sweep<i>.log"
+        )
 
 
 def fetch(experiment: str) -> pd.DataFrame:
@@ -91,14 +147,16 @@ def fetch(experiment: str) -> pd.DataFrame:
     runs = []
     for i in range(2):
         uri = store(experiment, i)
-        if not Path(uri[len("sqlite:///"):]).exists():
+        if not Path(uri[len("sqlite:///") :]).exists():
             sys.exit(f"no MLflow store {uri}")
         client = MlflowClient(tracking_uri=uri)
         exp = client.get_experiment_by_name(experiment)
         if exp is None:
             sys.exit(f"no MLflow experiment {experiment!r} at {uri}")
         runs += client.search_runs(
-            [exp.experiment_id], "attributes.status = 'FINISHED' and tags.`recolab.complete` = 'true'", max_results=5000
+            [exp.experiment_id],
+            "attributes.status = 'FINISHED' and tags.`recolab.complete` = 'true'",
+            max_results=5000,
         )
     rows = []
     for r in runs:
@@ -108,8 +166,16 @@ def fetch(experiment: str) -> pd.DataFrame:
         else:
             zipf = float(p.get("data.zipf_exponent", "nan"))
             data = "synthetic" if zipf != SKEWED_ZIPF else f"synthetic, zipf {zipf}"
-        rows.append({"data": data, "exp": r.data.tags.get("recolab.exp"), "index": p.get("module.index"),
-                     "seed": int(p["seed"]), "run_id": r.info.run_id, **r.data.metrics})
+        rows.append(
+            {
+                "data": data,
+                "exp": r.data.tags.get("recolab.exp"),
+                "index": p.get("module.index"),
+                "seed": int(p["seed"]),
+                "run_id": r.info.run_id,
+                **r.data.metrics,
+            }
+        )
     if not rows:
         sys.exit(f"no complete runs in experiment {experiment!r}")
     return pd.DataFrame(rows)
@@ -132,45 +198,84 @@ def main_table(df: pd.DataFrame, data: str) -> str:
     for prefix, label in (("baseline_popular", "most popular"), ("baseline_random", "random")):
         # The baselines do not depend on the model: one value per seed (from that seed's first run).
         per_seed = part.sort_values("exp").groupby("seed").first()
-        cells = [cell(per_seed.get(key.replace("test/", f"{prefix}/"), pd.Series(dtype=float))) for _, key in METRICS]
+        cells = [
+            cell(per_seed.get(key.replace("test/", f"{prefix}/"), pd.Series(dtype=float)))
+            for _, key in METRICS
+        ]
         lines.append(f"| {label} | - | {len(per_seed)} | " + " | ".join(cells) + " |")
     for exp in EXPS:
         runs = part[part.exp == exp]
         if runs.empty:
             continue
-        lines.append(f"| {MODEL[exp]} | {SAMPLER[exp]} | {len(runs)} | " + " | ".join(cell(runs.get(k, pd.Series(dtype=float))) for _, k in METRICS) + " |")
+        lines.append(
+            f"| {MODEL[exp]} | {SAMPLER[exp]} | {len(runs)} | "
+            + " | ".join(cell(runs.get(k, pd.Series(dtype=float))) for _, k in METRICS)
+            + " |"
+        )
     return "\n".join(lines)
 
 
-MODEL = {"two_tower": "two-tower", "two_tower_logq": "two-tower", "two_tower_mns": "two-tower",
-         "mind": "MIND", "comirec_dr": "ComiRec-DR", "comirec_sa": "ComiRec-SA"}
-SAMPLER = {"two_tower": "in-batch", "two_tower_logq": "in-batch + logQ", "two_tower_mns": "mixed (in-batch + 512 uniform) + logQ",
-           "mind": "in-batch + logQ", "comirec_dr": "in-batch + logQ", "comirec_sa": "in-batch + logQ"}
+MODEL = {
+    "two_tower": "two-tower",
+    "two_tower_logq": "two-tower",
+    "two_tower_mns": "two-tower",
+    "mind": "MIND",
+    "comirec_dr": "ComiRec-DR",
+    "comirec_sa": "ComiRec-SA",
+}
+SAMPLER = {
+    "two_tower": "in-batch",
+    "two_tower_logq": "in-batch + logQ",
+    "two_tower_mns": "mixed (in-batch + 512 uniform) + logQ",
+    "mind": "in-batch + logQ",
+    "comirec_dr": "in-batch + logQ",
+    "comirec_sa": "in-batch + logQ",
+}
 
 
 def logq_table(df: pd.DataFrame) -> str:
-    lines = ["| world | model | seeds | recall@50 | NDCG@50 | retrieved pop.@50 |", "|---|---|---:|---:|---:|---:|"]
+    lines = [
+        "| world | model | seeds | recall@50 | NDCG@50 | retrieved pop.@50 |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     for data in ("synthetic", f"synthetic, zipf {SKEWED_ZIPF}"):
         part = df[(df.data == data) & (df["index"] == "exact")]
         for label, key in (("most popular", "baseline_popular"),):
             per_seed = part.groupby("seed").first()
-            lines.append(f"| {data} | {label} | {len(per_seed)} | " + " | ".join(
-                cell(per_seed.get(f"{key}/{m}", pd.Series(dtype=float))) for m in ("recall_at_50", "ndcg_at_50", "retrieved_popularity_at_50")) + " |")
+            lines.append(
+                f"| {data} | {label} | {len(per_seed)} | "
+                + " | ".join(
+                    cell(per_seed.get(f"{key}/{m}", pd.Series(dtype=float)))
+                    for m in ("recall_at_50", "ndcg_at_50", "retrieved_popularity_at_50")
+                )
+                + " |"
+            )
         for exp in ("two_tower", "two_tower_logq"):
             runs = part[part.exp == exp]
-            lines.append(f"| {data} | two-tower, {SAMPLER[exp]} | {len(runs)} | " + " | ".join(
-                cell(runs.get(f"test/{m}", pd.Series(dtype=float))) for m in ("recall_at_50", "ndcg_at_50", "retrieved_popularity_at_50")) + " |")
+            lines.append(
+                f"| {data} | two-tower, {SAMPLER[exp]} | {len(runs)} | "
+                + " | ".join(
+                    cell(runs.get(f"test/{m}", pd.Series(dtype=float)))
+                    for m in ("recall_at_50", "ndcg_at_50", "retrieved_popularity_at_50")
+                )
+                + " |"
+            )
     return "\n".join(lines)
 
 
 def index_table(df: pd.DataFrame) -> str:
-    lines = ["| data | index | index recall@50 vs exact | recall@50 (index) |", "|---|---|---:|---:|"]
+    lines = [
+        "| data | index | index recall@50 vs exact | recall@50 (index) |",
+        "|---|---|---:|---:|",
+    ]
     for data in ("ml-latest-small", "synthetic"):
         part = df[(df.data == data) & (df.exp == "two_tower_logq")]
         for kind in ("flat", "ivf", "hnsw"):
             runs = part[part["index"] == kind]
-            lines.append(f"| {data} | {kind} | {cell(runs.get('test/index_recall_at_50', pd.Series(dtype=float)))} | "
-                         f"{cell(runs.get('test/recall_at_50', pd.Series(dtype=float)))} |")
+            lines.append(
+                f"| {data} | {kind} | {cell(runs.get('test/index_recall_at_50', pd.Series(dtype=float)))} | "
+                f"{cell(runs.get('test/recall_at_50', pd.Series(dtype=float)))} |"
+            )
     return "\n".join(lines)
 
 
@@ -185,12 +290,26 @@ def beats_popular(df: pd.DataFrame) -> list[str]:
     return out
 
 
-def write_readme(df: pd.DataFrame, *, experiment: str, command: str, minutes: float | None) -> Path:
+def write_readme(
+    df: pd.DataFrame,
+    *,
+    experiment: str,
+    command: str,
+    minutes: float | None,
+    cpu_minutes: float | None,
+) -> Path:
     machine = f"{platform.platform()}, {os.cpu_count()} cores"
-    took = f"{minutes:.1f} minutes wall time" if minutes is not None else "(timing not recorded: --report-only)"
+    if minutes is None:
+        took = "timing not recorded: --report-only"
+    else:
+        load = os.getloadavg()[2]
+        took = f"{minutes:.1f} minutes wall time"
+        if cpu_minutes is not None:
+            took += f", {cpu_minutes:.1f} minutes of CPU time in the runs"
+        took += f"; load average over the last 15 minutes {load:.1f}, other processes shared the machine"
     body = f"""# Retrieval: every recaller and sampler, ml-latest-small and the synthetic world
 
-Produced by `{command}` ({took} on {machine}; {time.strftime('%Y-%m-%d')}).
+Produced by `{command}` ({took} on {machine}; {time.strftime("%Y-%m-%d")}).
 Every number below is a metric of a run tracked in MLflow, experiment `{experiment}`, in the stores
 `outputs/retrieval/{experiment}/sweep0.db` and `sweep1.db` (open one with
 `mlflow ui --backend-store-uri sqlite:///outputs/retrieval/{experiment}/sweep0.db`); rebuild this page
@@ -284,15 +403,28 @@ sampled softmax corrected by the sampling probability.
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--seeds", default="1,2,3")
     ap.add_argument("--ml-path", type=Path, default=ML_PATH)
-    ap.add_argument("--experiment", default=None, help="MLflow experiment name (default: retrieval-<stamp>)")
-    ap.add_argument("--report-only", action="store_true", help="only rebuild README.md from the experiment's runs")
-    ap.add_argument("--extra", nargs="*", default=[], help="further overrides for every run (e.g. a quick smoke test)")
+    ap.add_argument(
+        "--experiment", default=None, help="MLflow experiment name (default: retrieval-<stamp>)"
+    )
+    ap.add_argument(
+        "--report-only",
+        action="store_true",
+        help="only rebuild README.md from the experiment's runs",
+    )
+    ap.add_argument(
+        "--extra",
+        nargs="*",
+        default=[],
+        help="further overrides for every run (e.g. a quick smoke test)",
+    )
     args = ap.parse_args()
     command = "python experiments/retrieval/run.py" + "".join(f" {a}" for a in sys.argv[1:])
-    minutes = None
+    minutes = cpu_minutes = None
     if args.report_only:
         if not args.experiment:
             sys.exit("--report-only needs --experiment <name>")
@@ -304,8 +436,14 @@ def main() -> None:
         start = time.time()
         run_sweeps(sweeps(experiment, args.seeds, args.ml_path.resolve(), args.extra), experiment)
         minutes = (time.time() - start) / 60
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu_minutes = (usage.ru_utime + usage.ru_stime) / 60
     df = fetch(experiment)
-    print(write_readme(df, experiment=experiment, command=command, minutes=minutes).read_text())
+    print(
+        write_readme(
+            df, experiment=experiment, command=command, minutes=minutes, cpu_minutes=cpu_minutes
+        ).read_text()
+    )
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 Ma et al., "Modeling Task Relationships in Multi-task Learning with Multi-gate Mixture-of-Experts"
 (KDD 2018), Section 6.3, group 1: task `income` (total person income > 50K, `income_50k ==
 '50000+.'`) and task `never_married` (`marital_stat == 'Never married'`); the other columns are
-features. The PLE paper (Tang et al., RecSys 2020) uses the same two tasks.
+features.
 
 The source is `../shared/data/census-income-kdd/census-income.test.gz` (see its SOURCE.md): UCI's
 official test split, 99,762 rows, a headerless gzip CSV of 42 columns. The papers trained on

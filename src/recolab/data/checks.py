@@ -117,9 +117,18 @@ def _list_row_hash(arr: pa.Array) -> np.ndarray:
     lengths = np.diff(offsets)
     place = (np.arange(len(values), dtype=np.int64) - np.repeat(offsets[:-1], lengths)).astype(np.uint64)
     with np.errstate(over="ignore"):
-        element = _mix(_element_hash(values) ^ _mix(place + np.uint64(1)))  # value at its place
+        # the place goes through a salted hash: with the same hash for value and place, [1, 1] and
+        # [2, 2] would collide (h(1) ^ h(1) == h(2) ^ h(2))
+        element = _mix(_element_hash(values) ^ _mix(_mix(place) ^ np.uint64(0xD6E8FEB86659FD93)))
         sums = np.concatenate([[np.uint64(0)], np.cumsum(element, dtype=np.uint64)])  # wraps mod 2**64
         return _mix((sums[offsets[1:]] - sums[offsets[:-1]]) ^ _mix(lengths.astype(np.uint64) + np.uint64(2)))
+
+
+def _list_keys(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """Each list as a hashable tuple (None for a missing list), for the exact comparison."""
+    out = np.empty(len(col), dtype=object)
+    out[:] = [None if v is None else tuple(v) for v in col.to_pylist()]
+    return out
 
 
 def _element_hash(values: np.ndarray) -> np.ndarray:
@@ -162,8 +171,11 @@ def duplicate_rows(table: pa.Table) -> np.ndarray:
     _, first, counts = np.unique(row, return_inverse=True, return_counts=True)
     candidates = np.flatnonzero(counts[first] > 1)  # ascending: "earlier" keeps its meaning
     out = np.zeros(n, dtype=bool)
-    if len(candidates):
-        frame = pd.DataFrame({name: values[candidates] for name, values in columns.items()})
+    if len(candidates):  # compare the candidates by value, lists element by element
+        frame = pd.DataFrame({
+            name: _list_keys(table.column(name).take(candidates)) if _is_list(table.column(name).type) else values[candidates]
+            for name, values in columns.items()
+        })
         out[candidates] = frame.duplicated(keep="first").to_numpy()
     return out
 

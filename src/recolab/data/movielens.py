@@ -75,7 +75,9 @@ def cache_key(*files: Path | None) -> str:
     return hashlib.sha1("|".join(parts).encode()).hexdigest()[:12]
 
 
-def _first_bad_value(path: Path, column: pa.ChunkedArray, name: str, *, integer: bool, header_lines: int) -> DataError:
+def _first_bad_value(
+    path: Path, column: pa.ChunkedArray, name: str, *, integer: bool, header_lines: int
+) -> DataError:
     """A DataError naming the file, the column and the first value that is not a number."""
     values = pd.Series(column.to_numpy(zero_copy_only=False))
     numeric = pd.to_numeric(values, errors="coerce")
@@ -86,7 +88,9 @@ def _first_bad_value(path: Path, column: pa.ChunkedArray, name: str, *, integer:
             f"{path}: column {name!r} must hold {'integers' if integer else 'numbers'}; line {i + 1 + header_lines} "
             f"has {values.iloc[i]!r} ({int(bad.sum())} bad value(s) in the column)"
         )
-    return DataError(f"{path}: column {name!r} must hold {'integers' if integer else 'numbers'}, got {column.type}")
+    return DataError(
+        f"{path}: column {name!r} must hold {'integers' if integer else 'numbers'}, got {column.type}"
+    )
 
 
 def read_ratings(path: Path) -> pa.Table:
@@ -101,7 +105,9 @@ def read_ratings(path: Path) -> pa.Table:
                 raise DataError(f"{path}: missing column(s) {missing}; the header has {header}")
             table = pacsv.read_csv(
                 path,
-                convert_options=pacsv.ConvertOptions(include_columns=list(RATING_COLUMNS), column_types=text_types),
+                convert_options=pacsv.ConvertOptions(
+                    include_columns=list(RATING_COLUMNS), column_types=text_types
+                ),
             )
             header_lines = 1
         else:
@@ -125,7 +131,9 @@ def read_ratings(path: Path) -> pa.Table:
         try:
             typed[name] = pc.cast(col, pa.int64() if name != "rating" else pa.float32())
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            raise _first_bad_value(path, col, name, integer=name != "rating", header_lines=header_lines) from None
+            raise _first_bad_value(
+                path, col, name, integer=name != "rating", header_lines=header_lines
+            ) from None
     return pa.table(typed)
 
 
@@ -133,17 +141,25 @@ def read_genres(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """(movie ids sorted, their `A|B|C` genre strings) from movies.csv or movies.dat."""
     if path.suffix == ".csv":
         try:
-            table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(column_types={"movieId": pa.string()}))
+            table = pacsv.read_csv(
+                path, convert_options=pacsv.ConvertOptions(column_types={"movieId": pa.string()})
+            )
         except pa.ArrowInvalid as e:
             raise DataError(f"{path}: cannot parse the movies ({e})") from e
         missing = [c for c in ("movieId", "genres") if c not in table.column_names]
         if missing:
-            raise DataError(f"{path}: missing column(s) {missing}; the header has {table.column_names}")
+            raise DataError(
+                f"{path}: missing column(s) {missing}; the header has {table.column_names}"
+            )
         ids_text = table.column("movieId")
         genres = np.asarray(table.column("genres").to_pylist(), dtype=object)
         header_lines = 1
     else:
-        rows = [line.split("::") for line in path.read_text(encoding="latin-1").splitlines() if line.strip()]
+        rows = [
+            line.split("::")
+            for line in path.read_text(encoding="latin-1").splitlines()
+            if line.strip()
+        ]
         if any(len(r) != 3 for r in rows):
             bad = next(i for i, r in enumerate(rows) if len(r) != 3)
             raise DataError(f"{path}: line {bad + 1} is not MovieID::Title::Genres")
@@ -153,7 +169,9 @@ def read_genres(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         ids = pc.cast(ids_text, pa.int64()).to_numpy()
     except pa.ArrowInvalid:
-        raise _first_bad_value(path, ids_text, "movieId", integer=True, header_lines=header_lines) from None
+        raise _first_bad_value(
+            path, ids_text, "movieId", integer=True, header_lines=header_lines
+        ) from None
     order = np.argsort(ids, kind="stable")
     return ids[order], genres[order]
 
@@ -169,18 +187,26 @@ def convert(ratings: Path, movies: Path | None) -> pa.Table:
         found = (movie_ids[pos] == item) if len(movie_ids) else np.zeros(len(item), bool)
         genres[found] = movie_genres[pos[found]]
         if (~found).any():
-            log.warning("%s: %d rating(s) of movies missing from %s: genre %s", ratings, int((~found).sum()), movies, UNKNOWN_GENRE)
+            log.warning(
+                "%s: %d rating(s) of movies missing from %s: genre %s",
+                ratings,
+                int((~found).sum()),
+                movies,
+                UNKNOWN_GENRE,
+            )
     else:
         log.warning("%s: no movies file beside it: every genre reads %s", ratings, UNKNOWN_GENRE)
     first = np.array([g.split("|", 1)[0] for g in genres], dtype=object) if len(genres) else genres
-    return pa.table({
-        "user_id": raw.column("userId"),
-        "item_id": raw.column("movieId"),
-        "rating": raw.column("rating"),
-        "timestamp": raw.column("timestamp"),
-        "genres": pa.array(genres.tolist(), pa.string()),
-        "genre": pa.array(first.tolist(), pa.string()),
-    })
+    return pa.table(
+        {
+            "user_id": raw.column("userId"),
+            "item_id": raw.column("movieId"),
+            "rating": raw.column("rating"),
+            "timestamp": raw.column("timestamp"),
+            "genres": pa.array(genres.tolist(), pa.string()),
+            "genre": pa.array(first.tolist(), pa.string()),
+        }
+    )
 
 
 def cached_movielens(path: str | Path, cache_dir: str | Path) -> tuple[Path, Path]:
@@ -196,10 +222,17 @@ def cached_movielens(path: str | Path, cache_dir: str | Path) -> tuple[Path, Pat
     tmp = out.with_suffix(f".tmp{os.getpid()}")
     pq.write_table(table, tmp)
     tmp.replace(out)  # atomic: a killed conversion never leaves a half-written cache
-    out.with_suffix(".json").write_text(json.dumps(
-        {"ratings": str(ratings.resolve()), "movies": str(movies.resolve()) if movies else None,
-         "rows": table.num_rows, "version": LOADER_VERSION}, indent=2,
-    ))
+    out.with_suffix(".json").write_text(
+        json.dumps(
+            {
+                "ratings": str(ratings.resolve()),
+                "movies": str(movies.resolve()) if movies else None,
+                "rows": table.num_rows,
+                "version": LOADER_VERSION,
+            },
+            indent=2,
+        )
+    )
     return ratings, out
 
 
@@ -214,7 +247,9 @@ class MovieLensDataModule(RetrievalDataModule):
             `item_features` among `genre` and `genres`, `batch_size`, ...).
     """
 
-    def __init__(self, *, path: str, cache_dir: str, min_rating: float = 0.0, **kwargs: Any) -> None:
+    def __init__(
+        self, *, path: str, cache_dir: str, min_rating: float = 0.0, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.path = path
         self.cache_dir = cache_dir
@@ -228,8 +263,16 @@ class MovieLensDataModule(RetrievalDataModule):
         table = pq.read_table(cached)
         missing = [c for c in self.required_columns if c not in table.column_names]
         if missing:
-            raise DataError(f"{ratings}: no column(s) {missing} for data.item_features/user_features; MovieLens has {table.column_names}")
+            raise DataError(
+                f"{ratings}: no column(s) {missing} for data.item_features/user_features; MovieLens has {table.column_names}"
+            )
         positive = pc.greater_equal(table["rating"], self.min_rating)
         kept = table.filter(positive)
-        log.info("%s: %d of %d ratings are >= %s (data.min_rating): positives", ratings, kept.num_rows, table.num_rows, self.min_rating)
+        log.info(
+            "%s: %d of %d ratings are >= %s (data.min_rating): positives",
+            ratings,
+            kept.num_rows,
+            table.num_rows,
+            self.min_rating,
+        )
         return str(ratings), kept

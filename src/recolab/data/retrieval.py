@@ -90,7 +90,9 @@ class SequenceBatches(ColumnarBatches):
         rows = batch.pop("position")["row"]  # (B,)
         start = self.sequence_start[rows]  # (B,)
         idx = rows.unsqueeze(1) - torch.arange(self.history_len, 0, -1).unsqueeze(0)  # (B, L)
-        hist = self.sequence_items[idx.clamp_min(0)].masked_fill(idx < start.unsqueeze(1), 0)  # (B, L)
+        hist = self.sequence_items[idx.clamp_min(0)].masked_fill(
+            idx < start.unsqueeze(1), 0
+        )  # (B, L)
         batch["features"]["hist_items"] = hist
         if self.with_seen:
             lengths = rows - start  # (B,)
@@ -164,7 +166,9 @@ class RetrievalDataModule(pl.LightningDataModule):
 
     @property
     def required_columns(self) -> list[str]:
-        return list(dict.fromkeys([*ID_COLUMNS, *self.user_feature_names, *self.item_feature_names]))
+        return list(
+            dict.fromkeys([*ID_COLUMNS, *self.user_feature_names, *self.item_feature_names])
+        )
 
     # -- Lightning hooks ----------------------------------------------------------------------
 
@@ -203,12 +207,18 @@ class RetrievalDataModule(pl.LightningDataModule):
             "num_items": self.num_items,
             "history_len": self.history_len,
             "user_features": {n: self.vocabs[n].size for n in self.user_feature_names},
-            "item_features": {n: (t, self.vocabs[n].size) for n, t in self.item_feature_tables.items()},
+            "item_features": {
+                n: (t, self.vocabs[n].size) for n, t in self.item_feature_tables.items()
+            },
         }
 
     def module_inputs(self) -> dict[str, Any]:
         """What the recall pipeline may take (see `recolab.pipelines.recall.RecallModule`)."""
-        return {"num_items": self.num_items, "item_counts": self.item_counts, "data_summary": dict(self.summary)}
+        return {
+            "num_items": self.num_items,
+            "item_counts": self.item_counts,
+            "data_summary": dict(self.summary),
+        }
 
     @property
     def num_items(self) -> int:
@@ -219,19 +229,28 @@ class RetrievalDataModule(pl.LightningDataModule):
     def _validate(self, table: pa.Table) -> pa.Table:
         missing = [c for c in self.required_columns if c not in table.column_names]
         if missing:
-            raise DataError(f"{self.source_path}: missing column(s) {missing}; the table has {table.column_names}")
+            raise DataError(
+                f"{self.source_path}: missing column(s) {missing}; the table has {table.column_names}"
+            )
         if table.num_rows == 0:
             raise DataError(f"{self.source_path}: no interactions (after selecting the positives)")
         for name in [*ID_COLUMNS, *self.user_feature_names, *self.item_feature_names]:
             col = table.column(name)
             if col.null_count:
-                raise DataError(f"{self.source_path}: column {name!r} holds {col.null_count} null value(s)")
+                raise DataError(
+                    f"{self.source_path}: column {name!r} holds {col.null_count} null value(s)"
+                )
             if name in ID_COLUMNS and not pa.types.is_integer(col.type):
-                raise DataError(f"{self.source_path}: column {name!r} must hold integers, got {col.type}")
+                raise DataError(
+                    f"{self.source_path}: column {name!r} must hold integers, got {col.type}"
+                )
         return table
 
     def _build(self, table: pa.Table) -> None:
-        col = {name: table.column(name).to_numpy(zero_copy_only=False) for name in self.required_columns}
+        col = {
+            name: table.column(name).to_numpy(zero_copy_only=False)
+            for name in self.required_columns
+        }
         users, items, ts = (col[c].astype(np.int64) for c in ID_COLUMNS)
         n_raw = len(users)
         # Order by user, then time; ties keep the source's row order (lexsort is stable).
@@ -264,14 +283,19 @@ class RetrievalDataModule(pl.LightningDataModule):
         }
         log.info(
             "%s: %d of %d users have fewer than %d interactions and are left out (%d interactions)",
-            self.source_path, self.summary["users_filtered"], len(uniq_users), self.min_interactions,
+            self.source_path,
+            self.summary["users_filtered"],
+            len(uniq_users),
+            self.min_interactions,
             self.summary["interactions_filtered"],
         )
         col = {name: values[keep] for name, values in col.items()}
         users = col["user_id"].astype(np.int64)
         n = len(users)
         # Position of each row within its user's sequence, counted from the start and from the end.
-        boundaries = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])  # (U,) first row of each user
+        boundaries = np.flatnonzero(
+            np.r_[True, users[1:] != users[:-1]]
+        )  # (U,) first row of each user
         lengths = np.diff(np.r_[boundaries, n])
         user_start = np.repeat(boundaries, lengths)  # (N,)
         from_end = np.repeat(boundaries + lengths, lengths) - 1 - np.arange(n)  # 0 = last
@@ -325,18 +349,34 @@ class RetrievalDataModule(pl.LightningDataModule):
         )
         log.info(
             "data %s: %d users, %d items, %d training interactions; %d test targets are not training items (misses)",
-            self.source_path, len(boundaries), num_items, int(train.sum()), oov_test,
+            self.source_path,
+            len(boundaries),
+            num_items,
+            int(train.sum()),
+            oov_test,
         )
 
     def _eval_loader(self, split: str) -> DataLoader:
         return self._loader(split, shuffle=False, batch_size=self.eval_batch_size, with_seen=True)
 
     def _loader(self, split: str, *, shuffle: bool, batch_size: int, with_seen: bool) -> DataLoader:
-        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+        rank, world = (
+            (self.trainer.global_rank, self.trainer.world_size)
+            if self.trainer is not None
+            else (0, 1)
+        )
         items, start = self.sequence
         dataset = SequenceBatches(
-            self.data[split], sequence_items=items, sequence_start=start, history_len=self.history_len,
-            with_seen=with_seen, batch_size=batch_size, shuffle=shuffle, seed=self.seed, rank=rank, world_size=world,
+            self.data[split],
+            sequence_items=items,
+            sequence_start=start,
+            history_len=self.history_len,
+            with_seen=with_seen,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            seed=self.seed,
+            rank=rank,
+            world_size=world,
         )
         pin = self.pin_memory
         if pin == "auto":
@@ -377,7 +417,13 @@ class SyntheticRetrievalDataModule(RetrievalDataModule):
     def _load(self) -> tuple[str, pa.Table]:
         path = cached_world(self.params, self.cache_dir)
         extra = [c for c in self.required_columns if c not in ID_COLUMNS]
-        table = pq.read_table(path, columns=[*ID_COLUMNS, "click", "watch_time", "duration", *extra])
-        ratio = pc.divide(pc.cast(table["watch_time"], pa.float64()), pc.cast(table["duration"], pa.float64()))
-        positive = pc.and_(pc.equal(table["click"], 1.0), pc.greater_equal(ratio, self.min_watch_ratio))
+        table = pq.read_table(
+            path, columns=[*ID_COLUMNS, "click", "watch_time", "duration", *extra]
+        )
+        ratio = pc.divide(
+            pc.cast(table["watch_time"], pa.float64()), pc.cast(table["duration"], pa.float64())
+        )
+        positive = pc.and_(
+            pc.equal(table["click"], 1.0), pc.greater_equal(ratio, self.min_watch_ratio)
+        )
         return str(path), table.filter(positive).select([*ID_COLUMNS, *extra])

@@ -95,18 +95,28 @@ class Sampler:
 
     def __post_init__(self) -> None:
         if self.kind not in ("in_batch", "mixed"):
-            raise ValueError(f"module.sampler.kind must be 'in_batch' or 'mixed', got {self.kind!r}")
+            raise ValueError(
+                f"module.sampler.kind must be 'in_batch' or 'mixed', got {self.kind!r}"
+            )
         if not self.temperature > 0:
             raise ValueError(f"module.sampler.temperature must be > 0, got {self.temperature}")
         if self.similarity not in ("dot", "cosine"):
-            raise ValueError(f"module.sampler.similarity must be 'dot' or 'cosine', got {self.similarity!r}")
+            raise ValueError(
+                f"module.sampler.similarity must be 'dot' or 'cosine', got {self.similarity!r}"
+            )
         if self.kind == "mixed" and self.num_negatives < 1:
-            raise ValueError(f"module.sampler.num_negatives must be >= 1 for kind=mixed, got {self.num_negatives}")
+            raise ValueError(
+                f"module.sampler.num_negatives must be >= 1 for kind=mixed, got {self.num_negatives}"
+            )
         if self.distribution not in ("uniform", "popularity"):
-            raise ValueError(f"module.sampler.distribution must be 'uniform' or 'popularity', got {self.distribution!r}")
+            raise ValueError(
+                f"module.sampler.distribution must be 'uniform' or 'popularity', got {self.distribution!r}"
+            )
 
 
-def retrieval_metrics(topk: np.ndarray, targets: np.ndarray, *, ks: Sequence[int], item_counts: np.ndarray) -> dict[str, float]:
+def retrieval_metrics(
+    topk: np.ndarray, targets: np.ndarray, *, ks: Sequence[int], item_counts: np.ndarray
+) -> dict[str, float]:
     """Recall, NDCG and hit rate at each K, MRR, and the retrieved items' popularity.
 
     Args:
@@ -122,12 +132,20 @@ def retrieval_metrics(topk: np.ndarray, targets: np.ndarray, *, ks: Sequence[int
     out: dict[str, float] = {}
     for k in ks:
         d = M.retrieval_details(topk, targets, k=k)
-        out |= {at_k("recall", k): d.recall, at_k("ndcg", k): d.ndcg, at_k("hit_rate", k): d.hit_rate}
+        out |= {
+            at_k("recall", k): d.recall,
+            at_k("ndcg", k): d.ndcg,
+            at_k("hit_rate", k): d.hit_rate,
+        }
     out["mrr"] = M.mrr(topk, targets)
     top = topk[:, : min(POPULARITY_K, topk.shape[1])]
     valid = top > 0
-    pop = np.where(valid, np.log1p(item_counts[np.clip(top, 0, None)]), 0.0).sum(1) / np.maximum(valid.sum(1), 1)
-    out[at_k("retrieved_popularity", POPULARITY_K)] = float(pop[valid.any(1)].mean()) if valid.any() else float("nan")
+    pop = np.where(valid, np.log1p(item_counts[np.clip(top, 0, None)]), 0.0).sum(1) / np.maximum(
+        valid.sum(1), 1
+    )
+    out[at_k("retrieved_popularity", POPULARITY_K)] = (
+        float(pop[valid.any(1)].mean()) if valid.any() else float("nan")
+    )
     return out
 
 
@@ -138,7 +156,9 @@ def repeat_rows_csr(indptr: Tensor, indices: Tensor, repeats: int) -> tuple[Tens
     new_lengths = lengths[rows]
     new_ptr = torch.zeros(len(rows) + 1, dtype=torch.long, device=indptr.device)
     new_ptr[1:] = new_lengths.cumsum(0)
-    owner = torch.arange(len(rows), device=indptr.device).repeat_interleave(new_lengths)  # (nnz * K,)
+    owner = torch.arange(len(rows), device=indptr.device).repeat_interleave(
+        new_lengths
+    )  # (nnz * K,)
     offset = torch.arange(int(new_ptr[-1]), device=indptr.device) - new_ptr[owner]
     return new_ptr, indices[indptr[rows[owner]] + offset]
 
@@ -146,7 +166,9 @@ def repeat_rows_csr(indptr: Tensor, indices: Tensor, repeats: int) -> tuple[Tens
 def masked_topk(scores: Tensor, indptr: Tensor, indices: Tensor, k: int) -> Tensor:
     """(B, k) ids of the best scores, column 0 (padding) and each row's CSR ids excluded (in place)."""
     scores[:, 0] = float("-inf")
-    rows = torch.arange(scores.shape[0], device=scores.device).repeat_interleave(indptr[1:] - indptr[:-1])
+    rows = torch.arange(scores.shape[0], device=scores.device).repeat_interleave(
+        indptr[1:] - indptr[:-1]
+    )
     scores[rows, indices] = float("-inf")
     top_scores, top_ids = scores.topk(k, dim=1)  # (B, k)
     return top_ids.masked_fill(torch.isneginf(top_scores), -1)
@@ -198,7 +220,9 @@ class RecallModule(pl.LightningModule):
             raise ValueError(f"module.ks must be positive cut-offs, got {ks}")
         item_counts = torch.as_tensor(item_counts, dtype=torch.long)
         if item_counts.shape != (num_items + 1,):
-            raise ValueError(f"item_counts must have shape ({num_items + 1},), got {tuple(item_counts.shape)}")
+            raise ValueError(
+                f"item_counts must have shape ({num_items + 1},), got {tuple(item_counts.shape)}"
+            )
         self.model = model
         self.num_items = num_items
         self.sampler = sampler if isinstance(sampler, Sampler) else Sampler(**dict(sampler))
@@ -207,7 +231,9 @@ class RecallModule(pl.LightningModule):
         self.ks = ks
         self.index_kind = index
         self.index_options = dict(index_options or {})
-        FaissIndex(kind="flat" if index == "exact" else index, **self.index_options)  # fail on bad options now
+        FaissIndex(
+            kind="flat" if index == "exact" else index, **self.index_options
+        )  # fail on bad options now
         self.baselines = baselines
         self.data_summary = dict(data_summary or {})
         self.seed = seed
@@ -216,11 +242,15 @@ class RecallModule(pl.LightningModule):
         self.frequency: StreamingFrequencyEstimator | None = None
         if s.logq:
             buckets = s.num_buckets or max(1024, 1 << math.ceil(math.log2(4 * (num_items + 1))))
-            self.frequency = StreamingFrequencyEstimator(num_buckets=buckets, num_hashes=s.num_hashes, alpha=s.alpha, seed=seed)
+            self.frequency = StreamingFrequencyEstimator(
+                num_buckets=buckets, num_hashes=s.num_hashes, alpha=s.alpha, seed=seed
+            )
         self.corpus: CorpusNegativeSampler | None = None
         if s.kind == "mixed":
             self.corpus = CorpusNegativeSampler(
-                num_items=num_items, distribution=s.distribution, power=s.power,
+                num_items=num_items,
+                distribution=s.distribution,
+                power=s.power,
                 item_counts=item_counts if s.distribution == "popularity" else None,
             )
         # Data statistics, not learned: rebuilt from the data each run, so left out of checkpoints.
@@ -229,7 +259,9 @@ class RecallModule(pl.LightningModule):
         order = np.lexsort((np.arange(num_items + 1), -item_counts.numpy()))
         pop_score = np.empty(num_items + 1, dtype=np.float32)
         pop_score[order] = np.arange(num_items + 1, 0, -1, dtype=np.float32)
-        self.register_buffer("popularity_score", torch.from_numpy(pop_score).unsqueeze(1), persistent=False)  # (I, 1)
+        self.register_buffer(
+            "popularity_score", torch.from_numpy(pop_score).unsqueeze(1), persistent=False
+        )  # (I, 1)
         self._rows: list[dict[str, Tensor]] = []
         self._items: Tensor | None = None
         self._index: FaissIndex | None = None
@@ -256,16 +288,29 @@ class RecallModule(pl.LightningModule):
         u = self.model.training_user_embeddings(features, v)  # (B, D)
         log_q = None
         if self.frequency is not None:
-            self.frequency.update(ids)  # this step's batch first, then its estimates (Yi et al., Alg. 1)
+            self.frequency.update(
+                ids
+            )  # this step's batch first, then its estimates (Yi et al., Alg. 1)
             log_q = self.frequency.log_q(ids)  # (B,)
-        common = dict(temperature=s.temperature, similarity=s.similarity, mask_accidental_hits=s.mask_accidental_hits)
+        common = dict(
+            temperature=s.temperature,
+            similarity=s.similarity,
+            mask_accidental_hits=s.mask_accidental_hits,
+        )
         if s.kind == "in_batch":
             loss = in_batch_softmax_loss(u, v, ids, log_q=log_q, **common)
         else:
             neg_ids, neg_log_q = self.corpus.sample(s.num_negatives)  # (N,), (N,)
             w = self.model.item_embeddings(neg_ids)  # (N, D)
             loss = mixed_negative_softmax_loss(
-                u, v, ids, w, neg_ids, pos_log_q=log_q, neg_log_q=neg_log_q if s.logq else None, **common
+                u,
+                v,
+                ids,
+                w,
+                neg_ids,
+                pos_log_q=log_q,
+                neg_log_q=neg_log_q if s.logq else None,
+                **common,
             )
         self.log("train/loss", loss, prog_bar=True, batch_size=len(ids))
         return loss
@@ -290,14 +335,22 @@ class RecallModule(pl.LightningModule):
         if self._items is None:
             self._items = self._scored(self.model.all_item_embeddings().float())
             if self.index_kind != "exact":
-                self._index = FaissIndex(kind=self.index_kind, **self.index_options).build(self._items)
+                self._index = FaissIndex(kind=self.index_kind, **self.index_options).build(
+                    self._items
+                )
         return self._items
 
     def _scored(self, emb: Tensor) -> Tensor:
         """Vectors whose inner product is the training score: L2-normalized for `similarity=cosine`."""
-        return torch.nn.functional.normalize(emb, dim=-1) if self.sampler.similarity == "cosine" else emb
+        return (
+            torch.nn.functional.normalize(emb, dim=-1)
+            if self.sampler.similarity == "cosine"
+            else emb
+        )
 
-    def retrieve(self, features: dict[str, Tensor], seen: tuple[Tensor, Tensor], *, exact: bool | None = None) -> Tensor:
+    def retrieve(
+        self, features: dict[str, Tensor], seen: tuple[Tensor, Tensor], *, exact: bool | None = None
+    ) -> Tensor:
         """(B, max(ks)) item ids per user, best first, seen items and padding excluded, -1 padded.
 
         Args:
@@ -320,7 +373,9 @@ class RecallModule(pl.LightningModule):
             s, i = self._index.search(users, k, exclude=(indptr, indices))
             scores, ids = torch.from_numpy(s).to(users.device), torch.from_numpy(i).to(users.device)
         if multi:
-            ids, scores = merge_interest_topk(ids.view(b, num_interests, k), scores.view(b, num_interests, k), n=k)
+            ids, scores = merge_interest_topk(
+                ids.view(b, num_interests, k), scores.view(b, num_interests, k), n=k
+            )
         if k < self.max_k:  # a corpus smaller than max(ks): the rest of the list is empty
             ids = torch.nn.functional.pad(ids, (0, self.max_k - k), value=-1)
         return ids
@@ -332,14 +387,23 @@ class RecallModule(pl.LightningModule):
         _, ids = exact_topk(ones, self.popularity_score, k=k, exclude=seen)
         return torch.nn.functional.pad(ids, (0, self.max_k - k), value=-1)
 
-    def random_topk(self, seen: tuple[Tensor, Tensor], num_users: int, generator: torch.Generator, *, chunk: int = 256) -> Tensor:
+    def random_topk(
+        self,
+        seen: tuple[Tensor, Tensor],
+        num_users: int,
+        generator: torch.Generator,
+        *,
+        chunk: int = 256,
+    ) -> Tensor:
         """(B, max(ks)) the random baseline: a uniform random order of the unseen items per user."""
         k = min(self.max_k, self.num_items)
         indptr, indices = seen
         out = []
         for start in range(0, num_users, chunk):
             end = min(start + chunk, num_users)
-            scores = torch.rand(end - start, self.num_items + 1, generator=generator).to(indptr.device)
+            scores = torch.rand(end - start, self.num_items + 1, generator=generator).to(
+                indptr.device
+            )
             sub_ptr = indptr[start : end + 1] - indptr[start]
             out.append(masked_topk(scores, sub_ptr, indices[indptr[start] : indptr[end]], k))
         return torch.nn.functional.pad(torch.cat(out), (0, self.max_k - k), value=-1)
@@ -386,14 +450,22 @@ class RecallModule(pl.LightningModule):
         if not rows:
             return {}
         counts = self.item_counts.cpu().numpy()
-        found = {"model": retrieval_metrics(rows["model"], rows["targets"], ks=self.ks, item_counts=counts)}
+        found = {
+            "model": retrieval_metrics(
+                rows["model"], rows["targets"], ks=self.ks, item_counts=counts
+            )
+        }
         values = {f"{split}/{k}": v for k, v in found["model"].items()}
         if "exact" in rows:
             k = min(POPULARITY_K, self.max_k)
-            values[f"{split}/{at_k('index_recall', k)}"] = recall_against_exact(rows["model"][:, :k], rows["exact"][:, :k])
+            values[f"{split}/{at_k('index_recall', k)}"] = recall_against_exact(
+                rows["model"][:, :k], rows["exact"][:, :k]
+            )
         for name in ("popular", "random"):
             if name in rows:
-                found[name] = retrieval_metrics(rows[name], rows["targets"], ks=self.ks, item_counts=counts)
+                found[name] = retrieval_metrics(
+                    rows[name], rows["targets"], ks=self.ks, item_counts=counts
+                )
                 values |= {f"baseline_{name}/{k}": v for k, v in found[name].items()}
         # Every rank holds the same gathered rows, so the values agree without another sync.
         self.log_dict(values, sync_dist=False, rank_zero_only=False)
@@ -419,9 +491,13 @@ class RecallModule(pl.LightningModule):
 
     # -- reporting (rank zero, after testing) -----------------------------------------------
 
-    def write_report(self, out_dir: str | Path, *, title: str, metrics: dict[str, float], context: dict[str, Any]) -> list[Path]:
+    def write_report(
+        self, out_dir: str | Path, *, title: str, metrics: dict[str, float], context: dict[str, Any]
+    ) -> list[Path]:
         """`report.md` and `metrics.json` for the last test run (see `recolab.reports.recall_report`)."""
-        return write_recall_report(out_dir, title=title, metrics=metrics, summary=self.test_summary, context=context)
+        return write_recall_report(
+            out_dir, title=title, metrics=metrics, summary=self.test_summary, context=context
+        )
 
     def metrics_markdown(self, metrics: dict[str, float]) -> str:
         return to_markdown(metric_rows(metrics, self.test_summary))

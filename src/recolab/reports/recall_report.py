@@ -42,7 +42,9 @@ def metric_rows(metrics: dict[str, float], summary: dict[str, Any]) -> list[dict
     missing from `metrics`.
     """
     values = {**summary.get("values", {}), **metrics}
-    ks = summary.get("ks") or sorted({int(k.rsplit("_", 1)[1]) for k in values if k.startswith("test/recall_at_")})
+    ks = summary.get("ks") or sorted(
+        {int(k.rsplit("_", 1)[1]) for k in values if k.startswith("test/recall_at_")}
+    )
     rows = []
     for name in _metric_names(ks):
         row: dict[str, Any] = {"metric": display(name)}
@@ -61,7 +63,9 @@ def _fmt(x: float | None) -> str:
 
 def to_markdown(rows: list[dict[str, Any]]) -> str:
     lines = ["| metric | model | most popular | random |", "|---|---:|---:|---:|"]
-    lines += [f"| {r['metric']} | " + " | ".join(_fmt(r[c]) for c, _ in COLUMNS) + " |" for r in rows]
+    lines += [
+        f"| {r['metric']} | " + " | ".join(_fmt(r[c]) for c, _ in COLUMNS) + " |" for r in rows
+    ]
     return "\n".join(lines)
 
 
@@ -89,31 +93,62 @@ def write_recall_report(
         f"- users left out by the minimum-interactions filter (< {data.get('min_interactions', '?')}): "
         f"{data.get('users_filtered', '?')} of {data.get('users_read', '?')}",
         f"- retrieval: {summary.get('index', '?')} top-k"
-        + (f" ({summary.get('num_interests')} interests, each retrieving its own top-k, merged by best score)"
-           if summary.get("num_interests", 1) > 1 else ""),
+        + (
+            f" ({summary.get('num_interests')} interests, each retrieving its own top-k, merged by best score)"
+            if summary.get("num_interests", 1) > 1
+            else ""
+        ),
         "- MRR counts the first hit within the top "
         f"{max(summary.get('ks') or [0])}; retrieved_popularity@50 is the mean log(1 + training count) of the top 50",
     ]
     sampler = summary.get("sampler", {})
     md = [
-        f"# {title}", "",
-        *[f"- {k}: `{v}`" for k, v in context.items()], "",
-        "## Test metrics", "",
+        f"# {title}",
+        "",
+        *[f"- {k}: `{v}`" for k, v in context.items()],
+        "",
+        "## Test metrics",
+        "",
         "The model next to the most-popular baseline (the most frequent training items the user has not seen) and "
-        "a random baseline, on the same users with the same exclusions.", "",
-        to_markdown(rows), "",
-        "## How it was measured", "", *protocol, "",
-        *(["## Index", "", f"faiss `{summary.get('index')}` index, options {summary.get('index_options')}:", "",
-           *[f"- `{k}` (share of the exact top-k that the index returned): {_fmt(v)}" for k, v in index_recall.items()], ""]
-          if index_recall else []),
-        "## Training softmax", "",
-        *[f"- {k}: `{v}`" for k, v in sampler.items()], "",
-        "## Data", "",
-        *[f"- {k}: `{v}`" for k, v in data.items()], "",
+        "a random baseline, on the same users with the same exclusions.",
+        "",
+        to_markdown(rows),
+        "",
+        "## How it was measured",
+        "",
+        *protocol,
+        "",
+        *(
+            [
+                "## Index",
+                "",
+                f"faiss `{summary.get('index')}` index, options {summary.get('index_options')}:",
+                "",
+                *[
+                    f"- `{k}` (share of the exact top-k that the index returned): {_fmt(v)}"
+                    for k, v in index_recall.items()
+                ],
+                "",
+            ]
+            if index_recall
+            else []
+        ),
+        "## Training softmax",
+        "",
+        *[f"- {k}: `{v}`" for k, v in sampler.items()],
+        "",
+        "## Data",
+        "",
+        *[f"- {k}: `{v}`" for k, v in data.items()],
+        "",
     ]
     md_path, json_path = out / "report.md", out / "metrics.json"
     md_path.write_text("\n".join(md))
-    json_path.write_text(json.dumps(
-        {"metrics": metrics, "table": rows, "summary": summary, "context": context}, indent=2, default=str
-    ))
+    json_path.write_text(
+        json.dumps(
+            {"metrics": metrics, "table": rows, "summary": summary, "context": context},
+            indent=2,
+            default=str,
+        )
+    )
     return [md_path, json_path]

@@ -40,7 +40,14 @@ def _folder(tmp_path: Path, ratings: str = RATINGS_CSV, movies: str | None = MOV
 
 
 def _dm(path: Path, cache: Path, **kw) -> MovieLensDataModule:
-    args = dict(path=str(path), cache_dir=str(cache), min_interactions=3, history_len=4, batch_size=4, eval_batch_size=4)
+    args = dict(
+        path=str(path),
+        cache_dir=str(cache),
+        min_interactions=3,
+        history_len=4,
+        batch_size=4,
+        eval_batch_size=4,
+    )
     return MovieLensDataModule(**(args | kw))
 
 
@@ -67,8 +74,12 @@ def test_csv_converted_once_with_genres_and_file_order(tmp_path):
 def test_dat_format_with_movies_dat(tmp_path):
     folder = tmp_path / "ml-1m"
     folder.mkdir()
-    (folder / "ratings.dat").write_text("1::10::5::978300760\n1::20::3::978302109\n2::10::4::978301968\n")
-    (folder / "movies.dat").write_bytes("10::Caf\xe9 (1995)::Comedy|Drama\n20::Heat (1995)::Action\n".encode("latin-1"))
+    (folder / "ratings.dat").write_text(
+        "1::10::5::978300760\n1::20::3::978302109\n2::10::4::978301968\n"
+    )
+    (folder / "movies.dat").write_bytes(
+        "10::Caf\xe9 (1995)::Comedy|Drama\n20::Heat (1995)::Action\n".encode("latin-1")
+    )
     _, cached = cached_movielens(folder, tmp_path / "cache")
     table = pq.read_table(cached)
     assert table.column("user_id").to_pylist() == [1, 1, 2]
@@ -97,7 +108,9 @@ def test_missing_column_names_file_and_column(tmp_path):
 
 def test_non_numeric_id_names_file_column_line_and_value(tmp_path):
     folder = _folder(tmp_path, ratings=RATINGS_CSV.replace("2,50,4.0,70", "2,abc,4.0,70"))
-    with pytest.raises(DataError, match=r"ratings\.csv: column 'movieId' must hold integers; line 8 has 'abc'"):
+    with pytest.raises(
+        DataError, match=r"ratings\.csv: column 'movieId' must hold integers; line 8 has 'abc'"
+    ):
         _dm(folder, tmp_path / "cache").prepare_data()
 
 
@@ -124,11 +137,15 @@ def test_malformed_dat_line_and_missing_path(tmp_path):
 
 def test_real_ml_latest_small(tmp_path):
     folder = shared_data("ml-latest-small")
-    dm = _dm(folder, tmp_path / "cache", min_interactions=5, history_len=20, item_features=["genre"])
+    dm = _dm(
+        folder, tmp_path / "cache", min_interactions=5, history_len=20, item_features=["genre"]
+    )
     dm.setup()
     s = dm.summary
     assert s["interactions_read"] == 100_836 and s["users"] == 610  # every user rated >= 20 movies
     assert s["train_interactions"] == 100_836 - 2 * 610
     table, size = dm.model_inputs()["item_features"]["genre"]
     assert 15 < size <= 21  # at most 20 first-listed genres (+ OOV)
-    assert table.shape == (dm.num_items + 1,) and bool((table[1:] >= 1).all())  # every corpus item has one
+    assert table.shape == (dm.num_items + 1,) and bool(
+        (table[1:] >= 1).all()
+    )  # every corpus item has one

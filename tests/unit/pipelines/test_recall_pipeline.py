@@ -29,17 +29,26 @@ def _log(seed: int = 0, users: int = 40, items: int = 60, n: int = 1200) -> pa.T
     rng = np.random.default_rng(seed)
     # popular items are drawn more often, so the popularity baseline has something to find
     weights = 1.0 / np.arange(1, items + 1)
-    return pa.table({
-        "user_id": rng.integers(1, users + 1, n),
-        "item_id": rng.choice(np.arange(1, items + 1), n, p=weights / weights.sum()),
-        "timestamp": rng.permutation(n),
-        "category": rng.integers(0, 4, n),
-    })
+    return pa.table(
+        {
+            "user_id": rng.integers(1, users + 1, n),
+            "item_id": rng.choice(np.arange(1, items + 1), n, p=weights / weights.sum()),
+            "timestamp": rng.permutation(n),
+            "category": rng.integers(0, 4, n),
+        }
+    )
 
 
 @pytest.fixture(scope="module")
 def data() -> TableModule:
-    dm = TableModule(_log(), min_interactions=3, history_len=6, item_features=["category"], batch_size=64, eval_batch_size=16)
+    dm = TableModule(
+        _log(),
+        min_interactions=3,
+        history_len=6,
+        item_features=["category"],
+        batch_size=64,
+        eval_batch_size=16,
+    )
     dm.setup()
     return dm
 
@@ -50,20 +59,38 @@ def _module(dm: TableModule, model_cls=TwoTower, *, seed: int = 0, **kw) -> Reca
     if model_cls is TwoTower:
         model = TwoTower(**inputs, dim=8, hidden_dims=[16])
     else:
-        model = MIND(num_items=inputs["num_items"], item_features=inputs["item_features"], history_len=6, dim=8, num_interests=3)
+        model = MIND(
+            num_items=inputs["num_items"],
+            item_features=inputs["item_features"],
+            history_len=6,
+            dim=8,
+            num_interests=3,
+        )
     return RecallModule(model, **dm.module_inputs(), ks=(5, 10), **kw)
 
 
 def _trainer(**kw) -> pl.Trainer:
     return pl.Trainer(
-        accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, use_distributed_sampler=False, num_sanity_val_steps=0, **kw,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        num_sanity_val_steps=0,
+        **kw,
     )
 
 
 @pytest.mark.parametrize(
     "sampler",
-    [Sampler(), Sampler(logq=True), Sampler(kind="mixed", num_negatives=16, logq=True), Sampler(similarity="cosine", temperature=0.1)],
+    [
+        Sampler(),
+        Sampler(logq=True),
+        Sampler(kind="mixed", num_negatives=16, logq=True),
+        Sampler(similarity="cosine", temperature=0.1),
+    ],
     ids=["in_batch", "logq", "mixed", "cosine"],
 )
 def test_training_steps_learn_and_update_the_estimator(data, sampler):
@@ -77,10 +104,12 @@ def test_training_steps_learn_and_update_the_estimator(data, sampler):
             loss = module.training_step(b, 0)
             opt.zero_grad()
             loss.backward()
-            assert all(torch.isfinite(p.grad).all() for p in module.parameters() if p.grad is not None)
+            assert all(
+                torch.isfinite(p.grad).all() for p in module.parameters() if p.grad is not None
+            )
             opt.step()
             losses.append(float(loss.detach()))
-    assert np.mean(losses[-len(batches):]) < np.mean(losses[: len(batches)])
+    assert np.mean(losses[-len(batches) :]) < np.mean(losses[: len(batches)])
     if sampler.logq:
         # updated once per training step, and part of the state dict (so of checkpoints)
         assert int(module.frequency.step) == 4 * len(batches)
@@ -128,37 +157,65 @@ def test_popularity_baseline_matches_a_hand_computation():
     # user 1: a b c d (times 1..4) -> val c, test d, train a b
     # user 2: b c e            -> val c, test e, train b
     # user 3: c a b e           -> val b, test e, train c a
-    rows = [(1, "a", 1), (1, "b", 2), (1, "c", 3), (1, "d", 4), (2, "b", 1), (2, "c", 2), (2, "e", 3),
-            (3, "c", 1), (3, "a", 2), (3, "b", 3), (3, "e", 4)]
+    rows = [
+        (1, "a", 1),
+        (1, "b", 2),
+        (1, "c", 3),
+        (1, "d", 4),
+        (2, "b", 1),
+        (2, "c", 2),
+        (2, "e", 3),
+        (3, "c", 1),
+        (3, "a", 2),
+        (3, "b", 3),
+        (3, "e", 4),
+    ]
     codes = {"a": 11, "b": 12, "c": 13, "d": 14, "e": 15}
-    table = pa.table({
-        "user_id": [r[0] for r in rows], "item_id": [codes[r[1]] for r in rows], "timestamp": [r[2] for r in rows],
-    })
+    table = pa.table(
+        {
+            "user_id": [r[0] for r in rows],
+            "item_id": [codes[r[1]] for r in rows],
+            "timestamp": [r[2] for r in rows],
+        }
+    )
     dm = TableModule(table, min_interactions=3, history_len=3, eval_batch_size=2)
     dm.setup()
     # training counts: a 2, b 2, c 1 (d and e are never training items: out of vocabulary)
     vocab = dm.vocabs["item_id"].values.tolist()
     assert vocab == [11, 12, 13] and dm.item_counts.tolist() == [0, 2, 2, 1]
-    module = RecallModule(TwoTower(**dm.model_inputs(), dim=4, hidden_dims=[]), **dm.module_inputs(), ks=(1, 2))
+    module = RecallModule(
+        TwoTower(**dm.model_inputs(), dim=4, hidden_dims=[]), **dm.module_inputs(), ks=(1, 2)
+    )
     got = {}
     for batch in dm.test_dataloader():
         seen = (batch["seen"]["indptr"], batch["seen"]["indices"])
-        for uid, ids in zip(batch["features"]["user_id"].tolist(), module.popular_topk(seen, len(seen[0]) - 1).tolist()):
+        for uid, ids in zip(
+            batch["features"]["user_id"].tolist(),
+            module.popular_topk(seen, len(seen[0]) - 1).tolist(),
+        ):
             got[uid] = ids
     # by count, ties by the lower id: a(1), b(2), c(3); each user's earlier items excluded;
     # user 1 has seen a b c at test, user 2 b c, user 3 c a b
     assert got == {1: [-1, -1], 2: [1, -1], 3: [-1, -1]}
     for batch in dm.val_dataloader():
         seen = (batch["seen"]["indptr"], batch["seen"]["indices"])
-        for uid, ids, target in zip(batch["features"]["user_id"].tolist(), module.popular_topk(seen, len(seen[0]) - 1).tolist(), batch["targets"]["item_id"][:, 0].tolist()):
+        for uid, ids, target in zip(
+            batch["features"]["user_id"].tolist(),
+            module.popular_topk(seen, len(seen[0]) - 1).tolist(),
+            batch["targets"]["item_id"][:, 0].tolist(),
+        ):
             got[uid] = (ids, target)
     # validation: user 1 saw a b -> [c, -]; user 2 saw b -> [a, c]; user 3 saw c a -> [b, -]
     assert got == {1: ([3, -1], 3), 2: ([1, 3], 3), 3: ([2, -1], 2)}
     targets = np.array([[3], [3], [2]])
-    m = retrieval_metrics(np.array([[3, -1], [1, 3], [2, -1]]), targets, ks=(1, 2), item_counts=dm.item_counts.numpy())
+    m = retrieval_metrics(
+        np.array([[3, -1], [1, 3], [2, -1]]), targets, ks=(1, 2), item_counts=dm.item_counts.numpy()
+    )
     assert m["recall_at_1"] == pytest.approx(2 / 3) and m["recall_at_2"] == 1.0
     assert m["mrr"] == pytest.approx((1 + 0.5 + 1) / 3)
-    assert m["retrieved_popularity_at_50"] == pytest.approx((np.log(2) + (np.log(3) + np.log(2)) / 2 + np.log(3)) / 3)
+    assert m["retrieved_popularity_at_50"] == pytest.approx(
+        (np.log(2) + (np.log(3) + np.log(2)) / 2 + np.log(3)) / 3
+    )
 
 
 def test_multi_interest_serving_merges_each_interests_topk(data):
@@ -194,7 +251,9 @@ def test_checkpoint_state_loads_weights_only(data):
     torch.save(checkpoint, buf)
     buf.seek(0)
     loaded = torch.load(buf, weights_only=True)
-    assert loaded["recolab"]["config"] == "exp_name: x" and "vocabs" in loaded["recolab"]["data_state"]
+    assert (
+        loaded["recolab"]["config"] == "exp_name: x" and "vocabs" in loaded["recolab"]["data_state"]
+    )
     fresh = _module(data, sampler=Sampler(logq=True), seed=9)
     fresh.load_state_dict(loaded["state_dict"])
     assert int(fresh.frequency.step) == int(module.frequency.step) > 0

@@ -1,9 +1,10 @@
 """Single-task baseline: one independent network per task, nothing shared.
 
-The reference point of the multi-task papers: the "Single-Task" rows of the MMoE paper (Ma et
+The reference point of the multi-task papers: the single-task baseline of the MMoE paper (Ma et
 al., "Modeling Task Relationships in Multi-task Learning with Multi-gate Mixture-of-Experts",
 KDD 2018, Section 6.3: each task trained in its own model) and of the PLE paper (Tang et al.,
-RecSys 2020, Section 5). Multi-task sharing is worth its complexity only where it beats this.
+"Progressive Layered Extraction (PLE)", RecSys 2020). Multi-task sharing is worth its
+complexity only where it beats this.
 
 Each task has its own embedding tables and its own MLP over the same features, so one task's
 loss never moves another task's parameters. Training them in one module is a convenience: it is
