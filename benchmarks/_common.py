@@ -19,7 +19,11 @@ OUT = ROOT / "experiments" / "bench"
 def machine() -> str:
     cpu = "unknown"
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in open("/proc/cpuinfo")
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         pass
     return (
@@ -36,7 +40,9 @@ def write(name: str, title: str, body: str) -> Path:
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / f"{name}.md"
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    path.write_text(f"# {title}\n\n- machine: {machine()}\n- command: `{command()}`\n- date: {stamp}\n\n{body}\n")
+    path.write_text(
+        f"# {title}\n\n- machine: {machine()}\n- command: `{command()}`\n- date: {stamp}\n\n{body}\n"
+    )
     print(path.read_text())
     return path
 

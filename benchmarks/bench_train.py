@@ -32,7 +32,11 @@ DATA = dict(
         {"name": "like", "kind": "binary"},
         {"name": "watch_time", "kind": "regression", "transform": "log1p"},
     ],
-    meta=["user_id", "request_id", "position"],  # (request, position) tells repeated items of a slate apart
+    meta=[
+        "user_id",
+        "request_id",
+        "position",
+    ],  # (request, position) tells repeated items of a slate apart
 )
 
 
@@ -60,8 +64,11 @@ def main() -> None:
     torch.manual_seed(0)
 
     dm = SyntheticVideoDataModule(
-        cache_dir=str(ROOT / "data" / "synthetic"), num_impressions=args.impressions,
-        batch_size=args.batch_size, eval_batch_size=args.batch_size, **DATA,
+        cache_dir=str(ROOT / "data" / "synthetic"),
+        num_impressions=args.impressions,
+        batch_size=args.batch_size,
+        eval_batch_size=args.batch_size,
+        **DATA,
     )
     dm.prepare_data()
     dm.setup()
@@ -95,8 +102,14 @@ def main() -> None:
 
     # -- the Lightning pipeline (python -m recolab train's path), training steps only ------
     trainer = pl.Trainer(
-        accelerator="cpu", max_epochs=1, limit_train_batches=len(batches), limit_val_batches=0,
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        accelerator="cpu",
+        max_epochs=1,
+        limit_train_batches=len(batches),
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
         use_distributed_sampler=False,
     )
     t = time.perf_counter()

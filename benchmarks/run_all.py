@@ -25,7 +25,9 @@ def main() -> None:
         if not (HERE / args[0]).exists():
             continue
         print(f"== {' '.join(args)}", flush=True)
-        if subprocess.run([sys.executable, str(HERE / args[0]), *args[1:]], cwd=HERE.parent).returncode:
+        if subprocess.run(
+            [sys.executable, str(HERE / args[0]), *args[1:]], cwd=HERE.parent
+        ).returncode:
             failed.append(args[0])
     if failed:
         sys.exit(f"failed: {failed}")

@@ -39,9 +39,17 @@ from recolab.evaluate import load_checkpoint  # noqa: E402
 from recolab.train import train  # noqa: E402
 
 TMP = Path(tempfile.mkdtemp(prefix="recolab-bad-inputs-"))
-TINY = ["data.num_users=300", "data.num_items=200", "data.num_impressions=6000", "data.batch_size=256",
-        "data.eval_batch_size=1024", "trainer.max_epochs=1", "+trainer.limit_train_batches=2",
-        "+trainer.limit_val_batches=1", "callbacks.progress_bar.refresh_rate=0"]
+TINY = [
+    "data.num_users=300",
+    "data.num_items=200",
+    "data.num_impressions=6000",
+    "data.batch_size=256",
+    "data.eval_batch_size=1024",
+    "trainer.max_epochs=1",
+    "+trainer.limit_train_batches=2",
+    "+trainer.limit_val_batches=1",
+    "callbacks.progress_bar.refresh_rate=0",
+]
 ROWS: list[tuple[str, str, str]] = []
 
 
@@ -66,7 +74,11 @@ def case(area: str, what: str, run: Callable[[], object]) -> None:
         run()
     except BaseException as e:  # noqa: BLE001 (SystemExit included: the CLI's usage errors)
         text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        message = re.sub(r"127\.0\.0\.1:(?!9\b)\d+", "127.0.0.1:<port>", f"{type(e).__name__}: {text}".replace(str(TMP), "<tmp>").replace(f"{ROOT}/", ""))
+        message = re.sub(
+            r"127\.0\.0\.1:(?!9\b)\d+",
+            "127.0.0.1:<port>",
+            f"{type(e).__name__}: {text}".replace(str(TMP), "<tmp>").replace(f"{ROOT}/", ""),
+        )
         ROWS.append((area, what, message))
         print(f"[{area}] {what}\n    {message}", file=sys.stderr)
         return
@@ -102,20 +114,38 @@ def config_cases() -> None:
         ("an optimized metric for a task that does not exist", ["+optimized_metric=val/auc/clik"]),
     ]:
         case("config", what, train_with(*overrides))
-    case("config", "a required key left unset: `data=parquet` without `data.path`",
-         lambda: train(cfg_for(["+exp=mmoe", "data=parquet"], "c")))
-    case("config", "K larger than the corpus: `+exp=two_tower module.ks=[20,5000]`",
-         lambda: train(cfg_for(["+exp=two_tower", *TINY, "module.ks=[20,5000]"], "c")))
-    case("config", "a negative number of sampled negatives", lambda: train(cfg_for(
-        ["+exp=two_tower_mns", *TINY, "module.sampler.num_negatives=-1"], "c")))
+    case(
+        "config",
+        "a required key left unset: `data=parquet` without `data.path`",
+        lambda: train(cfg_for(["+exp=mmoe", "data=parquet"], "c")),
+    )
+    case(
+        "config",
+        "K larger than the corpus: `+exp=two_tower module.ks=[20,5000]`",
+        lambda: train(cfg_for(["+exp=two_tower", *TINY, "module.ks=[20,5000]"], "c")),
+    )
+    case(
+        "config",
+        "a negative number of sampled negatives",
+        lambda: train(
+            cfg_for(["+exp=two_tower_mns", *TINY, "module.sampler.num_negatives=-1"], "c")
+        ),
+    )
     extra = TMP / "extra"
     (extra / "exp").mkdir(parents=True, exist_ok=True)
     (extra / "exp" / "typo.yaml").write_text(
-        "# @package _global_\ndefaults:\n  - override /model: mmoe\nexp_name: typo\nmodel:\n  num_expert: 8\n")
-    case("config", "a misspelled key inside an exp YAML file (`model: {num_expert: 8}`)",
-         lambda: train(cfg_for(["+exp=typo", *TINY], "c", searchpath=extra)))
-    case("config", "Hydra: overriding a key that does not exist: `model.num_expert=8`",
-         lambda: cfg_for(["+exp=mmoe", "model.num_expert=8"], "c"))
+        "# @package _global_\ndefaults:\n  - override /model: mmoe\nexp_name: typo\nmodel:\n  num_expert: 8\n"
+    )
+    case(
+        "config",
+        "a misspelled key inside an exp YAML file (`model: {num_expert: 8}`)",
+        lambda: train(cfg_for(["+exp=typo", *TINY], "c", searchpath=extra)),
+    )
+    case(
+        "config",
+        "Hydra: overriding a key that does not exist: `model.num_expert=8`",
+        lambda: cfg_for(["+exp=mmoe", "model.num_expert=8"], "c"),
+    )
     case("config", "Hydra: an unknown experiment: `+exp=mmeo`", lambda: cfg_for(["+exp=mmeo"], "c"))
 
 
@@ -125,10 +155,16 @@ def config_cases() -> None:
 def log_table(n: int = 200, **overrides: object) -> dict:
     rng = np.random.default_rng(0)
     cols = {
-        "user_id": rng.integers(1000, 1020, n), "item_id": rng.integers(0, 40, n),
-        "hist": pa.array([list(rng.integers(0, 40, rng.integers(0, 5))) for _ in range(n)], pa.list_(pa.int64())),
-        "position": rng.integers(1, 11, n).astype(np.int32), "duration": rng.exponential(30, n),
-        "click": (rng.random(n) < 0.3).astype(float), "watch_time": rng.exponential(10, n), "timestamp": np.arange(n),
+        "user_id": rng.integers(1000, 1020, n),
+        "item_id": rng.integers(0, 40, n),
+        "hist": pa.array(
+            [list(rng.integers(0, 40, rng.integers(0, 5))) for _ in range(n)], pa.list_(pa.int64())
+        ),
+        "position": rng.integers(1, 11, n).astype(np.int32),
+        "duration": rng.exponential(30, n),
+        "click": (rng.random(n) < 0.3).astype(float),
+        "watch_time": rng.exponential(10, n),
+        "timestamp": np.arange(n),
     }
     cols.update(overrides)
     return cols
@@ -140,10 +176,19 @@ def load(cols: dict, **kw: object) -> Callable[[], object]:
         folder.mkdir(exist_ok=True)
         path = folder / "log.parquet"
         pq.write_table(pa.table(cols), path)
-        args = dict(path=str(path), sparse=["user_id", "item_id"], sequences={"hist": {"max_len": 4, "vocab_of": "item_id"}},
-                    tasks=[{"name": "click"}, {"name": "watch_time", "kind": "regression", "transform": "log1p"}],
-                    meta=["user_id", "position", "duration"], batch_size=16)
+        args = dict(
+            path=str(path),
+            sparse=["user_id", "item_id"],
+            sequences={"hist": {"max_len": 4, "vocab_of": "item_id"}},
+            tasks=[
+                {"name": "click"},
+                {"name": "watch_time", "kind": "regression", "transform": "log1p"},
+            ],
+            meta=["user_id", "position", "duration"],
+            batch_size=16,
+        )
         ParquetDataModule(**(args | kw)).setup()
+
     return run
 
 
@@ -155,30 +200,73 @@ def with_rows(values: np.ndarray, rows: list[int], bad: object) -> np.ndarray:
 
 def data_cases() -> None:
     t = log_table()
-    case("data", "a column the config names is missing", load(log_table(), sparse=["user_id", "shop"]))
+    case(
+        "data",
+        "a column the config names is missing",
+        load(log_table(), sparse=["user_id", "shop"]),
+    )
     case("data", "float ids", load(log_table(item_id=np.arange(200) + 0.5)))
-    case("data", "a sequence column that holds numbers, not lists", load(log_table(hist=np.arange(200))))
+    case(
+        "data",
+        "a sequence column that holds numbers, not lists",
+        load(log_table(hist=np.arange(200))),
+    )
     case("data", "a label column of strings", load(log_table(click=np.array(["yes"] * 200))))
     case("data", "NaN labels", load(log_table(click=with_rows(t["click"], [3, 7], np.nan))))
     case("data", "infinite labels", load(log_table(click=with_rows(t["click"], [3], np.inf))))
     case("data", "a binary label of 2", load(log_table(click=with_rows(t["click"], [3], 2))))
-    case("data", "negative watch times (a log1p target)", load(log_table(watch_time=with_rows(t["watch_time"], [1, 2], -4.0))))
-    case("data", "negative durations", load(log_table(duration=with_rows(t["duration"], [4, 50, 51], -1.0))))
-    case("data", "missing durations", load(log_table(duration=with_rows(t["duration"], [4], np.nan))))
+    case(
+        "data",
+        "negative watch times (a log1p target)",
+        load(log_table(watch_time=with_rows(t["watch_time"], [1, 2], -4.0))),
+    )
+    case(
+        "data",
+        "negative durations",
+        load(log_table(duration=with_rows(t["duration"], [4, 50, 51], -1.0))),
+    )
+    case(
+        "data", "missing durations", load(log_table(duration=with_rows(t["duration"], [4], np.nan)))
+    )
     case("data", "positions below 1", load(log_table(position=with_rows(t["position"], [0, 9], 0))))
-    case("data", "null ids", load(log_table(user_id=pa.array([None] + list(t["user_id"][1:]), pa.int64()))))
+    case(
+        "data",
+        "null ids",
+        load(log_table(user_id=pa.array([None] + list(t["user_id"][1:]), pa.int64()))),
+    )
     dup = log_table()
     for name, values in dup.items():
-        dup[name] = pa.array(values.to_pylist() + values.to_pylist()[:3], values.type) if isinstance(values, pa.Array) \
+        dup[name] = (
+            pa.array(values.to_pylist() + values.to_pylist()[:3], values.type)
+            if isinstance(values, pa.Array)
             else np.concatenate([values, values[:3]])
+        )
     case("data", "duplicate rows (an event log: same row, same timestamp)", load(dup))
-    case("data", "an empty split", load(log_table(), split={"kind": "time", "fractions": [1.0, 0.0, 0.0]}))
-    case("data", "every row bad, with drop_bad_rows=true", load(log_table(click=np.full(200, np.nan)), drop_bad_rows=True))
-    ROWS.append(("data", "ids outside the vocabulary (new data on a checkpoint's vocabularies)",
-                 "not an error: mapped to the OOV bucket, counted per split and column, logged and tracked as "
-                 "`data/oov_rows/<split>/<column>`"))
-    ROWS.append(("data", "any of the row problems above, with `data.drop_bad_rows=true`",
-                 "the rows are dropped, logged as a warning with each reason, and tracked as `data/dropped_rows`"))
+    case(
+        "data",
+        "an empty split",
+        load(log_table(), split={"kind": "time", "fractions": [1.0, 0.0, 0.0]}),
+    )
+    case(
+        "data",
+        "every row bad, with drop_bad_rows=true",
+        load(log_table(click=np.full(200, np.nan)), drop_bad_rows=True),
+    )
+    ROWS.append(
+        (
+            "data",
+            "ids outside the vocabulary (new data on a checkpoint's vocabularies)",
+            "not an error: mapped to the OOV bucket, counted per split and column, logged and tracked as "
+            "`data/oov_rows/<split>/<column>`",
+        )
+    )
+    ROWS.append(
+        (
+            "data",
+            "any of the row problems above, with `data.drop_bad_rows=true`",
+            "the rows are dropped, logged as a warning with each reason, and tracked as `data/dropped_rows`",
+        )
+    )
 
 
 # -- import -----------------------------------------------------------------------------------
@@ -210,17 +298,54 @@ def import_cases() -> None:
         ("an empty dense value", "user_age", 11, None),
     ]:
         case("import", what, broken(column, row, value))
-    case("import", "a schema naming a column the file lacks", schema("user: uid\nitem: video\nlabels: [clicked]\nsplit: {kind: random}\n"))
-    case("import", "a misspelled schema key", schema("user: uid\nitem: video_id\nlables: [clicked]\n"))
-    case("import", "a misspelled label kind", schema("user: uid\nitem: video_id\nlabels: [{column: clicked, kind: binry}]\nsplit: {kind: random}\n"))
-    case("import", "a time split without a timestamp column", schema("user: uid\nitem: video_id\nlabels: [clicked]\n"))
+    case(
+        "import",
+        "a schema naming a column the file lacks",
+        schema("user: uid\nitem: video\nlabels: [clicked]\nsplit: {kind: random}\n"),
+    )
+    case(
+        "import",
+        "a misspelled schema key",
+        schema("user: uid\nitem: video_id\nlables: [clicked]\n"),
+    )
+    case(
+        "import",
+        "a misspelled label kind",
+        schema(
+            "user: uid\nitem: video_id\nlabels: [{column: clicked, kind: binry}]\nsplit: {kind: random}\n"
+        ),
+    )
+    case(
+        "import",
+        "a time split without a timestamp column",
+        schema("user: uid\nitem: video_id\nlabels: [clicked]\n"),
+    )
     case("import", "a schema that is not valid YAML", schema("user: uid\nitem: [video_id\n"))
-    case("import", "a text column used as a label", schema("user: uid\nitem: video_id\nlabels: [category]\nsplit: {kind: random}\n"))
-    case("import", "one column given two roles", schema("user: uid\nitem: video_id\nlabels: [clicked]\nsparse: [uid]\nsplit: {kind: random}\n"))
-    case("import", "a log file that does not exist", lambda: import_log(folder / "nope.csv", example / "schema.yaml", folder / "out"))
+    case(
+        "import",
+        "a text column used as a label",
+        schema("user: uid\nitem: video_id\nlabels: [category]\nsplit: {kind: random}\n"),
+    )
+    case(
+        "import",
+        "one column given two roles",
+        schema(
+            "user: uid\nitem: video_id\nlabels: [clicked]\nsparse: [uid]\nsplit: {kind: random}\n"
+        ),
+    )
+    case(
+        "import",
+        "a log file that does not exist",
+        lambda: import_log(folder / "nope.csv", example / "schema.yaml", folder / "out"),
+    )
 
     from recolab.data import cli
-    case("import", "the command line: a misspelled argument `shema=`", lambda: cli.parse(["import", "path=x", "shema=y"]))
+
+    case(
+        "import",
+        "the command line: a misspelled argument `shema=`",
+        lambda: cli.parse(["import", "path=x", "shema=y"]),
+    )
     case("import", "the command line: an unknown command", lambda: cli.parse(["improt", "path=x"]))
 
 
@@ -228,12 +353,23 @@ def import_cases() -> None:
 
 
 def resume_and_tracking_cases() -> None:
-    case("resume", "`ckpt_path=last` with no checkpoint of the experiment", train_with("ckpt_path=last", name="r0"))
-    case("resume", "`ckpt_path=` a file that does not exist", train_with("ckpt_path=/nonexistent/last.ckpt", name="r0"))
+    case(
+        "resume",
+        "`ckpt_path=last` with no checkpoint of the experiment",
+        train_with("ckpt_path=last", name="r0"),
+    )
+    case(
+        "resume",
+        "`ckpt_path=` a file that does not exist",
+        train_with("ckpt_path=/nonexistent/last.ckpt", name="r0"),
+    )
     train(cfg_for(["+exp=mmoe", *TINY, "logger=none"], "r1"))
     last = TMP / "r1" / "out" / "checkpoints" / "last.ckpt"
-    case("resume", "resuming a checkpoint with other settings (`model.num_experts=8`)",
-         train_with("logger=none", "model.num_experts=8", f"ckpt_path={last}", name="r2"))
+    case(
+        "resume",
+        "resuming a checkpoint with other settings (`model.num_experts=8`)",
+        train_with("logger=none", "model.num_experts=8", f"ckpt_path={last}", name="r2"),
+    )
 
     def with_env(uri: str) -> Callable[[], object]:
         def run() -> None:
@@ -242,9 +378,14 @@ def resume_and_tracking_cases() -> None:
                 train(cfg_for(["+exp=mmoe", *TINY], "t"))
             finally:
                 os.environ.pop("MLFLOW_TRACKING_URI", None)
+
         return run
 
-    case("tracking", "a tracking server that is down (`MLFLOW_TRACKING_URI=http://127.0.0.1:9`)", with_env("http://127.0.0.1:9"))
+    case(
+        "tracking",
+        "a tracking server that is down (`MLFLOW_TRACKING_URI=http://127.0.0.1:9`)",
+        with_env("http://127.0.0.1:9"),
+    )
 
     class NotFound(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -255,29 +396,55 @@ def resume_and_tracking_cases() -> None:
 
     server = http.server.HTTPServer(("127.0.0.1", 0), NotFound)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    case("tracking", "an open port that is not MLflow (a web server answering 404)",
-         with_env(f"http://127.0.0.1:{server.server_address[1]}"))
+    case(
+        "tracking",
+        "an open port that is not MLflow (a web server answering 404)",
+        with_env(f"http://127.0.0.1:{server.server_address[1]}"),
+    )
     server.shutdown()
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(1)
-    case("tracking", "a port that accepts connections and never answers (fails after 5 s)",
-         with_env(f"http://127.0.0.1:{sock.getsockname()[1]}"))
+    case(
+        "tracking",
+        "a port that accepts connections and never answers (fails after 5 s)",
+        with_env(f"http://127.0.0.1:{sock.getsockname()[1]}"),
+    )
     sock.close()
-    ROWS.append(("tracking", "a run that raises during training (or is stopped with Ctrl-C)",
-                 "the exception, after the MLflow run is marked FAILED (never left RUNNING, never tagged `recolab.complete`)"))
-    ROWS.append(("tracking", "a run killed with SIGKILL", "the MLflow run stays RUNNING without `recolab.complete` "
-                 "(no process is left to mark it); `ckpt_path=last` resumes it to the same result"))
+    ROWS.append(
+        (
+            "tracking",
+            "a run that raises during training (or is stopped with Ctrl-C)",
+            "the exception, after the MLflow run is marked FAILED (never left RUNNING, never tagged `recolab.complete`)",
+        )
+    )
+    ROWS.append(
+        (
+            "tracking",
+            "a run killed with SIGKILL",
+            "the MLflow run stays RUNNING without `recolab.complete` "
+            "(no process is left to mark it); `ckpt_path=last` resumes it to the same result",
+        )
+    )
 
     class Payload:
         def __reduce__(self) -> tuple:
             return (os.getpid, ())
 
-    torch.save({"state_dict": {}, "recolab": {"config": "{}"}, "payload": Payload()}, TMP / "evil.ckpt")
-    case("checkpoint", "a checkpoint holding a pickled object (code that would run on load)",
-         lambda: load_checkpoint(str(TMP / "evil.ckpt")))
+    torch.save(
+        {"state_dict": {}, "recolab": {"config": "{}"}, "payload": Payload()}, TMP / "evil.ckpt"
+    )
+    case(
+        "checkpoint",
+        "a checkpoint holding a pickled object (code that would run on load)",
+        lambda: load_checkpoint(str(TMP / "evil.ckpt")),
+    )
     (TMP / "junk.ckpt").write_bytes(b"not a checkpoint")
-    case("checkpoint", "a file that is not a checkpoint", lambda: load_checkpoint(str(TMP / "junk.ckpt")))
+    case(
+        "checkpoint",
+        "a file that is not a checkpoint",
+        lambda: load_checkpoint(str(TMP / "junk.ckpt")),
+    )
 
 
 def write(path: Path) -> None:
@@ -293,9 +460,12 @@ def write(path: Path) -> None:
         "",
         "| area | bad input | what you get (first line) |",
         "| --- | --- | --- |",
-        *(f"| {area} | {cell(what)} | `` {cell(message)} `` |" if not message.startswith("not an error")
-          and not message.startswith("the ") else f"| {area} | {cell(what)} | {cell(message)} |"
-          for area, what, message in ROWS),
+        *(
+            f"| {area} | {cell(what)} | `` {cell(message)} `` |"
+            if not message.startswith("not an error") and not message.startswith("the ")
+            else f"| {area} | {cell(what)} | {cell(message)} |"
+            for area, what, message in ROWS
+        ),
         "",
     ]
     path.write_text("\n".join(lines))

@@ -26,7 +26,12 @@ TINY_WORLD = [
 
 
 def compose_train(
-    tmp: Path, overrides: list[str], *, data_dir: Path | None = None, config_name: str = "train", out: str = "out"
+    tmp: Path,
+    overrides: list[str],
+    *,
+    data_dir: Path | None = None,
+    config_name: str = "train",
+    out: str = "out",
 ) -> DictConfig:
     """The config as `python -m recolab <config_name> <overrides>` would see it, rooted in `tmp`."""
     GlobalHydra.instance().clear()

@@ -35,9 +35,14 @@ ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 
 WORLD = [
-    "data.num_users=2000", "data.num_items=1000", "data.num_impressions=200000",
-    "data.batch_size=2048", "module.lr=0.003", "trainer.max_epochs=4",
-    "data.tasks=[{name:click,kind:binary}]", "data.oracle={click:gt_click_prob}",
+    "data.num_users=2000",
+    "data.num_items=1000",
+    "data.num_impressions=200000",
+    "data.batch_size=2048",
+    "module.lr=0.003",
+    "trainer.max_epochs=4",
+    "data.tasks=[{name:click,kind:binary}]",
+    "data.oracle={click:gt_click_prob}",
 ]
 DOWNSAMPLE = "++data.negative_downsampling={task:click,rate:0.1}"
 QUIET = ["callbacks.progress_bar.refresh_rate=0"]
@@ -53,25 +58,56 @@ class Setting:
 
 
 PARTS = {
-    "synthetic": ("calibration_synthetic", ["click"], [
-        Setting("iso", "none", "isotonic", ["+exp=mmoe", "+calibration=isotonic", *WORLD]),
-        Setting("platt", "none", "Platt", ["+exp=mmoe", "+calibration=platt", *WORLD]),
-        Setting("ds_none", "negatives at w = 0.1", "none (correction only)", ["+exp=mmoe", DOWNSAMPLE, *WORLD]),
-        Setting("ds_iso", "negatives at w = 0.1", "correction + isotonic", ["+exp=mmoe", DOWNSAMPLE, "+calibration=isotonic", *WORLD]),
-        Setting("ds_platt", "negatives at w = 0.1", "correction + Platt", ["+exp=mmoe", DOWNSAMPLE, "+calibration=platt", *WORLD]),
-    ]),
-    "census": ("calibration_census", ["income", "never_married"], [
-        Setting("iso", "none", "isotonic", ["+exp=census_mmoe", "+calibration=isotonic"]),
-        Setting("platt", "none", "Platt", ["+exp=census_mmoe", "+calibration=platt"]),
-    ]),
+    "synthetic": (
+        "calibration_synthetic",
+        ["click"],
+        [
+            Setting("iso", "none", "isotonic", ["+exp=mmoe", "+calibration=isotonic", *WORLD]),
+            Setting("platt", "none", "Platt", ["+exp=mmoe", "+calibration=platt", *WORLD]),
+            Setting(
+                "ds_none",
+                "negatives at w = 0.1",
+                "none (correction only)",
+                ["+exp=mmoe", DOWNSAMPLE, *WORLD],
+            ),
+            Setting(
+                "ds_iso",
+                "negatives at w = 0.1",
+                "correction + isotonic",
+                ["+exp=mmoe", DOWNSAMPLE, "+calibration=isotonic", *WORLD],
+            ),
+            Setting(
+                "ds_platt",
+                "negatives at w = 0.1",
+                "correction + Platt",
+                ["+exp=mmoe", DOWNSAMPLE, "+calibration=platt", *WORLD],
+            ),
+        ],
+    ),
+    "census": (
+        "calibration_census",
+        ["income", "never_married"],
+        [
+            Setting("iso", "none", "isotonic", ["+exp=census_mmoe", "+calibration=isotonic"]),
+            Setting("platt", "none", "Platt", ["+exp=census_mmoe", "+calibration=platt"]),
+        ],
+    ),
 }
 
 
 def sweep(part: str, experiment: str, s: Setting) -> None:
     stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
     cmd = [
-        sys.executable, "-m", "recolab", "train", "-m", *s.overrides, *QUIET,
-        f"seed={','.join(map(str, SEEDS))}", f"experiment_name={experiment}", f"tags=[calibration,{part},{s.key}]",
+        sys.executable,
+        "-m",
+        "recolab",
+        "train",
+        "-m",
+        *s.overrides,
+        *QUIET,
+        f"seed={','.join(map(str, SEEDS))}",
+        f"experiment_name={experiment}",
+        f"tags=[calibration,{part},{s.key}]",
         # A literal sweep folder: the default interpolates ${hydra:runtime.cwd}, unresolved before jobs start.
         f"hydra.sweep.dir=outputs/multiruns/calibration-{part}-{s.key}-{stamp}",
     ]
@@ -91,14 +127,23 @@ def latest_runs(experiment: str, settings: list[Setting]) -> pd.DataFrame:
     client = MlflowClient(tracking_uri=tracking_uri(str(ROOT)))
     found = client.get_experiment_by_name(experiment)
     if found is None:
-        sys.exit(f"no MLflow experiment {experiment!r} at {tracking_uri(str(ROOT))}: run without --tables-only first")
+        sys.exit(
+            f"no MLflow experiment {experiment!r} at {tracking_uri(str(ROOT))}: run without --tables-only first"
+        )
     query = "attributes.status = 'FINISHED' and tags.`recolab.complete` = 'true' and tags.`recolab.kind` = 'train'"
     rows = []
     for r in client.search_runs([found.experiment_id], query, max_results=5000):
         tags = r.data.tags.get("recolab.tags", "").split(",")
         key = next((s.key for s in settings if s.key in tags), None)
         if key is not None and int(r.data.params.get("seed", -1)) in SEEDS:
-            rows.append({"setting": key, "seed": int(r.data.params["seed"]), "start": r.info.start_time, **r.data.metrics})
+            rows.append(
+                {
+                    "setting": key,
+                    "seed": int(r.data.params["seed"]),
+                    "start": r.info.start_time,
+                    **r.data.metrics,
+                }
+            )
     if not rows:
         sys.exit(f"no complete runs of the settings in experiment {experiment!r}")
     return pd.DataFrame(rows).sort_values("start").drop_duplicates(["setting", "seed"], keep="last")
@@ -117,8 +162,12 @@ def section(part: str) -> str:
     experiment, tasks, settings = PARTS[part]
     df = latest_runs(experiment, settings)
     metrics = [
-        ("ece_raw", "ECE before"), ("ece", "ECE after"), ("logloss_raw", "logloss before"),
-        ("logloss", "logloss after"), ("auc_raw", "AUC before"), ("auc", "AUC after"),
+        ("ece_raw", "ECE before"),
+        ("ece", "ECE after"),
+        ("logloss_raw", "logloss before"),
+        ("logloss", "logloss after"),
+        ("auc_raw", "AUC before"),
+        ("auc", "AUC after"),
     ]
     blocks = []
     for task in tasks:
@@ -126,10 +175,19 @@ def section(part: str) -> str:
         lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * len(metrics)]
         for s in settings:
             runs = df[df["setting"] == s.key]
-            cells = [cell(runs[f"test/{m}/{task}"]) if f"test/{m}/{task}" in runs else "-" for m, _ in metrics]
+            cells = [
+                cell(runs[f"test/{m}/{task}"]) if f"test/{m}/{task}" in runs else "-"
+                for m, _ in metrics
+            ]
             lines.append(f"| {s.downsampling} | {s.calibrator} | " + " | ".join(cells) + " |")
-        oracle = df.drop_duplicates("seed").get(f"oracle/ece/{task}")  # the same test rows for every setting
-        note = f"\n\nThe oracle (the world's true click probability) has ECE {cell(oracle)}." if oracle is not None else ""
+        oracle = df.drop_duplicates("seed").get(
+            f"oracle/ece/{task}"
+        )  # the same test rows for every setting
+        note = (
+            f"\n\nThe oracle (the world's true click probability) has ECE {cell(oracle)}."
+            if oracle is not None
+            else ""
+        )
         blocks.append(f"### {task}\n\n" + "\n".join(lines) + note)
     title = {
         "synthetic": f"## Synthetic world, click ({' '.join(w for w in WORLD if 'tasks' not in w and 'oracle' not in w)}; seeds {','.join(map(str, SEEDS))})",
@@ -139,10 +197,18 @@ def section(part: str) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--parts", nargs="+", choices=list(PARTS), default=list(PARTS))
-    ap.add_argument("--tables-only", action="store_true", help="only rebuild the tables from MLflow")
-    ap.add_argument("--settings", nargs="+", help="train only these setting keys (e.g. ds_platt); the tables show all")
+    ap.add_argument(
+        "--tables-only", action="store_true", help="only rebuild the tables from MLflow"
+    )
+    ap.add_argument(
+        "--settings",
+        nargs="+",
+        help="train only these setting keys (e.g. ds_platt); the tables show all",
+    )
     args = ap.parse_args()
     start = time.time()
     timings = {}
@@ -164,11 +230,15 @@ def main() -> None:
     took = ", ".join(f"{p} {s / 60:.1f} min" for p, s in timings.items()) or "tables only"
     text = (
         "# Calibration results\n\nWritten by `python experiments/calibration/run.py"
-        + (f" {' '.join(sys.argv[1:])}" if sys.argv[1:] else "") + f"` ({took}; {time.time() - start:.0f} s in all).\n"
+        + (f" {' '.join(sys.argv[1:])}" if sys.argv[1:] else "")
+        + f"` ({took}; {time.time() - start:.0f} s in all).\n"
         "Cells: mean +- sample standard deviation (number of seeds). `before`: the model's own test\n"
         "predictions; `after`: the calibration stage's (downsampling correction, then the calibrator fitted\n"
         "on the best checkpoint's validation predictions). ECE over 15 equal-mass bins.\n\n"
-        + "\n\n".join(f"<!-- part: {p} -->\n{sections[p]}\n<!-- end -->" for p in PARTS if p in sections) + "\n"
+        + "\n\n".join(
+            f"<!-- part: {p} -->\n{sections[p]}\n<!-- end -->" for p in PARTS if p in sections
+        )
+        + "\n"
     )
     out.write_text(text)
     print(text)

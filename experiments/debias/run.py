@@ -46,8 +46,12 @@ HERE = Path(__file__).resolve().parent
 #: The synthetic world of the position and duration parts: small enough for 2 CPU cores, with
 #: enough impressions per user (100) and item (200) for MMoE to learn relevance.
 WORLD = [
-    "data.num_users=2000", "data.num_items=1000", "data.num_impressions=200000",
-    "data.batch_size=2048", "module.lr=0.003", "trainer.max_epochs=4",
+    "data.num_users=2000",
+    "data.num_items=1000",
+    "data.num_impressions=200000",
+    "data.batch_size=2048",
+    "module.lr=0.003",
+    "trainer.max_epochs=4",
 ]
 QUIET = ["callbacks.progress_bar.refresh_rate=0"]
 
@@ -68,30 +72,64 @@ class Part:
 
 
 PARTS = {
-    "position": Part("debias_position", [1, 2, 3], [
-        Method("no_head", "no head", ["+exp=mmoe_position"]),
-        Method("pal", "PAL", ["+exp=mmoe_pal"]),
-        Method("shallow", "shallow tower", ["+exp=mmoe_shallow"]),
-    ], WORLD),
-    "open_bandit": Part("debias_open_bandit", [1, 2, 3, 4, 5], [
-        Method("no_head", "no head", ["+exp=openbandit_no_head"]),
-        Method("pal", "PAL", ["+exp=openbandit_pal"]),
-        Method("shallow", "shallow tower", ["+exp=openbandit_shallow"]),
-    ]),
-    "duration": Part("debias_duration", [1, 2, 3], [
-        Method("wt", "regression on watch time", ["+exp=watch_time_regression"]),
-        Method("log_wt", "regression on log watch time", ["+exp=watch_time_regression", "head=log_watch_time_regression"]),
-        Method("ratio", "regression on watch ratio", ["+exp=watch_time_regression", "head=watch_ratio_regression"]),
-        Method("d2q", "D2Q", ["+exp=d2q"]),
-        Method("res_d2q", "Res-D2Q", ["+exp=res_d2q"]),
-    ], WORLD),
-    "kuairand": Part("debias_kuairand", [1, 2, 3], [
-        Method("wt", "regression on watch time", ["+exp=kuairand_watch_time_regression"]),
-        Method("log_wt", "regression on log watch time", ["+exp=kuairand_watch_time_regression", "head=log_watch_time_regression"]),
-        Method("ratio", "regression on watch ratio", ["+exp=kuairand_watch_time_regression", "head=watch_ratio_regression"]),
-        Method("d2q", "D2Q", ["+exp=kuairand_d2q"]),
-        Method("res_d2q", "Res-D2Q", ["+exp=kuairand_res_d2q"]),
-    ]),
+    "position": Part(
+        "debias_position",
+        [1, 2, 3],
+        [
+            Method("no_head", "no head", ["+exp=mmoe_position"]),
+            Method("pal", "PAL", ["+exp=mmoe_pal"]),
+            Method("shallow", "shallow tower", ["+exp=mmoe_shallow"]),
+        ],
+        WORLD,
+    ),
+    "open_bandit": Part(
+        "debias_open_bandit",
+        [1, 2, 3, 4, 5],
+        [
+            Method("no_head", "no head", ["+exp=openbandit_no_head"]),
+            Method("pal", "PAL", ["+exp=openbandit_pal"]),
+            Method("shallow", "shallow tower", ["+exp=openbandit_shallow"]),
+        ],
+    ),
+    "duration": Part(
+        "debias_duration",
+        [1, 2, 3],
+        [
+            Method("wt", "regression on watch time", ["+exp=watch_time_regression"]),
+            Method(
+                "log_wt",
+                "regression on log watch time",
+                ["+exp=watch_time_regression", "head=log_watch_time_regression"],
+            ),
+            Method(
+                "ratio",
+                "regression on watch ratio",
+                ["+exp=watch_time_regression", "head=watch_ratio_regression"],
+            ),
+            Method("d2q", "D2Q", ["+exp=d2q"]),
+            Method("res_d2q", "Res-D2Q", ["+exp=res_d2q"]),
+        ],
+        WORLD,
+    ),
+    "kuairand": Part(
+        "debias_kuairand",
+        [1, 2, 3],
+        [
+            Method("wt", "regression on watch time", ["+exp=kuairand_watch_time_regression"]),
+            Method(
+                "log_wt",
+                "regression on log watch time",
+                ["+exp=kuairand_watch_time_regression", "head=log_watch_time_regression"],
+            ),
+            Method(
+                "ratio",
+                "regression on watch ratio",
+                ["+exp=kuairand_watch_time_regression", "head=watch_ratio_regression"],
+            ),
+            Method("d2q", "D2Q", ["+exp=kuairand_d2q"]),
+            Method("res_d2q", "Res-D2Q", ["+exp=kuairand_res_d2q"]),
+        ],
+    ),
 }
 
 
@@ -99,8 +137,16 @@ def sweep(part: str, spec: Part, method: Method) -> None:
     """One `python -m recolab train -m` sweep over the part's seeds; its log goes to outputs/debias/."""
     stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
     cmd = [
-        sys.executable, "-m", "recolab", "train", "-m", *method.overrides, *spec.common, *QUIET,
-        f"seed={','.join(map(str, spec.seeds))}", f"experiment_name={spec.experiment}",
+        sys.executable,
+        "-m",
+        "recolab",
+        "train",
+        "-m",
+        *method.overrides,
+        *spec.common,
+        *QUIET,
+        f"seed={','.join(map(str, spec.seeds))}",
+        f"experiment_name={spec.experiment}",
         f"tags=[debias,{part},{method.key}]",
         # A literal sweep folder: the default interpolates ${hydra:runtime.cwd}, unresolved before jobs start.
         f"hydra.sweep.dir=outputs/multiruns/debias-{part}-{method.key}-{stamp}",
@@ -122,14 +168,24 @@ def latest_runs(spec: Part) -> tuple[pd.DataFrame, MlflowClient]:
     client = MlflowClient(tracking_uri=tracking_uri(str(ROOT)))
     found = client.get_experiment_by_name(spec.experiment)
     if found is None:
-        sys.exit(f"no MLflow experiment {spec.experiment!r} at {tracking_uri(str(ROOT))}: run without --tables-only first")
+        sys.exit(
+            f"no MLflow experiment {spec.experiment!r} at {tracking_uri(str(ROOT))}: run without --tables-only first"
+        )
     query = "attributes.status = 'FINISHED' and tags.`recolab.complete` = 'true' and tags.`recolab.kind` = 'train'"
     rows = []
     for r in client.search_runs([found.experiment_id], query, max_results=5000):
         tags = r.data.tags.get("recolab.tags", "").split(",")
         key = next((m.key for m in spec.methods if m.key in tags), None)
         if key is not None and int(r.data.params.get("seed", -1)) in spec.seeds:
-            rows.append({"method": key, "seed": int(r.data.params["seed"]), "start": r.info.start_time, "run_id": r.info.run_id, **r.data.metrics})
+            rows.append(
+                {
+                    "method": key,
+                    "seed": int(r.data.params["seed"]),
+                    "start": r.info.start_time,
+                    "run_id": r.info.run_id,
+                    **r.data.metrics,
+                }
+            )
     if not rows:
         sys.exit(f"no complete runs of the methods in experiment {spec.experiment!r}")
     df = pd.DataFrame(rows).sort_values("start").drop_duplicates(["method", "seed"], keep="last")
@@ -150,7 +206,11 @@ def table(spec: Part, df: pd.DataFrame, columns: dict[str, str]) -> str:
     lines = ["| method | " + " | ".join(columns.values()) + " |", "|---|" + "---:|" * len(columns)]
     for m in spec.methods:
         runs = df[df["method"] == m.key]
-        lines.append(f"| {m.label} | " + " | ".join(cell(runs[c]) if c in runs else "-" for c in columns) + " |")
+        lines.append(
+            f"| {m.label} | "
+            + " | ".join(cell(runs[c]) if c in runs else "-" for c in columns)
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -180,8 +240,19 @@ def position_curves(spec: Part, df: pd.DataFrame, client: MlflowClient) -> str:
     labels = {m.key: m.label for m in spec.methods}
     for key, values in curves.items():
         v = np.asarray(values)
-        ax.errorbar(positions, v.mean(0), yerr=v.std(0, ddof=1) if len(v) > 1 else None, fmt="s--", capsize=3, label=f"{labels[key]} (learned, {len(v)} seeds)")
-    ax.set(xlabel="display position", ylabel="relative to position 1", title="position effect: learned vs true")
+        ax.errorbar(
+            positions,
+            v.mean(0),
+            yerr=v.std(0, ddof=1) if len(v) > 1 else None,
+            fmt="s--",
+            capsize=3,
+            label=f"{labels[key]} (learned, {len(v)} seeds)",
+        )
+    ax.set(
+        xlabel="display position",
+        ylabel="relative to position 1",
+        title="position effect: learned vs true",
+    )
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(HERE / "position_curve.png", dpi=110)
@@ -189,11 +260,17 @@ def position_curves(spec: Part, df: pd.DataFrame, client: MlflowClient) -> str:
     head = ["position", "true", *(f"{labels[k]} (learned)" for k in curves)]
     lines = ["| " + " | ".join(head) + " |", "|---:|" + "---:|" * (len(head) - 1)]
     for i, p in enumerate(positions):
-        lines.append(f"| {p} | {truth[i]:.3f} | " + " | ".join(cell(np.asarray(v)[:, i]) for v in curves.values()) + " |")
+        lines.append(
+            f"| {p} | {truth[i]:.3f} | "
+            + " | ".join(cell(np.asarray(v)[:, i]) for v in curves.values())
+            + " |"
+        )
     return "\n".join(lines)
 
 
-def served_zeros(spec: Part, df: pd.DataFrame, client: MlflowClient, keys: tuple[str, ...] = ("d2q", "res_d2q")) -> str:
+def served_zeros(
+    spec: Part, df: pd.DataFrame, client: MlflowClient, keys: tuple[str, ...] = ("d2q", "res_d2q")
+) -> str:
     """For the D2Q runs: the share of test rows with zero watch time, and of served predictions that are 0.
 
     Rebuilds each run's best checkpoint as `recolab evaluate` does and predicts the test split.
@@ -205,7 +282,10 @@ def served_zeros(spec: Part, df: pd.DataFrame, client: MlflowClient, keys: tuple
     from recolab.evaluate import load_checkpoint
     from recolab.train import build
 
-    lines = ["| method | seed | duration groups used | test rows with watch time 0 | served predictions equal to 0 |", "|---|---:|---:|---:|---:|"]
+    lines = [
+        "| method | seed | duration groups used | test rows with watch time 0 | served predictions equal to 0 |",
+        "|---|---:|---:|---:|---:|",
+    ]
     labels = {m.key: m.label for m in spec.methods}
     for row in df[df["method"].isin(keys)].sort_values(["method", "seed"]).itertuples():
         out_dir = Path(client.get_run(row.run_id).data.tags["recolab.output_dir"])
@@ -222,10 +302,14 @@ def served_zeros(spec: Part, df: pd.DataFrame, client: MlflowClient, keys: tuple
         module.eval()
         test = dm.data["test"]
         with torch.no_grad():
-            pred = module.heads["watch_time"].predict(module(test["features"])["watch_time"], test["meta"])
+            pred = module.heads["watch_time"].predict(
+                module(test["features"])["watch_time"], test["meta"]
+            )
         y = test["labels"]["watch_time"]
         used = int(module.heads["watch_time"].groups_used)
-        lines.append(f"| {labels[row.method]} | {row.seed} | {used} | {float((y == 0).float().mean()):.3f} | {float((pred == 0).float().mean()):.3f} |")
+        lines.append(
+            f"| {labels[row.method]} | {row.seed} | {used} | {float((y == 0).float().mean()):.3f} | {float((pred == 0).float().mean()):.3f} |"
+        )
     return "\n".join(lines)
 
 
@@ -239,10 +323,17 @@ def section(part: str) -> str:
             "Relevance recovered: `truth_xauc` is the XAUC of the served click score against the world's\n"
             "`gt_relevance` (the share of test-row pairs with different relevance that the score orders the same\n"
             "way); `truth_xgauc` the same within each user. AUC and GAUC are against the logged clicks.\n\n"
-            + table(spec, df, {
-                "test/truth_xauc/click": "truth XAUC (relevance)", "test/truth_xgauc/click": "truth XGAUC (relevance)",
-                "test/auc/click": "click AUC", "test/gauc/click": "click GAUC", "test/logloss/click": "click logloss",
-            })
+            + table(
+                spec,
+                df,
+                {
+                    "test/truth_xauc/click": "truth XAUC (relevance)",
+                    "test/truth_xgauc/click": "truth XGAUC (relevance)",
+                    "test/auc/click": "click AUC",
+                    "test/gauc/click": "click GAUC",
+                    "test/logloss/click": "click logloss",
+                },
+            )
             + "\n\nThe position effect each head learned, relative to position 1 (PAL: p(seen | position);\n"
             "shallow tower: exp(bias_p - bias_1), the click-odds ratio), next to the world's examination curve\n"
             "`position ** -0.8` (`position_curve.png`):\n\n" + position_curves(spec, df, client)
@@ -250,7 +341,15 @@ def section(part: str) -> str:
     elif part == "open_bandit":
         text = (
             f"## Position bias, Open Bandit (trained on the bts log, tested on the random log; seeds {seeds})\n\n"
-            + table(spec, df, {"test/auc/click": "AUC (random log)", "test/logloss/click": "logloss (random log)", "val/auc/click": "AUC (bts validation)"})
+            + table(
+                spec,
+                df,
+                {
+                    "test/auc/click": "AUC (random log)",
+                    "test/logloss/click": "logloss (random log)",
+                    "val/auc/click": "AUC (bts validation)",
+                },
+            )
         )
     elif part == "duration":
         text = (
@@ -259,27 +358,45 @@ def section(part: str) -> str:
             "`truth XAUC` of the method's duration-free score against `gt_interest` (the world's interest without\n"
             "duration bias): the predicted quantile for D2Q (Res-D2Q: without its duration term), the implied watch\n"
             "ratio (prediction / duration) for the regressions.\n\n"
-            + table(spec, df, {
-                "test/xauc/watch_time": "XAUC", "test/xgauc/watch_time": "XGAUC", "test/mae/watch_time": "MAE (s)",
-                "test/truth_xauc/watch_time": "truth XAUC (interest)", "oracle/xauc/watch_time": "oracle XAUC",
-            })
+            + table(
+                spec,
+                df,
+                {
+                    "test/xauc/watch_time": "XAUC",
+                    "test/xgauc/watch_time": "XGAUC",
+                    "test/mae/watch_time": "MAE (s)",
+                    "test/truth_xauc/watch_time": "truth XAUC (interest)",
+                    "oracle/xauc/watch_time": "oracle XAUC",
+                },
+            )
             + "\n\nD2Q serves a watch time through its duration group's quantile function, which is flat at 0 over\n"
             "the share of impressions never watched (the world's unexamined ones); the best checkpoints, predicting\n"
             "the test split again:\n\n" + served_zeros(spec, df, client)
         )
     else:
-        text = (
-            f"## Duration bias, KuaiRand-27K liked-or-hated subset (seeds {seeds})\n\n"
-            + table(spec, df, {"test/xauc/watch_time": "XAUC", "test/xgauc/watch_time": "XGAUC", "test/mae/watch_time": "MAE (s)"})
+        text = f"## Duration bias, KuaiRand-27K liked-or-hated subset (seeds {seeds})\n\n" + table(
+            spec,
+            df,
+            {
+                "test/xauc/watch_time": "XAUC",
+                "test/xgauc/watch_time": "XGAUC",
+                "test/mae/watch_time": "MAE (s)",
+            },
         )
     return text
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--parts", nargs="+", choices=list(PARTS), default=list(PARTS))
-    ap.add_argument("--tables-only", action="store_true", help="only rebuild the tables from MLflow")
-    ap.add_argument("--methods", nargs="+", help="train only these method keys (e.g. pal); the tables show all")
+    ap.add_argument(
+        "--tables-only", action="store_true", help="only rebuild the tables from MLflow"
+    )
+    ap.add_argument(
+        "--methods", nargs="+", help="train only these method keys (e.g. pal); the tables show all"
+    )
     args = ap.parse_args()
     start = time.time()
     timings = {}
@@ -301,9 +418,13 @@ def main() -> None:
     took = ", ".join(f"{p} {s / 60:.1f} min" for p, s in timings.items()) or "tables only"
     text = (
         "# Debiasing results\n\nWritten by `python experiments/debias/run.py"
-        + (f" {' '.join(sys.argv[1:])}" if sys.argv[1:] else "") + f"` ({took}; {time.time() - start:.0f} s in all).\n"
+        + (f" {' '.join(sys.argv[1:])}" if sys.argv[1:] else "")
+        + f"` ({took}; {time.time() - start:.0f} s in all).\n"
         "Cells: mean +- sample standard deviation (number of seeds).\n\n"
-        + "\n\n".join(f"<!-- part: {p} -->\n{sections[p]}\n<!-- end -->" for p in PARTS if p in sections) + "\n"
+        + "\n\n".join(
+            f"<!-- part: {p} -->\n{sections[p]}\n<!-- end -->" for p in PARTS if p in sections
+        )
+        + "\n"
     )
     out.write_text(text)
     print(text)

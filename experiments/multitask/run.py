@@ -42,7 +42,13 @@ ROOT = Path(__file__).resolve().parents[2]
 OUT = Path(__file__).resolve().parent / "results.md"
 
 CENSUS_EXPERIMENT = "multitask_census"
-CENSUS_EXPS = ["census_single_task", "census_shared_bottom", "census_mmoe", "census_cgc", "census_ple"]
+CENSUS_EXPS = [
+    "census_single_task",
+    "census_shared_bottom",
+    "census_mmoe",
+    "census_cgc",
+    "census_ple",
+]
 CENSUS_SEEDS = [1, 2, 3, 4, 5]
 CENSUS_TASKS = {"income": "income > 50K", "never_married": "never married"}
 
@@ -59,11 +65,29 @@ WORLD = {
     "data.latent_dim": 4,
     "data.examination_power": 0.0,
 }
-TWO_TASKS = ["data.tasks=[{name:click,kind:binary},{name:like,kind:binary}]", "data.oracle={click:gt_click_prob,like:gt_like_prob}"]
-TRAINING = ["data.drop_bad_rows=true", "data.batch_size=1024", "module.lr=0.005", "trainer.max_epochs=6", *TWO_TASKS]
+TWO_TASKS = [
+    "data.tasks=[{name:click,kind:binary},{name:like,kind:binary}]",
+    "data.oracle={click:gt_click_prob,like:gt_like_prob}",
+]
+TRAINING = [
+    "data.drop_bad_rows=true",
+    "data.batch_size=1024",
+    "module.lr=0.005",
+    "trainer.max_epochs=6",
+    *TWO_TASKS,
+]
 SYNTHETIC_MODELS = {
-    "shared_bottom": ["model.embedding_dim=16", "model.bottom_dims=[128,64]", "model.tower_dims=[32]"],
-    "mmoe": ["model.embedding_dim=16", "model.num_experts=4", "model.expert_dims=[64,32]", "model.tower_dims=[32]"],
+    "shared_bottom": [
+        "model.embedding_dim=16",
+        "model.bottom_dims=[128,64]",
+        "model.tower_dims=[32]",
+    ],
+    "mmoe": [
+        "model.embedding_dim=16",
+        "model.num_experts=4",
+        "model.expert_dims=[64,32]",
+        "model.tower_dims=[32]",
+    ],
 }
 QUIET = ["callbacks.progress_bar.refresh_rate=0"]
 
@@ -79,7 +103,9 @@ def start(args: list[str], log_name: str) -> tuple[subprocess.Popen, Path]:
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     print("$", " ".join(cmd), f"> {log_path.relative_to(ROOT)}", flush=True)
     with open(log_path, "w") as log:
-        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log_path
+        return subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+        ), log_path
 
 
 def batch_run_name(batch: str) -> str:
@@ -100,8 +126,12 @@ def census_sweeps(seeds: list[int], batch: str, done: set[tuple]) -> list[tuple[
     missing = {exp: [s for s in seeds if (exp, str(s)) not in done] for exp in CENSUS_EXPS}
     return [
         (
-            [f"+exp={','.join(exps)}", f"seed={','.join(map(str, todo))}", f"experiment_name={CENSUS_EXPERIMENT}",
-             batch_run_name(batch)],
+            [
+                f"+exp={','.join(exps)}",
+                f"seed={','.join(map(str, todo))}",
+                f"experiment_name={CENSUS_EXPERIMENT}",
+                batch_run_name(batch),
+            ],
             f"census-{n}",
         )
         for n, (exps, todo) in enumerate(group_seeds(missing))
@@ -114,12 +144,20 @@ def synthetic_sweeps(
     """Sweeps per model (their `model.*` keys differ), run one after the other."""
     sweeps = []
     for model, overrides in SYNTHETIC_MODELS.items():
-        missing = {f"{c:g}": [s for s in seeds if (model, f"{c:g}", str(s)) not in done] for c in correlations}
+        missing = {
+            f"{c:g}": [s for s in seeds if (model, f"{c:g}", str(s)) not in done]
+            for c in correlations
+        }
         for n, (corrs, todo) in enumerate(group_seeds(missing)):
             args = [
-                f"+exp={model}", f"data.task_correlation={','.join(corrs)}", f"seed={','.join(map(str, todo))}",
-                f"experiment_name={SYNTHETIC_EXPERIMENT}", batch_run_name(batch),
-                *(f"{k}={v}" for k, v in WORLD.items()), *TRAINING, *overrides,
+                f"+exp={model}",
+                f"data.task_correlation={','.join(corrs)}",
+                f"seed={','.join(map(str, todo))}",
+                f"experiment_name={SYNTHETIC_EXPERIMENT}",
+                batch_run_name(batch),
+                *(f"{k}={v}" for k, v in WORLD.items()),
+                *TRAINING,
+                *overrides,
             ]
             sweeps.append((args, f"synthetic-{model}-{n}"))
     return sweeps
@@ -137,8 +175,11 @@ def complete_runs(experiment: str, batch: str | None = None) -> pd.DataFrame:
     runs = client.search_runs([found.experiment_id], query, max_results=5000)
     rows = [
         {
-            "exp": r.data.tags.get("recolab.exp"), "start": r.info.start_time,
-            "batch": r.info.run_name.rsplit("-mt", 1)[-1], **r.data.params, **r.data.metrics,
+            "exp": r.data.tags.get("recolab.exp"),
+            "start": r.info.start_time,
+            "batch": r.info.run_name.rsplit("-mt", 1)[-1],
+            **r.data.params,
+            **r.data.metrics,
         }
         for r in runs
     ]
@@ -150,7 +191,9 @@ def latest_batch() -> str:
     """The batch of the latest complete multi-task run."""
     runs = pd.concat([complete_runs(e) for e in (CENSUS_EXPERIMENT, SYNTHETIC_EXPERIMENT)])
     if runs.empty:
-        sys.exit(f"no multi-task runs at {tracking_uri(str(ROOT))}: run without --tables-only first")
+        sys.exit(
+            f"no multi-task runs at {tracking_uri(str(ROOT))}: run without --tables-only first"
+        )
     return str(runs.sort_values("start")["batch"].iloc[-1])
 
 
@@ -159,7 +202,9 @@ def done_runs(batch: str) -> tuple[set[tuple], set[tuple]]:
     census = complete_runs(CENSUS_EXPERIMENT, batch)
     synthetic = complete_runs(SYNTHETIC_EXPERIMENT, batch)
     corr = [f"{float(c):g}" for c in synthetic.get("data.task_correlation", [])]
-    return set(zip(census["exp"], census["seed"])), set(zip(synthetic["exp"], corr, synthetic["seed"]))
+    return set(zip(census["exp"], census["seed"])), set(
+        zip(synthetic["exp"], corr, synthetic["seed"])
+    )
 
 
 def one_per_seed(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -179,11 +224,17 @@ def cell(values: pd.Series) -> str:
 def census_table(seeds: list[int], batch: str) -> str:
     df = one_per_seed(complete_runs(CENSUS_EXPERIMENT, batch), [])
     df = df[df["exp"].isin(CENSUS_EXPS) & df["seed"].isin([str(s) for s in seeds])]
-    head = ["model", *(f"AUC {name}" for name in CENSUS_TASKS.values()), *(f"logloss {name}" for name in CENSUS_TASKS.values())]
+    head = [
+        "model",
+        *(f"AUC {name}" for name in CENSUS_TASKS.values()),
+        *(f"logloss {name}" for name in CENSUS_TASKS.values()),
+    ]
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     for exp in CENSUS_EXPS:
         runs = df[df["exp"] == exp]
-        cells = [cell(metric(runs, f"test/{m}/{t}")) for m in ("auc", "logloss") for t in CENSUS_TASKS]
+        cells = [
+            cell(metric(runs, f"test/{m}/{t}")) for m in ("auc", "logloss") for t in CENSUS_TASKS
+        ]
         lines.append("| " + " | ".join([exp.removeprefix("census_"), *cells]) + " |")
     return "\n".join(lines)
 
@@ -206,7 +257,12 @@ def world_reference(correlation: float) -> tuple[float, float]:
     (`gt_relevance`; what a model gets that knows click relevance exactly and nothing specific
     to like), and the Pearson correlation of the click and like labels."""
     cfg = OmegaConf.load(ROOT / "configs" / "data" / "synthetic_video.yaml")
-    cfg.cache_dir, cfg.seed, cfg.task_correlation, cfg.drop_bad_rows = str(ROOT / "data" / "synthetic"), 0, correlation, True
+    cfg.cache_dir, cfg.seed, cfg.task_correlation, cfg.drop_bad_rows = (
+        str(ROOT / "data" / "synthetic"),
+        0,
+        correlation,
+        True,
+    )
     for key, value in WORLD.items():
         cfg[key.removeprefix("data.")] = value
     cfg.tasks = [{"name": "click"}, {"name": "like"}]
@@ -226,8 +282,16 @@ def synthetic_table(seeds: list[int], correlations: list[float], batch: str) -> 
     df = df[df["seed"].isin([str(s) for s in seeds]) & two_tasks]
     corr = df["data.task_correlation"].astype(float)
     head = [
-        "task correlation", "label correlation click-like", "shared-bottom AUC click", "MMoE AUC click", "shared-bottom AUC like", "MMoE AUC like",
-        "gap like (MMoE - SB)", "gap click (MMoE - SB)", "like AUC of gt_relevance", "oracle AUC like",
+        "task correlation",
+        "label correlation click-like",
+        "shared-bottom AUC click",
+        "MMoE AUC click",
+        "shared-bottom AUC like",
+        "MMoE AUC like",
+        "gap like (MMoE - SB)",
+        "gap click (MMoE - SB)",
+        "like AUC of gt_relevance",
+        "oracle AUC like",
     ]
     lines = ["| " + " | ".join(head) + " |", "|---:|" + "---:|" * (len(head) - 1)]
     for c in correlations:
@@ -236,10 +300,18 @@ def synthetic_table(seeds: list[int], correlations: list[float], batch: str) -> 
 
         relevance_only, label_corr = world_reference(c)
         row = [
-            f"{c:g}", f"{label_corr:.3f}", cell(metric(sb, "test/auc/click")), cell(metric(mm, "test/auc/click")),
-            cell(metric(sb, "test/auc/like")), cell(metric(mm, "test/auc/like")),
-            gap(mm, sb, "test/auc/like"), gap(mm, sb, "test/auc/click"), f"{relevance_only:.4f}",
-            f"{metric(at, 'oracle/auc/like').iloc[0]:.4f}" if len(metric(at, "oracle/auc/like")) else "-",
+            f"{c:g}",
+            f"{label_corr:.3f}",
+            cell(metric(sb, "test/auc/click")),
+            cell(metric(mm, "test/auc/click")),
+            cell(metric(sb, "test/auc/like")),
+            cell(metric(mm, "test/auc/like")),
+            gap(mm, sb, "test/auc/like"),
+            gap(mm, sb, "test/auc/click"),
+            f"{relevance_only:.4f}",
+            f"{metric(at, 'oracle/auc/like').iloc[0]:.4f}"
+            if len(metric(at, "oracle/auc/like"))
+            else "-",
         ]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
@@ -269,10 +341,20 @@ def run_lanes(lanes: list[list[tuple[list[str], str]]]) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--batch", help="resume (or, with --tables-only, tabulate) this batch; default: a new one")
-    ap.add_argument("--tables-only", action="store_true", help="only rebuild the tables (default: the latest batch)")
-    ap.add_argument("--only", choices=["census", "synthetic"], help="train (and tabulate) one part only")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--batch", help="resume (or, with --tables-only, tabulate) this batch; default: a new one"
+    )
+    ap.add_argument(
+        "--tables-only",
+        action="store_true",
+        help="only rebuild the tables (default: the latest batch)",
+    )
+    ap.add_argument(
+        "--only", choices=["census", "synthetic"], help="train (and tabulate) one part only"
+    )
     ap.add_argument("--census-seeds", default=",".join(map(str, CENSUS_SEEDS)))
     ap.add_argument("--synthetic-seeds", default=",".join(map(str, SYNTHETIC_SEEDS)))
     ap.add_argument("--correlations", default=",".join(map(str, CORRELATIONS)))
@@ -287,14 +369,24 @@ def main() -> None:
     else:
         batch = args.batch or time.strftime("%Y%m%d-%H%M%S")
         census_done, synthetic_done = done_runs(batch)
-        print(f"batch {batch}: {len(census_done)} census and {len(synthetic_done)} synthetic runs already complete", flush=True)
-        run_lanes([
-            census_sweeps(census_seeds, batch, census_done) if "census" in parts else [],
-            synthetic_sweeps(synthetic_seeds, correlations, batch, synthetic_done) if "synthetic" in parts else [],
-        ])
+        print(
+            f"batch {batch}: {len(census_done)} census and {len(synthetic_done)} synthetic runs already complete",
+            flush=True,
+        )
+        run_lanes(
+            [
+                census_sweeps(census_seeds, batch, census_done) if "census" in parts else [],
+                synthetic_sweeps(synthetic_seeds, correlations, batch, synthetic_done)
+                if "synthetic" in parts
+                else [],
+            ]
+        )
     sections = []
     if "census" in parts:
-        sections.append("## Census-Income (KDD): test AUC and logloss, mean +- std (seeds)\n\n" + census_table(census_seeds, batch))
+        sections.append(
+            "## Census-Income (KDD): test AUC and logloss, mean +- std (seeds)\n\n"
+            + census_table(census_seeds, batch)
+        )
     if "synthetic" in parts:
         world = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in WORLD.items())
         sections.append(
@@ -303,7 +395,9 @@ def main() -> None:
         )
     took = f"{time.time() - start_time:.0f} s" + (", tables only" if args.tables_only else "")
     text = "# Multi-task results\n\nWritten by `python experiments/multitask/run.py"
-    text += (" " + " ".join(sys.argv[1:]) if sys.argv[1:] else "") + f"` (batch {batch}; {took}).\n\n"
+    text += (
+        " " + " ".join(sys.argv[1:]) if sys.argv[1:] else ""
+    ) + f"` (batch {batch}; {took}).\n\n"
     text += "\n\n".join(sections) + "\n"
     OUT.write_text(text)
     print(text)

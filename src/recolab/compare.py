@@ -31,7 +31,9 @@ def fetch_runs(cfg: DictConfig) -> list[RunRecord]:
     else:
         experiment = client.get_experiment_by_name(cfg.experiment_name)
         if experiment is None:
-            raise ValueError(f"experiment_name={cfg.experiment_name!r}: no such MLflow experiment at {cfg.tracking_uri}")
+            raise ValueError(
+                f"experiment_name={cfg.experiment_name!r}: no such MLflow experiment at {cfg.tracking_uri}"
+            )
         clauses = ["attributes.status = 'FINISHED'", "tags.`recolab.complete` = 'true'"]
         if cfg.kind:
             clauses.append(f"tags.`recolab.kind` = '{cfg.kind}'")
@@ -46,14 +48,21 @@ def fetch_runs(cfg: DictConfig) -> list[RunRecord]:
                 [experiment.experiment_id], " and ".join(clauses + extra), max_results=cfg.max_runs
             )
         ]
-    return [RunRecord(r.info.run_id, r.info.run_name, dict(r.data.params), dict(r.data.metrics)) for r in found]
+    return [
+        RunRecord(r.info.run_id, r.info.run_name, dict(r.data.params), dict(r.data.metrics))
+        for r in found
+    ]
 
 
 def compare(cfg: DictConfig) -> list:
     tracking.check_reachable(cfg.tracking_uri)
     runs = fetch_runs(cfg)
-    table = comparison_table(runs, metric_patterns=list(cfg.metrics), seed_keys=tuple(cfg.seed_keys))
-    source = f"{cfg.tracking_uri}, experiment {cfg.experiment_name!r}" + (f", filter {cfg.filter}" if cfg.filter else "")
+    table = comparison_table(
+        runs, metric_patterns=list(cfg.metrics), seed_keys=tuple(cfg.seed_keys)
+    )
+    source = f"{cfg.tracking_uri}, experiment {cfg.experiment_name!r}" + (
+        f", filter {cfg.filter}" if cfg.filter else ""
+    )
     paths = write_comparison(table, cfg.out_dir, title=cfg.title, source=source)
     print((paths[0]).read_text())
     print("written:", *map(str, paths))

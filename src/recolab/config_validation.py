@@ -73,6 +73,7 @@ def between(low: float, high: float, *, high_open: bool = False) -> Rule:
     def rule(v: Any) -> str | None:
         ok = not _number(v) or (low <= v < high if high_open else low <= v <= high)
         return None if ok else f"a number in [{low}, {high}{')' if high_open else ']'}"
+
     return rule
 
 
@@ -82,11 +83,16 @@ def each(rule: Rule) -> Rule:
             return None
         bad = [x for x in v if rule(x)]
         return f"every element {rule(bad[0])}" if bad else None
+
     return check
 
 
 def epochs(v: Any) -> str | None:
-    return None if v is None or not _number(v) or v == -1 or v >= 1 else "an integer >= 1 (or -1: no limit)"
+    return (
+        None
+        if v is None or not _number(v) or v == -1 or v >= 1
+        else "an integer >= 1 (or -1: no limit)"
+    )
 
 
 def fractions(v: Any) -> str | None:
@@ -105,7 +111,11 @@ def split(v: Any) -> tuple[str, Any, str] | None:
     if kind not in ("time", "random", "column"):
         return "kind", kind, "one of 'time', 'random', 'column'"
     if kind == "column" and not v.get("column"):
-        return "column", v.get("column"), "the column holding train/val/test (split.kind is 'column')"
+        return (
+            "column",
+            v.get("column"),
+            "the column holding train/val/test (split.kind is 'column')",
+        )
     if kind != "column" and (problem := fractions(v.get("fractions"))):
         return "fractions", v.get("fractions"), problem
     return None
@@ -181,7 +191,9 @@ def accepted_parameters(target: Any) -> tuple[dict[str, tuple[inspect.Parameter,
         if cls is object or "__init__" not in vars(cls):
             continue
         fn = inspect.unwrap(vars(cls)["__init__"])
-        params = {n: (p, _hint(fn, p)) for n, p in inspect.signature(fn).parameters.items() if n != "self"}
+        params = {
+            n: (p, _hint(fn, p)) for n, p in inspect.signature(fn).parameters.items() if n != "self"
+        }
         for name, value in _named(params).items():
             out.setdefault(name, value)
         extra = KWARGS_DATACLASSES.get(f"{cls.__module__}.{cls.__qualname__}")
@@ -189,14 +201,23 @@ def accepted_parameters(target: Any) -> tuple[dict[str, tuple[inspect.Parameter,
             fields = _locate(extra)
             hints = typing.get_type_hints(fields)
             for name in fields.__dataclass_fields__:
-                out.setdefault(name, (inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY), hints.get(name, Any)))
+                out.setdefault(
+                    name,
+                    (inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY), hints.get(name, Any)),
+                )
         if not any(p.kind is p.VAR_KEYWORD for p, _ in params.values()):
             return out, False
     return out, True
 
 
-def _named(params: dict[str, tuple[inspect.Parameter, Any]]) -> dict[str, tuple[inspect.Parameter, Any]]:
-    return {n: v for n, v in params.items() if v[0].kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)}
+def _named(
+    params: dict[str, tuple[inspect.Parameter, Any]],
+) -> dict[str, tuple[inspect.Parameter, Any]]:
+    return {
+        n: v
+        for n, v in params.items()
+        if v[0].kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
+    }
 
 
 def _hint(fn: Any, param: inspect.Parameter) -> Any:
@@ -238,8 +259,15 @@ def matches(value: Any, hint: Any) -> bool:
         return _number(value)
     if hint is str:
         return isinstance(value, str)
-    if origin in (list, tuple, set, frozenset, collections.abc.Sequence, collections.abc.Iterable,
-                  collections.abc.Collection) or hint in (list, tuple):
+    if origin in (
+        list,
+        tuple,
+        set,
+        frozenset,
+        collections.abc.Sequence,
+        collections.abc.Iterable,
+        collections.abc.Collection,
+    ) or hint in (list, tuple):
         if not isinstance(value, (list, tuple)):
             return False
         if origin is tuple and args and args[-1] is not Ellipsis:
@@ -248,7 +276,11 @@ def matches(value: Any, hint: Any) -> bool:
     if origin in (dict, collections.abc.Mapping, collections.abc.MutableMapping) or hint is dict:
         if not isinstance(value, dict):
             return False
-        return all(matches(k, args[0]) and matches(v, args[1]) for k, v in value.items()) if args else True
+        return (
+            all(matches(k, args[0]) and matches(v, args[1]) for k, v in value.items())
+            if args
+            else True
+        )
     if isinstance(hint, type) and hint in (list, dict, tuple):
         return isinstance(value, hint)
     return True
@@ -272,14 +304,20 @@ def describe(hint: Any) -> str:
 
 
 def _type_name(value: Any) -> str:
-    return {dict: "a mapping", list: "a list", tuple: "a list", type(None): "null"}.get(type(value), type(value).__name__)
+    return {dict: "a mapping", list: "a list", tuple: "a list", type(None): "null"}.get(
+        type(value), type(value).__name__
+    )
 
 
 # -- walking the config --------------------------------------------------------------------------
 
 
 def _plain(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, (DictConfig, ListConfig)) else node
+    return (
+        OmegaConf.to_container(node, resolve=True)
+        if isinstance(node, (DictConfig, ListConfig))
+        else node
+    )
 
 
 def _suggest(name: str, choices: Iterable[str]) -> str:
@@ -299,7 +337,9 @@ def check_node(node: DictConfig, key: str, problems: list[str]) -> None:
             hint = _suggest(name, dir(_locate(module)))
         except Exception:
             pass
-        problems.append(f"{key}._target_={target_path!r}: cannot be imported ({type(e).__name__}){hint}")
+        problems.append(
+            f"{key}._target_={target_path!r}: cannot be imported ({type(e).__name__}){hint}"
+        )
         return
     params, open_ended = accepted_parameters(target)
     where = getattr(target, "__qualname__", str(target))
@@ -355,13 +395,17 @@ def _check_tasks(tasks: list[Any], key: str, problems: list[str]) -> None:
     for i, task in enumerate(tasks):
         where = f"{key}[{i}]"
         if not isinstance(task, dict):
-            problems.append(f"{where}={task!r}: expected a mapping like {{name: click, kind: binary}}")
+            problems.append(
+                f"{where}={task!r}: expected a mapping like {{name: click, kind: binary}}"
+            )
             continue
         if "name" not in task:
             problems.append(f"{where}: expected a `name` (the label column)")
         for name, value in task.items():
             if name not in params:
-                problems.append(f"{where}.{name}: unknown key for Task{_suggest(name, params)} (valid keys: {', '.join(params)})")
+                problems.append(
+                    f"{where}.{name}: unknown key for Task{_suggest(name, params)} (valid keys: {', '.join(params)})"
+                )
             elif not matches(value, params[name][1]):
                 problems.append(f"{where}.{name}={value!r}: expected {describe(params[name][1])}")
             elif name == "weight" and value < 0:
@@ -403,22 +447,30 @@ def cross_checks(cfg: DictConfig) -> list[str]:
     if _number(num_items) and isinstance(ks, list):
         too_big = [k for k in ks if _number(k) and k > num_items]
         if too_big:
-            problems.append(f"module.ks={ks}: K={too_big[0]} is larger than the corpus (data.num_items={num_items}); expected every K <= {num_items}")
+            problems.append(
+                f"module.ks={ks}: K={too_big[0]} is larger than the corpus (data.num_items={num_items}); expected every K <= {num_items}"
+            )
     # (more sampled negatives than items is fine: they are drawn with replacement)
     metric = _get(cfg, "optimized_metric")
     if metric is not None:
         parts = str(metric).split("/")
         tasks = [t.get("name") for t in (_get(cfg, "data.tasks") or []) if isinstance(t, dict)]
         if parts[0] not in ("val", "test") or len(parts) < 2:
-            problems.append(f"optimized_metric={metric!r}: expected a metric the run logs, split/metric[/task] with split val or test, e.g. 'val/auc/click'")
+            problems.append(
+                f"optimized_metric={metric!r}: expected a metric the run logs, split/metric[/task] with split val or test, e.g. 'val/auc/click'"
+            )
         elif len(parts) == 3 and tasks and parts[2] not in tasks:
-            problems.append(f"optimized_metric={metric!r}: task {parts[2]!r} is not one of data.tasks {tasks}")
+            problems.append(
+                f"optimized_metric={metric!r}: task {parts[2]!r} is not one of data.tasks {tasks}"
+            )
     sequences, sparse = _get(cfg, "data.sequences"), _get(cfg, "data.sparse")
     if isinstance(sequences, dict) and isinstance(sparse, list):
         for name, spec in sequences.items():
             vocab_of = spec.get("vocab_of") if isinstance(spec, dict) else None
             if vocab_of is not None and vocab_of not in sparse:
-                problems.append(f"data.sequences.{name}.vocab_of={vocab_of!r}: expected one of data.sparse {sparse}")
+                problems.append(
+                    f"data.sequences.{name}.vocab_of={vocab_of!r}: expected one of data.sparse {sparse}"
+                )
     return problems
 
 
@@ -431,7 +483,11 @@ def top_level_keys(config_dir: str | Path, primary: str) -> set[str]:
     for path in config_dir.glob("*/*.yaml"):
         if path.parent.name != "exp" and path.read_text().startswith("# @package _global_"):
             node = OmegaConf.load(path)
-            keys |= {str(k) for k in node if k not in ("defaults", "hydra")} if isinstance(node, DictConfig) else set()
+            keys |= (
+                {str(k) for k in node if k not in ("defaults", "hydra")}
+                if isinstance(node, DictConfig)
+                else set()
+            )
     return keys
 
 
@@ -442,15 +498,24 @@ def validate_config(cfg: DictConfig, *, known_top_level: Iterable[str] | None = 
         known = set(known_top_level)
         for key in cfg.keys():
             if str(key) not in known:
-                problems.append(f"{key}: unknown top-level key{_suggest(str(key), known)} (known: {', '.join(sorted(known - {'hydra'}))})")
+                problems.append(
+                    f"{key}: unknown top-level key{_suggest(str(key), known)} (known: {', '.join(sorted(known - {'hydra'}))})"
+                )
     for group in ("callbacks", "logger"):
         node = cfg.get(group) if group in cfg else None
         if isinstance(node, DictConfig):
             for name in node.keys():
                 child = node._get_node(name)
                 if isinstance(child, DictConfig) and "_target_" not in child:
-                    defined = [str(n) for n in node.keys() if isinstance(node._get_node(n), DictConfig) and "_target_" in node._get_node(n)]
-                    problems.append(f"{group}.{name}: has no _target_, so it cannot be built{_suggest(str(name), defined)}")
+                    defined = [
+                        str(n)
+                        for n in node.keys()
+                        if isinstance(node._get_node(n), DictConfig)
+                        and "_target_" in node._get_node(n)
+                    ]
+                    problems.append(
+                        f"{group}.{name}: has no _target_, so it cannot be built{_suggest(str(name), defined)}"
+                    )
     for key in cfg.keys():
         if key == "hydra":
             continue

@@ -38,13 +38,17 @@ def load_checkpoint(path: str) -> dict:
         raise FileNotFoundError(f"ckpt_path={path}: no such checkpoint file")
     ckpt = load_weights_only(path)  # CheckpointError (a ValueError) if torch refuses it
     if "recolab" not in ckpt or "config" not in ckpt["recolab"]:
-        raise ValueError(f"ckpt_path={path}: not a recolab checkpoint (no 'recolab' entry with the run's config)")
+        raise ValueError(
+            f"ckpt_path={path}: not a recolab checkpoint (no 'recolab' entry with the run's config)"
+        )
     return ckpt
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Rebuild the checkpoint's model, test it on the chosen data, report and track; return the metrics."""
-    validate_config(cfg, known_top_level=top_level_keys(CONFIG_DIR, "evaluate"))  # before any data is read
+    validate_config(
+        cfg, known_top_level=top_level_keys(CONFIG_DIR, "evaluate")
+    )  # before any data is read
     ckpt = load_checkpoint(cfg.ckpt_path)
     run_cfg = OmegaConf.create(ckpt["recolab"]["config"])
     train_run_id = ckpt["recolab"].get("run_id", "")
@@ -63,25 +67,53 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         cfg.exp_name = run_cfg.exp_name
         cfg.seed = run_cfg.seed
         cfg.run_name = f"evaluate-{run_cfg.exp_name}-seed{run_cfg.seed}"
-    links = {"mlflow.parentRunId": train_run_id, "recolab.train_run": train_run_id} if train_run_id else {}
+    links = (
+        {"mlflow.parentRunId": train_run_id, "recolab.train_run": train_run_id}
+        if train_run_id
+        else {}
+    )
     loggers = [
-        instantiate(c, tags={
-            **{k: str(v) for k, v in OmegaConf.to_container(c.get("tags") or {}, resolve=True).items() if v is not None},
-            **links,
-        })
+        instantiate(
+            c,
+            tags={
+                **{
+                    k: str(v)
+                    for k, v in OmegaConf.to_container(c.get("tags") or {}, resolve=True).items()
+                    if v is not None
+                },
+                **links,
+            },
+        )
         for c in (cfg.get("logger") or {}).values()
     ]
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[])
     mlf = mlflow_logger(loggers)
     output_dir = Path(cfg.paths.output_dir)
     try:
-        start_tracking(OmegaConf.merge(run_cfg, {"data": data_cfg, "ckpt_path": cfg.ckpt_path}), mlf, output_dir, kind="evaluate")
-        track_extras(mlf, datamodule, None)  # OOV ids of new data under the checkpoint's vocabularies
+        start_tracking(
+            OmegaConf.merge(run_cfg, {"data": data_cfg, "ckpt_path": cfg.ckpt_path}),
+            mlf,
+            output_dir,
+            kind="evaluate",
+        )
+        track_extras(
+            mlf, datamodule, None
+        )  # OOV ids of new data under the checkpoint's vocabularies
         trainer.test(module, datamodule=datamodule)
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("test/", "oracle/"))}
+        metrics = {
+            k: float(v)
+            for k, v in trainer.callback_metrics.items()
+            if k.startswith(("test/", "oracle/"))
+        }
         finish_run(
-            cfg, title=f"recolab evaluation: {run_cfg.exp_name}", datamodule=datamodule, module=module,
-            mlf=mlf, metrics=metrics, output_dir=output_dir, checkpoint=str(cfg.ckpt_path),
+            cfg,
+            title=f"recolab evaluation: {run_cfg.exp_name}",
+            datamodule=datamodule,
+            module=module,
+            mlf=mlf,
+            metrics=metrics,
+            output_dir=output_dir,
+            checkpoint=str(cfg.ckpt_path),
         )
     except BaseException:
         fail_run(mlf)

@@ -47,7 +47,13 @@ log = logging.getLogger(__name__)
 #: Settings that may differ between a run and its resumption. (`artifact_location` resolves to null
 #: once MLflow has set MLFLOW_TRACKING_URI in the process, as `mlflow.set_tracking_uri` does; it only
 #: matters when an experiment is created.)
-MAY_DIFFER = ("ckpt_path", "paths.", "hydra.", "logger.mlflow.run_id", "logger.mlflow.artifact_location")
+MAY_DIFFER = (
+    "ckpt_path",
+    "paths.",
+    "hydra.",
+    "logger.mlflow.run_id",
+    "logger.mlflow.artifact_location",
+)
 
 
 class ResumeError(ValueError):
@@ -57,7 +63,10 @@ class ResumeError(ValueError):
 def candidates(cfg: DictConfig) -> list[Path]:
     """`last.ckpt` files of this project's runs and sweeps, newest first."""
     log_dir = Path(cfg.paths.log_dir)
-    found = [*log_dir.glob(f"runs/{cfg.exp_name}/*/checkpoints/last.ckpt"), *log_dir.glob("multiruns/*/*/checkpoints/last.ckpt")]
+    found = [
+        *log_dir.glob(f"runs/{cfg.exp_name}/*/checkpoints/last.ckpt"),
+        *log_dir.glob("multiruns/*/*/checkpoints/last.ckpt"),
+    ]
     return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
 
 
@@ -75,14 +84,26 @@ def load_weights_only(path: str | Path, *, mmap: bool = False) -> dict[str, Any]
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         lines = [ln.strip() for ln in str(e).splitlines()[1:]]
-        reason = next((ln for ln in lines if ln and not ln.startswith(("Please file", "Check the documentation", "WeightsUnpickler error"))), "")
+        reason = next(
+            (
+                ln
+                for ln in lines
+                if ln
+                and not ln.startswith(
+                    ("Please file", "Check the documentation", "WeightsUnpickler error")
+                )
+            ),
+            "",
+        )
         raise CheckpointError(
             f"ckpt_path={path}: refused by torch.load(weights_only=True) ({reason or 'unreadable'}): a recolab "
             "checkpoint holds only tensors and plain data, so this file is not one, or it holds objects that "
             "would run code when loaded"
         ) from e
     except RuntimeError as e:  # not a zip or pickle file at all
-        raise CheckpointError(f"ckpt_path={path}: not a checkpoint file ({str(e).splitlines()[0]})") from e
+        raise CheckpointError(
+            f"ckpt_path={path}: not a checkpoint file ({str(e).splitlines()[0]})"
+        ) from e
 
 
 def read_info(path: Path) -> dict[str, Any]:
@@ -115,6 +136,7 @@ def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
 
 def check_same_settings(stored: DictConfig, cfg: DictConfig, path: Path) -> None:
     """Raise `ResumeError` naming every setting (resolved) that differs from the stored run's."""
+
     def flat(c: DictConfig) -> dict[str, Any]:
         keys = [k for k in c if k != "hydra"]
         items = _flat(OmegaConf.to_container(OmegaConf.masked_copy(c, keys), resolve=True))
@@ -124,7 +146,8 @@ def check_same_settings(stored: DictConfig, cfg: DictConfig, path: Path) -> None
     missing = object()
     diffs = [
         f"{k}: {old.get(k, '(absent)')!r} -> {new.get(k, '(absent)')!r}"
-        for k in sorted(old.keys() | new.keys()) if old.get(k, missing) != new.get(k, missing)
+        for k in sorted(old.keys() | new.keys())
+        if old.get(k, missing) != new.get(k, missing)
     ]
     if diffs:
         shown = "; ".join(diffs[:8]) + (f"; and {len(diffs) - 8} more" if len(diffs) > 8 else "")
@@ -158,7 +181,9 @@ def prepare(cfg: DictConfig) -> Path | None:
         if run_id and cfg.get("logger") and "mlflow" in cfg.logger:
             check_run_exists(cfg.logger.mlflow.tracking_uri, run_id, path)
             cfg.logger.mlflow.run_id = run_id
-    log.info("resuming from %s (folder %s, MLflow run %s)", path, cfg.paths.output_dir, run_id or "none")
+    log.info(
+        "resuming from %s (folder %s, MLflow run %s)", path, cfg.paths.output_dir, run_id or "none"
+    )
     return path
 
 

@@ -21,12 +21,18 @@ class TrackingError(RuntimeError):
 
 def tracking_uri(root_dir: str) -> str:
     """`MLFLOW_TRACKING_URI` if set, else the embedded store `<root_dir>/mlflow.db`."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(root_dir).resolve()}/mlflow.db"
+    return (
+        os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(root_dir).resolve()}/mlflow.db"
+    )
 
 
 def artifact_location(root_dir: str) -> str | None:
     """Local artifacts sit beside the embedded store; a tracking server chooses its own."""
-    return None if os.environ.get("MLFLOW_TRACKING_URI") else str(Path(root_dir).resolve() / "mlartifacts")
+    return (
+        None
+        if os.environ.get("MLFLOW_TRACKING_URI")
+        else str(Path(root_dir).resolve() / "mlartifacts")
+    )
 
 
 def check_reachable(uri: str, *, timeout: float = 5.0) -> None:
@@ -36,8 +42,12 @@ def check_reachable(uri: str, *, timeout: float = 5.0) -> None:
         try:
             with urllib.request.urlopen(url, timeout=timeout) as response:
                 if response.status != 200:
-                    raise TrackingError(f"MLflow tracking server {uri} answered {response.status} on /health")
-        except urllib.error.HTTPError as e:  # something answers on that port, but not MLflow's /health
+                    raise TrackingError(
+                        f"MLflow tracking server {uri} answered {response.status} on /health"
+                    )
+        except (
+            urllib.error.HTTPError
+        ) as e:  # something answers on that port, but not MLflow's /health
             raise TrackingError(
                 f"{uri} answered HTTP {e.code} on /health: is it an MLflow tracking server? Fix "
                 "MLFLOW_TRACKING_URI, or unset it to use the local store (mlflow.db in the project folder)."
@@ -48,9 +58,11 @@ def check_reachable(uri: str, *, timeout: float = 5.0) -> None:
                 "or unset it to use the local store (mlflow.db in the project folder)."
             ) from e
     elif uri.startswith("sqlite:///"):
-        folder = Path(uri[len("sqlite:///"):]).parent
+        folder = Path(uri[len("sqlite:///") :]).parent
         if not folder.is_dir() or not os.access(folder, os.W_OK):
-            raise TrackingError(f"MLflow store {uri}: folder {folder} does not exist or is not writable")
+            raise TrackingError(
+                f"MLflow store {uri}: folder {folder} does not exist or is not writable"
+            )
 
 
 @contextlib.contextmanager

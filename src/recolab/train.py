@@ -30,7 +30,9 @@ from recolab.config_validation import top_level_keys, validate_config
 log = logging.getLogger(__name__)
 
 #: The repository's `configs/` (src layout: src/recolab/train.py -> ../../configs).
-CONFIG_DIR = os.environ.get("RECOLAB_CONFIG_DIR") or str(Path(__file__).resolve().parents[2] / "configs")
+CONFIG_DIR = os.environ.get("RECOLAB_CONFIG_DIR") or str(
+    Path(__file__).resolve().parents[2] / "configs"
+)
 
 
 def mlflow_logger(loggers: list[Any]) -> MLFlowLogger | None:
@@ -58,7 +60,9 @@ def flat_params(cfg: DictConfig) -> dict[str, Any]:
     return out
 
 
-def start_tracking(cfg: DictConfig, mlf: MLFlowLogger | None, output_dir: Path, *, kind: str) -> None:
+def start_tracking(
+    cfg: DictConfig, mlf: MLFlowLogger | None, output_dir: Path, *, kind: str
+) -> None:
     """Params, the config artifact and bookkeeping tags, before any training or testing."""
     if mlf is None:
         return
@@ -82,6 +86,7 @@ def build(cfg: DictConfig, datamodule: pl.LightningDataModule) -> tuple[Any, pl.
     each target receives those its constructor accepts. Objects go in after instantiation:
     Hydra would turn a dataclass argument into a DictConfig.
     """
+
     def bind(node: DictConfig, available: dict[str, Any], **given: Any) -> Any:
         partial = instantiate(node, _partial_=True)
         params = inspect.signature(partial.func).parameters
@@ -111,7 +116,9 @@ def finish_run(
         "checkpoint": checkpoint,
         "mlflow run": mlf.run_id if mlf else "not tracked",
     }
-    paths = module.write_report(output_dir / "report", title=title, metrics=metrics, context=context)
+    paths = module.write_report(
+        output_dir / "report", title=title, metrics=metrics, context=context
+    )
     if mlf is not None:
         for p in paths:
             mlf.experiment.log_artifact(mlf.run_id, str(p), artifact_path="report")
@@ -135,7 +142,9 @@ def fail_run(mlf: MLFlowLogger | None) -> None:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train and test one experiment; return the test metrics."""
-    validate_config(cfg, known_top_level=top_level_keys(CONFIG_DIR, "train"))  # before any data is read
+    validate_config(
+        cfg, known_top_level=top_level_keys(CONFIG_DIR, "train")
+    )  # before any data is read
     pl.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
     if cfg.get("logger") and "mlflow" in cfg.logger:
@@ -148,11 +157,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
     model, module = build(cfg, datamodule)
     if cfg.get("compile"):
         model.compile()  # in place: state_dict keys, hence checkpoints, stay those of the plain model
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()] + [resume.RNGState()]
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()] + [
+        resume.RNGState()
+    ]
     # Rank zero alone builds loggers: under torchrun or SLURM every rank starts at once, and their
     # MLflow clients would race to create the local store (rank_zero_only.rank reads RANK,
     # LOCAL_RANK or SLURM_PROCID; Lightning's own launcher sets LOCAL_RANK on the ranks it starts).
-    loggers = [build_logger(c) for c in (cfg.get("logger") or {}).values()] if rank_zero_only.rank == 0 else []
+    loggers = (
+        [build_logger(c) for c in (cfg.get("logger") or {}).values()]
+        if rank_zero_only.rank == 0
+        else []
+    )
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
     mlf = mlflow_logger(loggers) if trainer.is_global_zero else None
@@ -160,19 +175,36 @@ def train(cfg: DictConfig) -> dict[str, float]:
     try:
         start_tracking(cfg, mlf, output_dir, kind="train")
         track_extras(mlf, datamodule, resume_from)
-        module.run_info = {"config": OmegaConf.to_yaml(run_config(cfg), resolve=True), "run_id": mlf.run_id if mlf else ""}
+        module.run_info = {
+            "config": OmegaConf.to_yaml(run_config(cfg), resolve=True),
+            "run_id": mlf.run_id if mlf else "",
+        }
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         selection = {}  # a sweep that optimizes a val/ metric reads it on the tested (best) checkpoint
         if str(cfg.get("optimized_metric") or "").startswith("val/"):
-            trainer.validate(module, datamodule=datamodule, ckpt_path="best" if best else None, verbose=False)
-            selection = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+            trainer.validate(
+                module, datamodule=datamodule, ckpt_path="best" if best else None, verbose=False
+            )
+            selection = {
+                k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")
+            }
         trainer.test(module, datamodule=datamodule, ckpt_path="best" if best else None)
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("test/", "oracle/"))}
+        metrics = {
+            k: float(v)
+            for k, v in trainer.callback_metrics.items()
+            if k.startswith(("test/", "oracle/"))
+        }
         if trainer.is_global_zero:
             finish_run(
-                cfg, title=f"recolab report: {cfg.exp_name}", datamodule=datamodule, module=module,
-                mlf=mlf, metrics=metrics, output_dir=output_dir, checkpoint=best or "(last weights, no checkpoint)",
+                cfg,
+                title=f"recolab report: {cfg.exp_name}",
+                datamodule=datamodule,
+                module=module,
+                mlf=mlf,
+                metrics=metrics,
+                output_dir=output_dir,
+                checkpoint=best or "(last weights, no checkpoint)",
             )
     except BaseException:
         fail_run(mlf)
@@ -195,7 +227,9 @@ def sweep_id() -> str | None:
     return Path(HydraConfig.get().runtime.output_dir).parent.name
 
 
-def track_extras(mlf: MLFlowLogger | None, datamodule: pl.LightningDataModule, resumed_from: Path | None) -> None:
+def track_extras(
+    mlf: MLFlowLogger | None, datamodule: pl.LightningDataModule, resumed_from: Path | None
+) -> None:
     """Data-quality counts (`data/dropped_rows`, `data/oov_rows/...`), the sweep tag, the resume tag."""
     if mlf is None:
         return
@@ -213,7 +247,9 @@ def optimized_value(cfg: DictConfig, metrics: dict[str, float]) -> float | None:
     if not name:
         return None
     if name not in metrics:
-        raise KeyError(f"optimized_metric={name!r} is not among this run's metrics: {sorted(metrics)}")
+        raise KeyError(
+            f"optimized_metric={name!r} is not among this run's metrics: {sorted(metrics)}"
+        )
     return metrics[name]
 
 

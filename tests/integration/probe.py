@@ -27,7 +27,7 @@ PAUSE_AFTER = "RECOLAB_PROBE_PAUSE_AFTER"  # after this global step: write <log>
 
 class Probe(pl.Callback):
     """Args:
-        raise_at_epoch: raise `RuntimeError` when this epoch starts (a run that fails mid-training).
+    raise_at_epoch: raise `RuntimeError` when this epoch starts (a run that fails mid-training).
     """
 
     def __init__(self, raise_at_epoch: int | None = None) -> None:
@@ -38,13 +38,22 @@ class Probe(pl.Callback):
         if self.raise_at_epoch is not None and trainer.current_epoch == self.raise_at_epoch:
             raise RuntimeError(f"probe: failing on purpose at epoch {trainer.current_epoch}")
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         h = hashlib.sha1()
         for name in sorted(batch["features"]):
             h.update(batch["features"][name].numpy().tobytes())
         self._digest = h.hexdigest()[:16]
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
         log = os.environ.get(LOG)
         if not log:
             return

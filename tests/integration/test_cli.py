@@ -11,10 +11,15 @@ from pathlib import Path
 from tests.conftest import ROOT, TINY_WORLD
 
 
-def run_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+def run_cli(
+    args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: int = 300
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "recolab", *args],
-        cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         env={**os.environ, "RECOLAB_CONFIG_DIR": str(ROOT / "configs"), **(env or {})},
     )
 
@@ -30,12 +35,20 @@ def test_train_prints_metrics_and_where_the_run_went(tmp_path: Path) -> None:
 def test_unknown_experiment_lists_the_valid_ones(tmp_path: Path) -> None:
     r = run_cli(["train", "+exp=mmeo"], tmp_path)
     assert r.returncode != 0
-    assert "Could not find 'exp/mmeo'" in r.stderr and "mmoe" in r.stderr and "shared_bottom" in r.stderr
+    assert (
+        "Could not find 'exp/mmeo'" in r.stderr
+        and "mmoe" in r.stderr
+        and "shared_bottom" in r.stderr
+    )
 
 
 def test_unreachable_tracking_server_fails_fast(tmp_path: Path) -> None:
     start = time.monotonic()
-    r = run_cli(["train", "+exp=mmoe", *TINY_WORLD], tmp_path, env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})
+    r = run_cli(
+        ["train", "+exp=mmoe", *TINY_WORLD],
+        tmp_path,
+        env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"},
+    )
     assert r.returncode != 0
     assert "not reachable" in r.stderr and "127.0.0.1:9" in r.stderr
     assert not (tmp_path / "data").exists(), "data was read before the tracking check"

@@ -13,14 +13,30 @@ from tests.conftest import compose_train
 from tests.integration.test_cli import run_cli
 
 # 6010 impressions -> a 601-row test split: the two ranks hold 301 and 300 rows.
-DDP_WORLD = ["data.num_users=300", "data.num_items=200", "data.num_impressions=6010",
-             "data.batch_size=256", "data.eval_batch_size=1"]
+DDP_WORLD = [
+    "data.num_users=300",
+    "data.num_items=200",
+    "data.num_impressions=6010",
+    "data.batch_size=256",
+    "data.eval_batch_size=1",
+]
 # Evaluation batches of one row: each row's forward pass is then the same computation in every
 # process layout, so predictions agree bit for bit and the metrics must agree to rounding.
 
 
 def test_ddp_two_processes_gather_exact_metrics(tmp_path: Path) -> None:
-    r = run_cli(["train", "+exp=mmoe", "trainer=ddp", "trainer.devices=2", "trainer.max_epochs=2", *DDP_WORLD], tmp_path, timeout=600)
+    r = run_cli(
+        [
+            "train",
+            "+exp=mmoe",
+            "trainer=ddp",
+            "trainer.devices=2",
+            "trainer.max_epochs=2",
+            *DDP_WORLD,
+        ],
+        tmp_path,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-4000:]
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("recolab").experiment_id])
@@ -33,7 +49,9 @@ def test_ddp_two_processes_gather_exact_metrics(tmp_path: Path) -> None:
     assert "last.ckpt" in ckpts and len(ckpts) == 2, ckpts  # best + last, written once
 
     best = next(p for p in (run_dirs[0] / "checkpoints").glob("epoch*.ckpt"))
-    cfg = compose_train(tmp_path, [f"ckpt_path={best}", "logger=none"], config_name="evaluate", out="single")
+    cfg = compose_train(
+        tmp_path, [f"ckpt_path={best}", "logger=none"], config_name="evaluate", out="single"
+    )
     single = evaluate(cfg)
     ddp = {k: v for k, v in run.data.metrics.items() if k.startswith(("test/", "oracle/"))}
     assert set(single) <= set(ddp)  # (ddp also holds the throughput monitor's test/*_per_sec)

@@ -22,7 +22,9 @@ def two_seeds(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict
     root = tmp_path_factory.mktemp("runs")
     results = []
     for seed in (1, 2):
-        cfg = compose_train(root, ["+exp=mmoe", *TINY_WORLD, *QUICK, f"seed={seed}"], out=f"out{seed}")
+        cfg = compose_train(
+            root, ["+exp=mmoe", *TINY_WORLD, *QUICK, f"seed={seed}"], out=f"out{seed}"
+        )
         with keep_tracking_env():
             results.append(train(cfg))
     return root, results
@@ -38,13 +40,18 @@ def test_evaluate_reproduces_the_test_metrics_as_a_linked_run(two_seeds) -> None
         assert metrics[key] == pytest.approx(value, rel=1e-5, nan_ok=True), key
 
     client = MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow.db")
-    runs = client.search_runs([client.get_experiment_by_name("recolab").experiment_id], "tags.`recolab.kind` = 'evaluate'")
+    runs = client.search_runs(
+        [client.get_experiment_by_name("recolab").experiment_id], "tags.`recolab.kind` = 'evaluate'"
+    )
     assert len(runs) == 1
     train_run = client.search_runs(
-        [client.get_experiment_by_name("recolab").experiment_id], "tags.`recolab.kind` = 'train' and params.seed = '1'"
+        [client.get_experiment_by_name("recolab").experiment_id],
+        "tags.`recolab.kind` = 'train' and params.seed = '1'",
     )[0]
     assert runs[0].data.tags["mlflow.parentRunId"] == train_run.info.run_id
-    assert {"report/report.md"} <= {a.path for a in client.list_artifacts(runs[0].info.run_id, "report")}
+    assert {"report/report.md"} <= {
+        a.path for a in client.list_artifacts(runs[0].info.run_id, "report")
+    }
 
 
 def test_evaluate_refuses_a_missing_checkpoint(tmp_path: Path) -> None:

@@ -42,11 +42,18 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize("exp", EXPERIMENTS)
 def test_experiment_trains_and_is_tracked(exp: str, store: Path, data_cache: Path) -> None:
     data = data_choice(exp, store)
-    assert data in TINY_BY_DATA, f"configs/exp/{exp}.yaml uses data={data}: register its tiny overrides in TINY_BY_DATA"
+    assert data in TINY_BY_DATA, (
+        f"configs/exp/{exp}.yaml uses data={data}: register its tiny overrides in TINY_BY_DATA"
+    )
     needs, tiny = TINY_BY_DATA[data]
     if needs:
         shared_data(needs)
-    cfg = compose_train(store, [f"+exp={exp}", *tiny, *QUICK, f"experiment_name=test-{exp}"], data_dir=data_cache, out=exp)
+    cfg = compose_train(
+        store,
+        [f"+exp={exp}", *tiny, *QUICK, f"experiment_name=test-{exp}"],
+        data_dir=data_cache,
+        out=exp,
+    )
     metrics = train(cfg)
     assert metrics, "no test metrics"
 

@@ -22,8 +22,12 @@ from recolab.train import train
 from tests.conftest import TINY_WORLD, compose_train
 from tests.integration.probe import one_torch_thread  # noqa: F401 (a fixture)
 
-QUICK = ["trainer.max_epochs=1", "+trainer.limit_train_batches=3", "+trainer.limit_val_batches=2",
-         "callbacks.progress_bar.refresh_rate=0"]
+QUICK = [
+    "trainer.max_epochs=1",
+    "+trainer.limit_train_batches=3",
+    "+trainer.limit_val_batches=2",
+    "callbacks.progress_bar.refresh_rate=0",
+]
 
 
 def free_port() -> int:
@@ -38,7 +42,9 @@ def get(url: str) -> dict:
 
 
 def post(url: str, body: dict) -> dict:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=10) as r:
         return json.loads(r.read())
 
@@ -48,17 +54,32 @@ def mlflow_server(tmp_path: Path) -> Iterator[str]:
     port = free_port()
     log = (tmp_path / "server.log").open("w")
     proc = subprocess.Popen(
-        [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
-         "--artifacts-destination", str(tmp_path / "server_artifacts")],
+        [
+            str(Path(sys.executable).with_name("mlflow")),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path}/server.db",
+            "--artifacts-destination",
+            str(tmp_path / "server_artifacts"),
+        ],
         env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
         while True:
-            assert proc.poll() is None, f"mlflow server exited:\n{(tmp_path / 'server.log').read_text()[-3000:]}"
+            assert proc.poll() is None, (
+                f"mlflow server exited:\n{(tmp_path / 'server.log').read_text()[-3000:]}"
+            )
             try:
                 with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
                     if r.status == 200:
@@ -79,18 +100,23 @@ def mlflow_server(tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.mark.usefixtures("one_torch_thread")
-def test_two_experiments_land_on_a_real_server(tmp_path: Path, data_cache: Path, mlflow_server: str,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_two_experiments_land_on_a_real_server(
+    tmp_path: Path, data_cache: Path, mlflow_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     expected = {}
     for exp in ("mmoe", "shared_bottom"):
-        cfg = compose_train(tmp_path, [f"+exp={exp}", *TINY_WORLD, *QUICK], data_dir=data_cache, out=exp)
+        cfg = compose_train(
+            tmp_path, [f"+exp={exp}", *TINY_WORLD, *QUICK], data_dir=data_cache, out=exp
+        )
         assert cfg.logger.mlflow.tracking_uri == mlflow_server
         expected[exp] = train(cfg)
 
     api = f"{mlflow_server}/api/2.0/mlflow"
     experiment = get(f"{api}/experiments/get-by-name?experiment_name=recolab")["experiment"]
-    runs = post(f"{api}/runs/search", {"experiment_ids": [experiment["experiment_id"]], "max_results": 100})["runs"]
+    runs = post(
+        f"{api}/runs/search", {"experiment_ids": [experiment["experiment_id"]], "max_results": 100}
+    )["runs"]
     assert len(runs) == 2
     for run in runs:
         tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
@@ -98,13 +124,23 @@ def test_two_experiments_land_on_a_real_server(tmp_path: Path, data_cache: Path,
         metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
         exp = tags["recolab.exp"]
         assert run["info"]["status"] == "FINISHED" and tags["recolab.complete"] == "true"
-        assert params["exp_name"] == exp and params["seed"] == "0" and params["model._target_"].endswith(
-            {"mmoe": "MMoE", "shared_bottom": "SharedBottom"}[exp])
+        assert (
+            params["exp_name"] == exp
+            and params["seed"] == "0"
+            and params["model._target_"].endswith(
+                {"mmoe": "MMoE", "shared_bottom": "SharedBottom"}[exp]
+            )
+        )
         for key, value in expected[exp].items():
             assert metrics[key] == pytest.approx(value, nan_ok=True), key
         query = urllib.parse.urlencode({"run_id": run["info"]["run_id"], "path": "report"})
         files = {f["path"] for f in get(f"{api}/artifacts/list?{query}").get("files", [])}
         assert {"report/report.md", "report/metrics.json"} <= files
-        root = {f["path"] for f in get(f"{api}/artifacts/list?run_id={run['info']['run_id']}").get("files", [])}
+        root = {
+            f["path"]
+            for f in get(f"{api}/artifacts/list?run_id={run['info']['run_id']}").get("files", [])
+        }
         assert "config.yaml" in root
-    assert {t["value"] for run in runs for t in run["data"]["tags"] if t["key"] == "recolab.exp"} == {"mmoe", "shared_bottom"}
+    assert {
+        t["value"] for run in runs for t in run["data"]["tags"] if t["key"] == "recolab.exp"
+    } == {"mmoe", "shared_bottom"}

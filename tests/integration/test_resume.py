@@ -24,8 +24,12 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 # 4,800 training rows / 256 = 19 batches an epoch; a checkpoint every 5 steps; dropout on, so the
 # random state matters too. The probe records each training batch's digest and loss.
 RUN = [
-    "+exp=mmoe", *TINY_WORLD, "trainer.max_epochs=2", "model.dropout=0.1",
-    "+callbacks.model_checkpoint.every_n_train_steps=5", "callbacks.progress_bar.refresh_rate=0",
+    "+exp=mmoe",
+    *TINY_WORLD,
+    "trainer.max_epochs=2",
+    "model.dropout=0.1",
+    "+callbacks.model_checkpoint.every_n_train_steps=5",
+    "callbacks.progress_bar.refresh_rate=0",
     "+callbacks.probe._target_=tests.integration.probe.Probe",
 ]
 STEPS_PER_EPOCH = 19
@@ -41,31 +45,50 @@ def read_log(path: Path) -> list[tuple[int, str, float]]:
 
 def start_killable_run(root: Path, log: Path) -> subprocess.Popen:
     env = {
-        **os.environ, "RECOLAB_CONFIG_DIR": str(ROOT / "configs"), "PYTHONPATH": str(ROOT),
-        LOG: str(log), PAUSE_AFTER: str(KILL_STEP), **ONE_THREAD_ENV,
+        **os.environ,
+        "RECOLAB_CONFIG_DIR": str(ROOT / "configs"),
+        "PYTHONPATH": str(ROOT),
+        LOG: str(log),
+        PAUSE_AFTER: str(KILL_STEP),
+        **ONE_THREAD_ENV,
     }
     env.pop("MLFLOW_TRACKING_URI", None)
     return subprocess.Popen(
-        [sys.executable, "-m", "recolab", "train", *RUN], cwd=root, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        [sys.executable, "-m", "recolab", "train", *RUN],
+        cwd=root,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
 
 
-def test_killed_mid_epoch_resumes_to_the_same_metrics(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_killed_mid_epoch_resumes_to_the_same_metrics(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     root, ref_root = tmp_path / "run", tmp_path / "reference"
     root.mkdir()
     ref_root.mkdir()
-    killed_log, resumed_log, ref_log = tmp_path / "killed.log", tmp_path / "resumed.log", tmp_path / "ref.log"
+    killed_log, resumed_log, ref_log = (
+        tmp_path / "killed.log",
+        tmp_path / "resumed.log",
+        tmp_path / "ref.log",
+    )
 
     proc = start_killable_run(root, killed_log)
     try:
         deadline = time.monotonic() + 240
         while not Path(f"{killed_log}.paused").exists():
-            assert proc.poll() is None, f"the run ended before it was killed:\n{proc.stderr.read()[-3000:]}"
+            assert proc.poll() is None, (
+                f"the run ended before it was killed:\n{proc.stderr.read()[-3000:]}"
+            )
             assert time.monotonic() < deadline, "the run never reached the step where it is killed"
             time.sleep(0.2)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # a real SIGKILL: no handler runs, nothing is cleaned up
+        os.killpg(
+            proc.pid, signal.SIGKILL
+        )  # a real SIGKILL: no handler runs, nothing is cleaned up
         proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
     [last] = list((root / "outputs" / "runs" / "mmoe").glob("*/checkpoints/last.ckpt"))
@@ -79,7 +102,9 @@ def test_killed_mid_epoch_resumes_to_the_same_metrics(tmp_path: Path, monkeypatc
     monkeypatch.setenv(LOG, str(resumed_log))
     resumed = train(compose_train(root, [*RUN, "ckpt_path=last"]))
     monkeypatch.setenv(LOG, str(ref_log))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # mlflow.set_tracking_uri set it for the last run
+    monkeypatch.delenv(
+        "MLFLOW_TRACKING_URI", raising=False
+    )  # mlflow.set_tracking_uri set it for the last run
     reference = train(compose_train(ref_root, RUN))
 
     # The resumed run trained on exactly the batches the uninterrupted one did from step 26 on,
@@ -103,24 +128,58 @@ def test_killed_mid_epoch_resumes_to_the_same_metrics(tmp_path: Path, monkeypatc
 
 
 def test_ckpt_path_last_without_a_checkpoint_fails_before_reading_data(tmp_path: Path) -> None:
-    with pytest.raises(ResumeError, match=r"ckpt_path=last: no last\.ckpt of experiment 'mmoe' with seed=0"):
+    with pytest.raises(
+        ResumeError, match=r"ckpt_path=last: no last\.ckpt of experiment 'mmoe' with seed=0"
+    ):
         train(compose_train(tmp_path, ["+exp=mmoe", *TINY_WORLD, "ckpt_path=last"]))
     assert not (tmp_path / "data").exists()
 
 
 def test_resuming_with_other_settings_names_them(tmp_path: Path, data_cache: Path) -> None:
-    quick = ["trainer.max_epochs=1", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1", "logger=none"]
-    train(compose_train(tmp_path, ["+exp=mmoe", *TINY_WORLD, *quick], data_dir=data_cache, out="first"))
+    quick = [
+        "trainer.max_epochs=1",
+        "+trainer.limit_train_batches=2",
+        "+trainer.limit_val_batches=1",
+        "logger=none",
+    ]
+    train(
+        compose_train(
+            tmp_path, ["+exp=mmoe", *TINY_WORLD, *quick], data_dir=data_cache, out="first"
+        )
+    )
     [last] = list(tmp_path.glob("first/checkpoints/last.ckpt"))
     with pytest.raises(ResumeError, match=r"other settings \(model\.num_experts: 4 -> 8\)"):
-        train(compose_train(tmp_path, ["+exp=mmoe", *TINY_WORLD, *quick, "model.num_experts=8", f"ckpt_path={last}"],
-                            data_dir=data_cache, out="second"))
+        train(
+            compose_train(
+                tmp_path,
+                ["+exp=mmoe", *TINY_WORLD, *quick, "model.num_experts=8", f"ckpt_path={last}"],
+                data_dir=data_cache,
+                out="second",
+            )
+        )
 
 
 def test_two_runs_with_one_seed_agree_exactly(tmp_path: Path, data_cache: Path) -> None:
-    quick = ["trainer.max_epochs=2", "+trainer.limit_train_batches=4", "model.dropout=0.1", "logger=none", "seed=7"]
-    a = train(compose_train(tmp_path, ["+exp=mmoe", *TINY_WORLD, *quick], data_dir=data_cache, out="a"))
-    b = train(compose_train(tmp_path, ["+exp=mmoe", *TINY_WORLD, *quick], data_dir=data_cache, out="b"))
-    c = train(compose_train(tmp_path, ["+exp=mmoe", *TINY_WORLD, *quick[:-1], "seed=8"], data_dir=data_cache, out="c"))
+    quick = [
+        "trainer.max_epochs=2",
+        "+trainer.limit_train_batches=4",
+        "model.dropout=0.1",
+        "logger=none",
+        "seed=7",
+    ]
+    a = train(
+        compose_train(tmp_path, ["+exp=mmoe", *TINY_WORLD, *quick], data_dir=data_cache, out="a")
+    )
+    b = train(
+        compose_train(tmp_path, ["+exp=mmoe", *TINY_WORLD, *quick], data_dir=data_cache, out="b")
+    )
+    c = train(
+        compose_train(
+            tmp_path,
+            ["+exp=mmoe", *TINY_WORLD, *quick[:-1], "seed=8"],
+            data_dir=data_cache,
+            out="c",
+        )
+    )
     assert a and a == b  # every metric, exactly
     assert a != c  # and the seed matters (the test could not pass by ignoring it)

@@ -51,27 +51,71 @@ def test_every_experiment_config_is_valid(exp: str, tmp_path: Path) -> None:
         (["module.lr=-0.01"], "module.lr=-0.01: expected a number > 0"),
         (["model.dropout=1.0"], "model.dropout=1.0: expected a number in [0, 1)"),
         (["model.expert_dims=64"], "model.expert_dims=64: expected list[int], got int"),
-        (["model.expert_dims=[64,0]"], "model.expert_dims=[64, 0]: expected every element a number >= 1"),
+        (
+            ["model.expert_dims=[64,0]"],
+            "model.expert_dims=[64, 0]: expected every element a number >= 1",
+        ),
         (["data.batch_size=0"], "data.batch_size=0: expected a number >= 1"),
-        (["data.split.fractions=[0.8,0.1,0.2]"], "data.split.fractions=[0.8, 0.1, 0.2]: expected 3 non-negative numbers (train, val, test) summing to 1"),
-        (["data.split.kind=timestamp"], "data.split.kind='timestamp': expected one of 'time', 'random', 'column'"),
-        (["data.tasks=[{name: click, kind: binry}]"], "data.tasks[0].kind='binry': expected one of 'binary', 'regression'"),
-        (["data.tasks=[{name: click, wieght: 2}]"], "data.tasks[0].wieght: unknown key for Task; did you mean 'weight'?"),
-        (["trainer.max_epochs=0"], "trainer.max_epochs=0: expected an integer >= 1 (or -1: no limit)"),
+        (
+            ["data.split.fractions=[0.8,0.1,0.2]"],
+            "data.split.fractions=[0.8, 0.1, 0.2]: expected 3 non-negative numbers (train, val, test) summing to 1",
+        ),
+        (
+            ["data.split.kind=timestamp"],
+            "data.split.kind='timestamp': expected one of 'time', 'random', 'column'",
+        ),
+        (
+            ["data.tasks=[{name: click, kind: binry}]"],
+            "data.tasks[0].kind='binry': expected one of 'binary', 'regression'",
+        ),
+        (
+            ["data.tasks=[{name: click, wieght: 2}]"],
+            "data.tasks[0].wieght: unknown key for Task; did you mean 'weight'?",
+        ),
+        (
+            ["trainer.max_epochs=0"],
+            "trainer.max_epochs=0: expected an integer >= 1 (or -1: no limit)",
+        ),
         (["trainer.precision=33"], "trainer.precision=33: expected one of 64, 32, 16,"),
-        (["+model.num_expert=8"], "model.num_expert: unknown key for MMoE; did you mean 'num_experts'?"),
-        (["+trainer.max_epoch=3"], "trainer.max_epoch: unknown key for Trainer; did you mean 'max_epochs'?"),
-        (["+data.num_user=10"], "data.num_user: unknown key for SyntheticVideoDataModule; did you mean 'num_users'?"),
-        (["+callbacks.model_checkpiont.every_n_train_steps=3"], "callbacks.model_checkpiont: has no _target_, so it cannot be built; did you mean 'model_checkpoint'?"),
+        (
+            ["+model.num_expert=8"],
+            "model.num_expert: unknown key for MMoE; did you mean 'num_experts'?",
+        ),
+        (
+            ["+trainer.max_epoch=3"],
+            "trainer.max_epoch: unknown key for Trainer; did you mean 'max_epochs'?",
+        ),
+        (
+            ["+data.num_user=10"],
+            "data.num_user: unknown key for SyntheticVideoDataModule; did you mean 'num_users'?",
+        ),
+        (
+            ["+callbacks.model_checkpiont.every_n_train_steps=3"],
+            "callbacks.model_checkpiont: has no _target_, so it cannot be built; did you mean 'model_checkpoint'?",
+        ),
         (["+seeed=3"], "seeed: unknown top-level key; did you mean 'seed'?"),
-        (["model._target_=recolab.models.rank.mmoe.MMOE"], "model._target_='recolab.models.rank.mmoe.MMOE': cannot be imported (ImportError); did you mean 'MMoE'?"),
+        (
+            ["model._target_=recolab.models.rank.mmoe.MMOE"],
+            "model._target_='recolab.models.rank.mmoe.MMOE': cannot be imported (ImportError); did you mean 'MMoE'?",
+        ),
         (["data=parquet"], "data.path: required, but not set (`???`)"),
-        (["+optimized_metric=val/auc/clik"], "optimized_metric='val/auc/clik': task 'clik' is not one of data.tasks"),
-        (["+exp=two_tower", "module.ks=[20,5000]"], "module.ks=[20, 5000]: K=5000 is larger than the corpus (data.num_items=2000)"),
-        (["+exp=two_tower_mns", "module.sampler.num_negatives=-1"], "module.sampler.num_negatives=-1: expected a number >= 0"),
+        (
+            ["+optimized_metric=val/auc/clik"],
+            "optimized_metric='val/auc/clik': task 'clik' is not one of data.tasks",
+        ),
+        (
+            ["+exp=two_tower", "module.ks=[20,5000]"],
+            "module.ks=[20, 5000]: K=5000 is larger than the corpus (data.num_items=2000)",
+        ),
+        (
+            ["+exp=two_tower_mns", "module.sampler.num_negatives=-1"],
+            "module.sampler.num_negatives=-1: expected a number >= 0",
+        ),
     ],
 )
-def test_bad_config_names_key_value_and_expectation(overrides: list[str], message: str, tmp_path: Path) -> None:
+def test_bad_config_names_key_value_and_expectation(
+    overrides: list[str], message: str, tmp_path: Path
+) -> None:
     exp = [] if any(o.startswith("+exp=") for o in overrides) else ["+exp=mmoe"]
     cfg = compose_train(tmp_path, [*exp, *overrides])
     assert message in problems(cfg)
@@ -80,7 +124,10 @@ def test_bad_config_names_key_value_and_expectation(overrides: list[str], messag
 def test_every_problem_is_listed_one_per_line(mmoe: DictConfig) -> None:
     cfg = with_value(with_value(mmoe, "model.num_experts", 0), "module.lr", "fast")
     lines = problems(cfg).splitlines()
-    assert lines == ["model.num_experts=0: expected a number >= 1", "module.lr='fast': expected float, got str"]
+    assert lines == [
+        "model.num_experts=0: expected a number >= 1",
+        "module.lr='fast': expected float, got str",
+    ]
 
 
 def test_a_misspelled_key_inside_an_exp_file_is_caught(tmp_path: Path) -> None:
@@ -101,28 +148,46 @@ def test_train_fails_on_a_bad_config_before_reading_data(tmp_path: Path) -> None
     cfg = compose_train(tmp_path, ["+exp=mmoe", *TINY_WORLD, "model.num_experts=0"])
     with pytest.raises(ConfigError, match=r"model\.num_experts=0"):
         train(cfg)
-    assert not (tmp_path / "data").exists(), "data was generated or read before the config was checked"
+    assert not (tmp_path / "data").exists(), (
+        "data was generated or read before the config was checked"
+    )
     assert not (tmp_path / "mlflow.db").exists(), "a run was tracked for an invalid config"
 
 
 # -- properties ---------------------------------------------------------------------------------
 
-POSITIVE_INTS = ["model.num_experts", "model.embedding_dim", "data.batch_size", "data.eval_batch_size", "data.num_items"]
-SLOW = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+POSITIVE_INTS = [
+    "model.num_experts",
+    "model.embedding_dim",
+    "data.batch_size",
+    "data.eval_batch_size",
+    "data.num_items",
+]
+SLOW = settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 
 @SLOW
 @given(key=st.sampled_from(POSITIVE_INTS), value=st.integers(max_value=0))
-def test_non_positive_counts_are_rejected_with_the_key(mmoe: DictConfig, key: str, value: int) -> None:
+def test_non_positive_counts_are_rejected_with_the_key(
+    mmoe: DictConfig, key: str, value: int
+) -> None:
     assert f"{key}={value}: expected a number >= 1" in problems(with_value(mmoe, key, value))
 
 
 @SLOW
 @given(
     key=st.sampled_from(POSITIVE_INTS + ["module.lr", "model.dropout"]),
-    value=st.one_of(st.text(string.ascii_letters, min_size=1, max_size=6), st.lists(st.integers(), max_size=3), st.booleans()),
+    value=st.one_of(
+        st.text(string.ascii_letters, min_size=1, max_size=6),
+        st.lists(st.integers(), max_size=3),
+        st.booleans(),
+    ),
 )
-def test_values_of_the_wrong_type_are_rejected_with_the_key(mmoe: DictConfig, key: str, value: object) -> None:
+def test_values_of_the_wrong_type_are_rejected_with_the_key(
+    mmoe: DictConfig, key: str, value: object
+) -> None:
     found = problems(with_value(mmoe, key, value))
     assert found.startswith(f"{key}={value!r}: expected ")
 
@@ -136,22 +201,39 @@ def test_values_of_the_wrong_type_are_rejected_with_the_key(mmoe: DictConfig, ke
     weights=st.lists(st.integers(1, 100), min_size=3, max_size=3),
     dims=st.lists(st.integers(1, 256), min_size=1, max_size=3),
 )
-def test_valid_configs_pass(mmoe: DictConfig, num_experts: int, lr: float, dropout: float, batch_size: int,
-                            weights: list[int], dims: list[int]) -> None:
+def test_valid_configs_pass(
+    mmoe: DictConfig,
+    num_experts: int,
+    lr: float,
+    dropout: float,
+    batch_size: int,
+    weights: list[int],
+    dims: list[int],
+) -> None:
     fractions = [w / sum(weights) for w in weights]
     cfg = mmoe
-    for key, value in {"model.num_experts": num_experts, "module.lr": lr, "model.dropout": dropout,
-                       "data.batch_size": batch_size, "data.split.fractions": fractions, "model.expert_dims": dims}.items():
+    for key, value in {
+        "model.num_experts": num_experts,
+        "module.lr": lr,
+        "model.dropout": dropout,
+        "data.batch_size": batch_size,
+        "data.split.fractions": fractions,
+        "model.expert_dims": dims,
+    }.items():
         cfg = with_value(cfg, key, value)
     validate_config(cfg, known_top_level=KNOWN)
 
 
 @SLOW
 @given(data=st.data())
-def test_a_one_letter_typo_of_a_model_key_is_caught_with_a_suggestion(mmoe: DictConfig, data: st.DataObject) -> None:
-    key = data.draw(st.sampled_from(["num_experts", "embedding_dim", "expert_dims", "tower_dims", "dropout"]))
+def test_a_one_letter_typo_of_a_model_key_is_caught_with_a_suggestion(
+    mmoe: DictConfig, data: st.DataObject
+) -> None:
+    key = data.draw(
+        st.sampled_from(["num_experts", "embedding_dim", "expert_dims", "tower_dims", "dropout"])
+    )
     i = data.draw(st.integers(0, len(key) - 1))
-    typo = key[:i] + key[i + 1:]  # one letter left out
+    typo = key[:i] + key[i + 1 :]  # one letter left out
     cfg = with_value(mmoe, f"model.{typo}", 3)
     assert f"model.{typo}: unknown key for MMoE; did you mean {key!r}?" in problems(cfg)
 
@@ -163,11 +245,17 @@ def test_rules_are_keyed_by_real_constructor_parameters() -> None:
     from recolab.config_validation import accepted_parameters
 
     targets = {
-        "recolab.models.rank.mmoe.MMoE", "recolab.models.rank.cgc.PLE", "recolab.pipelines.rank.RankModule",
-        "recolab.data.synthetic_video.SyntheticVideoDataModule", "pytorch_lightning.Trainer",
-        "pytorch_lightning.callbacks.EarlyStopping", "pytorch_lightning.callbacks.ModelCheckpoint",
-        "recolab.pipelines.recall.RecallModule", "recolab.pipelines.recall.Sampler",
-        "recolab.data.retrieval.SyntheticRetrievalDataModule", "recolab.models.recall.mind.MIND",
+        "recolab.models.rank.mmoe.MMoE",
+        "recolab.models.rank.cgc.PLE",
+        "recolab.pipelines.rank.RankModule",
+        "recolab.data.synthetic_video.SyntheticVideoDataModule",
+        "pytorch_lightning.Trainer",
+        "pytorch_lightning.callbacks.EarlyStopping",
+        "pytorch_lightning.callbacks.ModelCheckpoint",
+        "recolab.pipelines.recall.RecallModule",
+        "recolab.pipelines.recall.Sampler",
+        "recolab.data.retrieval.SyntheticRetrievalDataModule",
+        "recolab.models.recall.mind.MIND",
         "recolab.models.rank.shared_bottom.SharedBottom",
     }
     names = set()

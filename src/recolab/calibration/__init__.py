@@ -44,7 +44,9 @@ def from_state(state: dict[str, Any]) -> Calibrator:
     """A calibrator from its `state_dict()` (arrays may be numpy, lists or CPU tensors)."""
     kind = state.get("kind")
     if kind not in KINDS:
-        raise ValueError(f"calibrator state: unknown kind {kind!r}; expected one of {sorted(KINDS)}")
+        raise ValueError(
+            f"calibrator state: unknown kind {kind!r}; expected one of {sorted(KINDS)}"
+        )
     return KINDS[kind].from_state(state)
 
 
@@ -59,7 +61,12 @@ def _plain(value: Any) -> Any:
 def save_json(calibrators: dict[str, Calibrator], path: str | Path) -> Path:
     """Write `{name: calibrator}` (e.g. one per task) as JSON; returns the path."""
     path = Path(path)
-    path.write_text(json.dumps({k: {f: _plain(v) for f, v in c.state_dict().items()} for k, c in calibrators.items()}, indent=1))
+    path.write_text(
+        json.dumps(
+            {k: {f: _plain(v) for f, v in c.state_dict().items()} for k, c in calibrators.items()},
+            indent=1,
+        )
+    )
     return path
 
 

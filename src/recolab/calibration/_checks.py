@@ -26,7 +26,9 @@ def scores_and_labels(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]
     if len(s) == 0:
         raise ValueError("cannot fit a calibrator on no rows")
     if not np.isin(y, (0.0, 1.0)).all():
-        raise ValueError(f"labels must be 0 or 1; got values such as {np.unique(y[~np.isin(y, (0.0, 1.0))])[:5]}")
+        raise ValueError(
+            f"labels must be 0 or 1; got values such as {np.unique(y[~np.isin(y, (0.0, 1.0))])[:5]}"
+        )
     return s, y
 
 

@@ -63,7 +63,9 @@ class IsotonicCalibrator:
         out = cls()
         out.x, out.y = array(state, "x", cls.kind), array(state, "y", cls.kind)
         if out.x.shape != out.y.shape or len(out.x) == 0:
-            raise ValueError(f"isotonic calibrator state: x and y must be non-empty and equal in length, got {out.x.shape} and {out.y.shape}")
+            raise ValueError(
+                f"isotonic calibrator state: x and y must be non-empty and equal in length, got {out.x.shape} and {out.y.shape}"
+            )
         if (np.diff(out.x) < 0).any() or (np.diff(out.y) < 0).any():
             raise ValueError("isotonic calibrator state: x and y must be non-decreasing")
         return out

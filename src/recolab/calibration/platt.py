@@ -43,7 +43,9 @@ class PlattCalibrator:
 
     def __init__(self, *, input: str = "probability", max_iter: int = 100) -> None:
         if input not in ("probability", "score"):
-            raise ValueError(f"PlattCalibrator input must be 'probability' or 'score', got {input!r}")
+            raise ValueError(
+                f"PlattCalibrator input must be 'probability' or 'score', got {input!r}"
+            )
         self.input = input
         self.max_iter = max_iter
         self.a: float | None = None
@@ -82,7 +84,9 @@ class PlattCalibrator:
             q = _sigmoid(design @ theta)
             grad = design.T @ (t - q)  # (2,)
             w = q * (1.0 - q)
-            hess = (design * w[:, None]).T @ design + 1e-10 * np.eye(2)  # (2, 2), negative log-lik Hessian
+            hess = (design * w[:, None]).T @ design + 1e-10 * np.eye(
+                2
+            )  # (2, 2), negative log-lik Hessian
             step = np.linalg.solve(hess, grad)
             # Halve the step until the log likelihood does not fall (Newton can overshoot).
             ll = _loglik(design @ theta, t)
@@ -103,7 +107,12 @@ class PlattCalibrator:
     def state_dict(self) -> dict[str, Any]:
         if not self.fitted:
             raise RuntimeError("PlattCalibrator is not fitted: nothing to save")
-        return {"kind": self.kind, "input": self.input, "a": np.array([self.a]), "b": np.array([self.b])}
+        return {
+            "kind": self.kind,
+            "input": self.input,
+            "a": np.array([self.a]),
+            "b": np.array([self.b]),
+        }
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> PlattCalibrator:

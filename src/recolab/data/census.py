@@ -48,15 +48,58 @@ CONVERTER_VERSION = 1
 
 #: The 42 columns of the headerless file, in order (SOURCE.md, from keras-mmoe).
 COLUMNS = (
-    "age", "class_worker", "det_ind_code", "det_occ_code", "education", "wage_per_hour", "hs_college",
-    "marital_stat", "major_ind_code", "major_occ_code", "race", "hisp_origin", "sex", "union_member",
-    "unemp_reason", "full_or_part_emp", "capital_gains", "capital_losses", "stock_dividends",
-    "tax_filer_stat", "region_prev_res", "state_prev_res", "det_hh_fam_stat", "det_hh_summ",
-    "instance_weight", "mig_chg_msa", "mig_chg_reg", "mig_move_reg", "mig_same", "mig_prev_sunbelt",
-    "num_emp", "fam_under_18", "country_father", "country_mother", "country_self", "citizenship",
-    "own_or_self", "vet_question", "vet_benefits", "weeks_worked", "year", "income_50k",
+    "age",
+    "class_worker",
+    "det_ind_code",
+    "det_occ_code",
+    "education",
+    "wage_per_hour",
+    "hs_college",
+    "marital_stat",
+    "major_ind_code",
+    "major_occ_code",
+    "race",
+    "hisp_origin",
+    "sex",
+    "union_member",
+    "unemp_reason",
+    "full_or_part_emp",
+    "capital_gains",
+    "capital_losses",
+    "stock_dividends",
+    "tax_filer_stat",
+    "region_prev_res",
+    "state_prev_res",
+    "det_hh_fam_stat",
+    "det_hh_summ",
+    "instance_weight",
+    "mig_chg_msa",
+    "mig_chg_reg",
+    "mig_move_reg",
+    "mig_same",
+    "mig_prev_sunbelt",
+    "num_emp",
+    "fam_under_18",
+    "country_father",
+    "country_mother",
+    "country_self",
+    "citizenship",
+    "own_or_self",
+    "vet_question",
+    "vet_benefits",
+    "weeks_worked",
+    "year",
+    "income_50k",
 )
-NUMERIC = ("age", "wage_per_hour", "capital_gains", "capital_losses", "stock_dividends", "num_emp", "weeks_worked")
+NUMERIC = (
+    "age",
+    "wage_per_hour",
+    "capital_gains",
+    "capital_losses",
+    "stock_dividends",
+    "num_emp",
+    "weeks_worked",
+)
 CODES = ("det_ind_code", "det_occ_code", "own_or_self", "vet_benefits", "year")
 
 INCOME_VALUES = {"- 50000.": 0.0, "50000+.": 1.0}
@@ -74,7 +117,11 @@ def read_census_csv(path: Path) -> pd.DataFrame:
     """Parse the headerless gzip CSV; check its 42 columns and the label columns' values."""
     try:
         df = pd.read_csv(path, header=None, skipinitialspace=True, dtype=str, keep_default_na=False)
-    except (OSError, ValueError, EOFError) as e:  # pandas raises ParserError (a ValueError) on ragged rows
+    except (
+        OSError,
+        ValueError,
+        EOFError,
+    ) as e:  # pandas raises ParserError (a ValueError) on ragged rows
         raise DataError(f"{path}: cannot be read as the Census-Income CSV ({e})") from e
     if df.shape[1] != len(COLUMNS):
         raise DataError(
@@ -85,9 +132,13 @@ def read_census_csv(path: Path) -> pd.DataFrame:
     df = df.apply(lambda c: c.str.strip())
     unknown = sorted(set(df["income_50k"]) - set(INCOME_VALUES))
     if unknown:
-        raise DataError(f"{path}: column 'income_50k' (column 42) holds {unknown[:5]}, expected only {sorted(INCOME_VALUES)}")
+        raise DataError(
+            f"{path}: column 'income_50k' (column 42) holds {unknown[:5]}, expected only {sorted(INCOME_VALUES)}"
+        )
     if not (df["marital_stat"] == NEVER_MARRIED).any():
-        raise DataError(f"{path}: column 'marital_stat' (column 8) never holds {NEVER_MARRIED!r}; are the columns shifted?")
+        raise DataError(
+            f"{path}: column 'marital_stat' (column 8) never holds {NEVER_MARRIED!r}; are the columns shifted?"
+        )
     for name in (*NUMERIC, *CODES, "instance_weight"):
         values = pd.to_numeric(df[name], errors="coerce")
         bad = values.isna()
@@ -106,7 +157,9 @@ def cached_census(source: Path, cache_dir: str | Path) -> Path:
     """The source file converted to parquet under `cache_dir`, once per (name, size, mtime)."""
     stat = source.stat()
     stem = source.name.split(".")[0]
-    path = Path(cache_dir) / f"{stem}-{stat.st_size}-{stat.st_mtime_ns}-v{CONVERTER_VERSION}.parquet"
+    path = (
+        Path(cache_dir) / f"{stem}-{stat.st_size}-{stat.st_mtime_ns}-v{CONVERTER_VERSION}.parquet"
+    )
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -147,7 +200,9 @@ class CensusDataModule(RankDataModule):
         **kwargs: Any,
     ) -> None:
         if "split" in kwargs:
-            raise ValueError("data.split is not used by the census data: set data.fractions and data.split_seed")
+            raise ValueError(
+                "data.split is not used by the census data: set data.fractions and data.split_seed"
+            )
         super().__init__(split={"kind": "column", "column": SPLIT_COLUMN}, **kwargs)
         for group in ("sparse", "dense"):
             leaks = sorted(NOT_FEATURES & set(getattr(self, f"{group}_names")))
@@ -157,8 +212,16 @@ class CensusDataModule(RankDataModule):
                     "and instance_weight may not be model inputs"
                 )
         fractions = [float(f) for f in fractions]
-        if len(fractions) != 3 or min(fractions) < 0 or not np.isclose(sum(fractions), 1.0) or fractions[0] <= 0 or fractions[2] <= 0:
-            raise ValueError(f"data.fractions must be 3 shares (train, val, test) >= 0 summing to 1, with train and test > 0; got {fractions}")
+        if (
+            len(fractions) != 3
+            or min(fractions) < 0
+            or not np.isclose(sum(fractions), 1.0)
+            or fractions[0] <= 0
+            or fractions[2] <= 0
+        ):
+            raise ValueError(
+                f"data.fractions must be 3 shares (train, val, test) >= 0 summing to 1, with train and test > 0; got {fractions}"
+            )
         if max_rows is not None and max_rows < 10:
             raise ValueError(f"data.max_rows must be >= 10 or null, got {max_rows}")
         self.path = str(DEFAULT_PATH) if path is None else path
@@ -177,7 +240,9 @@ class CensusDataModule(RankDataModule):
             )
         source = folder / self.file
         if not source.is_file():
-            raise DataError(f"{source}: no such file (data.file) in {folder}; it holds {sorted(p.name for p in folder.iterdir())}")
+            raise DataError(
+                f"{source}: no such file (data.file) in {folder}; it holds {sorted(p.name for p in folder.iterdir())}"
+            )
         return source
 
     def prepare_data(self) -> None:
@@ -203,5 +268,8 @@ class CensusDataModule(RankDataModule):
             return super()._split(table)
         col = table.column(SPLIT_COLUMN).to_numpy(zero_copy_only=False)
         train, test = (table.filter(pa.array(col == s)) for s in ("train", "test"))
-        log.warning("data.fractions %s has no validation share: validation runs on the test rows", self.fractions)
+        log.warning(
+            "data.fractions %s has no validation share: validation runs on the test rows",
+            self.fractions,
+        )
         return {"train": train, "val": test, "test": test}

@@ -41,7 +41,11 @@ def id_type_problem(name: str, type_: pa.DataType) -> str | None:
 
 
 def sequence_type_problem(name: str, type_: pa.DataType) -> str | None:
-    if pa.types.is_list(type_) or pa.types.is_large_list(type_) or pa.types.is_fixed_size_list(type_):
+    if (
+        pa.types.is_list(type_)
+        or pa.types.is_large_list(type_)
+        or pa.types.is_fixed_size_list(type_)
+    ):
         return id_type_problem(f"{name}[]", type_.value_type)
     return f"column {name!r} is a sequence, so it must hold lists of ids, got {type_}"
 
@@ -51,7 +55,10 @@ def _numeric(col: pa.ChunkedArray) -> np.ndarray:
 
 
 def special_column_problems(
-    table: pa.Table, *, finite_checked: frozenset[str] = frozenset(), sign_checked: frozenset[str] = frozenset()
+    table: pa.Table,
+    *,
+    finite_checked: frozenset[str] = frozenset(),
+    sign_checked: frozenset[str] = frozenset(),
 ) -> list[tuple[str, np.ndarray]]:
     """`(problem, bad row mask)` for the special columns this table holds (see the module docstring).
 
@@ -60,7 +67,11 @@ def special_column_problems(
     """
     out = []
     for name in NON_NEGATIVE:
-        if name in table.column_names and name not in sign_checked and _is_number(table.column(name).type):
+        if (
+            name in table.column_names
+            and name not in sign_checked
+            and _is_number(table.column(name).type)
+        ):
             values = _numeric(table.column(name))
             wrong = np.isfinite(values) & (values < 0)
             what = "negative value(s)"
@@ -68,13 +79,22 @@ def special_column_problems(
                 wrong |= ~np.isfinite(values)
                 what = "negative or missing value(s)"
             if wrong.any():
-                out.append((f"column {name!r}: {int(wrong.sum())} {what} (seconds, must be >= 0)", wrong))
+                out.append(
+                    (f"column {name!r}: {int(wrong.sum())} {what} (seconds, must be >= 0)", wrong)
+                )
     if POSITION in table.column_names and _is_number(table.column(POSITION).type):
         values = _numeric(table.column(POSITION))
         finite = np.isfinite(values)
-        wrong = (finite & ((values < 1) | (values != np.round(values)))) | (~finite if POSITION not in finite_checked else False)
+        wrong = (finite & ((values < 1) | (values != np.round(values)))) | (
+            ~finite if POSITION not in finite_checked else False
+        )
         if wrong.any():
-            out.append((f"column {POSITION!r}: {int(wrong.sum())} position(s) below 1, fractional or missing (slots count from 1)", wrong))
+            out.append(
+                (
+                    f"column {POSITION!r}: {int(wrong.sum())} position(s) below 1, fractional or missing (slots count from 1)",
+                    wrong,
+                )
+            )
     if TIMESTAMP in table.column_names and table.column(TIMESTAMP).null_count:
         wrong = table.column(TIMESTAMP).is_null().to_numpy(zero_copy_only=False)
         out.append((f"column {TIMESTAMP!r}: {int(wrong.sum())} missing timestamp(s)", wrong))
@@ -103,7 +123,9 @@ def _list_row_hash(arr: pa.Array) -> np.ndarray:
     arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
     if arr.null_count:  # a missing list is not an empty one
         arr = pc.if_else(arr.is_null(), pa.scalar([-1], arr.type), arr)
-    if pa.types.is_fixed_size_list(arr.type):  # (N, L): one pass per place, no per-element bookkeeping
+    if pa.types.is_fixed_size_list(
+        arr.type
+    ):  # (N, L): one pass per place, no per-element bookkeeping
         grid = arr.flatten().to_numpy(zero_copy_only=False).reshape(len(arr), arr.type.list_size)
         row = np.zeros(len(arr), dtype=np.uint64)
         with np.errstate(over="ignore"):
@@ -115,13 +137,20 @@ def _list_row_hash(arr: pa.Array) -> np.ndarray:
         values = arr.values.to_numpy(zero_copy_only=False)[offsets[0] : offsets[-1]]
         offsets = offsets - offsets[0]
     lengths = np.diff(offsets)
-    place = (np.arange(len(values), dtype=np.int64) - np.repeat(offsets[:-1], lengths)).astype(np.uint64)
+    place = (np.arange(len(values), dtype=np.int64) - np.repeat(offsets[:-1], lengths)).astype(
+        np.uint64
+    )
     with np.errstate(over="ignore"):
         # the place goes through a salted hash: with the same hash for value and place, [1, 1] and
         # [2, 2] would collide (h(1) ^ h(1) == h(2) ^ h(2))
         element = _mix(_element_hash(values) ^ _mix(_mix(place) ^ np.uint64(0xD6E8FEB86659FD93)))
-        sums = np.concatenate([[np.uint64(0)], np.cumsum(element, dtype=np.uint64)])  # wraps mod 2**64
-        return _mix((sums[offsets[1:]] - sums[offsets[:-1]]) ^ _mix(lengths.astype(np.uint64) + np.uint64(2)))
+        sums = np.concatenate(
+            [[np.uint64(0)], np.cumsum(element, dtype=np.uint64)]
+        )  # wraps mod 2**64
+        return _mix(
+            (sums[offsets[1:]] - sums[offsets[:-1]])
+            ^ _mix(lengths.astype(np.uint64) + np.uint64(2))
+        )
 
 
 def _list_keys(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -146,7 +175,11 @@ def _mix(x: np.ndarray) -> np.ndarray:
 
 
 def _is_list(type_: pa.DataType) -> bool:
-    return pa.types.is_list(type_) or pa.types.is_large_list(type_) or pa.types.is_fixed_size_list(type_)
+    return (
+        pa.types.is_list(type_)
+        or pa.types.is_large_list(type_)
+        or pa.types.is_fixed_size_list(type_)
+    )
 
 
 def duplicate_rows(table: pa.Table) -> np.ndarray:
@@ -172,10 +205,14 @@ def duplicate_rows(table: pa.Table) -> np.ndarray:
     candidates = np.flatnonzero(counts[first] > 1)  # ascending: "earlier" keeps its meaning
     out = np.zeros(n, dtype=bool)
     if len(candidates):  # compare the candidates by value, lists element by element
-        frame = pd.DataFrame({
-            name: _list_keys(table.column(name).take(candidates)) if _is_list(table.column(name).type) else values[candidates]
-            for name, values in columns.items()
-        })
+        frame = pd.DataFrame(
+            {
+                name: _list_keys(table.column(name).take(candidates))
+                if _is_list(table.column(name).type)
+                else values[candidates]
+                for name, values in columns.items()
+            }
+        )
         out[candidates] = frame.duplicated(keep="first").to_numpy()
     return out
 
@@ -184,5 +221,7 @@ def oov_rows(data: dict[str, dict[str, dict]], sparse_names: list[str]) -> dict[
     """`{"<split>/<column>": rows}` whose encoded id is the OOV bucket 0, per split and sparse column."""
     return {
         f"{split}/{name}": int((columns["features"][name] == 0).sum())
-        for split, columns in data.items() for name in sparse_names if name in columns["features"]
+        for split, columns in data.items()
+        for name in sparse_names
+        if name in columns["features"]
     }

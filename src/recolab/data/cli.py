@@ -58,9 +58,16 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     command, args = parse(sys.argv[1:] if argv is None else argv)
     if command == "import":
-        out = Path(args.get("out") or Path("data") / "imported" / Path(args["path"]).name.split(".")[0])
+        out = Path(
+            args.get("out") or Path("data") / "imported" / Path(args["path"]).name.split(".")[0]
+        )
         try:
-            summary = import_log(args["path"], args["schema"], out, drop_bad_rows=_flag(args.get("drop_bad_rows", "false"), "drop_bad_rows"))
+            summary = import_log(
+                args["path"],
+                args["schema"],
+                out,
+                drop_bad_rows=_flag(args.get("drop_bad_rows", "false"), "drop_bad_rows"),
+            )
         except LogImportError as e:
             print(f"recolab data import: {e}", file=sys.stderr)
             raise SystemExit(2) from None

@@ -100,7 +100,9 @@ class RankDataModule(pl.LightningDataModule):
         self.dropped_rows = 0
         for t, col in self.oracle.items():
             if col not in self.meta_names:
-                raise ValueError(f"data.oracle.{t}: column {col!r} must also be listed in data.meta")
+                raise ValueError(
+                    f"data.oracle.{t}: column {col!r} must also be listed in data.meta"
+                )
         self.negative_downsampling = _check_downsampling(negative_downsampling, self.tasks)
         self.downsampled_rows = 0
 
@@ -126,7 +128,9 @@ class RankDataModule(pl.LightningDataModule):
         self.schema = self._schema()
         log.info(
             "data %s: %s rows (train/val/test), %d dropped",
-            self.source_path, "/".join(str(part.num_rows) for part in parts.values()), self.dropped_rows,
+            self.source_path,
+            "/".join(str(part.num_rows) for part in parts.values()),
+            self.dropped_rows,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -159,8 +163,14 @@ class RankDataModule(pl.LightningDataModule):
         """`data/dropped_rows` and `data/oov_rows/<split>/<column>` (ids mapped to the OOV bucket), for tracking."""
         oov = checks.oov_rows(self.data, self.sparse_names)
         if any(oov.values()):
-            log.info("%s: rows with an out-of-vocabulary id: %s", self.source_path, {k: v for k, v in oov.items() if v})
-        return {"data/dropped_rows": float(self.dropped_rows)} | {f"data/oov_rows/{k}": float(v) for k, v in oov.items()}
+            log.info(
+                "%s: rows with an out-of-vocabulary id: %s",
+                self.source_path,
+                {k: v for k, v in oov.items() if v},
+            )
+        return {"data/dropped_rows": float(self.dropped_rows)} | {
+            f"data/oov_rows/{k}": float(v) for k, v in oov.items()
+        }
 
     def model_inputs(self) -> dict[str, Any]:
         """What a model may take from the data (see `recolab.train.build`)."""
@@ -175,7 +185,13 @@ class RankDataModule(pl.LightningDataModule):
 
     @property
     def required_columns(self) -> list[str]:
-        cols = [*self.sparse_names, *self.dense_names, *self.sequence_specs, *self.task_names, *self.meta_names]
+        cols = [
+            *self.sparse_names,
+            *self.dense_names,
+            *self.sequence_specs,
+            *self.task_names,
+            *self.meta_names,
+        ]
         if self.split_cfg["kind"] == "time":
             cols.append("timestamp")
         if self.split_cfg["kind"] == "column":
@@ -197,8 +213,16 @@ class RankDataModule(pl.LightningDataModule):
         if table.num_rows == 0:
             raise DataError(f"{self.source_path}: the table has no rows")
         wrong_types = [  # types no row can fix (recolab.data.checks states the policies)
-            *(p for n in self.sparse_names if (p := checks.id_type_problem(n, table.column(n).type))),
-            *(p for n in self.sequence_specs if (p := checks.sequence_type_problem(n, table.column(n).type))),
+            *(
+                p
+                for n in self.sparse_names
+                if (p := checks.id_type_problem(n, table.column(n).type))
+            ),
+            *(
+                p
+                for n in self.sequence_specs
+                if (p := checks.sequence_type_problem(n, table.column(n).type))
+            ),
             *checks.special_type_problems(table),
         ]
         if wrong_types:
@@ -207,24 +231,36 @@ class RankDataModule(pl.LightningDataModule):
         problems = []
         for name in [*self.task_names, *self.dense_names]:
             col = table.column(name)
-            if not (pa.types.is_floating(col.type) or pa.types.is_integer(col.type) or pa.types.is_boolean(col.type)):
-                raise DataError(f"{self.source_path}: column {name!r} must be numeric, got {col.type}")
+            if not (
+                pa.types.is_floating(col.type)
+                or pa.types.is_integer(col.type)
+                or pa.types.is_boolean(col.type)
+            ):
+                raise DataError(
+                    f"{self.source_path}: column {name!r} must be numeric, got {col.type}"
+                )
             values = col.to_numpy(zero_copy_only=False).astype(np.float64)
             nonfinite = ~np.isfinite(values)  # NaN, +-inf, and nulls (to_numpy gives NaN)
             if nonfinite.any():
-                problems.append(f"column {name!r}: {int(nonfinite.sum())} non-finite value(s) (NaN, inf or null)")
+                problems.append(
+                    f"column {name!r}: {int(nonfinite.sum())} non-finite value(s) (NaN, inf or null)"
+                )
                 bad |= nonfinite
         for task in self.tasks:
             values = table.column(task.name).to_numpy(zero_copy_only=False).astype(np.float64)
             if task.kind == "binary":
                 wrong = np.isfinite(values) & (values != 0) & (values != 1)
                 if wrong.any():
-                    problems.append(f"column {task.name!r}: {int(wrong.sum())} binary label(s) not 0 or 1")
+                    problems.append(
+                        f"column {task.name!r}: {int(wrong.sum())} binary label(s) not 0 or 1"
+                    )
                     bad |= wrong
             elif task.transform == "log1p":
                 wrong = np.isfinite(values) & (values < 0)
                 if wrong.any():
-                    problems.append(f"column {task.name!r}: {int(wrong.sum())} negative value(s) (log1p target)")
+                    problems.append(
+                        f"column {task.name!r}: {int(wrong.sum())} negative value(s) (log1p target)"
+                    )
                     bad |= wrong
         for name in self.sparse_names:
             if table.column(name).null_count:
@@ -232,22 +268,35 @@ class RankDataModule(pl.LightningDataModule):
                 bad |= table.column(name).is_null().to_numpy(zero_copy_only=False)
         log1p = frozenset(t.name for t in self.tasks if t.transform == "log1p")
         found = checks.special_column_problems(
-            table, finite_checked=frozenset([*self.task_names, *self.dense_names]), sign_checked=log1p
+            table,
+            finite_checked=frozenset([*self.task_names, *self.dense_names]),
+            sign_checked=log1p,
         )
         duplicates = checks.duplicate_rows(table)
         if duplicates.any():
-            found.append((f"{int(duplicates.sum())} duplicate row(s) (equal to an earlier row in every column used: {table.column_names})", duplicates))
+            found.append(
+                (
+                    f"{int(duplicates.sum())} duplicate row(s) (equal to an earlier row in every column used: {table.column_names})",
+                    duplicates,
+                )
+            )
         for problem, wrong in found:
             problems.append(problem)
             bad |= wrong
         if problems:
             if not self.drop_bad_rows:
                 raise DataError(
-                    f"{self.source_path}: " + "; ".join(problems)
+                    f"{self.source_path}: "
+                    + "; ".join(problems)
                     + ". Fix the data, or set data.drop_bad_rows=true to drop these rows."
                 )
             self.dropped_rows = int(bad.sum())
-            log.warning("%s: dropping %d bad row(s): %s", self.source_path, self.dropped_rows, "; ".join(problems))
+            log.warning(
+                "%s: dropping %d bad row(s): %s",
+                self.source_path,
+                self.dropped_rows,
+                "; ".join(problems),
+            )
             table = table.filter(pa.array(~bad))
             if table.num_rows == 0:
                 raise DataError(f"{self.source_path}: no rows left after dropping bad rows")
@@ -261,10 +310,18 @@ class RankDataModule(pl.LightningDataModule):
             parts = {s: table.filter(pa.array(col == s)) for s in SPLITS}
         else:
             fractions = np.asarray(self.split_cfg["fractions"], dtype=np.float64)
-            if fractions.shape != (3,) or (fractions < 0).any() or not np.isclose(fractions.sum(), 1.0):
-                raise ValueError(f"data.split.fractions must be 3 non-negative numbers summing to 1, got {list(fractions)}")
+            if (
+                fractions.shape != (3,)
+                or (fractions < 0).any()
+                or not np.isclose(fractions.sum(), 1.0)
+            ):
+                raise ValueError(
+                    f"data.split.fractions must be 3 non-negative numbers summing to 1, got {list(fractions)}"
+                )
             if kind == "time":
-                order = np.argsort(table.column("timestamp").to_numpy(zero_copy_only=False), kind="stable")
+                order = np.argsort(
+                    table.column("timestamp").to_numpy(zero_copy_only=False), kind="stable"
+                )
             elif kind == "random":
                 order = np.random.default_rng(self.seed).permutation(n)
             else:
@@ -273,7 +330,9 @@ class RankDataModule(pl.LightningDataModule):
             parts = {s: table.take(pa.array(idx)) for s, idx in zip(SPLITS, np.split(order, cuts))}
         for s, part in parts.items():
             if part.num_rows == 0:
-                raise DataError(f"{self.source_path}: the {s} split is empty (split {self.split_cfg})")
+                raise DataError(
+                    f"{self.source_path}: the {s} split is empty (split {self.split_cfg})"
+                )
         return parts
 
     def _downsample(self, train: pa.Table) -> pa.Table:
@@ -282,7 +341,13 @@ class RankDataModule(pl.LightningDataModule):
         negative = train.column(task).to_numpy(zero_copy_only=False) == 0
         keep = ~negative | (np.random.default_rng([self.seed, 7]).random(train.num_rows) < rate)
         self.downsampled_rows = int((~keep).sum())
-        log.info("negative downsampling of %r at rate %g: %d of %d training rows left out", task, rate, self.downsampled_rows, train.num_rows)
+        log.info(
+            "negative downsampling of %r at rate %g: %d of %d training rows left out",
+            task,
+            rate,
+            self.downsampled_rows,
+            train.num_rows,
+        )
         if keep.all():
             return train
         return train.filter(pa.array(keep))
@@ -308,11 +373,15 @@ class RankDataModule(pl.LightningDataModule):
             features[name] = torch.from_numpy(self.vocabs[name].encode(col(name)))
         for name in self.dense_names:
             mean, std = self.dense_stats[name]
-            features[name] = torch.from_numpy(((col(name).astype(np.float64) - mean) / std).astype(np.float32))
+            features[name] = torch.from_numpy(
+                ((col(name).astype(np.float64) - mean) / std).astype(np.float32)
+            )
         for name, spec in self.sequence_specs.items():
             vocab = self.vocabs[spec.get("vocab_of") or name]
             offsets, values = _list_offsets_values(part.column(name))
-            features[name] = torch.from_numpy(pad_left(offsets, vocab.encode(values), int(spec["max_len"])))
+            features[name] = torch.from_numpy(
+                pad_left(offsets, vocab.encode(values), int(spec["max_len"]))
+            )
         labels = {t: torch.from_numpy(col(t).astype(np.float32)) for t in self.task_names}
         meta = {m: torch.from_numpy(np.array(col(m))) for m in self.meta_names}  # a writable copy
         return {"features": features, "labels": labels, "meta": meta}
@@ -322,7 +391,12 @@ class RankDataModule(pl.LightningDataModule):
             sparse=tuple(SparseFeature(n, self.vocabs[n].size) for n in self.sparse_names),
             dense=tuple(DenseFeature(n) for n in self.dense_names),
             sequences=tuple(
-                SequenceFeature(n, self.vocabs[s.get("vocab_of") or n].size, int(s["max_len"]), s.get("vocab_of"))
+                SequenceFeature(
+                    n,
+                    self.vocabs[s.get("vocab_of") or n].size,
+                    int(s["max_len"]),
+                    s.get("vocab_of"),
+                )
                 for n, s in self.sequence_specs.items()
             ),
             tasks=self.tasks,
@@ -335,7 +409,12 @@ class RankDataModule(pl.LightningDataModule):
         if self.trainer is not None:
             rank, world = self.trainer.global_rank, self.trainer.world_size
         dataset = ColumnarBatches(
-            self.data[split], batch_size=batch_size, shuffle=shuffle, seed=self.seed, rank=rank, world_size=world
+            self.data[split],
+            batch_size=batch_size,
+            shuffle=shuffle,
+            seed=self.seed,
+            rank=rank,
+            world_size=world,
         )
         pin = self.pin_memory
         if pin == "auto":
@@ -360,15 +439,21 @@ class ParquetDataModule(RankDataModule):
         return str(path), dataset.read(columns=self.required_columns)
 
 
-def _check_downsampling(spec: dict[str, Any] | None, tasks: tuple[Task, ...]) -> dict[str, Any] | None:
+def _check_downsampling(
+    spec: dict[str, Any] | None, tasks: tuple[Task, ...]
+) -> dict[str, Any] | None:
     if not spec:
         return None
     spec = dict(spec)
     if set(spec) != {"task", "rate"}:
-        raise ValueError(f"data.negative_downsampling must be {{task: <binary task>, rate: <w in (0, 1]>}}, got keys {sorted(spec)}")
+        raise ValueError(
+            f"data.negative_downsampling must be {{task: <binary task>, rate: <w in (0, 1]>}}, got keys {sorted(spec)}"
+        )
     kinds = {t.name: t.kind for t in tasks}
     if kinds.get(spec["task"]) != "binary":
-        raise ValueError(f"data.negative_downsampling.task: {spec['task']!r} is not a binary task of data.tasks ({list(kinds)})")
+        raise ValueError(
+            f"data.negative_downsampling.task: {spec['task']!r} is not a binary task of data.tasks ({list(kinds)})"
+        )
     rate = float(spec["rate"])
     if not 0.0 < rate <= 1.0:
         raise ValueError(f"data.negative_downsampling.rate must lie in (0, 1], got {spec['rate']}")

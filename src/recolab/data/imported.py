@@ -19,9 +19,9 @@ from recolab.data.importer import DATA_FILE, SCHEMA_FILE
 
 class ImportedDataModule(ParquetDataModule):
     """Args:
-        path: the folder `recolab data import` wrote (`data.parquet`, `recolab_schema.yaml`).
-        split: the split, or None for the folder's.
-        **kwargs: `RankDataModule` arguments; `sparse`, `dense`, `tasks` and `meta` default to the folder's.
+    path: the folder `recolab data import` wrote (`data.parquet`, `recolab_schema.yaml`).
+    split: the split, or None for the folder's.
+    **kwargs: `RankDataModule` arguments; `sparse`, `dense`, `tasks` and `meta` default to the folder's.
     """
 
     def __init__(self, *, path: str, split: dict[str, Any] | None = None, **kwargs: Any) -> None:

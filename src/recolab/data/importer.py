@@ -49,7 +49,17 @@ log = logging.getLogger(__name__)
 
 DATA_FILE = "data.parquet"
 SCHEMA_FILE = "recolab_schema.yaml"
-SCHEMA_KEYS = ("user", "item", "timestamp", "position", "duration", "labels", "sparse", "dense", "split")
+SCHEMA_KEYS = (
+    "user",
+    "item",
+    "timestamp",
+    "position",
+    "duration",
+    "labels",
+    "sparse",
+    "dense",
+    "split",
+)
 LABEL_KEYS = ("column", "name", "kind", "weight", "transform")
 SHOWN_ROWS = 5
 
@@ -70,12 +80,18 @@ class LogSchema:
     duration: str | None = None
     sparse: list[str] = field(default_factory=list)
     dense: list[str] = field(default_factory=list)
-    split: dict[str, Any] = field(default_factory=lambda: {"kind": "time", "fractions": [0.8, 0.1, 0.1]})
+    split: dict[str, Any] = field(
+        default_factory=lambda: {"kind": "time", "fractions": [0.8, 0.1, 0.1]}
+    )
 
     def renames(self) -> dict[str, str]:
         """Log column -> recolab column, in output order."""
         out = {self.user: "user_id", self.item: "item_id"}
-        for key, special in (("timestamp", "timestamp"), ("position", "position"), ("duration", "duration")):
+        for key, special in (
+            ("timestamp", "timestamp"),
+            ("position", "position"),
+            ("duration", "duration"),
+        ):
             if getattr(self, key):
                 out[getattr(self, key)] = special
         for label in self.labels:
@@ -99,29 +115,56 @@ def read_schema(path: str | Path) -> LogSchema:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise LogImportError(f"{path}: not valid YAML: {getattr(e, 'problem', None) or e}{where}") from e
+        raise LogImportError(
+            f"{path}: not valid YAML: {getattr(e, 'problem', None) or e}{where}"
+        ) from e
     if not isinstance(raw, dict):
-        raise LogImportError(f"{path}: expected a mapping of keys ({', '.join(SCHEMA_KEYS)}), got {type(raw).__name__}")
-    problems = [f"unknown key {k!r}{_suggest(str(k), list(SCHEMA_KEYS))}" for k in raw if k not in SCHEMA_KEYS]
-    problems += [f"key {k!r} is required (the {k} id column)" for k in ("user", "item") if not raw.get(k)]
+        raise LogImportError(
+            f"{path}: expected a mapping of keys ({', '.join(SCHEMA_KEYS)}), got {type(raw).__name__}"
+        )
+    problems = [
+        f"unknown key {k!r}{_suggest(str(k), list(SCHEMA_KEYS))}"
+        for k in raw
+        if k not in SCHEMA_KEYS
+    ]
+    problems += [
+        f"key {k!r} is required (the {k} id column)" for k in ("user", "item") if not raw.get(k)
+    ]
     labels = raw.get("labels")
     if isinstance(labels, (str, dict)):
         labels = [labels]
     if not labels:
-        problems.append("key 'labels' is required: at least one label column, e.g. [{column: clicked, name: click, kind: binary}]")
+        problems.append(
+            "key 'labels' is required: at least one label column, e.g. [{column: clicked, name: click, kind: binary}]"
+        )
         labels = []
     parsed = []
     for i, label in enumerate(labels):
         label = {"column": label} if isinstance(label, str) else label
         if not isinstance(label, dict) or not label.get("column"):
-            problems.append(f"labels[{i}]: expected a column name or {{column: ..., name: ..., kind: binary|regression}}, got {label!r}")
+            problems.append(
+                f"labels[{i}]: expected a column name or {{column: ..., name: ..., kind: binary|regression}}, got {label!r}"
+            )
             continue
-        problems += [f"labels[{i}]: unknown key {k!r}{_suggest(str(k), list(LABEL_KEYS))}" for k in label if k not in LABEL_KEYS]
-        label = {"name": label["column"], "kind": "binary", "weight": 1.0, "transform": "none"} | label
+        problems += [
+            f"labels[{i}]: unknown key {k!r}{_suggest(str(k), list(LABEL_KEYS))}"
+            for k in label
+            if k not in LABEL_KEYS
+        ]
+        label = {
+            "name": label["column"],
+            "kind": "binary",
+            "weight": 1.0,
+            "transform": "none",
+        } | label
         if label["kind"] not in ("binary", "regression"):
-            problems.append(f"labels[{i}].kind={label['kind']!r}: expected 'binary' or 'regression'")
+            problems.append(
+                f"labels[{i}].kind={label['kind']!r}: expected 'binary' or 'regression'"
+            )
         if label["transform"] not in ("none", "log1p"):
-            problems.append(f"labels[{i}].transform={label['transform']!r}: expected 'none' or 'log1p'")
+            problems.append(
+                f"labels[{i}].transform={label['transform']!r}: expected 'none' or 'log1p'"
+            )
         parsed.append(label)
     for key in ("sparse", "dense"):
         value = raw.get(key) or []
@@ -129,26 +172,57 @@ def read_schema(path: str | Path) -> LogSchema:
             problems.append(f"key {key!r}: expected a list of column names, got {value!r}")
     split = raw.get("split") or {"kind": "time", "fractions": [0.8, 0.1, 0.1]}
     if not isinstance(split, dict) or split.get("kind", "time") not in ("time", "random"):
-        problems.append(f"key 'split': expected {{kind: time|random, fractions: [train, val, test]}}, got {split!r}")
+        problems.append(
+            f"key 'split': expected {{kind: time|random, fractions: [train, val, test]}}, got {split!r}"
+        )
     elif split.get("kind", "time") == "time" and not raw.get("timestamp"):
-        problems.append("key 'split': a time split needs a `timestamp` column; name it, or use split: {kind: random}")
+        problems.append(
+            "key 'split': a time split needs a `timestamp` column; name it, or use split: {kind: random}"
+        )
     if problems:
         raise LogImportError(f"{path}: " + "; ".join(problems))
     schema = LogSchema(
-        user=raw["user"], item=raw["item"], labels=parsed, timestamp=raw.get("timestamp"),
-        position=raw.get("position"), duration=raw.get("duration"), sparse=list(raw.get("sparse") or []),
-        dense=list(raw.get("dense") or []), split=dict(split),
+        user=raw["user"],
+        item=raw["item"],
+        labels=parsed,
+        timestamp=raw.get("timestamp"),
+        position=raw.get("position"),
+        duration=raw.get("duration"),
+        sparse=list(raw.get("sparse") or []),
+        dense=list(raw.get("dense") or []),
+        split=dict(split),
     )
-    used = [c for c in [schema.user, schema.item, schema.timestamp, schema.position, schema.duration,
-                        *(lbl["column"] for lbl in parsed), *schema.sparse, *schema.dense] if c]
+    used = [
+        c
+        for c in [
+            schema.user,
+            schema.item,
+            schema.timestamp,
+            schema.position,
+            schema.duration,
+            *(lbl["column"] for lbl in parsed),
+            *schema.sparse,
+            *schema.dense,
+        ]
+        if c
+    ]
     twice = sorted({c for c in used if used.count(c) > 1})
     names = list(schema.renames().values())
     clash = sorted({n for n in names if names.count(n) > 1})
     if twice or clash:
-        raise LogImportError(f"{path}: " + "; ".join(
-            ([f"column(s) {twice} given more than one role"] if twice else [])
-            + ([f"output name(s) {clash} used twice (a feature named like a special column or a task?)"] if clash else [])
-        ))
+        raise LogImportError(
+            f"{path}: "
+            + "; ".join(
+                ([f"column(s) {twice} given more than one role"] if twice else [])
+                + (
+                    [
+                        f"output name(s) {clash} used twice (a feature named like a special column or a task?)"
+                    ]
+                    if clash
+                    else []
+                )
+            )
+        )
     return schema
 
 
@@ -157,17 +231,22 @@ def read_log(path: str | Path) -> pa.Table:
     if not path.exists():
         raise LogImportError(f"{path}: no such file (path=)")
     try:
-        if path.suffix.lower() in (".csv", ".tsv", ".txt") or path.name.lower().endswith((".csv.gz", ".tsv.gz")):
+        if path.suffix.lower() in (".csv", ".tsv", ".txt") or path.name.lower().endswith(
+            (".csv.gz", ".tsv.gz")
+        ):
             delimiter = "\t" if ".tsv" in path.name.lower() else ","
             return pacsv.read_csv(  # an empty field is a missing value, for strings too (an empty id is no id)
-                path, parse_options=pacsv.ParseOptions(delimiter=delimiter),
+                path,
+                parse_options=pacsv.ParseOptions(delimiter=delimiter),
                 convert_options=pacsv.ConvertOptions(strings_can_be_null=True),
             )
         if path.suffix.lower() == ".parquet" or path.is_dir():
             return pq.read_table(path)
     except (pa.ArrowInvalid, OSError) as e:
         raise LogImportError(f"{path}: cannot be read ({str(e).splitlines()[0]})") from e
-    raise LogImportError(f"{path}: expected a .csv, .tsv or .parquet file (or a folder of parquet files)")
+    raise LogImportError(
+        f"{path}: expected a .csv, .tsv or .parquet file (or a folder of parquet files)"
+    )
 
 
 def _rows(mask: np.ndarray) -> str:
@@ -193,7 +272,12 @@ def _timestamp_seconds(col: pa.ChunkedArray) -> pa.Array:
 
 def _unparsed(col: pa.ChunkedArray) -> np.ndarray | None:
     """Rows whose timestamp is neither a number nor an ISO date-time; None if the type holds neither."""
-    if pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_timestamp(col.type) or pa.types.is_date(col.type):
+    if (
+        pa.types.is_integer(col.type)
+        or pa.types.is_floating(col.type)
+        or pa.types.is_timestamp(col.type)
+        or pa.types.is_date(col.type)
+    ):
         return np.zeros(len(col), dtype=bool)
     if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
         return None
@@ -201,12 +285,18 @@ def _unparsed(col: pa.ChunkedArray) -> np.ndarray | None:
     present = np.array([v is not None for v in raw])
     distinct = np.unique(raw[present].astype(str))
     bad_values = set()
-    for v in distinct:  # distinct values only; this runs on the error path of a parse, or on short logs
+    for (
+        v
+    ) in distinct:  # distinct values only; this runs on the error path of a parse, or on short logs
         try:
             pc.cast(pa.array([v]), pa.timestamp("s"))
         except pa.ArrowInvalid:
             bad_values.add(v)
-    return np.array([v is not None and v in bad_values for v in raw]) if bad_values else np.zeros(len(col), dtype=bool)
+    return (
+        np.array([v is not None and v in bad_values for v in raw])
+        if bad_values
+        else np.zeros(len(col), dtype=bool)
+    )
 
 
 def check_log(table: pa.Table, schema: LogSchema) -> tuple[list[tuple[str, np.ndarray]], list[str]]:
@@ -216,7 +306,9 @@ def check_log(table: pa.Table, schema: LogSchema) -> tuple[list[tuple[str, np.nd
     missing = [c for c in renames if c not in table.column_names]
     for c in missing:
         role = next(k for k, v in _roles(schema).items() if c in v)
-        fatal.append(f"schema {role} names column {c!r}, which is not in the file{_suggest(c, table.column_names)}")
+        fatal.append(
+            f"schema {role} names column {c!r}, which is not in the file{_suggest(c, table.column_names)}"
+        )
     if missing:
         return [], fatal + [f"the file has {table.column_names}"]
     found: list[tuple[str, np.ndarray]] = []
@@ -229,54 +321,93 @@ def check_log(table: pa.Table, schema: LogSchema) -> tuple[list[tuple[str, np.nd
         col = table.column(column)
         if pa.types.is_floating(col.type):  # a float id column is fine if every value is integral
             values = col.to_numpy(zero_copy_only=False)
-            flag(np.isfinite(values) & (values != np.round(values)), f"column {column!r}: fractional id(s)")
+            flag(
+                np.isfinite(values) & (values != np.round(values)),
+                f"column {column!r}: fractional id(s)",
+            )
         elif problem := checks.id_type_problem(column, col.type):
             fatal.append(problem)
             continue
         flag(col.is_null().to_numpy(zero_copy_only=False), f"column {column!r}: missing id(s)")
-    numeric = [(lbl["column"], "label") for lbl in schema.labels] + [(c, "dense feature") for c in schema.dense]
-    numeric += [(c, k) for c, k in ((schema.position, "position"), (schema.duration, "duration")) if c]
+    numeric = [(lbl["column"], "label") for lbl in schema.labels] + [
+        (c, "dense feature") for c in schema.dense
+    ]
+    numeric += [
+        (c, k) for c, k in ((schema.position, "position"), (schema.duration, "duration")) if c
+    ]
     for column, role in numeric:
         col = table.column(column)
-        if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_boolean(col.type)):
+        if not (
+            pa.types.is_integer(col.type)
+            or pa.types.is_floating(col.type)
+            or pa.types.is_boolean(col.type)
+        ):
             sample = [v for v in col.slice(0, 50).to_pylist() if v is not None][:3]
-            fatal.append(f"column {column!r} ({role}) must be numeric, got {col.type} (e.g. {sample})")
+            fatal.append(
+                f"column {column!r} ({role}) must be numeric, got {col.type} (e.g. {sample})"
+            )
             continue
         flag(~np.isfinite(_as_float(col)), f"column {column!r}: missing or non-finite value(s)")
     if schema.timestamp:
         col = table.column(schema.timestamp)
         unparsed = _unparsed(col)
         if unparsed is None:
-            fatal.append(f"column {schema.timestamp!r} (timestamp) must be unix seconds or date-times, got {col.type}")
+            fatal.append(
+                f"column {schema.timestamp!r} (timestamp) must be unix seconds or date-times, got {col.type}"
+            )
         else:
-            flag(col.is_null().to_numpy(zero_copy_only=False), f"column {schema.timestamp!r}: missing timestamp(s)")
-            flag(unparsed, f"column {schema.timestamp!r}: timestamp(s) that are not ISO date-times like 2024-05-01T12:00:00")
+            flag(
+                col.is_null().to_numpy(zero_copy_only=False),
+                f"column {schema.timestamp!r}: missing timestamp(s)",
+            )
+            flag(
+                unparsed,
+                f"column {schema.timestamp!r}: timestamp(s) that are not ISO date-times like 2024-05-01T12:00:00",
+            )
     if fatal:
         return found, fatal
     for label in schema.labels:
         values = _as_float(table.column(label["column"]))
         if label["kind"] == "binary":
-            flag(np.isfinite(values) & (values != 0) & (values != 1), f"column {label['column']!r}: binary label(s) not 0 or 1")
+            flag(
+                np.isfinite(values) & (values != 0) & (values != 1),
+                f"column {label['column']!r}: binary label(s) not 0 or 1",
+            )
         elif label["transform"] == "log1p" or label["name"] in checks.NON_NEGATIVE:
-            flag(np.isfinite(values) & (values < 0), f"column {label['column']!r}: negative value(s)")
+            flag(
+                np.isfinite(values) & (values < 0), f"column {label['column']!r}: negative value(s)"
+            )
     if schema.duration:
         values = _as_float(table.column(schema.duration))
-        flag(np.isfinite(values) & (values < 0), f"column {schema.duration!r}: negative duration(s) (seconds, must be >= 0)")
+        flag(
+            np.isfinite(values) & (values < 0),
+            f"column {schema.duration!r}: negative duration(s) (seconds, must be >= 0)",
+        )
     if schema.position:
         values = _as_float(table.column(schema.position))
-        flag(np.isfinite(values) & ((values < 1) | (values != np.round(values))),
-             f"column {schema.position!r}: position(s) below 1 or fractional (slots count from 1)")
+        flag(
+            np.isfinite(values) & ((values < 1) | (values != np.round(values))),
+            f"column {schema.position!r}: position(s) below 1 or fractional (slots count from 1)",
+        )
     if schema.timestamp:  # an event log: exact repeats are logging accidents (recolab.data.checks)
         used = table.select(list(renames)).rename_columns(list(renames.values()))
-        flag(checks.duplicate_rows(used), "duplicate row(s) (equal to an earlier row in every imported column)")
+        flag(
+            checks.duplicate_rows(used),
+            "duplicate row(s) (equal to an earlier row in every imported column)",
+        )
     return found, fatal
 
 
 def _roles(schema: LogSchema) -> dict[str, list[str]]:
     return {
-        "user": [schema.user], "item": [schema.item], "timestamp": [schema.timestamp], "position": [schema.position],
-        "duration": [schema.duration], "labels": [lbl["column"] for lbl in schema.labels],
-        "sparse": schema.sparse, "dense": schema.dense,
+        "user": [schema.user],
+        "item": [schema.item],
+        "timestamp": [schema.timestamp],
+        "position": [schema.position],
+        "duration": [schema.duration],
+        "labels": [lbl["column"] for lbl in schema.labels],
+        "sparse": schema.sparse,
+        "dense": schema.dense,
     }
 
 
@@ -290,7 +421,9 @@ def _encode_ids(col: pa.ChunkedArray) -> tuple[pa.Array, pa.Table | None]:
         return pc.cast(col, pa.int64()), None  # integral, checked
     raw = col.to_numpy(zero_copy_only=False).astype(str)
     distinct, codes = np.unique(raw, return_inverse=True)
-    return pa.array(codes.astype(np.int64)), pa.table({"code": np.arange(len(distinct), dtype=np.int64), "id": distinct})
+    return pa.array(codes.astype(np.int64)), pa.table(
+        {"code": np.arange(len(distinct), dtype=np.int64), "id": distinct}
+    )
 
 
 def convert(table: pa.Table, schema: LogSchema) -> tuple[pa.Table, dict[str, pa.Table]]:
@@ -314,13 +447,22 @@ def convert(table: pa.Table, schema: LogSchema) -> tuple[pa.Table, dict[str, pa.
 
 def module_schema(schema: LogSchema) -> dict[str, Any]:
     """The data module's arguments (`recolab_schema.yaml`): features, tasks, evaluation columns, split."""
-    meta = ["user_id", *(["position"] if schema.position else []), *(["duration"] if schema.duration else [])]
+    meta = [
+        "user_id",
+        *(["position"] if schema.position else []),
+        *(["duration"] if schema.duration else []),
+    ]
     return {
         "sparse": ["user_id", "item_id", *schema.sparse],
         "dense": list(schema.dense),
-        "tasks": [{k: lbl[k] for k in ("name", "kind", "weight", "transform")} for lbl in schema.labels],
+        "tasks": [
+            {k: lbl[k] for k in ("name", "kind", "weight", "transform")} for lbl in schema.labels
+        ],
         "meta": meta,
-        "split": {"kind": schema.split.get("kind", "time"), "fractions": list(schema.split.get("fractions", [0.8, 0.1, 0.1]))},
+        "split": {
+            "kind": schema.split.get("kind", "time"),
+            "fractions": list(schema.split.get("fractions", [0.8, 0.1, 0.1])),
+        },
     }
 
 
@@ -328,11 +470,19 @@ def _quantiles(values: np.ndarray) -> dict[str, float]:
     if len(values) == 0:
         return {}
     q = np.quantile(values, [0.0, 0.1, 0.5, 0.9, 1.0])
-    return {"min": float(q[0]), "p10": float(q[1]), "p50": float(q[2]), "p90": float(q[3]), "max": float(q[4]),
-            "mean": float(values.mean())}
+    return {
+        "min": float(q[0]),
+        "p10": float(q[1]),
+        "p50": float(q[2]),
+        "p90": float(q[3]),
+        "max": float(q[4]),
+        "mean": float(values.mean()),
+    }
 
 
-def summarize(out: pa.Table, schema: LogSchema, *, source: str, dropped: dict[str, Any]) -> dict[str, Any]:
+def summarize(
+    out: pa.Table, schema: LogSchema, *, source: str, dropped: dict[str, Any]
+) -> dict[str, Any]:
     """Rows, users, items, label rates, and the duration and position distributions."""
     users = out.column("user_id").to_numpy()
     items = out.column("item_id").to_numpy()
@@ -351,15 +501,18 @@ def summarize(out: pa.Table, schema: LogSchema, *, source: str, dropped: dict[st
     for label in schema.labels:
         y = out.column(label["name"]).to_numpy().astype(np.float64)
         summary["labels"][label["name"]] = (
-            {"kind": "binary", "rate": float(y.mean()), "positives": int(y.sum())} if label["kind"] == "binary"
+            {"kind": "binary", "rate": float(y.mean()), "positives": int(y.sum())}
+            if label["kind"] == "binary"
             else {"kind": "regression", "zero_share": float((y == 0).mean()), **_quantiles(y)}
         )
     if schema.duration:
         summary["duration"] = _quantiles(out.column("duration").to_numpy().astype(np.float64))
     if schema.position:
         pos, counts = np.unique(out.column("position").to_numpy(), return_counts=True)
-        summary["position"] = {"rows_by_position": {int(p): int(c) for p, c in zip(pos[:20], counts[:20])},
-                               **_quantiles(out.column("position").to_numpy().astype(float))}
+        summary["position"] = {
+            "rows_by_position": {int(p): int(c) for p, c in zip(pos[:20], counts[:20])},
+            **_quantiles(out.column("position").to_numpy().astype(float)),
+        }
         if schema.labels and schema.labels[0]["kind"] == "binary":
             y = out.column(schema.labels[0]["name"]).to_numpy()
             p = out.column("position").to_numpy()
@@ -368,7 +521,11 @@ def summarize(out: pa.Table, schema: LogSchema, *, source: str, dropped: dict[st
             }
     if schema.timestamp:
         t = out.column("timestamp").to_numpy()
-        summary["timestamp"] = {"first": int(t.min()), "last": int(t.max()), "days": round(float(t.max() - t.min()) / 86400, 2)}
+        summary["timestamp"] = {
+            "first": int(t.min()),
+            "last": int(t.max()),
+            "days": round(float(t.max() - t.min()) / 86400, 2),
+        }
     return summary
 
 
@@ -380,8 +537,10 @@ def summary_markdown(s: dict[str, Any]) -> str:
         return ", ".join(f"{k} {fmt(v)}" for k, v in d.items() if not isinstance(v, dict))
 
     lines = [
-        f"# Imported log: {s['source']}", "",
-        "| what | value |", "| --- | --- |",
+        f"# Imported log: {s['source']}",
+        "",
+        "| what | value |",
+        "| --- | --- |",
         f"| rows | {s['rows']} |",
         f"| dropped rows | {s['dropped_rows']['total']} |",
         f"| users | {s['users']} |",
@@ -391,17 +550,25 @@ def summary_markdown(s: dict[str, Any]) -> str:
     ]
     for name, label in s["labels"].items():
         if label["kind"] == "binary":
-            lines.append(f"| label {name} (binary) | rate {fmt(label['rate'])} ({label['positives']} positives) |")
+            lines.append(
+                f"| label {name} (binary) | rate {fmt(label['rate'])} ({label['positives']} positives) |"
+            )
         else:
-            lines.append(f"| label {name} (regression) | {dist({k: v for k, v in label.items() if k != 'kind'})} |")
+            lines.append(
+                f"| label {name} (regression) | {dist({k: v for k, v in label.items() if k != 'kind'})} |"
+            )
     if "duration" in s:
         lines.append(f"| duration (s) | {dist(s['duration'])} |")
     if "position" in s:
         lines.append(f"| position | {dist(s['position'])} |")
-        lines.append(f"| rows by position | {', '.join(f'{k}: {v}' for k, v in s['position']['rows_by_position'].items())} |")
+        lines.append(
+            f"| rows by position | {', '.join(f'{k}: {v}' for k, v in s['position']['rows_by_position'].items())} |"
+        )
         for key, rates in s["position"].items():
             if key.endswith("_rate_by_position"):
-                lines.append(f"| {key.replace('_', ' ')} | {', '.join(f'{k}: {fmt(v)}' for k, v in rates.items())} |")
+                lines.append(
+                    f"| {key.replace('_', ' ')} | {', '.join(f'{k}: {fmt(v)}' for k, v in rates.items())} |"
+                )
     if "timestamp" in s:
         lines.append(f"| time span | {s['timestamp']['days']} days |")
     for reason, n in s["dropped_rows"].get("reasons", {}).items():
@@ -409,7 +576,9 @@ def summary_markdown(s: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def import_log(path: str | Path, schema_path: str | Path, out: str | Path, *, drop_bad_rows: bool = False) -> dict[str, Any]:
+def import_log(
+    path: str | Path, schema_path: str | Path, out: str | Path, *, drop_bad_rows: bool = False
+) -> dict[str, Any]:
     """Check, convert and write a log (see the module docstring); return the summary."""
     schema = read_schema(schema_path)
     table = read_log(path)
@@ -428,7 +597,10 @@ def import_log(path: str | Path, schema_path: str | Path, out: str | Path, *, dr
                 "Fix the file, or import with drop_bad_rows=true to drop these rows."
             )
         bad = np.logical_or.reduce([mask for _, mask in found])
-        dropped = {"total": int(bad.sum()), "reasons": {what: int(mask.sum()) for what, mask in found}}
+        dropped = {
+            "total": int(bad.sum()),
+            "reasons": {what: int(mask.sum()) for what, mask in found},
+        }
         log.warning("%s: dropping %d bad row(s): %s", source, dropped["total"], problems)
         table = table.filter(pa.array(~bad))
         if table.num_rows == 0:

@@ -39,10 +39,21 @@ log = logging.getLogger(__name__)
 
 #: Bump when the converted table changes, so caches are converted again.
 LOADER_VERSION = 1
-REQUIRED = ("user_id", "video_id", "time_ms", "hourmin", "is_click", "long_view", "play_time_ms", "duration_ms")
+REQUIRED = (
+    "user_id",
+    "video_id",
+    "time_ms",
+    "hourmin",
+    "is_click",
+    "long_view",
+    "play_time_ms",
+    "duration_ms",
+)
 BINARY = ("is_click", "long_view")
 #: Where `path: null` points: ../shared/data/kuairand-27k-likehate-subset beside the repository (src layout).
-DEFAULT_PATH = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "kuairand-27k-likehate-subset"
+DEFAULT_PATH = (
+    Path(__file__).resolve().parents[3].parent / "shared" / "data" / "kuairand-27k-likehate-subset"
+)
 
 
 def log_file(path: str | Path) -> Path:
@@ -51,7 +62,9 @@ def log_file(path: str | Path) -> Path:
     if p.is_dir():
         found = sorted(p.glob("*.tsv"))
         if len(found) != 1:
-            raise DataError(f"{p} (data.path): expected one .tsv log in the folder, found {[f.name for f in found]}")
+            raise DataError(
+                f"{p} (data.path): expected one .tsv log in the folder, found {[f.name for f in found]}"
+            )
         return found[0]
     if not p.is_file():
         raise DataError(f"{p} (data.path): no such file or folder")
@@ -66,7 +79,9 @@ def read_log(path: Path) -> tuple[pd.DataFrame, int]:
         raise DataError(f"{path}: cannot parse the tab-separated log ({e})") from e
     missing = [c for c in REQUIRED if c not in frame.columns]
     if missing:
-        raise DataError(f"{path}: missing column(s) {missing}; the header has {list(frame.columns)}")
+        raise DataError(
+            f"{path}: missing column(s) {missing}; the header has {list(frame.columns)}"
+        )
     if len(frame) == 0:
         raise DataError(f"{path}: the file holds no rows")
     values = {name: _integers(path, frame, name) for name in REQUIRED}
@@ -74,24 +89,30 @@ def read_log(path: Path) -> tuple[pd.DataFrame, int]:
         bad = ~np.isin(values[name], (0, 1))
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
-            raise DataError(f"{path}: column {name!r} must hold 0 or 1; line {i + 2} has {frame[name].iloc[i]!r}")
+            raise DataError(
+                f"{path}: column {name!r} must hold 0 or 1; line {i + 2} has {frame[name].iloc[i]!r}"
+            )
     bad = values["play_time_ms"] < 0
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise DataError(f"{path}: column 'play_time_ms' must be >= 0; line {i + 2} has {frame['play_time_ms'].iloc[i]!r}")
+        raise DataError(
+            f"{path}: column 'play_time_ms' must be >= 0; line {i + 2} has {frame['play_time_ms'].iloc[i]!r}"
+        )
     keep = values["duration_ms"] > 0
     dur = values["duration_ms"][keep] / 1000.0
-    out = pd.DataFrame({
-        "user_id": values["user_id"][keep],
-        "item_id": values["video_id"][keep],
-        "timestamp": values["time_ms"][keep],
-        "hour": (values["hourmin"][keep] // 100).astype(np.int64),
-        "click": values["is_click"][keep].astype(np.float32),
-        "long_view": values["long_view"][keep].astype(np.float32),
-        "watch_time": (values["play_time_ms"][keep] / 1000.0).astype(np.float32),
-        "duration": dur.astype(np.float32),
-        "log_duration": np.log(dur).astype(np.float32),
-    })
+    out = pd.DataFrame(
+        {
+            "user_id": values["user_id"][keep],
+            "item_id": values["video_id"][keep],
+            "timestamp": values["time_ms"][keep],
+            "hour": (values["hourmin"][keep] // 100).astype(np.int64),
+            "click": values["is_click"][keep].astype(np.float32),
+            "long_view": values["long_view"][keep].astype(np.float32),
+            "watch_time": (values["play_time_ms"][keep] / 1000.0).astype(np.float32),
+            "duration": dur.astype(np.float32),
+            "log_duration": np.log(dur).astype(np.float32),
+        }
+    )
     if "label" in frame.columns:
         like = _integers(path, frame, "label")
         if not np.isin(like, (0, 1)).all():
@@ -104,7 +125,9 @@ def drop_duplicates(frame: pd.DataFrame, path: Path) -> tuple[pd.DataFrame, int]
     """Rows equal to an earlier row in every column are one logged event written twice: keep one."""
     dup = frame.duplicated(keep="first").to_numpy()
     if dup.any():
-        log.warning("%s: %d row(s) repeat an earlier row in every column; kept once", path, int(dup.sum()))
+        log.warning(
+            "%s: %d row(s) repeat an earlier row in every column; kept once", path, int(dup.sum())
+        )
     return frame[~dup].reset_index(drop=True), int(dup.sum())
 
 
@@ -123,24 +146,38 @@ def cached_kuairand(path: str | Path, cache_dir: str | Path) -> Path:
     """The parquet conversion of the log under `cache_dir`, converting on first use."""
     src = log_file(path)
     st = src.stat()
-    key = hashlib.sha1(f"v{LOADER_VERSION}|{src.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
+    key = hashlib.sha1(
+        f"v{LOADER_VERSION}|{src.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()
+    ).hexdigest()[:12]
     out = Path(cache_dir) / f"kuairand-{src.stem}-{key}.parquet"
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     frame, no_duration = read_log(src)
     frame, duplicates = drop_duplicates(frame, src)
-    log.info("converting %s -> %s: %d rows, %d left out for a duration <= 0, %d repeated rows", src, out, len(frame), no_duration, duplicates)
+    log.info(
+        "converting %s -> %s: %d rows, %d left out for a duration <= 0, %d repeated rows",
+        src,
+        out,
+        len(frame),
+        no_duration,
+        duplicates,
+    )
     tmp = out.with_suffix(f".tmp{os.getpid()}")
     pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp)
     tmp.replace(out)  # atomic: a killed conversion never leaves a half-written cache
-    out.with_suffix(".json").write_text(json.dumps(
-        {
-            "source": str(src.resolve()), "rows": len(frame), "rows_without_duration_left_out": no_duration,
-            "repeated_rows_left_out": duplicates, "version": LOADER_VERSION,
-        },
-        indent=2,
-    ))
+    out.with_suffix(".json").write_text(
+        json.dumps(
+            {
+                "source": str(src.resolve()),
+                "rows": len(frame),
+                "rows_without_duration_left_out": no_duration,
+                "repeated_rows_left_out": duplicates,
+                "version": LOADER_VERSION,
+            },
+            indent=2,
+        )
+    )
     return out
 
 
@@ -154,7 +191,9 @@ class KuaiRandDataModule(RankDataModule):
         **kwargs: `RankDataModule` arguments (features, tasks, meta, split, batch sizes, seed).
     """
 
-    def __init__(self, *, path: str | None = None, cache_dir: str, max_rows: int | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, *, path: str | None = None, cache_dir: str, max_rows: int | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         if max_rows is not None and max_rows < 10:
             raise ValueError(f"data.max_rows must be >= 10 (or null for every row), got {max_rows}")
@@ -169,7 +208,9 @@ class KuaiRandDataModule(RankDataModule):
         out = cached_kuairand(self.path, self.cache_dir)
         names = pq.read_schema(out).names
         self._check_columns(str(out), names)
-        table = pq.read_table(out, columns=list(dict.fromkeys([*self.required_columns, "timestamp"])))
+        table = pq.read_table(
+            out, columns=list(dict.fromkeys([*self.required_columns, "timestamp"]))
+        )
         if self.max_rows is not None and table.num_rows > self.max_rows:
             order = np.argsort(table.column("timestamp").to_numpy(), kind="stable")[: self.max_rows]
             table = table.take(pa.array(np.sort(order)))

@@ -52,13 +52,17 @@ ITEM_CATEGORICAL = tuple(f"item_feature_{i}" for i in range(1, 4))
 LOG_COLUMNS = ("timestamp", "item_id", "position", "click", "propensity_score", *USER_FEATURES)
 ITEM_COLUMNS = ("item_id", "item_feature_0", *ITEM_CATEGORICAL)
 #: Where `path: null` points: ../shared/data/open-bandit-dataset-small beside the repository (src layout).
-DEFAULT_PATH = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "open-bandit-dataset-small"
+DEFAULT_PATH = (
+    Path(__file__).resolve().parents[3].parent / "shared" / "data" / "open-bandit-dataset-small"
+)
 
 
 def source_files(root: Path, campaigns: list[str]) -> list[tuple[str, str, Path, Path]]:
     """(policy, campaign, log csv, item_context csv) for each log, or a DataError naming what is missing."""
     if not root.is_dir():
-        raise DataError(f"{root} (data.path): no such folder; expected the Open Bandit Dataset with bts/ and random/")
+        raise DataError(
+            f"{root} (data.path): no such folder; expected the Open Bandit Dataset with bts/ and random/"
+        )
     out = []
     for policy in POLICIES:
         for campaign in campaigns:
@@ -66,7 +70,9 @@ def source_files(root: Path, campaigns: list[str]) -> list[tuple[str, str, Path,
             log_csv, items_csv = folder / f"{campaign}.csv", folder / "item_context.csv"
             for f in (log_csv, items_csv):
                 if not f.is_file():
-                    raise DataError(f"{f}: no such file (data.path={root}, data.campaigns={campaigns})")
+                    raise DataError(
+                        f"{f}: no such file (data.path={root}, data.campaigns={campaigns})"
+                    )
             out.append((policy, campaign, log_csv, items_csv))
     return out
 
@@ -86,13 +92,17 @@ def _read_csv(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
         raise DataError(f"{path}: cannot parse the CSV ({e})") from e
     missing = [c for c in required if c not in frame.columns]
     if missing:
-        raise DataError(f"{path}: missing column(s) {missing}; the header has {list(frame.columns)[:12]}{' ...' if frame.shape[1] > 12 else ''}")
+        raise DataError(
+            f"{path}: missing column(s) {missing}; the header has {list(frame.columns)[:12]}{' ...' if frame.shape[1] > 12 else ''}"
+        )
     if len(frame) == 0:
         raise DataError(f"{path}: the file holds no rows")
     return frame
 
 
-def _numeric(path: Path, frame: pd.DataFrame, name: str, *, allowed: tuple[float, ...] | None = None) -> np.ndarray:
+def _numeric(
+    path: Path, frame: pd.DataFrame, name: str, *, allowed: tuple[float, ...] | None = None
+) -> np.ndarray:
     """Column `name` as float64, or a DataError quoting the first bad value and its row."""
     values = pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=np.float64)
     bad = ~np.isfinite(values)
@@ -116,21 +126,29 @@ def read_log(path: Path, items_path: Path, campaign_index: int) -> pd.DataFrame:
     item_ids = _numeric(items_path, items, "item_id").astype(np.int64)
     unknown = ~np.isin(item, item_ids)
     if unknown.any():
-        raise DataError(f"{path}: column 'item_id' holds {int(unknown.sum())} id(s) missing from {items_path}, e.g. {int(item[unknown][0])}")
+        raise DataError(
+            f"{path}: column 'item_id' holds {int(unknown.sum())} id(s) missing from {items_path}, e.g. {int(item[unknown][0])}"
+        )
     affinity_cols = [f"user-item_affinity_{i}" for i in np.unique(item)]
     missing = [c for c in affinity_cols if c not in frame.columns]
     if missing:
-        raise DataError(f"{path}: missing column(s) {missing[:5]} (the affinity to each shown item)")
+        raise DataError(
+            f"{path}: missing column(s) {missing[:5]} (the affinity to each shown item)"
+        )
     affinity = frame[affinity_cols].to_numpy(dtype=np.float64)  # (N, shown items)
     column_of = {int(i): k for k, i in enumerate(np.unique(item))}
-    out = pd.DataFrame({
-        "timestamp": _timestamps(path, frame),
-        "item_id": campaign_index * 1000 + item,
-        "position": _numeric(path, frame, "position", allowed=(1.0, 2.0, 3.0)).astype(np.int32),
-        "click": _numeric(path, frame, "click", allowed=(0.0, 1.0)).astype(np.float32),
-        "propensity_score": _numeric(path, frame, "propensity_score").astype(np.float32),
-        "affinity": affinity[np.arange(len(item)), [column_of[int(i)] for i in item]].astype(np.float32),
-    })
+    out = pd.DataFrame(
+        {
+            "timestamp": _timestamps(path, frame),
+            "item_id": campaign_index * 1000 + item,
+            "position": _numeric(path, frame, "position", allowed=(1.0, 2.0, 3.0)).astype(np.int32),
+            "click": _numeric(path, frame, "click", allowed=(0.0, 1.0)).astype(np.float32),
+            "propensity_score": _numeric(path, frame, "propensity_score").astype(np.float32),
+            "affinity": affinity[np.arange(len(item)), [column_of[int(i)] for i in item]].astype(
+                np.float32
+            ),
+        }
+    )
     for name in USER_FEATURES:
         out[name] = frame[name].astype("string").to_numpy(dtype=object)
     if len(np.unique(item_ids)) != len(item_ids):
@@ -148,7 +166,9 @@ def _timestamps(path: Path, frame: pd.DataFrame) -> np.ndarray:
     bad = parsed.isna().to_numpy()
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise DataError(f"{path}: column 'timestamp' must hold dates; row {i} has {frame['timestamp'].iloc[i]!r}")
+        raise DataError(
+            f"{path}: column 'timestamp' must hold dates; row {i} has {frame['timestamp'].iloc[i]!r}"
+        )
     return (parsed.astype("int64") // 1000).to_numpy()  # microseconds
 
 
@@ -182,9 +202,17 @@ def cached_open_bandit(path: str | Path, campaigns: list[str], cache_dir: str | 
     tmp = out.with_suffix(f".tmp{os.getpid()}")
     pq.write_table(table, tmp)
     tmp.replace(out)  # atomic: a killed conversion never leaves a half-written cache
-    out.with_suffix(".json").write_text(json.dumps(
-        {"source": str(Path(path).resolve()), "campaigns": campaigns, "rows": table.num_rows, "version": LOADER_VERSION}, indent=2
-    ))
+    out.with_suffix(".json").write_text(
+        json.dumps(
+            {
+                "source": str(Path(path).resolve()),
+                "campaigns": campaigns,
+                "rows": table.num_rows,
+                "version": LOADER_VERSION,
+            },
+            indent=2,
+        )
+    )
     return out
 
 
@@ -212,13 +240,17 @@ class OpenBanditDataModule(RankDataModule):
         **kwargs: Any,
     ) -> None:
         if "split" in kwargs and kwargs["split"] not in (None, {}):
-            raise ValueError("data.split: the Open Bandit split is fixed (train/val: the bts log, test: the random log); remove data.split")
+            raise ValueError(
+                "data.split: the Open Bandit split is fixed (train/val: the bts log, test: the random log); remove data.split"
+            )
         kwargs["split"] = {"kind": "column", "column": "split"}
         super().__init__(**kwargs)
         self.campaigns = list(campaigns)
         unknown = [c for c in self.campaigns if c not in CAMPAIGNS]
         if unknown or not self.campaigns:
-            raise ValueError(f"data.campaigns: expected a non-empty subset of {list(CAMPAIGNS)}, got {self.campaigns}")
+            raise ValueError(
+                f"data.campaigns: expected a non-empty subset of {list(CAMPAIGNS)}, got {self.campaigns}"
+            )
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(f"data.val_fraction must lie in (0, 1), got {val_fraction}")
         if max_rows is not None and max_rows < 10:
@@ -234,7 +266,9 @@ class OpenBanditDataModule(RankDataModule):
     def _load(self) -> tuple[str, pa.Table]:
         out = cached_open_bandit(self.path, self.campaigns, self.cache_dir)
         columns = [c for c in self.required_columns if c != "split"]
-        table = pq.read_table(out, columns=list(dict.fromkeys([*columns, "policy", "campaign", "timestamp"])))
+        table = pq.read_table(
+            out, columns=list(dict.fromkeys([*columns, "policy", "campaign", "timestamp"]))
+        )
         self._check_columns(str(out), [*table.column_names, "split"])
         frame = table.to_pandas()
         frame = frame.sort_values(["policy", "campaign", "timestamp"], kind="stable")
@@ -244,7 +278,9 @@ class OpenBanditDataModule(RankDataModule):
         rank = frame.groupby(["policy", "campaign"]).cumcount().to_numpy()
         size = frame.groupby(["policy", "campaign"])["timestamp"].transform("size").to_numpy()
         bts = (frame["policy"] == "bts").to_numpy()
-        split = np.where(~bts, "test", np.where(rank >= np.ceil(size * (1 - self.val_fraction)), "val", "train"))
+        split = np.where(
+            ~bts, "test", np.where(rank >= np.ceil(size * (1 - self.val_fraction)), "val", "train")
+        )
         frame = frame.assign(split=split)
         # The timestamp stays: two impressions alike in every feature are still two events.
         keep = list(dict.fromkeys([*self.required_columns, "timestamp"]))

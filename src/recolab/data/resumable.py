@@ -64,7 +64,10 @@ class ResumableLoader(DataLoader):
     def __init__(self, dataset: Dataset, *, pin_memory: bool = False, seed: int = 0) -> None:
         order = ResumableOrder(dataset)
         super().__init__(
-            dataset, batch_size=None, sampler=order, pin_memory=pin_memory,
+            dataset,
+            batch_size=None,
+            sampler=order,
+            pin_memory=pin_memory,
             generator=torch.Generator().manual_seed(seed),
         )
         self.order = order

@@ -38,7 +38,9 @@ class SparseFeature:
 
     def __post_init__(self) -> None:
         if self.vocab_size < 2:
-            raise ValueError(f"sparse feature {self.name!r}: vocab_size must be >= 2, got {self.vocab_size}")
+            raise ValueError(
+                f"sparse feature {self.name!r}: vocab_size must be >= 2, got {self.vocab_size}"
+            )
 
 
 @dataclass(frozen=True)
@@ -81,9 +83,13 @@ class Task:
 
     def __post_init__(self) -> None:
         if self.kind not in ("binary", "regression"):
-            raise ValueError(f"task {self.name!r}: kind must be 'binary' or 'regression', got {self.kind!r}")
+            raise ValueError(
+                f"task {self.name!r}: kind must be 'binary' or 'regression', got {self.kind!r}"
+            )
         if self.transform not in ("none", "log1p"):
-            raise ValueError(f"task {self.name!r}: transform must be 'none' or 'log1p', got {self.transform!r}")
+            raise ValueError(
+                f"task {self.name!r}: transform must be 'none' or 'log1p', got {self.transform!r}"
+            )
         if not self.weight >= 0:
             raise ValueError(f"task {self.name!r}: weight must be >= 0, got {self.weight}")
 

@@ -56,11 +56,21 @@ class WorldParams:
     world_seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("num_users", "num_items", "num_impressions", "slate_size", "latent_dim", "num_categories", "days"):
+        for name in (
+            "num_users",
+            "num_items",
+            "num_impressions",
+            "slate_size",
+            "latent_dim",
+            "num_categories",
+            "days",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"data.{name} must be >= 1, got {getattr(self, name)}")
         if not -1.0 <= self.task_correlation <= 1.0:
-            raise ValueError(f"data.task_correlation must be in [-1, 1], got {self.task_correlation}")
+            raise ValueError(
+                f"data.task_correlation must be in [-1, 1], got {self.task_correlation}"
+            )
 
     def key(self) -> str:
         blob = json.dumps({**asdict(self), "version": GENERATOR_VERSION}, sort_keys=True)
@@ -87,9 +97,11 @@ def generate(p: WorldParams) -> pa.Table:
     item_vec = (cat_vec[category] + 0.7 * rng.normal(0, 1, size=(I, d))) / np.sqrt(d)  # (I, D)
     item_vec2 = rng.normal(0, 1, size=(I, d)) / np.sqrt(d)  # second taste axis (like, interest)
     pop_rank = rng.permutation(I) + 1
-    popularity = pop_rank ** -p.zipf_exponent
+    popularity = pop_rank**-p.zipf_exponent
     popularity /= popularity.sum()
-    quality = 0.3 * _standardize(np.log(popularity)) + 0.3 * rng.normal(size=I)  # popular items are a bit better
+    quality = 0.3 * _standardize(np.log(popularity)) + 0.3 * rng.normal(
+        size=I
+    )  # popular items are a bit better
     duration = np.clip(rng.lognormal(np.log(30.0), 0.8, size=I), 3.0, 600.0)
 
     # Users: latent vectors, an age bucket that shifts taste, and an activity level.
@@ -112,7 +124,14 @@ def generate(p: WorldParams) -> pa.Table:
     z_rel = logit(user_vec, item_vec)
     z_other = logit(user_vec2, item_vec2)
     rel_logit = 1.2 * _standardize(z_rel) + quality[cand] - 2.0
-    like_logit = 1.2 * (p.task_correlation * _standardize(z_rel) + np.sqrt(1 - p.task_correlation**2) * _standardize(z_other)) - 1.0
+    like_logit = (
+        1.2
+        * (
+            p.task_correlation * _standardize(z_rel)
+            + np.sqrt(1 - p.task_correlation**2) * _standardize(z_other)
+        )
+        - 1.0
+    )
     interest_logit = 0.8 * _standardize(z_rel) + 0.6 * _standardize(z_other) - 0.3
 
     # The logging policy orders the slate by popularity and a noisy view of relevance.
@@ -123,10 +142,12 @@ def generate(p: WorldParams) -> pa.Table:
     )
     order = np.argsort(-policy, axis=1)
     take = lambda a: np.take_along_axis(a, order, axis=1)  # noqa: E731
-    cand, rel_logit, like_logit, interest_logit = map(take, (cand, rel_logit, like_logit, interest_logit))
+    cand, rel_logit, like_logit, interest_logit = map(
+        take, (cand, rel_logit, like_logit, interest_logit)
+    )
     position = np.broadcast_to(np.arange(1, P + 1), (R, P))
 
-    gt_examination = position ** -p.examination_power
+    gt_examination = position**-p.examination_power
     gt_relevance = _sigmoid(rel_logit)
     gt_like_given_click = _sigmoid(like_logit)
     gt_interest = _sigmoid(interest_logit)
@@ -157,7 +178,9 @@ def generate(p: WorldParams) -> pa.Table:
         "user_age": age[flat(users)] + 1,
         "user_activity": np.log(activity * U)[flat(users)].astype(np.float32),
         "log_duration": np.log(flat(dur)).astype(np.float32),
-        "hist_items": pa.FixedSizeListArray.from_arrays(pa.array(hist.reshape(-1), pa.int32()), p.history_len),
+        "hist_items": pa.FixedSizeListArray.from_arrays(
+            pa.array(hist.reshape(-1), pa.int32()), p.history_len
+        ),
         "position": flat(position).astype(np.int32),
         "duration": flat(dur).astype(np.float32),
         "click": flat(click).astype(np.float32),
@@ -167,13 +190,17 @@ def generate(p: WorldParams) -> pa.Table:
         "gt_examination": flat(gt_examination).astype(np.float32),
         "gt_interest": flat(gt_interest).astype(np.float32),
         "gt_click_prob": flat(gt_examination * gt_relevance).astype(np.float32),
-        "gt_like_prob": flat(gt_examination * gt_relevance * gt_like_given_click).astype(np.float32),
+        "gt_like_prob": flat(gt_examination * gt_relevance * gt_like_given_click).astype(
+            np.float32
+        ),
         "gt_watch_time": flat(gt_examination * dur * expected_ratio).astype(np.float32),
     }
     return pa.table(columns)
 
 
-def _click_history(user_id: np.ndarray, timestamp: np.ndarray, item_id: np.ndarray, click: np.ndarray, L: int) -> np.ndarray:
+def _click_history(
+    user_id: np.ndarray, timestamp: np.ndarray, item_id: np.ndarray, click: np.ndarray, L: int
+) -> np.ndarray:
     """The user's last `L` clicked items strictly before each impression's request time, (N, L), left-padded with 0."""
     span = int(timestamp.max()) + 1
     key = user_id.astype(np.int64) * span + timestamp  # orders by user, then time
@@ -184,7 +211,9 @@ def _click_history(user_id: np.ndarray, timestamp: np.ndarray, item_id: np.ndarr
     user_start = np.searchsorted(click_key, user_id.astype(np.int64) * span, side="left")  # (N,)
     idx = before[:, None] - np.arange(L, 0, -1)[None, :]  # (N, L)
     valid = idx >= user_start[:, None]
-    return np.where(valid, click_item[np.clip(idx, 0, None)] if len(click_item) else 0, 0).astype(np.int32)
+    return np.where(valid, click_item[np.clip(idx, 0, None)] if len(click_item) else 0, 0).astype(
+        np.int32
+    )
 
 
 def cached_world(params: WorldParams, cache_dir: str | Path) -> Path:
@@ -198,7 +227,9 @@ def cached_world(params: WorldParams, cache_dir: str | Path) -> Path:
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     pq.write_table(table, tmp, row_group_size=256_000)
     tmp.replace(path)  # atomic: a killed generator never leaves a half-written cache
-    (path.with_suffix(".json")).write_text(json.dumps({**asdict(params), "version": GENERATOR_VERSION}, indent=2))
+    (path.with_suffix(".json")).write_text(
+        json.dumps({**asdict(params), "version": GENERATOR_VERSION}, indent=2)
+    )
     return path
 
 

@@ -53,10 +53,14 @@ class Head(nn.Module):
         """Attach to `task`; fail early if the task's kind or the data's meta columns do not fit."""
         where = f"module.heads.{task.name} ({type(self).__name__})"
         if task.kind not in self.kinds:
-            raise ValueError(f"{where}: applies to {'/'.join(self.kinds)} tasks; task {task.name!r} is {task.kind}")
+            raise ValueError(
+                f"{where}: applies to {'/'.join(self.kinds)} tasks; task {task.name!r} is {task.kind}"
+            )
         missing = [c for c in self.required_meta() if c not in meta_columns]
         if missing:
-            raise ValueError(f"{where}: needs meta column(s) {missing}; data.meta lists {list(meta_columns)}")
+            raise ValueError(
+                f"{where}: needs meta column(s) {missing}; data.meta lists {list(meta_columns)}"
+            )
         self.task = task
 
     @property
@@ -84,5 +88,7 @@ class Head(nn.Module):
 def meta_column(meta: Meta, name: str, where: str) -> torch.Tensor:
     """`meta[name]`, or a KeyError naming the head and the columns present."""
     if name not in meta:
-        raise KeyError(f"{where}: the batch has no meta column {name!r} (has {sorted(meta)}); list it in data.meta")
+        raise KeyError(
+            f"{where}: the batch has no meta column {name!r} (has {sorted(meta)}); list it in data.meta"
+        )
     return meta[name]

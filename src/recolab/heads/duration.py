@@ -43,13 +43,17 @@ log = logging.getLogger(__name__)
 def _check_durations(d: np.ndarray, column: str, where: str) -> None:
     bad = ~np.isfinite(d) | (d <= 0)
     if bad.any():
-        raise ValueError(f"{where}: meta column {column!r} has {int(bad.sum())} non-positive or non-finite duration(s) in the training split")
+        raise ValueError(
+            f"{where}: meta column {column!r} has {int(bad.sum())} non-positive or non-finite duration(s) in the training split"
+        )
 
 
 def _check_watch_times(y: np.ndarray, where: str) -> None:
     bad = ~np.isfinite(y) | (y < 0)
     if bad.any():
-        raise ValueError(f"{where}: the label has {int(bad.sum())} negative or non-finite watch time(s) in the training split")
+        raise ValueError(
+            f"{where}: the label has {int(bad.sum())} negative or non-finite watch time(s) in the training split"
+        )
 
 
 class D2Q(Head):
@@ -68,7 +72,14 @@ class D2Q(Head):
     kinds = ("regression",)
     residual = False
 
-    def __init__(self, *, num_groups: int = 30, num_quantiles: int = 1001, loss: str = "mse", duration_column: str = "duration") -> None:
+    def __init__(
+        self,
+        *,
+        num_groups: int = 30,
+        num_quantiles: int = 1001,
+        loss: str = "mse",
+        duration_column: str = "duration",
+    ) -> None:
         super().__init__()
         if num_groups < 1:
             raise ValueError(f"num_groups must be >= 1, got {num_groups}")
@@ -81,9 +92,15 @@ class D2Q(Head):
         self.loss_kind = loss
         self.duration_column = duration_column
         # Inner group edges; +inf pads the unused tail when tied durations merge groups.
-        self.register_buffer("edges", torch.full((num_groups - 1,), float("inf"), dtype=torch.float64))
-        self.register_buffer("quantiles", torch.zeros(num_groups, num_quantiles, dtype=torch.float64))  # (G, K)
-        self.register_buffer("log_duration_center", torch.zeros(num_groups, dtype=torch.float64))  # (G,)
+        self.register_buffer(
+            "edges", torch.full((num_groups - 1,), float("inf"), dtype=torch.float64)
+        )
+        self.register_buffer(
+            "quantiles", torch.zeros(num_groups, num_quantiles, dtype=torch.float64)
+        )  # (G, K)
+        self.register_buffer(
+            "log_duration_center", torch.zeros(num_groups, dtype=torch.float64)
+        )  # (G,)
         self.register_buffer("groups_used", torch.zeros((), dtype=torch.long))
 
     def required_meta(self) -> list[str]:
@@ -110,7 +127,12 @@ class D2Q(Head):
         inner = inner[inner > d.min()]  # an edge at the minimum would leave the first group empty
         used = len(inner) + 1
         if used < G:
-            log.warning("%s: durations tie, so only %d of %d equal-frequency groups are distinct", self.where, used, G)
+            log.warning(
+                "%s: durations tie, so only %d of %d equal-frequency groups are distinct",
+                self.where,
+                used,
+                G,
+            )
         group = np.searchsorted(inner, d, side="right")  # (N,) in 0..used-1
         levels = np.linspace(0.0, 1.0, K)
         quantiles = np.zeros((G, K))
@@ -128,7 +150,9 @@ class D2Q(Head):
 
     def _require_fitted(self) -> None:
         if not self.fitted:
-            raise RuntimeError(f"{self.where}: not fitted; fit(label, meta) on the training split first (RankModule does this in setup)")
+            raise RuntimeError(
+                f"{self.where}: not fitted; fit(label, meta) on the training split first (RankModule does this in setup)"
+            )
 
     # -- the label transform and its inverse --------------------------------------------------
 
@@ -155,10 +179,19 @@ class D2Q(Head):
             right = lo.clamp(0, K - 1)
             ql, qr = q[left], q[right]
             gap = qr - ql
-            frac = torch.where(gap > 0, (v - ql) / torch.where(gap > 0, gap, torch.ones_like(gap)), torch.zeros_like(v))
+            frac = torch.where(
+                gap > 0,
+                (v - ql) / torch.where(gap > 0, gap, torch.ones_like(gap)),
+                torch.zeros_like(v),
+            )
             level = torch.where(
-                hi > lo, (lo + hi - 1).double() / 2,  # equal to stored value(s): the middle of the run
-                torch.where(lo == 0, torch.zeros_like(v), torch.where(lo >= K, torch.full_like(v, K - 1.0), left + frac)),
+                hi > lo,
+                (lo + hi - 1).double() / 2,  # equal to stored value(s): the middle of the run
+                torch.where(
+                    lo == 0,
+                    torch.zeros_like(v),
+                    torch.where(lo >= K, torch.full_like(v, K - 1.0), left + frac),
+                ),
             )
             u.index_copy_(0, rows, level / (K - 1))
         return u.to(watch_time.dtype if watch_time.is_floating_point() else torch.float32)
@@ -195,7 +228,9 @@ class D2Q(Head):
 
     def predict(self, output: torch.Tensor, meta: Meta) -> torch.Tensor:
         """Watch time in the label's unit: the predicted quantile through the group's quantile function."""
-        return self.from_quantile(self._quantile(self.quantile_output(output, meta)), self._group_of(meta))
+        return self.from_quantile(
+            self._quantile(self.quantile_output(output, meta)), self._group_of(meta)
+        )
 
     def debiased(self, output: torch.Tensor, meta: Meta) -> torch.Tensor:
         """The predicted quantile (unclipped, so ties are not created): comparable across durations."""
@@ -224,8 +259,20 @@ class ResD2Q(D2Q):
 
     residual = True
 
-    def __init__(self, *, num_groups: int = 30, num_quantiles: int = 1001, loss: str = "mse", duration_column: str = "duration") -> None:
-        super().__init__(num_groups=num_groups, num_quantiles=num_quantiles, loss=loss, duration_column=duration_column)
+    def __init__(
+        self,
+        *,
+        num_groups: int = 30,
+        num_quantiles: int = 1001,
+        loss: str = "mse",
+        duration_column: str = "duration",
+    ) -> None:
+        super().__init__(
+            num_groups=num_groups,
+            num_quantiles=num_quantiles,
+            loss=loss,
+            duration_column=duration_column,
+        )
         self.group_bias = nn.Embedding(num_groups, 1)
         self.group_slope = nn.Embedding(num_groups, 1)
         nn.init.zeros_(self.group_bias.weight)
@@ -277,7 +324,11 @@ class WatchTimeRegression(Head):
         y = label.double().cpu().numpy()
         _check_watch_times(y, self.where)
         if self.target == "watch_ratio":
-            _check_durations(meta_column(meta, self.duration_column, self.where).double().cpu().numpy(), self.duration_column, self.where)
+            _check_durations(
+                meta_column(meta, self.duration_column, self.where).double().cpu().numpy(),
+                self.duration_column,
+                self.where,
+            )
         if self.target != "log_watch_time":
             mean = float(self._target(label, meta).double().mean())
             self.scale.fill_(mean if mean > 0 else 1.0)

@@ -29,7 +29,9 @@ from recolab.models.blocks import MLP
 def log1mexp(x: torch.Tensor) -> torch.Tensor:
     """log(1 - exp(x)) for x <= 0, stable at both ends (Maechler 2012)."""
     x = x.clamp_max(-1e-12)
-    return torch.where(x > -0.6931471805599453, torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+    return torch.where(
+        x > -0.6931471805599453, torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x))
+    )
 
 
 class PositionTower(nn.Module):
@@ -43,7 +45,14 @@ class PositionTower(nn.Module):
         hidden_dims: MLP widths between the embeddings and the logit (empty: a linear map).
     """
 
-    def __init__(self, num_positions: int, *, context: dict[str, int] | None = None, embedding_dim: int = 8, hidden_dims: list[int] = ()) -> None:
+    def __init__(
+        self,
+        num_positions: int,
+        *,
+        context: dict[str, int] | None = None,
+        embedding_dim: int = 8,
+        hidden_dims: list[int] = (),
+    ) -> None:
         super().__init__()
         if num_positions < 1:
             raise ValueError(f"num_positions must be >= 1, got {num_positions}")
@@ -53,7 +62,9 @@ class PositionTower(nn.Module):
             if buckets < 1:
                 raise ValueError(f"context {name!r}: the bucket count must be >= 1, got {buckets}")
         self.position = nn.Embedding(num_positions + 1, embedding_dim)
-        self.context_tables = nn.ModuleDict({k: nn.Embedding(v, embedding_dim) for k, v in self.context.items()})
+        self.context_tables = nn.ModuleDict(
+            {k: nn.Embedding(v, embedding_dim) for k, v in self.context.items()}
+        )
         self.mlp = MLP(embedding_dim * (1 + len(self.context)), list(hidden_dims), out_dim=1)
 
     def index(self, position: torch.Tensor) -> torch.Tensor:
@@ -64,7 +75,11 @@ class PositionTower(nn.Module):
     def forward(self, index: torch.Tensor, meta: Meta) -> torch.Tensor:
         parts = [self.position(index)]  # (B, D)
         for name, table in self.context_tables.items():
-            ids = meta_column(meta, name, "position tower context").long().remainder(self.context[name])
+            ids = (
+                meta_column(meta, name, "position tower context")
+                .long()
+                .remainder(self.context[name])
+            )
             parts.append(table(ids))  # (B, D)
         return self.mlp(torch.cat(parts, dim=1)).squeeze(-1)  # (B,)
 
@@ -72,10 +87,20 @@ class PositionTower(nn.Module):
 class _PositionHead(Head):
     kinds = ("binary",)
 
-    def __init__(self, *, num_positions: int, context: dict[str, int] | None, embedding_dim: int, hidden_dims: list[int], position_column: str) -> None:
+    def __init__(
+        self,
+        *,
+        num_positions: int,
+        context: dict[str, int] | None,
+        embedding_dim: int,
+        hidden_dims: list[int],
+        position_column: str,
+    ) -> None:
         super().__init__()
         self.position_column = position_column
-        self.tower = PositionTower(num_positions, context=context, embedding_dim=embedding_dim, hidden_dims=hidden_dims)
+        self.tower = PositionTower(
+            num_positions, context=context, embedding_dim=embedding_dim, hidden_dims=hidden_dims
+        )
 
     def required_meta(self) -> list[str]:
         return [self.position_column, *self.tower.context]
@@ -89,7 +114,9 @@ class _PositionHead(Head):
             )
 
     def bias_logit(self, meta: Meta) -> torch.Tensor:
-        return self.tower(self.tower.index(meta_column(meta, self.position_column, self.where)), meta)
+        return self.tower(
+            self.tower.index(meta_column(meta, self.position_column, self.where)), meta
+        )
 
     def predict(self, output: torch.Tensor, meta: Meta) -> torch.Tensor:
         return torch.sigmoid(output.float())  # served without the position term
@@ -112,8 +139,22 @@ class PAL(_PositionHead):
         position_column: the meta column holding the 1-based position.
     """
 
-    def __init__(self, *, num_positions: int, context: dict[str, int] | None = None, embedding_dim: int = 8, hidden_dims: list[int] = (), position_column: str = "position") -> None:
-        super().__init__(num_positions=num_positions, context=context, embedding_dim=embedding_dim, hidden_dims=hidden_dims, position_column=position_column)
+    def __init__(
+        self,
+        *,
+        num_positions: int,
+        context: dict[str, int] | None = None,
+        embedding_dim: int = 8,
+        hidden_dims: list[int] = (),
+        position_column: str = "position",
+    ) -> None:
+        super().__init__(
+            num_positions=num_positions,
+            context=context,
+            embedding_dim=embedding_dim,
+            hidden_dims=hidden_dims,
+            position_column=position_column,
+        )
 
     def loss(self, output: torch.Tensor, label: torch.Tensor, meta: Meta) -> torch.Tensor:
         # log p(click) = log sigmoid(relevance) + log sigmoid(examination), computed in log space.
@@ -147,8 +188,23 @@ class ShallowTower(_PositionHead):
         position_column: the meta column holding the 1-based position.
     """
 
-    def __init__(self, *, num_positions: int, position_dropout: float = 0.1, context: dict[str, int] | None = None, embedding_dim: int = 8, hidden_dims: list[int] = (), position_column: str = "position") -> None:
-        super().__init__(num_positions=num_positions, context=context, embedding_dim=embedding_dim, hidden_dims=hidden_dims, position_column=position_column)
+    def __init__(
+        self,
+        *,
+        num_positions: int,
+        position_dropout: float = 0.1,
+        context: dict[str, int] | None = None,
+        embedding_dim: int = 8,
+        hidden_dims: list[int] = (),
+        position_column: str = "position",
+    ) -> None:
+        super().__init__(
+            num_positions=num_positions,
+            context=context,
+            embedding_dim=embedding_dim,
+            hidden_dims=hidden_dims,
+            position_column=position_column,
+        )
         if not 0.0 <= position_dropout < 1.0:
             raise ValueError(f"position_dropout must lie in [0, 1), got {position_dropout}")
         self.position_dropout = position_dropout
@@ -161,7 +217,9 @@ class ShallowTower(_PositionHead):
         return self.tower(index, meta)
 
     def loss(self, output: torch.Tensor, label: torch.Tensor, meta: Meta) -> torch.Tensor:
-        return F.binary_cross_entropy_with_logits(output.float() + self.bias_logit(meta).float(), label)
+        return F.binary_cross_entropy_with_logits(
+            output.float() + self.bias_logit(meta).float(), label
+        )
 
     def summary(self) -> dict[str, Any]:
         bias = self._curve_logits()

@@ -18,7 +18,14 @@ class MLP(nn.Sequential):
         out_dim: a final linear layer's width (no activation), or None.
     """
 
-    def __init__(self, in_dim: int, dims: list[int] | tuple[int, ...], *, dropout: float = 0.0, out_dim: int | None = None) -> None:
+    def __init__(
+        self,
+        in_dim: int,
+        dims: list[int] | tuple[int, ...],
+        *,
+        dropout: float = 0.0,
+        out_dim: int | None = None,
+    ) -> None:
         layers: list[nn.Module] = []
         for h in dims:
             layers += [nn.Linear(in_dim, h), nn.ReLU()]
@@ -53,13 +60,22 @@ class FeatureEmbedding(nn.Module):
         if embedding_dim < 1:
             raise ValueError(f"embedding_dim must be >= 1, got {embedding_dim}")
         self.schema = schema
-        self.tables = nn.ModuleDict({f.name: nn.Embedding(f.vocab_size, embedding_dim, sparse=sparse) for f in schema.sparse})
+        self.tables = nn.ModuleDict(
+            {
+                f.name: nn.Embedding(f.vocab_size, embedding_dim, sparse=sparse)
+                for f in schema.sparse
+            }
+        )
         for f in schema.sequences:
             if f.vocab_of is None:
-                self.tables[f.name] = nn.Embedding(f.vocab_size, embedding_dim, padding_idx=0, sparse=sparse)
+                self.tables[f.name] = nn.Embedding(
+                    f.vocab_size, embedding_dim, padding_idx=0, sparse=sparse
+                )
         for table in self.tables.values():
             nn.init.normal_(table.weight, std=0.05)
-        self.output_dim = embedding_dim * (len(schema.sparse) + len(schema.sequences)) + len(schema.dense)
+        self.output_dim = embedding_dim * (len(schema.sparse) + len(schema.sequences)) + len(
+            schema.dense
+        )
 
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         parts = [self.tables[f.name](features[f.name]) for f in self.schema.sparse]  # each (B, D)
@@ -69,5 +85,7 @@ class FeatureEmbedding(nn.Module):
             mask = (ids > 0).unsqueeze(-1).to(emb.dtype)  # (B, L, 1)
             parts.append((emb * mask).sum(1) / mask.sum(1).clamp_min(1.0))  # (B, D)
         if self.schema.dense:
-            parts.append(torch.stack([features[f.name] for f in self.schema.dense], dim=1))  # (B, F_dense)
+            parts.append(
+                torch.stack([features[f.name] for f in self.schema.dense], dim=1)
+            )  # (B, F_dense)
         return torch.cat(parts, dim=1)  # (B, output_dim)

@@ -116,7 +116,9 @@ class CalibrationStage(nn.Module):
         tasks: the binary tasks to calibrate.
     """
 
-    def __init__(self, factory: Callable[[], Any] | None, rates: dict[str, float], tasks: list[str]) -> None:
+    def __init__(
+        self, factory: Callable[[], Any] | None, rates: dict[str, float], tasks: list[str]
+    ) -> None:
         super().__init__()
         self.factory = factory
         self.rates = {k: float(v) for k, v in rates.items()}
@@ -145,9 +147,17 @@ class CalibrationStage(nn.Module):
 
     def get_extra_state(self) -> dict[str, Any]:
         def tensors(state: dict[str, Any]) -> dict[str, Any]:
-            return {k: torch.from_numpy(np.asarray(v, dtype=np.float64)) if isinstance(v, np.ndarray) else v for k, v in state.items()}
+            return {
+                k: torch.from_numpy(np.asarray(v, dtype=np.float64))
+                if isinstance(v, np.ndarray)
+                else v
+                for k, v in state.items()
+            }
 
-        return {"rates": dict(self.rates), "calibrators": {t: tensors(c.state_dict()) for t, c in self.calibrators.items()}}
+        return {
+            "rates": dict(self.rates),
+            "calibrators": {t: tensors(c.state_dict()) for t, c in self.calibrators.items()},
+        }
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         self.rates = {k: float(v) for k, v in state.get("rates", {}).items()}
@@ -197,7 +207,9 @@ class RankModule(pl.LightningModule):
         if not lr > 0:
             raise ValueError(f"module.lr must be > 0, got {lr}")
         if optimizer not in OPTIMIZERS:
-            raise ValueError(f"module.optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}")
+            raise ValueError(
+                f"module.optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}"
+            )
         self.optimizer_name = optimizer
         self.optimizer_kwargs = dict(optimizer_kwargs or {})
         self.model = model
@@ -208,22 +220,32 @@ class RankModule(pl.LightningModule):
         heads = dict(heads or {})
         unknown = [k for k in heads if k not in schema.task_names]
         if unknown:
-            raise ValueError(f"module.heads: no task(s) {unknown}; the data's tasks are {schema.task_names}")
+            raise ValueError(
+                f"module.heads: no task(s) {unknown}; the data's tasks are {schema.task_names}"
+            )
         for name, head in heads.items():
             if not isinstance(head, Head):
-                raise TypeError(f"module.heads.{name}: expected a recolab.heads.Head, got {type(head).__name__}")
+                raise TypeError(
+                    f"module.heads.{name}: expected a recolab.heads.Head, got {type(head).__name__}"
+                )
             head.bind(schema.task(name), schema.meta)
         self.heads = nn.ModuleDict(heads)
         self.truth = dict(truth or {})
         for name, column in self.truth.items():
             if name not in schema.task_names:
-                raise ValueError(f"module.truth: no task {name!r}; the data's tasks are {schema.task_names}")
+                raise ValueError(
+                    f"module.truth: no task {name!r}; the data's tasks are {schema.task_names}"
+                )
             if column not in schema.meta:
-                raise ValueError(f"module.truth.{name}: column {column!r} is not in data.meta ({list(schema.meta)})")
+                raise ValueError(
+                    f"module.truth.{name}: column {column!r} is not in data.meta ({list(schema.meta)})"
+                )
         rates = dict(negative_downsampling or {})
         for name in rates:
             if name not in schema.task_names or schema.task(name).kind != "binary":
-                raise ValueError(f"negative_downsampling: {name!r} is not a binary task of the data ({schema.task_names})")
+                raise ValueError(
+                    f"negative_downsampling: {name!r} is not a binary task of the data ({schema.task_names})"
+                )
         binary = [t.name for t in schema.tasks if t.kind == "binary"]
         self.calibration = CalibrationStage(calibration or None, rates, binary)
         self._outputs: list[dict[str, torch.Tensor]] = []
@@ -248,7 +270,9 @@ class RankModule(pl.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None)
         train = getattr(datamodule, "data", {}).get("train") if datamodule is not None else None
         if train is None:
-            raise ValueError("module.heads need the training split's columns: use a recolab.data RankDataModule")
+            raise ValueError(
+                "module.heads need the training split's columns: use a recolab.data RankDataModule"
+            )
         for name, head in self.heads.items():
             head.fit(train["labels"][name], train["meta"])
 
@@ -256,7 +280,10 @@ class RankModule(pl.LightningModule):
         return self.model(features)
 
     def _loss(
-        self, outputs: dict[str, torch.Tensor], labels: dict[str, torch.Tensor], meta: dict[str, torch.Tensor]
+        self,
+        outputs: dict[str, torch.Tensor],
+        labels: dict[str, torch.Tensor],
+        meta: dict[str, torch.Tensor],
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         per_task = {}
         for t in self.schema.tasks:
@@ -267,7 +294,9 @@ class RankModule(pl.LightningModule):
         total = sum(t.weight * per_task[t.name] for t in self.schema.tasks)
         return total, per_task
 
-    def _predict(self, task: Task, output: torch.Tensor, meta: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _predict(
+        self, task: Task, output: torch.Tensor, meta: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
         if task.name in self.heads:
             return self.heads[task.name].predict(output, meta)
         return to_prediction(task, output)
@@ -322,8 +351,13 @@ class RankModule(pl.LightningModule):
         meta_t = {k[5:]: v for k, v in rows.items() if k.startswith("meta/")}
         with torch.no_grad():
             loss, per_task = self._loss(outputs, labels, meta_t)
-            raw = {t.name: self._predict(t, outputs[t.name], meta_t).cpu().numpy() for t in self.schema.tasks}
-        values = {f"{split}/loss": float(loss)} | {f"{split}/loss/{k}": float(v) for k, v in per_task.items()}
+            raw = {
+                t.name: self._predict(t, outputs[t.name], meta_t).cpu().numpy()
+                for t in self.schema.tasks
+            }
+        values = {f"{split}/loss": float(loss)} | {
+            f"{split}/loss/{k}": float(v) for k, v in per_task.items()
+        }
         y = {k: v.cpu().numpy() for k, v in labels.items()}
         meta = {k: v.cpu().numpy() for k, v in meta_t.items()}
         groups = meta.get(self.group_key)
@@ -331,7 +365,11 @@ class RankModule(pl.LightningModule):
         preds = dict(raw)
         if split == "val" and not self.trainer.sanity_checking:
             self.calibration.fit(raw, y)
-        calibrated = [t for t in self.calibration.tasks if self.calibration.applies_to(t)] if split == "test" else []
+        calibrated = (
+            [t for t in self.calibration.tasks if self.calibration.applies_to(t)]
+            if split == "test"
+            else []
+        )
         for t in calibrated:
             preds[t] = self.calibration(t, raw[t])
 
@@ -351,12 +389,16 @@ class RankModule(pl.LightningModule):
                     else:
                         score = raw[t]
                     truth = meta[column].astype(np.float64)
-                    values[f"{split}/truth_xauc/{t}"] = M.xauc(truth, score) if np.ptp(truth) > 0 else float("nan")
+                    values[f"{split}/truth_xauc/{t}"] = (
+                        M.xauc(truth, score) if np.ptp(truth) > 0 else float("nan")
+                    )
                     if groups is not None:
                         g = M.xgauc_details(truth, score, groups)
                         values[f"{split}/truth_xgauc/{t}"] = g.value
         if full and self.schema.oracle:
-            oracle_schema = Schema(tasks=tuple(t for t in self.schema.tasks if t.name in self.schema.oracle))
+            oracle_schema = Schema(
+                tasks=tuple(t for t in self.schema.tasks if t.name in self.schema.oracle)
+            )
             oracle_preds = {t: meta[col] for t, col in self.schema.oracle.items()}
             found, _ = rank_metrics(oracle_schema, oracle_preds, y, groups, full=True)
             values |= {f"oracle/{k}": v for k, v in found.items()}
@@ -364,7 +406,13 @@ class RankModule(pl.LightningModule):
         self.log_dict(values, sync_dist=False, rank_zero_only=False)
         if full:
             self.test_details = details
-        return {"preds": preds, "raw_preds": {t: raw[t] for t in calibrated}, "labels": y, "meta": meta, "metrics": values}
+        return {
+            "preds": preds,
+            "raw_preds": {t: raw[t] for t in calibrated},
+            "labels": y,
+            "meta": meta,
+            "metrics": values,
+        }
 
     def on_validation_epoch_end(self) -> None:
         self._evaluate("val", full=False)
@@ -374,11 +422,18 @@ class RankModule(pl.LightningModule):
 
     # -- reporting (rank zero, after testing) -------------------------------------------------
 
-    def write_report(self, out_dir, *, title: str, metrics: dict[str, float], context: dict[str, Any]) -> list:
+    def write_report(
+        self, out_dir, *, title: str, metrics: dict[str, float], context: dict[str, Any]
+    ) -> list:
         """The offline report files for the last test run (see `recolab.reports.rank_report`)."""
         paths = write_rank_report(
-            out_dir, title=title, schema=self.schema, metrics=metrics, details=self.test_details,
-            context=context, results=self.test_results,
+            out_dir,
+            title=title,
+            schema=self.schema,
+            metrics=metrics,
+            details=self.test_details,
+            context=context,
+            results=self.test_results,
             heads={name: head.summary() for name, head in self.heads.items()},
             calibration={
                 "rates": dict(self.calibration.rates),
@@ -388,7 +443,9 @@ class RankModule(pl.LightningModule):
         if self.calibration.calibrators:
             # Beside the report (and logged with it): the fitted calibrators, readable by
             # `recolab.calibration.load_json`. The checkpoint holds the same state.
-            paths.append(C.save_json(self.calibration.calibrators, Path(out_dir) / "calibration.json"))
+            paths.append(
+                C.save_json(self.calibration.calibrators, Path(out_dir) / "calibration.json")
+            )
         return paths
 
     def metrics_markdown(self, metrics: dict[str, float]) -> str:
@@ -397,6 +454,10 @@ class RankModule(pl.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         sparse = [n for n, m in self.named_modules() if isinstance(m, nn.Embedding) and m.sparse]
         if sparse and self.optimizer_name == "adam":
-            raise ValueError(f"embeddings {sparse} have sparse gradients, which Adam does not take: set module.optimizer=adagrad")
+            raise ValueError(
+                f"embeddings {sparse} have sparse gradients, which Adam does not take: set module.optimizer=adagrad"
+            )
         cls = OPTIMIZERS[self.optimizer_name]
-        return cls(self.parameters(), lr=self.lr, weight_decay=self.weight_decay, **self.optimizer_kwargs)
+        return cls(
+            self.parameters(), lr=self.lr, weight_decay=self.weight_decay, **self.optimizer_kwargs
+        )

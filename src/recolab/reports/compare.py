@@ -27,8 +27,16 @@ class RunRecord:
 #: Glob patterns of params that do not define a configuration: the seed and keys derived from
 #: it, and the run's own folders.
 SEED_KEYS = (
-    "seed", "run_name", "*.seed", "*.run_name", "*.recolab.seed", "ckpt_path",
-    "*.dirpath", "*.default_root_dir", "*.artifact_location", "*.tracking_uri",
+    "seed",
+    "run_name",
+    "*.seed",
+    "*.run_name",
+    "*.recolab.seed",
+    "ckpt_path",
+    "*.dirpath",
+    "*.default_root_dir",
+    "*.artifact_location",
+    "*.tracking_uri",
 )
 
 
@@ -38,10 +46,17 @@ def comparison_table(
     """One row per group of runs that differ only by seed; columns: differing keys, then metrics."""
     if not runs:
         raise ValueError("no runs to compare: check the experiment name, filter, tags or run ids")
-    keys = sorted({k for r in runs for k in r.params if not any(fnmatch.fnmatchcase(k, p) for p in seed_keys)})
+    keys = sorted(
+        {k for r in runs for k in r.params if not any(fnmatch.fnmatchcase(k, p) for p in seed_keys)}
+    )
     differing = [k for k in keys if len({r.params.get(k) for r in runs}) > 1]
     metric_names = sorted(
-        {m for r in runs for m in r.metrics if any(fnmatch.fnmatchcase(m, p) for p in metric_patterns)}
+        {
+            m
+            for r in runs
+            for m in r.metrics
+            if any(fnmatch.fnmatchcase(m, p) for p in metric_patterns)
+        }
     )
     groups: dict[tuple, list[RunRecord]] = {}
     for r in runs:
@@ -66,14 +81,25 @@ def _cell(values: np.ndarray) -> str:
     return f"{values.mean():.4f} +- {values.std(ddof=1):.4f} ({len(values)})"
 
 
-def write_comparison(table: pd.DataFrame, out_dir: str | Path, *, title: str, source: str) -> list[Path]:
+def write_comparison(
+    table: pd.DataFrame, out_dir: str | Path, *, title: str, source: str
+) -> list[Path]:
     """Write `comparison.md` and `comparison.html` (self-contained) under `out_dir`."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     header = "| " + " | ".join(map(str, table.columns)) + " |"
     sep = "|" + "---|" * len(table.columns)
     body = ["| " + " | ".join(_md(v) for v in row) + " |" for row in table.itertuples(index=False)]
-    md = [f"# {title}", "", f"Runs from {source}. Cells: mean +- sample std (number of seeds).", "", header, sep, *body, ""]
+    md = [
+        f"# {title}",
+        "",
+        f"Runs from {source}. Cells: mean +- sample std (number of seeds).",
+        "",
+        header,
+        sep,
+        *body,
+        "",
+    ]
     paths = [out / "comparison.md", out / "comparison.html"]
     paths[0].write_text("\n".join(md))
     paths[1].write_text(

@@ -34,9 +34,16 @@ def metric_table(metrics: dict[str, float], schema: Schema) -> list[dict[str, An
     for task in schema.tasks:
         for key, value in metrics.items():
             parts = key.split("/")
-            if len(parts) == 3 and parts[0] == "test" and parts[2] == task.name and parts[1] != "loss":
+            if (
+                len(parts) == 3
+                and parts[0] == "test"
+                and parts[2] == task.name
+                and parts[1] != "loss"
+            ):
                 oracle = metrics.get(f"oracle/{parts[1]}/{task.name}")
-                rows.append({"task": task.name, "metric": parts[1], "model": value, "oracle": oracle})
+                rows.append(
+                    {"task": task.name, "metric": parts[1], "model": value, "oracle": oracle}
+                )
     return rows
 
 
@@ -48,14 +55,21 @@ def _fmt(x: float | None) -> str:
 
 def to_markdown(rows: list[dict[str, Any]]) -> str:
     lines = ["| task | metric | model | oracle |", "|---|---|---:|---:|"]
-    lines += [f"| {r['task']} | {r['metric']} | {_fmt(r['model'])} | {_fmt(r['oracle'])} |" for r in rows]
+    lines += [
+        f"| {r['task']} | {r['metric']} | {_fmt(r['model'])} | {_fmt(r['oracle'])} |" for r in rows
+    ]
     return "\n".join(lines)
 
 
-def _grouped_means(keys: np.ndarray, *values: np.ndarray) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+def _grouped_means(
+    keys: np.ndarray, *values: np.ndarray
+) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
     """Distinct keys, the mean of each value array per key, and the count per key (vectorized)."""
     uniq, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
-    means = [np.bincount(inverse, weights=v.astype(np.float64), minlength=len(uniq)) / counts for v in values]
+    means = [
+        np.bincount(inverse, weights=v.astype(np.float64), minlength=len(uniq)) / counts
+        for v in values
+    ]
     return uniq, means, counts
 
 
@@ -74,7 +88,9 @@ def calibration_sections(
         table = M.reliability_table(y, p, num_bins=NUM_BINS)
         entry = {
             "ece": M.ece(y, p, num_bins=NUM_BINS),
-            "predicted_observed_ratio": M.predicted_observed_ratio(y, p) if y.sum() > 0 else float("nan"),
+            "predicted_observed_ratio": M.predicted_observed_ratio(y, p)
+            if y.sum() > 0
+            else float("nan"),
             "reliability": {k: np.asarray(v).tolist() for k, v in table.items()},
         }
         curves = [("model", table)]
@@ -88,13 +104,19 @@ def calibration_sections(
             curves = [("before calibration", raw_table), ("after calibration", table)]
         numbers[f"calibration/{name}"] = entry
         fig, ax = plt.subplots(figsize=(4.2, 4))
-        top = max(max(float(np.max(t["mean_prob"])), float(np.max(t["observed_rate"]))) for _, t in curves)
+        top = max(
+            max(float(np.max(t["mean_prob"])), float(np.max(t["observed_rate"]))) for _, t in curves
+        )
         top = max(top, 1e-3) * 1.05
         ax.plot([0, top], [0, top], color="#999", lw=1, ls="--", label="perfect")
         for label, t in curves:
             ax.plot(t["mean_prob"], t["observed_rate"], "o-", label=label)
-        ece_text = f"ECE {entry['ece']:.4f}" + (f" (before {entry['ece_raw']:.4f})" if "ece_raw" in entry else "")
-        ax.set(xlabel="mean predicted probability", ylabel="observed rate", title=f"{name}: {ece_text}")
+        ece_text = f"ECE {entry['ece']:.4f}" + (
+            f" (before {entry['ece_raw']:.4f})" if "ece_raw" in entry else ""
+        )
+        ax.set(
+            xlabel="mean predicted probability", ylabel="observed rate", title=f"{name}: {ece_text}"
+        )
         ax.legend(fontsize=8)
         figures[f"reliability_{name}"] = fig
     if "position" in meta and binary:
@@ -103,10 +125,17 @@ def calibration_sections(
         by_pos = {}
         for name in binary:
             keys, (obs, pred), counts = _grouped_means(pos, labels[name], preds[name])
-            by_pos[name] = {"position": keys.tolist(), "observed": obs.tolist(), "predicted": pred.tolist(), "rows": counts.tolist()}
+            by_pos[name] = {
+                "position": keys.tolist(),
+                "observed": obs.tolist(),
+                "predicted": pred.tolist(),
+                "rows": counts.tolist(),
+            }
             line = ax.plot(keys, obs, "o-", label=f"{name} observed")[0]
             ax.plot(keys, pred, "s--", color=line.get_color(), label=f"{name} predicted")
-        ax.set(xlabel="display position", ylabel="rate", title="observed vs predicted rate by position")
+        ax.set(
+            xlabel="display position", ylabel="rate", title="observed vs predicted rate by position"
+        )
         ax.legend(fontsize=8)
         numbers["by_position"] = by_pos
         figures["rate_by_position"] = fig
@@ -115,13 +144,24 @@ def calibration_sections(
         fig, ax = plt.subplots(figsize=(5, 4))
         learned_by_task = {}
         for task, h in head_curves.items():
-            ax.plot(h["position"], h["relative_examination"], "s--", label=f"{task}: {h['head']} (learned)")
-            learned_by_task[task] = {"position": h["position"], "learned": h["relative_examination"]}
+            ax.plot(
+                h["position"],
+                h["relative_examination"],
+                "s--",
+                label=f"{task}: {h['head']} (learned)",
+            )
+            learned_by_task[task] = {
+                "position": h["position"],
+                "learned": h["relative_examination"],
+            }
         if "position" in meta and "gt_examination" in meta:
             keys, (truth,), _ = _grouped_means(meta["position"], meta["gt_examination"])
             ax.plot(keys, truth / truth[0], "o-", color="k", label="true examination")
             for entry in learned_by_task.values():
-                entry["true"] = [float(truth[keys == p][0] / truth[0]) if (keys == p).any() else None for p in entry["position"]]
+                entry["true"] = [
+                    float(truth[keys == p][0] / truth[0]) if (keys == p).any() else None
+                    for p in entry["position"]
+                ]
         ax.set(xlabel="display position", ylabel="relative to position 1", title="position effect")
         ax.legend(fontsize=8)
         numbers["position_effect"] = learned_by_task
@@ -135,10 +175,20 @@ def calibration_sections(
         by_dur = {}
         for name in regression:
             keys, (obs, pred, d), counts = _grouped_means(bucket, labels[name], preds[name], dur)
-            by_dur[name] = {"mean_duration": d.tolist(), "observed": obs.tolist(), "predicted": pred.tolist(), "rows": counts.tolist()}
+            by_dur[name] = {
+                "mean_duration": d.tolist(),
+                "observed": obs.tolist(),
+                "predicted": pred.tolist(),
+                "rows": counts.tolist(),
+            }
             line = ax.plot(d, obs, "o-", label=f"{name} observed")[0]
             ax.plot(d, pred, "s--", color=line.get_color(), label=f"{name} predicted")
-        ax.set(xscale="log", xlabel="duration (decile mean, s)", ylabel="mean", title="observed vs predicted by duration decile")
+        ax.set(
+            xscale="log",
+            xlabel="duration (decile mean, s)",
+            ylabel="mean",
+            title="observed vs predicted by duration decile",
+        )
         ax.legend(fontsize=8)
         numbers["by_duration"] = by_dur
         figures["by_duration"] = fig
@@ -166,7 +216,11 @@ def write_rank_report(
     out.mkdir(parents=True, exist_ok=True)
     rows = metric_table(metrics, schema)
     left_out = {
-        k: {"groups": d.num_groups, "left_out": d.num_groups_left_out, "rows_left_out": d.rows_left_out}
+        k: {
+            "groups": d.num_groups,
+            "left_out": d.num_groups_left_out,
+            "rows_left_out": d.rows_left_out,
+        }
         for k, d in details.items()
     }
     numbers, figures = calibration_sections(schema, results, heads) if results else ({}, {})
@@ -180,7 +234,8 @@ def write_rank_report(
     oracle_note = (
         "The oracle scores each row with the true probability (or expectation) the synthetic world drew it "
         "from, position bias included: the best any model can do on this data."
-        if schema.oracle else ""
+        if schema.oracle
+        else ""
     )
     left_lines = [
         f"- `{k}`: {v['left_out']} of {v['groups']} users left out ({v['rows_left_out']} rows): their labels hold one value only"
@@ -189,34 +244,70 @@ def write_rank_report(
     calib_lines = [
         f"| {k.split('/')[1]} | {_fmt(v.get('ece_raw'))} | {_fmt(v['ece'])} "
         f"| {_fmt(v.get('predicted_observed_ratio_raw'))} | {_fmt(v['predicted_observed_ratio'])} |"
-        for k, v in numbers.items() if k.startswith("calibration/")
+        for k, v in numbers.items()
+        if k.startswith("calibration/")
     ]
     stage = calibration or {}
-    stage_lines = [f"- `{t}`: negatives kept at rate w = {w:g} in training; predictions corrected by q = p / (p + (1 - p) / w)" for t, w in (stage.get("rates") or {}).items()]
-    stage_lines += [f"- `{t}`: {kind} calibrator fitted on the validation predictions of this checkpoint" for t, kind in (stage.get("calibrators") or {}).items()]
+    stage_lines = [
+        f"- `{t}`: negatives kept at rate w = {w:g} in training; predictions corrected by q = p / (p + (1 - p) / w)"
+        for t, w in (stage.get("rates") or {}).items()
+    ]
+    stage_lines += [
+        f"- `{t}`: {kind} calibrator fitted on the validation predictions of this checkpoint"
+        for t, kind in (stage.get("calibrators") or {}).items()
+    ]
     head_lines = [f"- `{t}`: {h.get('head', '?')}" for t, h in (heads or {}).items()]
     md = [
-        f"# {title}", "",
-        *[f"- {k}: `{v}`" for k, v in context.items()], "",
-        "## Test metrics", "", oracle_note, "", to_markdown(rows), "",
+        f"# {title}",
+        "",
+        *[f"- {k}: `{v}`" for k, v in context.items()],
+        "",
+        "## Test metrics",
+        "",
+        oracle_note,
+        "",
+        to_markdown(rows),
+        "",
         *(["## Heads", "", *head_lines, ""] if head_lines else []),
-        *([
-            "## Calibration", "", *stage_lines, *([""] if stage_lines else []),
-            "ECE over 15 equal-mass bins; `before` is the model's own prediction, `-` where no calibration stage applies.", "",
-            "| task | ECE before | ECE | predicted / observed before | predicted / observed |", "|---|---:|---:|---:|---:|", *calib_lines, "",
-        ] if calib_lines else []),
-        "## Users left out of grouped metrics", "", *left_lines, "",
-        *[f"![{name}]({p.name})" for name, p in pngs.items()], "",
+        *(
+            [
+                "## Calibration",
+                "",
+                *stage_lines,
+                *([""] if stage_lines else []),
+                "ECE over 15 equal-mass bins; `before` is the model's own prediction, `-` where no calibration stage applies.",
+                "",
+                "| task | ECE before | ECE | predicted / observed before | predicted / observed |",
+                "|---|---:|---:|---:|---:|",
+                *calib_lines,
+                "",
+            ]
+            if calib_lines
+            else []
+        ),
+        "## Users left out of grouped metrics",
+        "",
+        *left_lines,
+        "",
+        *[f"![{name}]({p.name})" for name, p in pngs.items()],
+        "",
     ]
     md_path, html_path, json_path = out / "report.md", out / "report.html", out / "metrics.json"
     md_path.write_text("\n".join(md))
-    json_path.write_text(json.dumps(
-        {
-            "metrics": metrics, "left_out": left_out, "context": context,
-            "heads": heads or {}, "calibration_stage": calibration or {}, **numbers,
-        },
-        indent=2, default=str,
-    ))
+    json_path.write_text(
+        json.dumps(
+            {
+                "metrics": metrics,
+                "left_out": left_out,
+                "context": context,
+                "heads": heads or {},
+                "calibration_stage": calibration or {},
+                **numbers,
+            },
+            indent=2,
+            default=str,
+        )
+    )
     html_path.write_text(_html(title, context, rows, oracle_note, calib_lines, left_lines, pngs))
     return [md_path, html_path, json_path, *pngs.values()]
 
@@ -227,7 +318,10 @@ def _html(title, context, rows, oracle_note, calib_lines, left_lines, pngs) -> s
         f"<tr><td>{esc(r['task'])}</td><td>{esc(r['metric'])}</td><td>{_fmt(r['model'])}</td><td>{_fmt(r['oracle'])}</td></tr>"
         for r in rows
     )
-    calib = "".join("<tr>" + "".join(f"<td>{esc(c.strip())}</td>" for c in line.strip("|").split("|")) + "</tr>" for line in calib_lines)
+    calib = "".join(
+        "<tr>" + "".join(f"<td>{esc(c.strip())}</td>" for c in line.strip("|").split("|")) + "</tr>"
+        for line in calib_lines
+    )
     images = "".join(
         f"<figure><img alt='{esc(name)}' src='data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}'></figure>"
         for name, p in pngs.items()
@@ -237,13 +331,19 @@ def _html(title, context, rows, oracle_note, calib_lines, left_lines, pngs) -> s
         "<style>body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse;margin:1em 0}"
         "td,th{border:1px solid #ccc;padding:4px 10px}td:nth-child(n+3){text-align:right}th{background:#f4f4f4}"
         "figure{display:inline-block;margin:0 1em 1em 0}</style>"
-        f"<h1>{esc(title)}</h1><ul>" + "".join(f"<li>{esc(str(k))}: <code>{esc(str(v))}</code></li>" for k, v in context.items()) + "</ul>"
+        f"<h1>{esc(title)}</h1><ul>"
+        + "".join(f"<li>{esc(str(k))}: <code>{esc(str(v))}</code></li>" for k, v in context.items())
+        + "</ul>"
         f"<h2>Test metrics</h2><p>{esc(oracle_note)}</p>"
         f"<table><tr><th>task</th><th>metric</th><th>model</th><th>oracle</th></tr>{table}</table>"
         + (
             "<h2>Calibration</h2><table><tr><th>task</th><th>ECE before</th><th>ECE</th>"
-            f"<th>predicted / observed before</th><th>predicted / observed</th></tr>{calib}</table>" if calib else ""
+            f"<th>predicted / observed before</th><th>predicted / observed</th></tr>{calib}</table>"
+            if calib
+            else ""
         )
-        + "<h2>Users left out of grouped metrics</h2><ul>" + "".join(f"<li>{esc(line[2:])}</li>" for line in left_lines) + "</ul>"
+        + "<h2>Users left out of grouped metrics</h2><ul>"
+        + "".join(f"<li>{esc(line[2:])}</li>" for line in left_lines)
+        + "</ul>"
         + f"<h2>Plots</h2>{images}"
     )

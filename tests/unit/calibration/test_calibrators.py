@@ -98,7 +98,9 @@ def test_isotonic_clips_scores_outside_the_fitted_range() -> None:
 
 
 def test_isotonic_with_a_single_distinct_score() -> None:
-    cal = IsotonicCalibrator().fit(np.full(10, 0.3), np.array([1, 0, 0, 0, 1, 0, 0, 0, 0, 0], dtype=float))
+    cal = IsotonicCalibrator().fit(
+        np.full(10, 0.3), np.array([1, 0, 0, 0, 1, 0, 0, 0, 0, 0], dtype=float)
+    )
     np.testing.assert_allclose(cal(np.array([0.0, 0.3, 0.9])), [0.2, 0.2, 0.2])
 
 
@@ -112,7 +114,9 @@ def test_platt_on_logit_recovers_a_known_map() -> None:
     assert cal.a == pytest.approx(2.0, abs=0.05) and cal.b == pytest.approx(-1.0, abs=0.05)
 
 
-@pytest.mark.parametrize("make", [IsotonicCalibrator, PlattCalibrator, lambda: DownsamplingCorrection(0.1)])
+@pytest.mark.parametrize(
+    "make", [IsotonicCalibrator, PlattCalibrator, lambda: DownsamplingCorrection(0.1)]
+)
 def test_saved_calibrator_loads_back_and_gives_the_same_outputs(make, tmp_path: Path) -> None:
     s, y, _ = miscalibrated()
     cal = make().fit(s, y)
@@ -129,7 +133,10 @@ def test_state_dict_holds_only_plain_arrays_and_strings() -> None:
     torch = pytest.importorskip("torch")
     s, y, _ = miscalibrated()
     cal = IsotonicCalibrator().fit(s, y)
-    state = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in cal.state_dict().items()}
+    state = {
+        k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v
+        for k, v in cal.state_dict().items()
+    }
     buf = io.BytesIO()
     torch.save(state, buf)
     buf.seek(0)
@@ -156,12 +163,21 @@ def test_downsampling_correction_recovers_the_true_rate() -> None:
 @pytest.mark.parametrize(
     ("call", "match"),
     [
-        (lambda: IsotonicCalibrator().fit(np.zeros(3), np.array([0, 1, 2])), "labels must be 0 or 1"),
+        (
+            lambda: IsotonicCalibrator().fit(np.zeros(3), np.array([0, 1, 2])),
+            "labels must be 0 or 1",
+        ),
         (lambda: IsotonicCalibrator().fit(np.zeros(3), np.zeros(4)), "differ in length"),
         (lambda: IsotonicCalibrator().fit(np.array([0.1, np.nan]), np.zeros(2)), "non-finite"),
-        (lambda: IsotonicCalibrator().fit(np.zeros((2, 2)), np.zeros(2)), r"1-D, got shape \(2, 2\)"),
+        (
+            lambda: IsotonicCalibrator().fit(np.zeros((2, 2)), np.zeros(2)),
+            r"1-D, got shape \(2, 2\)",
+        ),
         (lambda: IsotonicCalibrator()(np.zeros(3)), "not fitted"),
-        (lambda: PlattCalibrator().fit(np.array([0.5, 1.5]), np.array([0, 1])), r"must lie in \[0, 1\]"),
+        (
+            lambda: PlattCalibrator().fit(np.array([0.5, 1.5]), np.array([0, 1])),
+            r"must lie in \[0, 1\]",
+        ),
         (lambda: PlattCalibrator(input="logits"), "input must be"),
         (lambda: downsampling_correction(np.array([0.5]), 0.0), r"rate must lie in \(0, 1\]"),
         (lambda: from_state({"kind": "spline"}), "unknown kind 'spline'"),

@@ -21,7 +21,9 @@ FEATURES = {"sparse": CONFIG["sparse"], "dense": CONFIG["dense"], "tasks": CONFI
 
 
 def module(path: Path, cache: Path, **kw) -> CensusDataModule:
-    args = dict(path=str(path), cache_dir=str(cache), max_rows=ROWS, batch_size=256, seed=0, **FEATURES)
+    args = dict(
+        path=str(path), cache_dir=str(cache), max_rows=ROWS, batch_size=256, seed=0, **FEATURES
+    )
     return CensusDataModule(**(args | kw))
 
 
@@ -41,7 +43,9 @@ def census(cache) -> tuple[Path, CensusDataModule]:
 
 def raw_head(path: Path, n: int) -> pd.DataFrame:
     """The reference: the file's first n rows, read here independently of the loader."""
-    df = pd.read_csv(path / "census-income.test.gz", header=None, nrows=n, skipinitialspace=True, dtype=str)
+    df = pd.read_csv(
+        path / "census-income.test.gz", header=None, nrows=n, skipinitialspace=True, dtype=str
+    )
     return df.apply(lambda c: c.str.strip())
 
 
@@ -50,11 +54,16 @@ def test_labels_match_the_file_and_have_plausible_rates(census):
     raw = raw_head(path, ROWS)
     income = float((raw[41] == "50000+.").mean())
     never = float((raw[7] == "Never married").mean())
-    labels = {t: np.concatenate([dm.data[s]["labels"][t].numpy() for s in ("train", "val", "test")]) for t in ("income", "never_married")}
+    labels = {
+        t: np.concatenate([dm.data[s]["labels"][t].numpy() for s in ("train", "val", "test")])
+        for t in ("income", "never_married")
+    }
     assert len(labels["income"]) == ROWS
     assert labels["income"].mean() == pytest.approx(income)
     assert labels["never_married"].mean() == pytest.approx(never)
-    assert 0.03 < income < 0.10 and 0.30 < never < 0.50  # SOURCE.md: 6.2% and 43.2% over the whole file
+    assert (
+        0.03 < income < 0.10 and 0.30 < never < 0.50
+    )  # SOURCE.md: 6.2% and 43.2% over the whole file
 
 
 def test_split_is_seeded_by_split_seed_not_by_the_training_seed(census, cache):
@@ -63,10 +72,14 @@ def test_split_is_seeded_by_split_seed_not_by_the_training_seed(census, cache):
     assert sizes == {"train": 2400, "val": 300, "test": 300}
     other = module(path, cache, seed=7)
     other.setup()
-    np.testing.assert_array_equal(other.data["test"]["features"]["age"], dm.data["test"]["features"]["age"])
+    np.testing.assert_array_equal(
+        other.data["test"]["features"]["age"], dm.data["test"]["features"]["age"]
+    )
     moved = module(path, cache, split_seed=1)
     moved.setup()
-    assert not np.array_equal(moved.data["test"]["features"]["age"], dm.data["test"]["features"]["age"])
+    assert not np.array_equal(
+        moved.data["test"]["features"]["age"], dm.data["test"]["features"]["age"]
+    )
 
 
 def test_no_label_column_is_a_feature(census):
@@ -75,7 +88,9 @@ def test_no_label_column_is_a_feature(census):
     assert not features & NOT_FEATURES
     assert set(dm.schema.task_names) == {"income", "never_married"}
     assert features == set(CONFIG["sparse"]) | set(CONFIG["dense"])
-    assert features | {"marital_stat", "income_50k", "instance_weight"} == set(COLUMNS)  # every other column is used
+    assert features | {"marital_stat", "income_50k", "instance_weight"} == set(
+        COLUMNS
+    )  # every other column is used
     assert set(dm.data["train"]["features"]) == features
 
 
@@ -103,7 +118,9 @@ def test_malformed_copy_missing_a_column_names_the_file(tmp_path):
     with gzip.open(source, "rt") as f:
         lines = [next(f) for _ in range(50)]
     with gzip.open(bad / "census-income.test.gz", "wt") as f:
-        f.writelines(",".join(line.split(",")[:20] + line.split(",")[21:]) for line in lines)  # drop state_prev_res
+        f.writelines(
+            ",".join(line.split(",")[:20] + line.split(",")[21:]) for line in lines
+        )  # drop state_prev_res
     dm = module(bad, tmp_path / "cache")
     with pytest.raises(DataError, match=r"bad/census-income.test.gz: expected 42 .* found 41"):
         dm.setup()
@@ -111,7 +128,9 @@ def test_malformed_copy_missing_a_column_names_the_file(tmp_path):
 
 def test_a_configured_column_the_table_lacks_is_named(cache):
     dm = module(shared_data("census-income-kdd"), cache, dense=[*CONFIG["dense"], "hours_per_week"])
-    with pytest.raises(DataError, match=r"census-income.test.gz: missing column\(s\) \['hours_per_week'\]"):
+    with pytest.raises(
+        DataError, match=r"census-income.test.gz: missing column\(s\) \['hours_per_week'\]"
+    ):
         dm.setup()
 
 
@@ -136,7 +155,9 @@ def test_no_validation_share_validates_on_the_test_rows(cache):
             assert torch.equal(val[group][name], values), name
 
 
-@pytest.mark.parametrize("fractions", [[0.9, 0.1], [0.5, 0.2, 0.2], [0.0, 0.5, 0.5], [0.9, 0.1, 0.0]])
+@pytest.mark.parametrize(
+    "fractions", [[0.9, 0.1], [0.5, 0.2, 0.2], [0.0, 0.5, 0.5], [0.9, 0.1, 0.0]]
+)
 def test_bad_fractions_are_refused(tmp_path, fractions):
     with pytest.raises(ValueError, match="data.fractions"):
         module(tmp_path, tmp_path, fractions=fractions)

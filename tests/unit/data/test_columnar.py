@@ -16,7 +16,9 @@ def _columns(n: int) -> dict:
 def test_vocabulary_maps_unseen_to_zero():
     vocab = Vocabulary.fit(np.array([30, 10, 20, 10]))
     assert vocab.size == 4
-    np.testing.assert_array_equal(vocab.encode(np.array([10, 20, 30, 5, 40, 25])), [1, 2, 3, 0, 0, 0])
+    np.testing.assert_array_equal(
+        vocab.encode(np.array([10, 20, 30, 5, 40, 25])), [1, 2, 3, 0, 0, 0]
+    )
 
 
 def test_pad_left_keeps_last_items():
@@ -58,7 +60,10 @@ def test_eval_shards_cover_every_row_once(n, world):
 
 @pytest.mark.parametrize("n,world", [(10, 2), (11, 2), (23, 3)])
 def test_train_shards_are_disjoint_and_equal(n, world):
-    shards = [ColumnarBatches(_columns(n), batch_size=3, shuffle=True, rank=r, world_size=world) for r in range(world)]
+    shards = [
+        ColumnarBatches(_columns(n), batch_size=3, shuffle=True, rank=r, world_size=world)
+        for r in range(world)
+    ]
     sets = [set(s.rows.tolist()) for s in shards]
     assert len({len(s) for s in sets}) == 1 and len({len(s) for s in shards}) == 1
     assert sum(len(s) for s in sets) == len(set().union(*sets)) == (n // world) * world

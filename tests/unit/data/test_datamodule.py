@@ -6,7 +6,10 @@ import torch
 
 from recolab.data.datamodule import DataError, ParquetDataModule
 
-TASKS = [{"name": "click", "kind": "binary"}, {"name": "watch", "kind": "regression", "transform": "log1p"}]
+TASKS = [
+    {"name": "click", "kind": "binary"},
+    {"name": "watch", "kind": "regression", "transform": "log1p"},
+]
 
 
 def _write(tmp_path, n=100, **overrides):
@@ -15,7 +18,9 @@ def _write(tmp_path, n=100, **overrides):
         "user_id": rng.integers(1000, 1010, n),
         "item_id": rng.integers(0, 30, n),
         "price": rng.normal(5, 2, n),
-        "hist": pa.array([list(rng.integers(0, 30, rng.integers(0, 6))) for _ in range(n)], pa.list_(pa.int64())),
+        "hist": pa.array(
+            [list(rng.integers(0, 30, rng.integers(0, 6))) for _ in range(n)], pa.list_(pa.int64())
+        ),
         "click": rng.integers(0, 2, n).astype(float),
         "watch": rng.exponential(10, n),
         "timestamp": np.arange(n)[::-1],
@@ -28,9 +33,14 @@ def _write(tmp_path, n=100, **overrides):
 
 def _dm(path, **kw):
     args = dict(
-        path=str(path), sparse=["user_id", "item_id"], dense=["price"],
-        sequences={"hist": {"max_len": 4, "vocab_of": "item_id"}}, tasks=TASKS, meta=["user_id"],
-        batch_size=16, eval_batch_size=32,
+        path=str(path),
+        sparse=["user_id", "item_id"],
+        dense=["price"],
+        sequences={"hist": {"max_len": 4, "vocab_of": "item_id"}},
+        tasks=TASKS,
+        meta=["user_id"],
+        batch_size=16,
+        eval_batch_size=32,
     )
     return ParquetDataModule(**(args | kw))
 
@@ -41,11 +51,16 @@ def test_time_split_vocab_and_standardization(tmp_path):
     train, test = dm.data["train"], dm.data["test"]
     assert [len(dm.data[s]["labels"]["click"]) for s in ("train", "val", "test")] == [80, 10, 10]
     # timestamps run backwards, so the training split is the *last* 80 rows of the file
-    assert dm.schema.sparse_by_name("item_id").vocab_size == len(np.unique(
-        pq.read_table(tmp_path / "log.parquet").column("item_id").to_numpy()[20:])) + 1
+    assert (
+        dm.schema.sparse_by_name("item_id").vocab_size
+        == len(np.unique(pq.read_table(tmp_path / "log.parquet").column("item_id").to_numpy()[20:]))
+        + 1
+    )
     price = train["features"]["price"]
     assert abs(float(price.mean())) < 1e-5 and abs(float(price.std(unbiased=False)) - 1) < 1e-4
-    assert test["features"]["hist"].shape == (10, 4) and test["features"]["hist"].dtype == torch.int64
+    assert (
+        test["features"]["hist"].shape == (10, 4) and test["features"]["hist"].dtype == torch.int64
+    )
     assert dm.schema.feature_names == ["user_id", "item_id", "price", "hist"]
     assert "user_id" in test["meta"] and test["meta"]["user_id"].min() >= 1000  # raw ids in meta
 
@@ -84,4 +99,7 @@ def test_state_dict_restores_vocabularies(tmp_path):
     other = _dm(_write(tmp_path / "other", item_id=np.arange(100) + 7))
     other.load_state_dict(dm.state_dict())
     other.setup()
-    assert other.schema.sparse_by_name("item_id").vocab_size == dm.schema.sparse_by_name("item_id").vocab_size
+    assert (
+        other.schema.sparse_by_name("item_id").vocab_size
+        == dm.schema.sparse_by_name("item_id").vocab_size
+    )

@@ -18,10 +18,19 @@ NAME = "processed_standard_kcore_15.tsv"
 
 def module(path: Path, cache: Path, **kw) -> KuaiRandDataModule:
     args = dict(
-        path=str(path), cache_dir=str(cache), sparse=["user_id", "item_id", "hour"], dense=["log_duration"],
-        tasks=[{"name": "click"}, {"name": "long_view"}, {"name": "watch_time", "kind": "regression", "transform": "log1p"}],
-        meta=["user_id", "duration"], split={"kind": "time", "fractions": [0.8, 0.1, 0.1]},
-        batch_size=64, eval_batch_size=256,
+        path=str(path),
+        cache_dir=str(cache),
+        sparse=["user_id", "item_id", "hour"],
+        dense=["log_duration"],
+        tasks=[
+            {"name": "click"},
+            {"name": "long_view"},
+            {"name": "watch_time", "kind": "regression", "transform": "log1p"},
+        ],
+        meta=["user_id", "duration"],
+        split={"kind": "time", "fractions": [0.8, 0.1, 0.1]},
+        batch_size=64,
+        eval_batch_size=256,
     )
     return KuaiRandDataModule(**(args | kw))
 
@@ -53,17 +62,34 @@ def test_watch_time_and_duration_in_seconds(tmp_path: Path) -> None:
     assert first["hour"] == kept["hourmin"] // 100
     # max_rows keeps the earliest rows by time.
     _, loaded = dm._load()
-    np.testing.assert_array_equal(np.sort(loaded.column("timestamp").to_numpy()), np.sort(cached["timestamp"].to_numpy())[:3000])
-    assert "duration" in dm.data["test"]["meta"] and "duration" not in dm.schema.feature_names  # duration is meta
+    np.testing.assert_array_equal(
+        np.sort(loaded.column("timestamp").to_numpy()),
+        np.sort(cached["timestamp"].to_numpy())[:3000],
+    )
+    assert (
+        "duration" in dm.data["test"]["meta"] and "duration" not in dm.schema.feature_names
+    )  # duration is meta
 
 
 @pytest.mark.parametrize(
     ("edit", "match"),
     [
-        (lambda f: f.drop(columns=["play_time_ms"]), r"kcore_15\.tsv: missing column\(s\) \['play_time_ms'\]"),
-        (lambda f: f.assign(is_click=f["is_click"].where(f.index != 4, "2")), r"kcore_15\.tsv: column 'is_click' must hold 0 or 1; line 6 has '2'"),
-        (lambda f: f.assign(duration_ms=f["duration_ms"].where(f.index != 7, "abc")), r"kcore_15\.tsv: column 'duration_ms' must hold integers; line 9 has 'abc'"),
-        (lambda f: f.assign(play_time_ms=f["play_time_ms"].where(f.index != 0, "-5")), r"kcore_15\.tsv: column 'play_time_ms' must be >= 0; line 2 has '-5'"),
+        (
+            lambda f: f.drop(columns=["play_time_ms"]),
+            r"kcore_15\.tsv: missing column\(s\) \['play_time_ms'\]",
+        ),
+        (
+            lambda f: f.assign(is_click=f["is_click"].where(f.index != 4, "2")),
+            r"kcore_15\.tsv: column 'is_click' must hold 0 or 1; line 6 has '2'",
+        ),
+        (
+            lambda f: f.assign(duration_ms=f["duration_ms"].where(f.index != 7, "abc")),
+            r"kcore_15\.tsv: column 'duration_ms' must hold integers; line 9 has 'abc'",
+        ),
+        (
+            lambda f: f.assign(play_time_ms=f["play_time_ms"].where(f.index != 0, "-5")),
+            r"kcore_15\.tsv: column 'play_time_ms' must be >= 0; line 2 has '-5'",
+        ),
     ],
 )
 def test_malformed_copies_fail_naming_file_and_column(tmp_path: Path, edit, match: str) -> None:

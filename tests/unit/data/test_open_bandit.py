@@ -18,8 +18,14 @@ SPARSE = ["item_id", "campaign", "user_feature_0", "item_feature_1"]
 
 def module(path: Path, cache: Path, **kw) -> OpenBanditDataModule:
     args = dict(
-        path=str(path), cache_dir=str(cache), sparse=SPARSE, dense=["item_feature_0", "affinity"],
-        tasks=[{"name": "click"}], meta=["user_id", "position", "propensity_score"], batch_size=64, eval_batch_size=256,
+        path=str(path),
+        cache_dir=str(cache),
+        sparse=SPARSE,
+        dense=["item_feature_0", "affinity"],
+        tasks=[{"name": "click"}],
+        meta=["user_id", "position", "propensity_score"],
+        batch_size=64,
+        eval_batch_size=256,
     )
     return OpenBanditDataModule(**(args | kw))
 
@@ -29,9 +35,14 @@ def small_copy(src: Path, dst: Path, rows: int = 60, campaigns=("men",)) -> Path
     for policy in ("bts", "random"):
         for campaign in campaigns:
             (dst / policy / campaign).mkdir(parents=True)
-            frame = pd.read_csv(src / policy / campaign / f"{campaign}.csv", index_col=0, nrows=rows)
+            frame = pd.read_csv(
+                src / policy / campaign / f"{campaign}.csv", index_col=0, nrows=rows
+            )
             frame.to_csv(dst / policy / campaign / f"{campaign}.csv")
-            shutil.copy(src / policy / campaign / "item_context.csv", dst / policy / campaign / "item_context.csv")
+            shutil.copy(
+                src / policy / campaign / "item_context.csv",
+                dst / policy / campaign / "item_context.csv",
+            )
     return dst
 
 
@@ -47,9 +58,14 @@ def test_trains_on_bts_and_tests_on_the_random_log(tmp_path: Path) -> None:
     # The random log is uniform over positions; the position is meta, never a feature.
     test_pos = dm.data["test"]["meta"]["position"]
     assert set(test_pos.unique().tolist()) == {1, 2, 3}
-    assert "position" not in dm.data["train"]["features"] and "position" not in dm.schema.feature_names
+    assert (
+        "position" not in dm.data["train"]["features"] and "position" not in dm.schema.feature_names
+    )
     # Items of different campaigns stay distinct; the affinity is the shown item's.
-    assert raw.groupby("campaign")["item_id"].agg(["min", "max"]).loc["men"].tolist() == [1000, 1033]
+    assert raw.groupby("campaign")["item_id"].agg(["min", "max"]).loc["men"].tolist() == [
+        1000,
+        1033,
+    ]
     first = pd.read_csv(src / "bts" / "all" / "all.csv", index_col=0, nrows=1).iloc[0]
     row = raw[(raw.policy == "bts") & (raw.campaign == "all")].iloc[0]
     assert row["affinity"] == pytest.approx(first[f"user-item_affinity_{first['item_id']}"])
@@ -74,10 +90,22 @@ def test_conversion_is_cached_and_keyed_by_the_source(tmp_path: Path) -> None:
     ("edit", "match"),
     [
         (lambda f: f.drop(columns=["click"]), r"bts/men/men\.csv: missing column\(s\) \['click'\]"),
-        (lambda f: f.assign(position=f["position"].where(f.index != 3, 5)), r"bts/men/men\.csv: column 'position' must hold one of \[1\.0, 2\.0, 3\.0\]; row 3 has '5'"),
-        (lambda f: f.assign(click=f["click"].astype(object).where(f.index != 2, "yes")), r"bts/men/men\.csv: column 'click' must hold one of \[0\.0, 1\.0\]; row 2 has 'yes'"),
-        (lambda f: f.assign(item_id=f["item_id"].where(f.index != 0, 99)), r"bts/men/men\.csv: column 'item_id' holds 1 id\(s\) missing from .*item_context\.csv"),
-        (lambda f: f.assign(timestamp=f["timestamp"].where(f.index != 1, "soon")), r"bts/men/men\.csv: column 'timestamp' must hold dates; row 1 has 'soon'"),
+        (
+            lambda f: f.assign(position=f["position"].where(f.index != 3, 5)),
+            r"bts/men/men\.csv: column 'position' must hold one of \[1\.0, 2\.0, 3\.0\]; row 3 has '5'",
+        ),
+        (
+            lambda f: f.assign(click=f["click"].astype(object).where(f.index != 2, "yes")),
+            r"bts/men/men\.csv: column 'click' must hold one of \[0\.0, 1\.0\]; row 2 has 'yes'",
+        ),
+        (
+            lambda f: f.assign(item_id=f["item_id"].where(f.index != 0, 99)),
+            r"bts/men/men\.csv: column 'item_id' holds 1 id\(s\) missing from .*item_context\.csv",
+        ),
+        (
+            lambda f: f.assign(timestamp=f["timestamp"].where(f.index != 1, "soon")),
+            r"bts/men/men\.csv: column 'timestamp' must hold dates; row 1 has 'soon'",
+        ),
     ],
 )
 def test_malformed_copies_fail_naming_file_and_column(tmp_path: Path, edit, match: str) -> None:

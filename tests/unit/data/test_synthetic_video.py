@@ -11,7 +11,9 @@ P = WorldParams(num_users=500, num_items=300, num_impressions=40_000, world_seed
 @pytest.fixture(scope="module")
 def world():
     t = generate(P)
-    return {c: t.column(c).to_numpy(zero_copy_only=False) for c in t.column_names if c != "hist_items"} | {
+    return {
+        c: t.column(c).to_numpy(zero_copy_only=False) for c in t.column_names if c != "hist_items"
+    } | {
         "hist": t.column("hist_items").combine_chunks().flatten().to_numpy().reshape(t.num_rows, -1)
     }
 
@@ -30,7 +32,9 @@ def test_labels_follow_the_truth(world):
         m = world["position"] == pos
         expected = world["gt_click_prob"][m].mean()
         assert abs(world["click"][m].mean() - expected) < 4 * np.sqrt(expected / m.sum())
-    np.testing.assert_allclose(world["gt_examination"], world["position"] ** -P.examination_power, rtol=1e-6)
+    np.testing.assert_allclose(
+        world["gt_examination"], world["position"] ** -P.examination_power, rtol=1e-6
+    )
     assert (world["like"] <= world["click"]).all()
     # the oracle separates clicks from non-clicks
     assert roc_auc_score(world["click"], world["gt_click_prob"]) > 0.75

@@ -26,7 +26,9 @@ def table(n: int = N, **overrides) -> dict:
     cols = {
         "user_id": rng.integers(1000, 1020, n),
         "item_id": rng.integers(0, 40, n),
-        "hist": pa.array([list(rng.integers(0, 40, rng.integers(0, 5))) for _ in range(n)], pa.list_(pa.int64())),
+        "hist": pa.array(
+            [list(rng.integers(0, 40, rng.integers(0, 5))) for _ in range(n)], pa.list_(pa.int64())
+        ),
         "position": rng.integers(1, 11, n).astype(np.int32),
         "duration": rng.exponential(30, n),
         "click": (rng.random(n) < 0.3).astype(float),
@@ -45,9 +47,13 @@ def write(tmp_path: Path, cols: dict, name: str = "log.parquet") -> Path:
 
 def dm(path: Path, **kw) -> ParquetDataModule:
     args = dict(
-        path=str(path), sparse=["user_id", "item_id"], sequences={"hist": {"max_len": 4, "vocab_of": "item_id"}},
+        path=str(path),
+        sparse=["user_id", "item_id"],
+        sequences={"hist": {"max_len": 4, "vocab_of": "item_id"}},
         tasks=[{"name": "click"}, {"name": "watch_time", "kind": "regression"}],
-        meta=["user_id", "position", "duration"], batch_size=16, eval_batch_size=64,
+        meta=["user_id", "position", "duration"],
+        batch_size=16,
+        eval_batch_size=64,
     )
     return ParquetDataModule(**(args | kw))
 
@@ -61,14 +67,24 @@ def broken(values: np.ndarray, rows: list[int], bad: object) -> np.ndarray:
 @pytest.mark.parametrize(
     ("column", "bad", "message"),
     [
-        ("duration", -1.0, r"column 'duration': 3 negative or missing value\(s\) \(seconds, must be >= 0\)"),
+        (
+            "duration",
+            -1.0,
+            r"column 'duration': 3 negative or missing value\(s\) \(seconds, must be >= 0\)",
+        ),
         ("duration", np.nan, r"column 'duration': 3 negative or missing value\(s\)"),
-        ("watch_time", -5.0, r"column 'watch_time': 3 negative value\(s\) \(seconds, must be >= 0\)"),
+        (
+            "watch_time",
+            -5.0,
+            r"column 'watch_time': 3 negative value\(s\) \(seconds, must be >= 0\)",
+        ),
         ("position", 0, r"column 'position': 3 position\(s\) below 1, fractional or missing"),
         ("position", 2.5, r"column 'position': 3 position\(s\) below 1"),
     ],
 )
-def test_bad_special_values_fail_then_drop_with_a_count(tmp_path: Path, column: str, bad: object, message: str) -> None:
+def test_bad_special_values_fail_then_drop_with_a_count(
+    tmp_path: Path, column: str, bad: object, message: str
+) -> None:
     cols = table()
     cols[column] = broken(cols[column], [4, 50, 51], bad)
     path = write(tmp_path, cols)
@@ -83,10 +99,19 @@ def test_bad_special_values_fail_then_drop_with_a_count(tmp_path: Path, column: 
 
 def test_duplicate_rows_are_counted_and_the_first_copy_kept(tmp_path: Path) -> None:
     cols = table()
-    for src, dst in [(10, 11), (10, 12), (30, 31)]:  # rows 11, 12 repeat row 10; row 31 repeats row 30
+    for src, dst in [
+        (10, 11),
+        (10, 12),
+        (30, 31),
+    ]:  # rows 11, 12 repeat row 10; row 31 repeats row 30
         for name, values in cols.items():
             if isinstance(values, pa.Array):
-                cols[name] = pa.array(values.to_pylist()[:dst] + [values[src].as_py()] + values.to_pylist()[dst + 1:], values.type)
+                cols[name] = pa.array(
+                    values.to_pylist()[:dst]
+                    + [values[src].as_py()]
+                    + values.to_pylist()[dst + 1 :],
+                    values.type,
+                )
             else:
                 values[dst] = values[src]
     path = write(tmp_path, cols)
@@ -98,9 +123,18 @@ def test_duplicate_rows_are_counted_and_the_first_copy_kept(tmp_path: Path) -> N
 
 
 def test_identical_records_without_timestamps_are_not_duplicates(tmp_path: Path) -> None:
-    cols = {"user_id": np.zeros(N, dtype=np.int64), "item_id": np.zeros(N, dtype=np.int64), "click": np.zeros(N)}
-    module = dm(write(tmp_path, cols), sequences={}, tasks=[{"name": "click"}], meta=[],
-                split={"kind": "random", "fractions": [0.8, 0.1, 0.1]})
+    cols = {
+        "user_id": np.zeros(N, dtype=np.int64),
+        "item_id": np.zeros(N, dtype=np.int64),
+        "click": np.zeros(N),
+    }
+    module = dm(
+        write(tmp_path, cols),
+        sequences={},
+        tasks=[{"name": "click"}],
+        meta=[],
+        split={"kind": "random", "fractions": [0.8, 0.1, 0.1]},
+    )
     module.setup()  # 200 identical rows and no timestamp: a sample of records, not an event log
     assert module.dropped_rows == 0
 
@@ -116,13 +150,23 @@ def test_rows_differing_only_inside_a_list_are_not_duplicates(tmp_path: Path) ->
 @pytest.mark.parametrize(
     ("column", "values", "message"),
     [
-        ("item_id", np.arange(N) + 0.5, r"column 'item_id' holds ids, so it must be integer or string, got double"),
-        ("hist", np.arange(N), r"column 'hist' is a sequence, so it must hold lists of ids, got int64"),
+        (
+            "item_id",
+            np.arange(N) + 0.5,
+            r"column 'item_id' holds ids, so it must be integer or string, got double",
+        ),
+        (
+            "hist",
+            np.arange(N),
+            r"column 'hist' is a sequence, so it must hold lists of ids, got int64",
+        ),
         ("position", np.array(["top"] * N), r"column 'position' must be numeric, got string"),
         ("click", np.array(["yes"] * N), r"column 'click' must be numeric, got string"),
     ],
 )
-def test_wrong_dtypes_name_file_column_and_type(tmp_path: Path, column: str, values: np.ndarray, message: str) -> None:
+def test_wrong_dtypes_name_file_column_and_type(
+    tmp_path: Path, column: str, values: np.ndarray, message: str
+) -> None:
     path = write(tmp_path, table(**{column: values}))
     with pytest.raises(DataError, match=rf"log\.parquet: .*{message}"):
         dm(path, drop_bad_rows=True).setup()  # a wrong type is not a bad row: never dropped
@@ -159,8 +203,10 @@ def test_ids_outside_a_checkpoints_vocabulary_are_counted_not_dropped(tmp_path: 
     other.setup()
     known = set(first.vocabs["item_id"].values.tolist())
     order = np.arange(N)  # time split: timestamps are increasing
-    expected = {s: int(sum(i not in known for i in new_items[order[a:b]]))
-                for s, (a, b) in {"train": (0, 160), "val": (160, 180), "test": (180, 200)}.items()}
+    expected = {
+        s: int(sum(i not in known for i in new_items[order[a:b]]))
+        for s, (a, b) in {"train": (0, 160), "val": (160, 180), "test": (180, 200)}.items()
+    }
     quality = other.quality_metrics()
     assert {s: quality[f"data/oov_rows/{s}/item_id"] for s in expected} == expected
     assert sum(expected.values()) > 0 and other.dropped_rows == 0
@@ -170,11 +216,28 @@ def test_ids_outside_a_checkpoints_vocabulary_are_counted_not_dropped(tmp_path: 
 
 
 @settings(max_examples=100, deadline=None)
-@given(rows=st.lists(st.tuples(st.integers(0, 2), st.sampled_from([-1.0, 0.0, 2.0]), st.lists(st.integers(0, 2), max_size=2)),
-                     min_size=1, max_size=30))
-def test_duplicates_and_negative_durations_match_a_reference(rows: list[tuple[int, float, list[int]]]) -> None:
-    t = pa.table({"user_id": [r[0] for r in rows], "duration": [r[1] for r in rows],
-                  "hist": pa.array([r[2] for r in rows], pa.list_(pa.int64())), "timestamp": [0] * len(rows)})
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.integers(0, 2),
+            st.sampled_from([-1.0, 0.0, 2.0]),
+            st.lists(st.integers(0, 2), max_size=2),
+        ),
+        min_size=1,
+        max_size=30,
+    )
+)
+def test_duplicates_and_negative_durations_match_a_reference(
+    rows: list[tuple[int, float, list[int]]],
+) -> None:
+    t = pa.table(
+        {
+            "user_id": [r[0] for r in rows],
+            "duration": [r[1] for r in rows],
+            "hist": pa.array([r[2] for r in rows], pa.list_(pa.int64())),
+            "timestamp": [0] * len(rows),
+        }
+    )
     seen, expected_dup = set(), []
     for r in rows:
         key = (r[0], r[1], tuple(r[2]))
@@ -189,22 +252,40 @@ def test_duplicates_and_negative_durations_match_a_reference(rows: list[tuple[in
 def test_lists_with_the_same_multiset_of_hashes_are_not_duplicates() -> None:
     # found by hypothesis in CI: [1, 1] and [2, 2] once hashed alike; the candidates are now also
     # compared element by element, so only an exact copy is a duplicate
-    t = pa.table({"user_id": [2, 2, 2, 2], "hist": pa.array([[1, 1], [2, 2], [1, 2], [2, 2]], pa.list_(pa.int64())),
-                  "timestamp": [0, 0, 0, 0]})
+    t = pa.table(
+        {
+            "user_id": [2, 2, 2, 2],
+            "hist": pa.array([[1, 1], [2, 2], [1, 2], [2, 2]], pa.list_(pa.int64())),
+            "timestamp": [0, 0, 0, 0],
+        }
+    )
     assert checks.duplicate_rows(t).tolist() == [False, False, False, True]
 
 
 def test_dropped_rows_are_recorded_in_mlflow(tmp_path: Path) -> None:
     n = 600
     rng = np.random.default_rng(0)
-    cols = {"user_id": rng.integers(0, 30, n), "item_id": rng.integers(0, 50, n),
-            "click": (rng.random(n) < 0.3).astype(float), "timestamp": np.arange(n)}
+    cols = {
+        "user_id": rng.integers(0, 30, n),
+        "item_id": rng.integers(0, 50, n),
+        "click": (rng.random(n) < 0.3).astype(float),
+        "timestamp": np.arange(n),
+    }
     cols["click"][[7, 8, 9]] = np.nan
     path = write(tmp_path, cols)
-    cfg = compose_train(tmp_path, [
-        "+exp=mmoe", "data=parquet", f"data.path={path}", "data.drop_bad_rows=true", "data.batch_size=64",
-        "trainer.max_epochs=1", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1",
-    ])
+    cfg = compose_train(
+        tmp_path,
+        [
+            "+exp=mmoe",
+            "data=parquet",
+            f"data.path={path}",
+            "data.drop_bad_rows=true",
+            "data.batch_size=64",
+            "trainer.max_epochs=1",
+            "+trainer.limit_train_batches=2",
+            "+trainer.limit_val_batches=1",
+        ],
+    )
     train(cfg)
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     [run] = client.search_runs([client.get_experiment_by_name("recolab").experiment_id])

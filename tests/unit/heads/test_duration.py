@@ -13,7 +13,9 @@ from recolab.heads.duration import D2Q, ResD2Q, WatchTimeRegression
 WATCH = Task("watch_time", kind="regression")
 
 
-def world(n: int = 20_000, seed: int = 0, zeros: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def world(
+    n: int = 20_000, seed: int = 0, zeros: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Durations, interests and watch times with duration bias: longer videos, longer watch."""
     rng = np.random.default_rng(seed)
     d = rng.lognormal(np.log(30), 0.8, n)
@@ -93,7 +95,10 @@ def test_predictions_map_quantiles_back_to_seconds_and_clip() -> None:
     pred = head.predict(torch.tensor([-1.0, 0.0, 1.5, 0.5]), meta)
     g0, g4 = head.quantiles[0], head.quantiles[4]
     torch.testing.assert_close(pred, torch.stack([g0[0], g0[0], g0[-1], g4[50]]).float())
-    torch.testing.assert_close(head.debiased(torch.tensor([-1.0, 2.0]), {"duration": torch.ones(2)}), torch.tensor([-1.0, 2.0]))
+    torch.testing.assert_close(
+        head.debiased(torch.tensor([-1.0, 2.0]), {"duration": torch.ones(2)}),
+        torch.tensor([-1.0, 2.0]),
+    )
 
 
 def test_d2q_loss_is_squared_error_on_the_quantile_label_or_bce() -> None:
@@ -104,8 +109,13 @@ def test_d2q_loss_is_squared_error_on_the_quantile_label_or_bce() -> None:
     u = mse.to_quantile(y[:16], mse.group(d[:16])).float()
     torch.testing.assert_close(mse.loss(out, y[:16], meta), ((out - u) ** 2).mean())
     bce = fitted(D2Q(num_groups=4, loss="bce"), d, y)
-    torch.testing.assert_close(bce.loss(out, y[:16], meta), torch.nn.functional.binary_cross_entropy_with_logits(out, u))
-    torch.testing.assert_close(bce.predict(torch.full((2,), 50.0), {"duration": d[:2]}), bce.from_quantile(torch.ones(2), bce.group(d[:2])))
+    torch.testing.assert_close(
+        bce.loss(out, y[:16], meta), torch.nn.functional.binary_cross_entropy_with_logits(out, u)
+    )
+    torch.testing.assert_close(
+        bce.predict(torch.full((2,), 50.0), {"duration": d[:2]}),
+        bce.from_quantile(torch.ones(2), bce.group(d[:2])),
+    )
 
 
 def test_res_d2q_adds_a_duration_group_term_that_debiased_leaves_out() -> None:
@@ -151,8 +161,12 @@ def test_regression_baselines_serve_in_seconds(target: str) -> None:
         "watch_ratio": y[:50] / d[:50] / head.scale,
     }[target].float()
     assert float(head.loss(exact, y[:50].float(), meta)) < 1e-10
-    np.testing.assert_allclose(head.predict(exact, meta).numpy(), y[:50].numpy(), rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(head.debiased(exact, meta).numpy(), (y[:50] / d[:50]).numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        head.predict(exact, meta).numpy(), y[:50].numpy(), rtol=1e-4, atol=1e-4
+    )
+    np.testing.assert_allclose(
+        head.debiased(exact, meta).numpy(), (y[:50] / d[:50]).numpy(), rtol=1e-4, atol=1e-4
+    )
 
 
 def test_bad_input_fails_clearly() -> None:

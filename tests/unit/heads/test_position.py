@@ -41,7 +41,10 @@ def test_pal_loss_is_finite_for_extreme_logits_and_trains_both_towers() -> None:
     loss = head.loss(out, y, {"position": torch.tensor([1, 2, 3, 4])})
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(out.grad).all()
-    assert head.tower.position.weight.grad is not None and torch.isfinite(head.tower.position.weight.grad).all()
+    assert (
+        head.tower.position.weight.grad is not None
+        and torch.isfinite(head.tower.position.weight.grad).all()
+    )
 
 
 def test_shallow_tower_adds_a_logit_in_training_and_drops_it_at_serving() -> None:
@@ -51,7 +54,9 @@ def test_shallow_tower_adds_a_logit_in_training_and_drops_it_at_serving() -> Non
     pos = torch.tensor([1, 2, 3, 4, 5, 1])
     y = torch.tensor([1.0, 0, 0, 1, 0, 1])
     bias = head.bias_logit({"position": pos})
-    torch.testing.assert_close(head.loss(out, y, {"position": pos}), F.binary_cross_entropy_with_logits(out + bias, y))
+    torch.testing.assert_close(
+        head.loss(out, y, {"position": pos}), F.binary_cross_entropy_with_logits(out + bias, y)
+    )
     torch.testing.assert_close(head.predict(out, {"position": pos}), torch.sigmoid(out))
 
 
@@ -97,7 +102,13 @@ def click_table(*, additive: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     return items, pos, p, truth
 
 
-@pytest.mark.parametrize(("make", "additive"), [(lambda: PAL(num_positions=P), False), (lambda: ShallowTower(num_positions=P, position_dropout=0.0), True)])
+@pytest.mark.parametrize(
+    ("make", "additive"),
+    [
+        (lambda: PAL(num_positions=P), False),
+        (lambda: ShallowTower(num_positions=P, position_dropout=0.0), True),
+    ],
+)
 def test_recovers_the_position_effect_from_clicks(make, additive: bool) -> None:
     torch.manual_seed(0)
     items, pos, y, truth = click_table(additive=additive)
@@ -111,12 +122,16 @@ def test_recovers_the_position_effect_from_clicks(make, additive: bool) -> None:
     learned = torch.tensor(head.summary()["relative_examination"])
     assert torch.allclose(learned, truth / truth[0], atol=0.03), (learned, truth)
     # Served relevance orders the items as their true relevance does, whatever their positions.
-    served = head.predict(relevance.weight.squeeze(-1), {"position": torch.ones(30, dtype=torch.long)})
+    served = head.predict(
+        relevance.weight.squeeze(-1), {"position": torch.ones(30, dtype=torch.long)}
+    )
     assert (served.diff() > 0).all(), served
 
 
 def test_bad_configuration_fails_clearly() -> None:
-    with pytest.raises(ValueError, match=r"module.heads.watch_time \(PAL\): applies to binary tasks"):
+    with pytest.raises(
+        ValueError, match=r"module.heads.watch_time \(PAL\): applies to binary tasks"
+    ):
         PAL(num_positions=3).bind(Task("watch_time", kind="regression"), ("position",))
     with pytest.raises(ValueError, match=r"needs meta column\(s\) \['position'\]"):
         PAL(num_positions=3).bind(CLICK, ("user_id",))

@@ -39,7 +39,13 @@ class Echo(torch.nn.Module):
 
 
 def schema_with(meta: tuple[str, ...]) -> Schema:
-    return Schema(sparse=SCHEMA.sparse, dense=SCHEMA.dense, sequences=SCHEMA.sequences, tasks=SCHEMA.tasks, meta=meta)
+    return Schema(
+        sparse=SCHEMA.sparse,
+        dense=SCHEMA.dense,
+        sequences=SCHEMA.sequences,
+        tasks=SCHEMA.tasks,
+        meta=meta,
+    )
 
 
 def test_heads_replace_their_tasks_loss_and_others_keep_theirs() -> None:
@@ -48,27 +54,45 @@ def test_heads_replace_their_tasks_loss_and_others_keep_theirs() -> None:
     out = {"click": torch.randn(4), "like": torch.randn(4), "watch_time": torch.rand(4)}
     pal = PAL(num_positions=3)
     module = RankModule(Echo(out), schema, heads={"click": pal})
-    labels = {"click": torch.tensor([1.0, 0, 0, 1]), "like": torch.tensor([0.0, 1, 0, 0]), "watch_time": torch.tensor([3.0, 0, 1, 9])}
+    labels = {
+        "click": torch.tensor([1.0, 0, 0, 1]),
+        "like": torch.tensor([0.0, 1, 0, 0]),
+        "watch_time": torch.tensor([3.0, 0, 1, 9]),
+    }
     meta = {"position": torch.tensor([1, 2, 3, 1]), "duration": torch.ones(4)}
     total, per_task = module._loss(out, labels, meta)
     torch.testing.assert_close(per_task["click"], pal.loss(out["click"], labels["click"], meta))
-    torch.testing.assert_close(per_task["like"], torch.nn.functional.binary_cross_entropy_with_logits(out["like"], labels["like"]))
-    torch.testing.assert_close(per_task["watch_time"], torch.nn.functional.mse_loss(out["watch_time"], torch.log1p(labels["watch_time"])))
+    torch.testing.assert_close(
+        per_task["like"],
+        torch.nn.functional.binary_cross_entropy_with_logits(out["like"], labels["like"]),
+    )
+    torch.testing.assert_close(
+        per_task["watch_time"],
+        torch.nn.functional.mse_loss(out["watch_time"], torch.log1p(labels["watch_time"])),
+    )
     torch.testing.assert_close(total, sum(per_task.values()))
-    assert module.heads["click"] is pal and any(p is pal.tower.position.weight for p in module.parameters())
+    assert module.heads["click"] is pal and any(
+        p is pal.tower.position.weight for p in module.parameters()
+    )
 
 
 def test_bad_head_and_truth_settings_fail_with_the_key() -> None:
     schema = schema_with(("position", "user_id"))
     with pytest.raises(ValueError, match=r"module.heads: no task\(s\) \['ctr'\]"):
         RankModule(Echo({}), schema, heads={"ctr": PAL(num_positions=3)})
-    with pytest.raises(ValueError, match=r"module.heads.watch_time \(D2Q\): needs meta column\(s\) \['duration'\]"):
+    with pytest.raises(
+        ValueError, match=r"module.heads.watch_time \(D2Q\): needs meta column\(s\) \['duration'\]"
+    ):
         RankModule(Echo({}), schema, heads={"watch_time": D2Q()})
     with pytest.raises(TypeError, match="module.heads.click: expected a recolab.heads.Head"):
         RankModule(Echo({}), schema, heads={"click": torch.nn.Linear(1, 1)})
-    with pytest.raises(ValueError, match=r"module.truth.click: column 'gt_relevance' is not in data.meta"):
+    with pytest.raises(
+        ValueError, match=r"module.truth.click: column 'gt_relevance' is not in data.meta"
+    ):
         RankModule(Echo({}), schema, truth={"click": "gt_relevance"})
-    with pytest.raises(ValueError, match="negative_downsampling: 'watch_time' is not a binary task"):
+    with pytest.raises(
+        ValueError, match="negative_downsampling: 'watch_time' is not a binary task"
+    ):
         RankModule(Echo({}), schema, negative_downsampling={"watch_time": 0.5})
 
 
@@ -79,8 +103,12 @@ def test_calibration_stage_corrects_then_calibrates_and_saves_as_plain_tensors()
     stage = CalibrationStage(C.IsotonicCalibrator, {"click": 0.5}, ["click", "like"])
     stage.fit({"click": p, "like": p}, {"click": y, "like": y})
     corrected = C.downsampling_correction(p, 0.5)
-    np.testing.assert_allclose(stage("click", p), C.IsotonicCalibrator().fit(corrected, y)(corrected))
-    np.testing.assert_allclose(stage("like", p), C.IsotonicCalibrator().fit(p, y)(p))  # no rate for like
+    np.testing.assert_allclose(
+        stage("click", p), C.IsotonicCalibrator().fit(corrected, y)(corrected)
+    )
+    np.testing.assert_allclose(
+        stage("like", p), C.IsotonicCalibrator().fit(p, y)(p)
+    )  # no rate for like
     buf = io.BytesIO()
     torch.save({"s": stage.get_extra_state()}, buf)
     buf.seek(0)
@@ -94,8 +122,10 @@ def _downsampling_table(tmp_path: Path) -> Path:
     rng = np.random.default_rng(0)
     n = 4000
     cols = {
-        "user_id": rng.integers(1, 50, n), "item_id": rng.integers(1, 30, n),
-        "click": (rng.random(n) < 0.1).astype(float), "timestamp": np.arange(n),
+        "user_id": rng.integers(1, 50, n),
+        "item_id": rng.integers(1, 30, n),
+        "click": (rng.random(n) < 0.1).astype(float),
+        "timestamp": np.arange(n),
     }
     pq.write_table(pa.table(cols), tmp_path / "log.parquet")
     return tmp_path / "log.parquet"
@@ -103,10 +133,15 @@ def _downsampling_table(tmp_path: Path) -> Path:
 
 def test_negative_downsampling_keeps_positives_and_a_share_of_negatives(tmp_path: Path) -> None:
     path = _downsampling_table(tmp_path)
-    full = ParquetDataModule(path=str(path), sparse=["user_id", "item_id"], tasks=[{"name": "click"}], meta=["user_id"])
+    full = ParquetDataModule(
+        path=str(path), sparse=["user_id", "item_id"], tasks=[{"name": "click"}], meta=["user_id"]
+    )
     full.setup()
     dm = ParquetDataModule(
-        path=str(path), sparse=["user_id", "item_id"], tasks=[{"name": "click"}], meta=["user_id"],
+        path=str(path),
+        sparse=["user_id", "item_id"],
+        tasks=[{"name": "click"}],
+        meta=["user_id"],
         negative_downsampling={"task": "click", "rate": 0.25},
     )
     dm.setup()
@@ -114,21 +149,44 @@ def test_negative_downsampling_keeps_positives_and_a_share_of_negatives(tmp_path
     assert int(y.sum()) == int(y_full.sum())  # every positive kept
     kept = float((y == 0).sum() / (y_full == 0).sum())
     assert abs(kept - 0.25) < 0.03
-    assert len(dm.data["test"]["labels"]["click"]) == len(full.data["test"]["labels"]["click"])  # evaluation untouched
+    assert len(dm.data["test"]["labels"]["click"]) == len(
+        full.data["test"]["labels"]["click"]
+    )  # evaluation untouched
     assert dm.module_inputs()["negative_downsampling"] == {"click": 0.25}
     assert full.module_inputs()["negative_downsampling"] == {}
-    with pytest.raises(ValueError, match=r"data.negative_downsampling.rate must lie in \(0, 1\], got 0"):
-        ParquetDataModule(path=str(path), sparse=["user_id"], tasks=[{"name": "click"}], negative_downsampling={"task": "click", "rate": 0})
-    with pytest.raises(ValueError, match="data.negative_downsampling.task: 'like' is not a binary task"):
-        ParquetDataModule(path=str(path), sparse=["user_id"], tasks=[{"name": "click"}], negative_downsampling={"task": "like", "rate": 0.5})
+    with pytest.raises(
+        ValueError, match=r"data.negative_downsampling.rate must lie in \(0, 1\], got 0"
+    ):
+        ParquetDataModule(
+            path=str(path),
+            sparse=["user_id"],
+            tasks=[{"name": "click"}],
+            negative_downsampling={"task": "click", "rate": 0},
+        )
+    with pytest.raises(
+        ValueError, match="data.negative_downsampling.task: 'like' is not a binary task"
+    ):
+        ParquetDataModule(
+            path=str(path),
+            sparse=["user_id"],
+            tasks=[{"name": "click"}],
+            negative_downsampling={"task": "like", "rate": 0.5},
+        )
 
 
 def test_pal_d2q_isotonic_and_downsampling_end_to_end(tmp_path: Path, data_cache: Path) -> None:
     """Train through `train(cfg)`; the best checkpoint carries the heads' fit and the calibrator."""
     cfg = compose_train(
         tmp_path,
-        ["+exp=mmoe_pal", "head=[pal,d2q]", "+calibration=isotonic", "++module.truth.watch_time=gt_interest",
-         "++data.negative_downsampling={task: click, rate: 0.5}", *TINY_WORLD, *QUICK],
+        [
+            "+exp=mmoe_pal",
+            "head=[pal,d2q]",
+            "+calibration=isotonic",
+            "++module.truth.watch_time=gt_interest",
+            "++data.negative_downsampling={task: click, rate: 0.5}",
+            *TINY_WORLD,
+            *QUICK,
+        ],
         data_dir=data_cache,
     )
     metrics = train(cfg)
@@ -146,10 +204,27 @@ def test_pal_d2q_isotonic_and_downsampling_end_to_end(tmp_path: Path, data_cache
     grid = np.linspace(0, 1, 101)
     np.testing.assert_array_equal(saved(grid), C.from_state(extra["calibrators"]["click"])(grid))
     report = json.loads((tmp_path / "out" / "report" / "metrics.json").read_text())
-    assert "ece_raw" in report["calibration/click"] and report["calibration_stage"]["rates"] == {"click": 0.5}
-    assert report["heads"]["click"]["head"] == "pal" and len(report["position_effect"]["click"]["true"]) == 10
+    assert "ece_raw" in report["calibration/click"] and report["calibration_stage"]["rates"] == {
+        "click": 0.5
+    }
+    assert (
+        report["heads"]["click"]["head"] == "pal"
+        and len(report["position_effect"]["click"]["true"]) == 10
+    )
     # `recolab evaluate` rebuilds the module from the checkpoint and applies the same stage.
-    ev = compose_train(tmp_path, [f"ckpt_path={ckpt_path}", "logger=none"], config_name="evaluate", out="eval", data_dir=data_cache)
+    ev = compose_train(
+        tmp_path,
+        [f"ckpt_path={ckpt_path}", "logger=none"],
+        config_name="evaluate",
+        out="eval",
+        data_dir=data_cache,
+    )
     again = evaluate(ev)
-    for key in ("test/ece/click", "test/logloss/click", "test/ece_raw/click", "test/mae/watch_time", "test/truth_xauc/click"):
+    for key in (
+        "test/ece/click",
+        "test/logloss/click",
+        "test/ece_raw/click",
+        "test/mae/watch_time",
+        "test/truth_xauc/click",
+    ):
         assert again[key] == pytest.approx(metrics[key], rel=1e-5), key

@@ -67,7 +67,9 @@ class ExtractionLayer(nn.Module):
 
         self.task_experts = nn.ModuleDict({t: experts(num_task_experts) for t in self.tasks})
         self.shared_experts = experts(num_shared_experts)
-        self.task_gates = nn.ModuleDict({t: nn.Linear(in_dim, num_task_experts + num_shared_experts) for t in self.tasks})
+        self.task_gates = nn.ModuleDict(
+            {t: nn.Linear(in_dim, num_task_experts + num_shared_experts) for t in self.tasks}
+        )
         num_all = len(self.tasks) * num_task_experts + num_shared_experts
         self.shared_gate = nn.Linear(in_dim, num_all) if shared_gate else None
         self.output_dim = expert_dims[-1]
@@ -86,7 +88,9 @@ class ExtractionLayer(nn.Module):
             gates[t] = gate
         if self.shared_gate is None:
             return outputs, None, LevelGates(gates, None)
-        every = torch.stack([e for t in self.tasks for e in specific[t]] + shared, dim=1)  # (B, T*E_task + E_shared, H)
+        every = torch.stack(
+            [e for t in self.tasks for e in specific[t]] + shared, dim=1
+        )  # (B, T*E_task + E_shared, H)
         shared_gate = self.shared_gate(shared_input).softmax(-1)  # (B, T*E_task + E_shared)
         shared_out = (shared_gate.unsqueeze(1) @ every).squeeze(1)  # (B, H)
         return outputs, shared_out, LevelGates(gates, shared_gate)
@@ -94,14 +98,14 @@ class ExtractionLayer(nn.Module):
 
 class PLE(nn.Module):
     """Args:
-        schema: features and tasks.
-        embedding_dim: width of each id embedding.
-        num_levels: extraction layers; 1 is CGC.
-        num_task_experts: experts owned by each task, per layer.
-        num_shared_experts: experts shared by all tasks, per layer.
-        expert_dims: hidden widths of each expert MLP (the last is the expert's output width).
-        tower_dims: hidden widths of each task tower (a final linear layer gives the output).
-        dropout: dropout after hidden layers.
+    schema: features and tasks.
+    embedding_dim: width of each id embedding.
+    num_levels: extraction layers; 1 is CGC.
+    num_task_experts: experts owned by each task, per layer.
+    num_shared_experts: experts shared by all tasks, per layer.
+    expert_dims: hidden widths of each expert MLP (the last is the expert's output width).
+    tower_dims: hidden widths of each task tower (a final linear layer gives the output).
+    dropout: dropout after hidden layers.
     """
 
     def __init__(
@@ -119,7 +123,11 @@ class PLE(nn.Module):
         super().__init__()
         if num_levels < 1:
             raise ValueError(f"num_levels must be >= 1, got {num_levels}")
-        if num_task_experts < 0 or num_shared_experts < 0 or num_task_experts + num_shared_experts < 1:
+        if (
+            num_task_experts < 0
+            or num_shared_experts < 0
+            or num_task_experts + num_shared_experts < 1
+        ):
             raise ValueError(
                 "num_task_experts and num_shared_experts must be >= 0 and give each task at least one "
                 f"expert, got {num_task_experts} and {num_shared_experts}"
@@ -137,8 +145,13 @@ class PLE(nn.Module):
         self.levels = nn.ModuleList(
             [
                 ExtractionLayer(
-                    self.tasks, d_in, num_task_experts=num_task_experts, num_shared_experts=num_shared_experts,
-                    expert_dims=list(expert_dims), dropout=dropout, shared_gate=level < num_levels - 1,
+                    self.tasks,
+                    d_in,
+                    num_task_experts=num_task_experts,
+                    num_shared_experts=num_shared_experts,
+                    expert_dims=list(expert_dims),
+                    dropout=dropout,
+                    shared_gate=level < num_levels - 1,
                 )
                 for level, d_in in enumerate(dims)
             ]
@@ -147,12 +160,16 @@ class PLE(nn.Module):
             {t: MLP(expert_dims[-1], tower_dims, dropout=dropout, out_dim=1) for t in self.tasks}
         )
 
-    def _extract(self, features: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[LevelGates]]:
+    def _extract(
+        self, features: dict[str, torch.Tensor]
+    ) -> tuple[dict[str, torch.Tensor], list[LevelGates]]:
         x = self.embed(features)  # (B, F)
         task_inputs, shared_input = dict.fromkeys(self.tasks, x), x
         gates = []
         for level in self.levels:
-            task_inputs, shared_input, level_gates = level(task_inputs, shared_input)  # {task: (B, H)}, (B, H) or None
+            task_inputs, shared_input, level_gates = level(
+                task_inputs, shared_input
+            )  # {task: (B, H)}, (B, H) or None
             gates.append(level_gates)
         return task_inputs, gates
 
@@ -180,6 +197,12 @@ class CGC(PLE):
         dropout: float = 0.0,
     ) -> None:
         super().__init__(
-            schema, embedding_dim=embedding_dim, num_levels=1, num_task_experts=num_task_experts,
-            num_shared_experts=num_shared_experts, expert_dims=expert_dims, tower_dims=tower_dims, dropout=dropout,
+            schema,
+            embedding_dim=embedding_dim,
+            num_levels=1,
+            num_task_experts=num_task_experts,
+            num_shared_experts=num_shared_experts,
+            expert_dims=expert_dims,
+            tower_dims=tower_dims,
+            dropout=dropout,
         )

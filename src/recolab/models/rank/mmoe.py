@@ -18,12 +18,12 @@ from recolab.models.blocks import MLP, FeatureEmbedding
 
 class MMoE(nn.Module):
     """Args:
-        schema: features and tasks.
-        embedding_dim: width of each id embedding.
-        num_experts: E.
-        expert_dims: hidden widths of each expert MLP (the last is the expert's output width).
-        tower_dims: hidden widths of each task tower (a final linear layer gives the output).
-        dropout: dropout after hidden layers.
+    schema: features and tasks.
+    embedding_dim: width of each id embedding.
+    num_experts: E.
+    expert_dims: hidden widths of each expert MLP (the last is the expert's output width).
+    tower_dims: hidden widths of each task tower (a final linear layer gives the output).
+    dropout: dropout after hidden layers.
     """
 
     def __init__(
@@ -44,7 +44,9 @@ class MMoE(nn.Module):
         self.tasks = schema.task_names
         self.embed = FeatureEmbedding(schema, embedding_dim=embedding_dim)
         d_in = self.embed.output_dim
-        self.experts = nn.ModuleList([MLP(d_in, expert_dims, dropout=dropout) for _ in range(num_experts)])
+        self.experts = nn.ModuleList(
+            [MLP(d_in, expert_dims, dropout=dropout) for _ in range(num_experts)]
+        )
         self.gates = nn.ModuleDict({t: nn.Linear(d_in, num_experts) for t in self.tasks})
         self.towers = nn.ModuleDict(
             {t: MLP(expert_dims[-1], tower_dims, dropout=dropout, out_dim=1) for t in self.tasks}

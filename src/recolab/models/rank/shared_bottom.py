@@ -14,11 +14,11 @@ from recolab.models.blocks import MLP, FeatureEmbedding
 
 class SharedBottom(nn.Module):
     """Args:
-        schema: features and tasks.
-        embedding_dim: width of each id embedding.
-        bottom_dims: hidden widths of the shared bottom.
-        tower_dims: hidden widths of each task tower (a final linear layer gives the output).
-        dropout: dropout after hidden layers.
+    schema: features and tasks.
+    embedding_dim: width of each id embedding.
+    bottom_dims: hidden widths of the shared bottom.
+    tower_dims: hidden widths of each task tower (a final linear layer gives the output).
+    dropout: dropout after hidden layers.
     """
 
     def __init__(
@@ -35,7 +35,10 @@ class SharedBottom(nn.Module):
         self.embed = FeatureEmbedding(schema, embedding_dim=embedding_dim)
         self.bottom = MLP(self.embed.output_dim, bottom_dims, dropout=dropout)
         self.towers = nn.ModuleDict(
-            {t: MLP(self.bottom.output_dim, tower_dims, dropout=dropout, out_dim=1) for t in self.tasks}
+            {
+                t: MLP(self.bottom.output_dim, tower_dims, dropout=dropout, out_dim=1)
+                for t in self.tasks
+            }
         )
 
     def forward(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -22,10 +22,10 @@ from recolab.models.blocks import MLP, FeatureEmbedding
 
 class SingleTask(nn.Module):
     """Args:
-        schema: features and tasks.
-        embedding_dim: width of each id embedding (every task has its own tables).
-        hidden_dims: hidden widths of each task's MLP (a final linear layer gives the output).
-        dropout: dropout after hidden layers.
+    schema: features and tasks.
+    embedding_dim: width of each id embedding (every task has its own tables).
+    hidden_dims: hidden widths of each task's MLP (a final linear layer gives the output).
+    dropout: dropout after hidden layers.
     """
 
     def __init__(
@@ -38,10 +38,17 @@ class SingleTask(nn.Module):
     ) -> None:
         super().__init__()
         self.tasks = schema.task_names
-        self.embeds = nn.ModuleDict({t: FeatureEmbedding(schema, embedding_dim=embedding_dim) for t in self.tasks})
+        self.embeds = nn.ModuleDict(
+            {t: FeatureEmbedding(schema, embedding_dim=embedding_dim) for t in self.tasks}
+        )
         self.mlps = nn.ModuleDict(
-            {t: MLP(self.embeds[t].output_dim, hidden_dims, dropout=dropout, out_dim=1) for t in self.tasks}
+            {
+                t: MLP(self.embeds[t].output_dim, hidden_dims, dropout=dropout, out_dim=1)
+                for t in self.tasks
+            }
         )
 
     def forward(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {t: self.mlps[t](self.embeds[t](features)).squeeze(-1) for t in self.tasks}  # each (B,)
+        return {
+            t: self.mlps[t](self.embeds[t](features)).squeeze(-1) for t in self.tasks
+        }  # each (B,)

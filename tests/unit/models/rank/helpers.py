@@ -18,7 +18,10 @@ def tiny_batch(schema: Schema = SCHEMA, batch: int = 4, seed: int = 0) -> dict[s
     g = torch.Generator().manual_seed(seed)
     feats = {f.name: torch.randint(0, f.vocab_size, (batch,), generator=g) for f in schema.sparse}
     feats |= {f.name: torch.randn(batch, generator=g) for f in schema.dense}
-    feats |= {f.name: torch.randint(0, f.vocab_size, (batch, f.max_len), generator=g) for f in schema.sequences}
+    feats |= {
+        f.name: torch.randint(0, f.vocab_size, (batch, f.max_len), generator=g)
+        for f in schema.sequences
+    }
     return feats
 
 

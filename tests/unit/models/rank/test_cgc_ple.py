@@ -12,12 +12,25 @@ T = len(SCHEMA.tasks)
 
 
 def cgc(**kw) -> CGC:
-    args = dict(embedding_dim=8, num_task_experts=2, num_shared_experts=3, expert_dims=[16, 8], tower_dims=[8])
+    args = dict(
+        embedding_dim=8,
+        num_task_experts=2,
+        num_shared_experts=3,
+        expert_dims=[16, 8],
+        tower_dims=[8],
+    )
     return CGC(SCHEMA, **(args | kw))
 
 
 def ple(**kw) -> PLE:
-    args = dict(embedding_dim=8, num_levels=2, num_task_experts=2, num_shared_experts=3, expert_dims=[16, 8], tower_dims=[8])
+    args = dict(
+        embedding_dim=8,
+        num_levels=2,
+        num_task_experts=2,
+        num_shared_experts=3,
+        expert_dims=[16, 8],
+        tower_dims=[8],
+    )
     return PLE(SCHEMA, **(args | kw))
 
 
@@ -33,11 +46,30 @@ def zero_(module: torch.nn.Module) -> None:
 
 
 def test_cgc():
-    check_model(lambda s: CGC(s, embedding_dim=8, num_task_experts=2, num_shared_experts=1, expert_dims=[16, 8], tower_dims=[8]))
+    check_model(
+        lambda s: CGC(
+            s,
+            embedding_dim=8,
+            num_task_experts=2,
+            num_shared_experts=1,
+            expert_dims=[16, 8],
+            tower_dims=[8],
+        )
+    )
 
 
 def test_ple():
-    check_model(lambda s: PLE(s, embedding_dim=8, num_levels=3, num_task_experts=1, num_shared_experts=2, expert_dims=[16, 8], tower_dims=[8]))
+    check_model(
+        lambda s: PLE(
+            s,
+            embedding_dim=8,
+            num_levels=3,
+            num_task_experts=1,
+            num_shared_experts=2,
+            expert_dims=[16, 8],
+            tower_dims=[8],
+        )
+    )
 
 
 def test_cgc_task_gate_covers_own_and_shared_experts_and_there_is_no_shared_gate():
@@ -75,7 +107,9 @@ def test_ple_task_reads_other_tasks_experts_through_the_inner_shared_gate():
     before = outputs(model, batch)
     zero_(model.levels[1].task_experts["like"])  # the last level is a CGC: still isolated
     torch.testing.assert_close(outputs(model, batch)["click"], before["click"])
-    zero_(model.levels[0].task_experts["like"])  # level 0's shared gate mixes them into level 1's shared input
+    zero_(
+        model.levels[0].task_experts["like"]
+    )  # level 0's shared gate mixes them into level 1's shared input
     assert not torch.allclose(outputs(model, batch)["click"], before["click"])
 
 

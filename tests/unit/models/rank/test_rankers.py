@@ -13,7 +13,9 @@ def test_shared_bottom():
 
 
 def test_mmoe():
-    check_model(lambda s: MMoE(s, embedding_dim=8, num_experts=2, expert_dims=[16, 8], tower_dims=[8]))
+    check_model(
+        lambda s: MMoE(s, embedding_dim=8, num_experts=2, expert_dims=[16, 8], tower_dims=[8])
+    )
 
 
 def test_mmoe_gates_are_per_task_softmax():

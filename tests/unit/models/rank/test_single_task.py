@@ -29,6 +29,13 @@ def test_a_tasks_gradient_reaches_only_its_own_parameters():
 
 def test_tasks_share_no_parameters_not_even_embeddings():
     model = make()
-    ids = {t: {id(p) for p in (*model.embeds[t].parameters(), *model.mlps[t].parameters())} for t in SCHEMA.task_names}
-    assert sum(map(len, ids.values())) == len(set().union(*ids.values())) == len(list(model.parameters()))
+    ids = {
+        t: {id(p) for p in (*model.embeds[t].parameters(), *model.mlps[t].parameters())}
+        for t in SCHEMA.task_names
+    }
+    assert (
+        sum(map(len, ids.values()))
+        == len(set().union(*ids.values()))
+        == len(list(model.parameters()))
+    )
     assert model.embeds["click"].tables["item_id"] is not model.embeds["like"].tables["item_id"]
