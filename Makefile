@@ -27,7 +27,7 @@ test-all: setup              ## everything, the slow tests included
 bench: setup                 ## speed figures into experiments/bench/
 	$(BIN)/python benchmarks/run_all.py
 
-experiments-multitask: setup ## the multi-task tables: experiments/multitask/results.md (~20 min)
+experiments-multitask: setup ## the multi-task tables: experiments/multitask/results.md (~40 min)
 	$(BIN)/python experiments/multitask/run.py $(ARGS)
 
 experiments-debias: setup    ## position and duration bias tables: experiments/debias/results.md (~40 min)

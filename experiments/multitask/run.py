@@ -5,16 +5,16 @@
 
 1. Census-Income: `python -m recolab train -m +exp=census_single_task,...,census_ple
    seed=1,2,3,4,5 experiment_name=multitask_census`, AUC per task, mean +- std over the seeds.
-2. The MMoE paper's synthetic experiment (Ma et al., KDD 2018) on the synthetic world:
-   shared-bottom and MMoE on the tasks click and like at several `data.task_correlation`, three
-   seeds each, into `experiment_name=multitask_synthetic`; the MMoE - shared-bottom gap is the
-   mean +- std over seeds of the paired difference (same seed, same world).
+2. The MMoE paper's synthetic experiment (Ma et al., KDD 2018, Sec. 4.2), on its own data
+   (`data=mmoe_synthetic`, `recolab.data.mmoe_synthetic`): `+exp=correlation_shared_bottom` and
+   `+exp=correlation_mmoe` at several `data.correlation`, three seeds each, into
+   `experiment_name=multitask_mmoe_synthetic`; the gap shared-bottom MSE - MMoE MSE is the mean
+   +- std over seeds of the paired difference (same seed, same world).
 
 Runs go to the project's MLflow store (`mlflow.db`, or `MLFLOW_TRACKING_URI`), named
 `<exp>-seed<seed>-mt<batch>` after this invocation's batch; the tables read back one batch's
 complete runs. `--batch ID` resumes a batch: only its missing (experiment, setting, seed) runs
-are trained. Two lanes run side by side, one core each: the census sweep, and the synthetic
-sweeps one after the other. Torch runs on one thread per process unless OMP_NUM_THREADS says otherwise: on a small shared
+are trained. Lanes run side by side: the census sweep, and each synthetic model's sweep. Torch runs on one thread per process unless OMP_NUM_THREADS says otherwise: on a small shared
 machine, two threads that wait for each other are much slower than one.
 """
 
@@ -31,11 +31,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from hydra.utils import instantiate
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from recolab.metrics import auc
+from recolab.data.mmoe_synthetic import make_tables
 from recolab.tracking import tracking_uri
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,43 +51,14 @@ CENSUS_EXPS = [
 CENSUS_SEEDS = [1, 2, 3, 4, 5]
 CENSUS_TASKS = {"income": "income > 50K", "never_married": "never married"}
 
-SYNTHETIC_EXPERIMENT = "multitask_synthetic"
-CORRELATIONS = [0.9, 0.5, 0.1]
+SYNTHETIC_EXPERIMENT = "multitask_mmoe_synthetic"
+#: The paper's Figure 4 trains at 1.0, 0.9 and 0.5; 0.99 and 0.95 show where the labels start to
+#: part (the sine terms decorrelate them quickly), 0.0 adds unrelated tasks.
+CORRELATIONS = [1.0, 0.99, 0.95, 0.9, 0.5, 0.0]
 SYNTHETIC_SEEDS = [1, 2, 3]
-#: The world: small enough to learn in a few epochs, every impression examined (position is not a
-#: feature, and examination noise only hides relevance), 4-dim latent tastes. Exact duplicate
-#: impressions (an item shown twice in a slate, same labels) are dropped.
-WORLD = {
-    "data.num_users": 500,
-    "data.num_items": 300,
-    "data.num_impressions": 200_000,
-    "data.latent_dim": 4,
-    "data.examination_power": 0.0,
-}
-TWO_TASKS = [
-    "data.tasks=[{name:click,kind:binary},{name:like,kind:binary}]",
-    "data.oracle={click:gt_click_prob,like:gt_like_prob}",
-]
-TRAINING = [
-    "data.drop_bad_rows=true",
-    "data.batch_size=1024",
-    "module.lr=0.005",
-    "trainer.max_epochs=6",
-    *TWO_TASKS,
-]
-SYNTHETIC_MODELS = {
-    "shared_bottom": [
-        "model.embedding_dim=16",
-        "model.bottom_dims=[128,64]",
-        "model.tower_dims=[32]",
-    ],
-    "mmoe": [
-        "model.embedding_dim=16",
-        "model.num_experts=4",
-        "model.expert_dims=[64,32]",
-        "model.tower_dims=[32]",
-    ],
-}
+#: Experiment configs (configs/exp/): both on `data=mmoe_synthetic`, about 15k weights each.
+SYNTHETIC_MODELS = {"shared_bottom": "correlation_shared_bottom", "mmoe": "correlation_mmoe"}
+SYNTHETIC_TASKS = ("y1", "y2")
 QUIET = ["callbacks.progress_bar.refresh_rate=0"]
 
 
@@ -141,25 +111,22 @@ def census_sweeps(seeds: list[int], batch: str, done: set[tuple]) -> list[tuple[
 def synthetic_sweeps(
     seeds: list[int], correlations: list[float], batch: str, done: set[tuple]
 ) -> list[tuple[list[str], str]]:
-    """Sweeps per model (their `model.*` keys differ), run one after the other."""
+    """One sweep per model over the correlations and seeds not yet done."""
     sweeps = []
-    for model, overrides in SYNTHETIC_MODELS.items():
+    for exp in SYNTHETIC_MODELS.values():
         missing = {
-            f"{c:g}": [s for s in seeds if (model, f"{c:g}", str(s)) not in done]
+            f"{c:g}": [s for s in seeds if (exp, f"{c:g}", str(s)) not in done]
             for c in correlations
         }
         for n, (corrs, todo) in enumerate(group_seeds(missing)):
             args = [
-                f"+exp={model}",
-                f"data.task_correlation={','.join(corrs)}",
+                f"+exp={exp}",
+                f"data.correlation={','.join(corrs)}",
                 f"seed={','.join(map(str, todo))}",
                 f"experiment_name={SYNTHETIC_EXPERIMENT}",
                 batch_run_name(batch),
-                *(f"{k}={v}" for k, v in WORLD.items()),
-                *TRAINING,
-                *overrides,
             ]
-            sweeps.append((args, f"synthetic-{model}-{n}"))
+            sweeps.append((args, f"synthetic-{exp}-{n}"))
     return sweeps
 
 
@@ -201,7 +168,7 @@ def done_runs(batch: str) -> tuple[set[tuple], set[tuple]]:
     """The batch's complete (exp, seed) census runs and (model, correlation, seed) synthetic runs."""
     census = complete_runs(CENSUS_EXPERIMENT, batch)
     synthetic = complete_runs(SYNTHETIC_EXPERIMENT, batch)
-    corr = [f"{float(c):g}" for c in synthetic.get("data.task_correlation", [])]
+    corr = [f"{float(c):g}" for c in synthetic.get("data.correlation", [])]
     return set(zip(census["exp"], census["seed"])), set(
         zip(synthetic["exp"], corr, synthetic["seed"])
     )
@@ -252,66 +219,57 @@ def gap(a: pd.DataFrame, b: pd.DataFrame, name: str) -> str:
     return f"{paired.mean():+.4f} +- {sd:.4f} ({len(paired)})"
 
 
-def world_reference(correlation: float) -> tuple[float, float]:
-    """On the world's test split: the like AUC of scoring by the true click relevance
-    (`gt_relevance`; what a model gets that knows click relevance exactly and nothing specific
-    to like), and the Pearson correlation of the click and like labels."""
-    cfg = OmegaConf.load(ROOT / "configs" / "data" / "synthetic_video.yaml")
-    cfg.cache_dir, cfg.seed, cfg.task_correlation, cfg.drop_bad_rows = (
-        str(ROOT / "data" / "synthetic"),
-        0,
-        correlation,
-        True,
+def label_correlation(correlation: float) -> float:
+    """Pearson's correlation of the labels y1 and y2 over the whole world (all splits)."""
+    cfg = OmegaConf.load(ROOT / "configs" / "data" / "mmoe_synthetic.yaml")
+    world = {
+        k: cfg[k]
+        for k in ("num_rows", "dim", "scale", "num_sines", "noise_std", "world_seed", "row_seed")
+    }
+    columns = make_tables(**world, correlation=correlation)
+    return float(np.corrcoef(columns["y1"], columns["y2"])[0, 1])
+
+
+def mean_mse(frame: pd.DataFrame, prefix: str = "test") -> pd.Series:
+    """Per run: the MSE averaged over the two tasks (the paper's loss), from the RMSEs."""
+    return sum(metric(frame, f"{prefix}/rmse/{t}") ** 2 for t in SYNTHETIC_TASKS) / len(
+        SYNTHETIC_TASKS
     )
-    for key, value in WORLD.items():
-        cfg[key.removeprefix("data.")] = value
-    cfg.tasks = [{"name": "click"}, {"name": "like"}]
-    cfg.oracle = {}
-    datamodule = instantiate(cfg)
-    datamodule.setup()
-    test = datamodule.data["test"]
-    click, like = test["labels"]["click"].numpy(), test["labels"]["like"].numpy()
-    return auc(like, test["meta"]["gt_relevance"].numpy()), float(np.corrcoef(click, like)[0, 1])
 
 
 def synthetic_table(seeds: list[int], correlations: list[float], batch: str) -> str:
-    df = one_per_seed(complete_runs(SYNTHETIC_EXPERIMENT, batch), ["data.task_correlation"])
-    for key, value in WORLD.items():
-        df = df[df[key].astype(float) == float(value)]
-    two_tasks = df["data.tasks/2/name"].isna() if "data.tasks/2/name" in df else True
-    df = df[df["seed"].isin([str(s) for s in seeds]) & two_tasks]
-    corr = df["data.task_correlation"].astype(float)
+    df = one_per_seed(complete_runs(SYNTHETIC_EXPERIMENT, batch), ["data.correlation"])
+    df = df[df["seed"].isin([str(s) for s in seeds])]
+    corr = df["data.correlation"].astype(float)
     head = [
-        "task correlation",
-        "label correlation click-like",
-        "shared-bottom AUC click",
-        "MMoE AUC click",
-        "shared-bottom AUC like",
-        "MMoE AUC like",
-        "gap like (MMoE - SB)",
-        "gap click (MMoE - SB)",
-        "like AUC of gt_relevance",
-        "oracle AUC like",
+        "task correlation p",
+        "label correlation",
+        "shared-bottom RMSE y1",
+        "MMoE RMSE y1",
+        "shared-bottom RMSE y2",
+        "MMoE RMSE y2",
+        "shared-bottom MSE (mean of tasks)",
+        "MMoE MSE (mean of tasks)",
+        "gap: SB MSE - MMoE MSE",
+        "noise floor MSE",
     ]
     lines = ["| " + " | ".join(head) + " |", "|---:|" + "---:|" * (len(head) - 1)]
     for c in correlations:
         at = df[np.isclose(corr, c)]
-        sb, mm = (at[at["exp"] == m].set_index("seed") for m in SYNTHETIC_MODELS)
-
-        relevance_only, label_corr = world_reference(c)
+        sb, mm = (at[at["exp"] == m].set_index("seed") for m in SYNTHETIC_MODELS.values())
+        sb_mse, mm_mse = mean_mse(sb), mean_mse(mm)
+        paired = (sb_mse - mm_mse).dropna()
+        floor = mean_mse(at, "oracle")  # the noise-free values: the label noise's MSE
         row = [
             f"{c:g}",
-            f"{label_corr:.3f}",
-            cell(metric(sb, "test/auc/click")),
-            cell(metric(mm, "test/auc/click")),
-            cell(metric(sb, "test/auc/like")),
-            cell(metric(mm, "test/auc/like")),
-            gap(mm, sb, "test/auc/like"),
-            gap(mm, sb, "test/auc/click"),
-            f"{relevance_only:.4f}",
-            f"{metric(at, 'oracle/auc/like').iloc[0]:.4f}"
-            if len(metric(at, "oracle/auc/like"))
+            f"{label_correlation(c):.3f}",
+            *(cell(metric(frame, f"test/rmse/{t}")) for t in SYNTHETIC_TASKS for frame in (sb, mm)),
+            cell(sb_mse),
+            cell(mm_mse),
+            f"{paired.mean():+.4f} +- {paired.std(ddof=1):.4f} ({len(paired)})"
+            if len(paired) > 1
             else "-",
+            f"{floor.iloc[0]:.4f}" if len(floor) else "-",
         ]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
@@ -373,12 +331,16 @@ def main() -> None:
             f"batch {batch}: {len(census_done)} census and {len(synthetic_done)} synthetic runs already complete",
             flush=True,
         )
+        synthetic = (
+            synthetic_sweeps(synthetic_seeds, correlations, batch, synthetic_done)
+            if "synthetic" in parts
+            else []
+        )
+        # the census sweep in one lane, each synthetic model's sweep in its own
         run_lanes(
             [
                 census_sweeps(census_seeds, batch, census_done) if "census" in parts else [],
-                synthetic_sweeps(synthetic_seeds, correlations, batch, synthetic_done)
-                if "synthetic" in parts
-                else [],
+                *([sweep] for sweep in synthetic),
             ]
         )
     sections = []
@@ -388,10 +350,9 @@ def main() -> None:
             + census_table(census_seeds, batch)
         )
     if "synthetic" in parts:
-        world = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in WORLD.items())
         sections.append(
-            f"## Synthetic world ({world}), tasks click and like: test AUC, mean +- std (seeds)\n\n"
-            + synthetic_table(synthetic_seeds, correlations, batch)
+            "## The MMoE paper's synthetic data (`data=mmoe_synthetic`): test RMSE and MSE, "
+            "mean +- std (seeds)\n\n" + synthetic_table(synthetic_seeds, correlations, batch)
         )
     took = f"{time.time() - start_time:.0f} s" + (", tables only" if args.tables_only else "")
     text = "# Multi-task results\n\nWritten by `python experiments/multitask/run.py"

@@ -25,6 +25,7 @@ TINY_BY_DATA: dict[str, tuple[str | None, list[str]]] = {
     "open_bandit": ("open-bandit-dataset-small", SMALL),
     "kuairand": ("kuairand-27k-likehate-subset", SMALL),
     "movielens": ("ml-latest-small", ["data.batch_size=256"]),
+    "mmoe_synthetic": (None, ["data.num_rows=2000", "data.dim=10", "data.batch_size=256"]),
 }
 
 

@@ -1,0 +1,172 @@
+"""The MMoE paper's synthetic data: two regression tasks whose relatedness is one number.
+
+Ma et al., "Modeling Task Relationships in Multi-task Learning with Multi-gate Mixture-of-Experts"
+(KDD 2018), Section 4.2. Given the input dimension d, a scale c and a task correlation p in
+[-1, 1]:
+
+1. u1, u2: two orthogonal unit vectors in R^d;
+2. w1 = c u1,  w2 = c (p u1 + sqrt(1 - p^2) u2), so that cos(w1, w2) = p;
+3. x ~ N(0, I_d), one draw per row;
+4. y_k = w_k^T x + sum_{i=1..m} sin(alpha_i w_k^T x + beta_i) + eps_k,  eps_k ~ N(0, 0.01).
+
+The sine terms make the tasks non-linear, so the Pearson correlation of the labels is not p
+itself but falls with it (the paper's Figure 2 plots model quality against p). Every draw that
+defines the world (u1, u2, alpha, beta) comes from `world_seed`; only p changes between the
+worlds of a correlation sweep, so their differences are the task relatedness alone. The rows
+(x, noise) come from `row_seed`, and the train/val/test split from `split_seed`: training seeds
+change the model's initialization and batch order, never the data.
+
+Columns: `x0` ... `x{d-1}` (dense features), `y1`, `y2` (regression labels), `gt_y1`, `gt_y2`
+(the noise-free values, for the oracle: their RMSE against the labels is the noise floor).
+The alpha and beta draws are standard normal here: the paper calls them "given parameters" that
+shape the sinusoids and does not give their values in its text.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from recolab.data.datamodule import RankDataModule
+
+SPLIT_COLUMN = "split"
+
+
+def world_parameters(
+    *, dim: int, correlation: float, scale: float = 1.0, num_sines: int = 10, world_seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Steps 1-2 and the sine parameters: `w1`, `w2` (d,), `alpha`, `beta` (m,).
+
+    u1, u2 and the sine parameters depend on `world_seed` only, so worlds that differ in
+    `correlation` share them: w1 is the same vector in all of them.
+    """
+    world = np.random.default_rng(world_seed)
+    u, _ = np.linalg.qr(world.standard_normal((dim, 2)))  # (d, 2) orthonormal columns
+    u1, u2 = u[:, 0], u[:, 1]
+    return {
+        "w1": scale * u1,
+        "w2": scale * (correlation * u1 + np.sqrt(1.0 - correlation**2) * u2),
+        "alpha": world.standard_normal(num_sines),
+        "beta": world.standard_normal(num_sines),
+    }
+
+
+def make_tables(
+    *,
+    num_rows: int,
+    dim: int,
+    correlation: float,
+    scale: float = 1.0,
+    num_sines: int = 10,
+    noise_std: float = 0.1,
+    world_seed: int = 0,
+    row_seed: int = 1,
+) -> dict[str, np.ndarray]:
+    """The columns of one world (see the module docstring), as numpy arrays."""
+    params = world_parameters(
+        dim=dim, correlation=correlation, scale=scale, num_sines=num_sines, world_seed=world_seed
+    )
+    rows = np.random.default_rng(row_seed)
+    x = rows.standard_normal((num_rows, dim)).astype(np.float32)  # (N, d)
+    out: dict[str, np.ndarray] = {f"x{j}": x[:, j] for j in range(dim)}
+    for k in ("1", "2"):
+        z = x.astype(np.float64) @ params[f"w{k}"]  # (N,)
+        truth = z + np.sin(np.outer(z, params["alpha"]) + params["beta"]).sum(axis=1)  # (N,)
+        out[f"gt_y{k}"] = truth.astype(np.float32)
+        out[f"y{k}"] = (truth + rows.normal(0.0, noise_std, num_rows)).astype(np.float32)
+    return out
+
+
+class MMoESyntheticDataModule(RankDataModule):
+    """The MMoE paper's synthetic regression world (see the module docstring).
+
+    Args:
+        num_rows: rows in the world (split into train / val / test).
+        dim: d, the input dimension (the paper: 100).
+        correlation: p, the cosine of the two tasks' weight vectors, in [-1, 1].
+        scale: c, the weight vectors' norm.
+        num_sines: m, the sine terms per label (the paper: 10).
+        noise_std: the label noise's standard deviation (the paper's N(0, 0.01): 0.1).
+        world_seed: seeds u1, u2, alpha and beta (the same across a correlation sweep).
+        row_seed: seeds x and the noise.
+        fractions: train / val / test shares of a permutation seeded with `split_seed`.
+        **kwargs: `RankDataModule` arguments; `dense` defaults to every x column, and `tasks`,
+            `meta`, `oracle` to the two regression tasks with their noise-free values.
+    """
+
+    def __init__(
+        self,
+        *,
+        num_rows: int = 100_000,
+        dim: int = 100,
+        correlation: float = 0.5,
+        scale: float = 1.0,
+        num_sines: int = 10,
+        noise_std: float = 0.1,
+        world_seed: int = 0,
+        row_seed: int = 1,
+        fractions: list[float] = (0.8, 0.1, 0.1),
+        split_seed: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        if "split" in kwargs:
+            raise ValueError(
+                "data.split is not used by the MMoE synthetic data: set data.fractions and data.split_seed"
+            )
+        if not -1.0 <= correlation <= 1.0:
+            raise ValueError(f"data.correlation must be in [-1, 1], got {correlation}")
+        if dim < 2:
+            raise ValueError(f"data.dim must be >= 2 (two orthogonal directions), got {dim}")
+        if num_rows < 10:
+            raise ValueError(f"data.num_rows must be >= 10, got {num_rows}")
+        if num_sines < 0 or noise_std < 0 or scale <= 0:
+            raise ValueError(
+                f"data.num_sines and data.noise_std must be >= 0 and data.scale > 0; got "
+                f"{num_sines}, {noise_std}, {scale}"
+            )
+        fractions = [float(f) for f in fractions]
+        if len(fractions) != 3 or min(fractions) <= 0 or not np.isclose(sum(fractions), 1.0):
+            raise ValueError(
+                f"data.fractions must be 3 shares (train, val, test) > 0 summing to 1; got {fractions}"
+            )
+        kwargs.setdefault("sparse", [])
+        if not kwargs.get("dense"):
+            kwargs["dense"] = [f"x{j}" for j in range(dim)]
+        kwargs.setdefault(
+            "tasks", [{"name": "y1", "kind": "regression"}, {"name": "y2", "kind": "regression"}]
+        )
+        kwargs.setdefault("meta", ["gt_y1", "gt_y2"])
+        kwargs.setdefault("oracle", {"y1": "gt_y1", "y2": "gt_y2"})
+        super().__init__(split={"kind": "column", "column": SPLIT_COLUMN}, **kwargs)
+        self.world = {
+            "num_rows": int(num_rows),
+            "dim": int(dim),
+            "correlation": float(correlation),
+            "scale": float(scale),
+            "num_sines": int(num_sines),
+            "noise_std": float(noise_std),
+            "world_seed": int(world_seed),
+            "row_seed": int(row_seed),
+        }
+        self.fractions = fractions
+        self.split_seed = split_seed
+
+    def _load(self) -> tuple[str, pa.Table]:
+        columns = make_tables(**self.world)
+        n = self.world["num_rows"]
+        order = np.random.default_rng(self.split_seed).permutation(n)
+        cuts = np.round(np.cumsum(self.fractions)[:2] * n).astype(int)
+        split = np.empty(n, dtype=object)
+        for name, rows in zip(("train", "val", "test"), np.split(order, cuts)):
+            split[rows] = name
+        table = pa.table({**columns, SPLIT_COLUMN: pa.array(split, pa.string())})
+        where = "<mmoe synthetic " + ", ".join(f"{k}={v}" for k, v in self.world.items()) + ">"
+        missing = [c for c in self.required_columns if c not in table.column_names]
+        if missing:
+            raise ValueError(
+                f"{where}: data lists column(s) {missing} that this world does not have; it has "
+                f"x0..x{self.world['dim'] - 1}, y1, y2, gt_y1, gt_y2"
+            )
+        return where, table.select(self.required_columns)
