@@ -3,12 +3,16 @@
     python benchmarks/bench_speed.py [--impressions 1000000] [--steps 20] [--rounds 3] [--threads 1]
 
 A bare step (forward, `RankModule._loss`, backward, optimizer step) on the synthetic world's first
-training batches, for: dense or sparse embedding gradients; Adam (torch's default implementation
-on CPU, `foreach`, `fused`) or Adagrad; bf16 autocast (what `trainer.precision=bf16-mixed` does
-on CPU); `torch.compile` (`compile=true`; compilation time reported apart). Each option runs
-`--steps` steps per round after a warm-up, rounds interleave the options, and the best round
-counts. A second table repeats dense against sparse with a 1,000,000-id table, where a step
-touches a small share of the rows. Last, where the default step's time goes (torch.profiler).
+training batches, for: recolab's MMoE against its previous implementation (`PreviousMMoE`: the
+experts as E separate MLPs stacked, a batched product per task for the gate, `nn.Embedding`
+lookups), which computes the same function from the same parameters; dense or sparse embedding
+gradients; Adam (torch's default implementation on CPU, `foreach`, `fused`, which recolab uses by
+default) or Adagrad; bf16 autocast (what `trainer.precision=bf16-mixed` does on CPU);
+`torch.compile` (`compile=true`; compilation time reported apart). Each option runs `--steps`
+steps per round after a warm-up, rounds interleave the options, and the best round counts; rates
+are samples per CPU second of the process, which leave out the time spent waiting for a core on a
+shared machine. A second table repeats dense against sparse with a 1,000,000-id table, where a
+step touches a small share of the rows. Last, where the default step's time goes (torch.profiler).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import time
 import torch
 from _common import ROOT, write
 from _runs import load_note
+from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from recolab.data.schema import Schema, SparseFeature, Task
@@ -40,24 +45,58 @@ DATA = dict(
 )
 
 OPTIONS = {
-    # name: (sparse embeddings, optimizer, optimizer kwargs, bf16 autocast, compile)
-    "dense, Adam (torch default)": (False, "adam", {}, False, False),
-    "dense, Adam foreach": (False, "adam", {"foreach": True}, False, False),
-    "dense, Adam fused": (False, "adam", {"fused": True}, False, False),
-    "dense, Adagrad": (False, "adagrad", {}, False, False),
-    "sparse, Adagrad": (True, "adagrad", {}, False, False),
-    "dense, Adam, bf16 autocast": (False, "adam", {}, True, False),
-    "dense, Adam, torch.compile": (False, "adam", {}, False, True),
+    # name: (model, sparse embeddings, optimizer, optimizer kwargs, bf16 autocast, compile)
+    "previous MMoE, Adam (torch default)": (
+        "previous",
+        False,
+        "adam",
+        {"fused": False},
+        False,
+        False,
+    ),
+    "dense, Adam (torch default)": ("mmoe", False, "adam", {"fused": False}, False, False),
+    "dense, Adam foreach": ("mmoe", False, "adam", {"foreach": True}, False, False),
+    "dense, Adam fused (recolab's default)": ("mmoe", False, "adam", {}, False, False),
+    "dense, Adagrad": ("mmoe", False, "adagrad", {}, False, False),
+    "sparse, Adagrad": ("mmoe", True, "adagrad", {}, False, False),
+    "dense, Adam fused, bf16 autocast": ("mmoe", False, "adam", {}, True, False),
+    "dense, Adam fused, torch.compile": ("mmoe", False, "adam", {}, False, True),
 }
+BASE = "dense, Adam (torch default)"
+DEFAULT = "dense, Adam fused (recolab's default)"
+COMPILED = "dense, Adam fused, torch.compile"
+
+
+class PreviousMMoE(MMoE):
+    """recolab's MMoE before its experts were batched, for comparison: the same function.
+
+    The experts are E separate `MLP`s run one after another and stacked, each task's gate mixes
+    them with a (B, 1, E) @ (B, E, H) product, and ids are looked up through `nn.Embedding`.
+    Its weights are `MMoE`'s from the same seed (the experts' copied out of the batched block).
+    """
+
+    def __init__(self, schema: Schema, **kw) -> None:
+        super().__init__(schema, **kw)
+        self.experts = nn.ModuleList([self.experts.expert(e) for e in range(self.experts.num)])
+        self.embed._lookup = lambda table, ids: table(ids)  # nn.Embedding's own lookup
+
+    def forward(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        x = self.embed(features)  # (B, F)
+        experts = torch.stack([e(x) for e in self.experts], dim=1)  # (B, E, H)
+        out = {}
+        for t in self.tasks:
+            gate = self.gates[t](x).softmax(-1).unsqueeze(1)  # (B, 1, E)
+            out[t] = self.towers[t]((gate @ experts).squeeze(1)).squeeze(-1)  # (B,)
+        return out
 
 
 class Runner:
     """One option's model, module and optimizer, stepping over fixed batches."""
 
     def __init__(self, schema: Schema, batches: list, option: tuple, **model_kw) -> None:
-        sparse, opt, kwargs, self.bf16, compiled = option
+        kind, sparse, opt, kwargs, self.bf16, compiled = option
         torch.manual_seed(0)
-        self.model = MMoE(schema, **model_kw)
+        self.model = (PreviousMMoE if kind == "previous" else MMoE)(schema, **model_kw)
         if sparse:
             self.model.embed = FeatureEmbedding(
                 schema,
@@ -83,10 +122,11 @@ class Runner:
         self.opt.step()
 
     def rate(self, steps: int) -> float:
-        t = time.perf_counter()
+        """Samples per CPU second of this process over `steps` steps."""
+        t = time.process_time()
         for i in range(steps):
             self.step(self.batches[i % len(self.batches)])
-        return steps * len(self.batches[0]["labels"]["click"]) / (time.perf_counter() - t)
+        return steps * len(self.batches[0]["labels"]["click"]) / (time.process_time() - t)
 
 
 def measure(runners: dict[str, Runner], steps: int, rounds: int) -> dict[str, float]:
@@ -143,10 +183,10 @@ def main() -> None:
     model_kw = dict(embedding_dim=16, num_experts=4, expert_dims=[128, 64], tower_dims=[32])
     runners = {name: Runner(dm.schema, batches, opt, **model_kw) for name, opt in OPTIONS.items()}
     rates = measure(runners, args.steps, args.rounds)
-    base = rates["dense, Adam (torch default)"]
+    base, previous = rates[BASE], rates["previous MMoE, Adam (torch default)"]
     fastest = max(rates, key=rates.get)
     rows = "\n".join(
-        f"| {name} | {rate:,.0f} | {rate / base:.2f}x |"
+        f"| {name} | {rate:,.0f} | {rate / base:.2f}x | {rate / previous:.2f}x |"
         + (
             f" compiled in {runners[name].compile_seconds:.0f} s"
             if runners[name].compile_seconds
@@ -155,36 +195,35 @@ def main() -> None:
         for name, rate in rates.items()
     )
 
-    compiled = "dense, Adam, torch.compile"
-    gain = 1 / base - 1 / rates[compiled]  # seconds saved per sample
+    gain = 1 / rates[DEFAULT] - 1 / rates[COMPILED]  # CPU seconds saved per sample
+    speedup, seconds = rates[COMPILED] / rates[DEFAULT], runners[COMPILED].compile_seconds
     compile_note = (
-        f"`torch.compile` trains {rates[compiled] / base:.2f}x as fast per step but first spends "
-        f"{runners[compiled].compile_seconds:.0f} s compiling (longer when inductor's on-disk cache is cold): it pays off after "
-        + (f"{runners[compiled].compile_seconds / gain:,.0f} samples" if gain > 0 else "never")
-        + ", so `compile: false` stays the default (tests and short runs would lose) and long runs should set `compile=true`."
+        f"`torch.compile` trains {speedup:.2f}x as fast per step as the default after {seconds:.0f} s "
+        "of compilation (longer when inductor's on-disk cache is cold): "
+        + (
+            f"it pays off after {seconds / gain:,.0f} samples, so long runs should set `compile=true`"
+            if gain > 0
+            else "it does not pay off here"
+        )
+        + "; `compile: false` stays the default."
     )
 
     schema, big = large_vocab_batches(1_000_000, args.batch_size, args.steps)
     big_runners = {
         name: Runner(schema, big, OPTIONS[name], **model_kw)
-        for name in (
-            "dense, Adam (torch default)",
-            "dense, Adam foreach",
-            "dense, Adagrad",
-            "sparse, Adagrad",
-        )
+        for name in (BASE, "dense, Adam foreach", DEFAULT, "dense, Adagrad", "sparse, Adagrad")
     }
     big_rates = measure(big_runners, args.steps, args.rounds)
-    big_base = big_rates["dense, Adam (torch default)"]
     big_rows = "\n".join(
-        f"| {name} | {rate:,.0f} | {rate / big_base:.2f}x |" for name, rate in big_rates.items()
+        f"| {name} | {rate:,.0f} | {rate / big_rates[BASE]:.2f}x |"
+        for name, rate in big_rates.items()
     )
 
-    default = Runner(dm.schema, batches, OPTIONS["dense, Adam (torch default)"], **model_kw)
+    default = Runner(dm.schema, batches, OPTIONS[DEFAULT], **model_kw)
     default.rate(3)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         default.rate(args.steps)
-    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:10]
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:12]
     total = sum(e.self_cpu_time_total for e in prof.key_averages())
     prof_rows = "\n".join(
         f"| `{e.key}` | {e.self_cpu_time_total / total:.0%} | {e.count // args.steps} |"
@@ -193,10 +232,17 @@ def main() -> None:
 
     body = f"""Synthetic world, {args.impressions:,} impressions; batch {args.batch_size}; MMoE with 4 experts of
 [128, 64], towers [32], 16-dim embeddings (users 20,000, items 5,000), tasks click, like, watch_time.
-{args.threads} torch thread(s); best of {args.rounds} interleaved rounds of {args.steps} steps; {load_note()}.
+{args.threads} torch thread(s); samples per CPU second of this process, best of {args.rounds}
+interleaved rounds of {args.steps} steps; {load_note()}.
 
-| option | samples / s | vs torch's default Adam |
-|---|---:|---:|
+"previous MMoE" is recolab's MMoE before its experts were batched (`PreviousMMoE` in the script:
+E separate expert MLPs, stacked, a (B, 1, E) @ (B, E, H) product per task, `nn.Embedding`
+lookups), with the same weights; every other row is the current `recolab.models.rank.mmoe.MMoE`
+(`BatchedMLPs` experts, one product for all gates and one for all mixtures, `index_select`
+lookups on CPU). The last column is the whole change: the current step against the previous one.
+
+| option | samples / CPU-s | vs torch's default Adam | vs previous MMoE |
+|---|---:|---:|---:|
 {rows}
 
 Fastest here: **{fastest}**. {compile_note}
@@ -204,11 +250,11 @@ Fastest here: **{fastest}**. {compile_note}
 With a 1,000,000-id table (random ids, one small table beside it, same MLPs; a step touches at most
 {args.batch_size:,} of the 1,000,000 rows):
 
-| option | samples / s | vs torch's default Adam |
+| option | samples / CPU-s | vs torch's default Adam |
 |---|---:|---:|
 {big_rows}
 
-Where the default step (dense, torch's default Adam, no compile) spends its time (torch.profiler,
+Where recolab's default step (dense, fused Adam, no compile) spends its time (torch.profiler,
 self CPU time, {args.steps} steps):
 
 | op | share | calls per step |
@@ -216,8 +262,9 @@ self CPU time, {args.steps} steps):
 {prof_rows}
 
 How to choose: `module.optimizer=adam|adagrad`, `module.optimizer_kwargs={{foreach: true}}` (or
-`{{fused: true}}`), `trainer.precision=bf16-mixed`, `compile=true`; sparse embedding gradients are
-`FeatureEmbedding(sparse=True)` (`recolab.models.blocks`) and need `module.optimizer=adagrad`.
+`{{fused: false}}` for torch's default Adam), `trainer.precision=bf16-mixed`, `compile=true`;
+sparse embedding gradients are `FeatureEmbedding(sparse=True)` (`recolab.models.blocks`) and need
+`module.optimizer=adagrad`.
 """
     write("speed", "Speed options of the MMoE training step", body)
 

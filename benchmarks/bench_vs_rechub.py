@@ -240,8 +240,9 @@ ratio is the figure to compare.
 
 Same on both sides: the encoded columns (recolab's vocabularies and standardization, written
 for torch-rechub by this script), the architecture (embeddings, experts, softmax gates, towers),
-Adam at the config's rate without weight decay, the batch size, and the number of steps or
-epochs. Where they differ, by torch-rechub's design: its MLP puts BatchNorm1d after every linear
+Adam at the config's rate without weight decay (recolab uses torch's fused Adam, its default;
+torch-rechub torch's default implementation: the same update), the batch size, and the number of
+steps or epochs. Where they differ, by torch-rechub's design: its MLP puts BatchNorm1d after every linear
 layer (experts, gates and towers), its gates are such an MLP with a softmax, it averages the task
 losses (recolab sums them, weights 1), and its loss is BCE on probabilities (recolab: BCE on logits).
 The last column is torch-rechub's `DataLoader` alone (per-sample `TorchDataset` + default collate),

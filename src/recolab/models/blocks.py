@@ -1,6 +1,9 @@
-"""Blocks shared by the rankers: an MLP and the feature embedding layer."""
+"""Blocks shared by the rankers: an MLP, E same-shaped MLPs run as one (the experts of MMoE, CGC
+and PLE), and the feature embedding layer."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -37,6 +40,105 @@ class MLP(nn.Sequential):
             in_dim = out_dim
         super().__init__(*layers)
         self.output_dim = in_dim
+
+
+class BatchedMLPs(nn.Module):
+    """E MLPs of the same shape, computed together: the experts of a mixture, or one tower per task.
+
+    It computes exactly what E separate `MLP(in_dim, dims, dropout=dropout, out_dim=out_dim)`s
+    compute, stacked. Run one after another, those are E small matrix products per layer, each
+    with its own dispatch, bias add and activation, then a stack; here each layer is one batched
+    matrix product over all E (experts in one (E, B, H) tensor, which is also the layout the
+    next layer and the gates read), and each ReLU one op over all of them
+    (experiments/bench/speed.md measures the difference).
+
+    Layer l's weights are one (E, d_in, d_out) tensor, expert e's `nn.Linear` weight transposed,
+    and its biases one (E, d_out) tensor. Each MLP's layers are initialized as `nn.Linear`
+    initializes itself, drawing in the same order as E separate `MLP`s built one after another,
+    so under the same seed the weights equal theirs (`expert(e)` gives MLP e back as an `MLP`).
+
+    Args:
+        num: E, the number of MLPs (>= 1).
+        in_dim: input width.
+        dims: hidden widths, in order (Linear -> ReLU (-> Dropout) each).
+        dropout: dropout after each hidden activation.
+        out_dim: a final linear layer's width (no activation), or None.
+    """
+
+    def __init__(
+        self,
+        num: int,
+        in_dim: int,
+        dims: list[int] | tuple[int, ...],
+        *,
+        dropout: float = 0.0,
+        out_dim: int | None = None,
+    ) -> None:
+        super().__init__()
+        if num < 1:
+            raise ValueError(f"BatchedMLPs needs at least one MLP, got num={num}")
+        if not dims and out_dim is None:
+            raise ValueError("BatchedMLPs needs at least one layer: dims is empty and no out_dim")
+        self.num = num
+        self.dims = [in_dim, *dims] + ([] if out_dim is None else [out_dim])
+        self.hidden = len(dims)  # layers followed by ReLU (and dropout); a last one may not be
+        self.weights = nn.ParameterList(
+            [nn.Parameter(torch.empty(num, d_in, d_out)) for d_in, d_out in self._layers()]
+        )
+        self.biases = nn.ParameterList(
+            [nn.Parameter(torch.empty(num, d_out)) for _, d_out in self._layers()]
+        )
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else None
+        self.output_dim = self.dims[-1]
+        self.reset_parameters()
+
+    def _layers(self) -> list[tuple[int, int]]:
+        return list(zip(self.dims[:-1], self.dims[1:]))
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """`nn.Linear.reset_parameters` for each MLP's layers, MLP by MLP, in that order."""
+        for e in range(self.num):
+            for w, b, (d_in, d_out) in zip(self.weights, self.biases, self._layers()):
+                weight = torch.empty(d_out, d_in)  # nn.Linear's layout: (out, in)
+                nn.init.kaiming_uniform_(weight, a=math.sqrt(5))  # U(-1/sqrt(d_in), 1/sqrt(d_in))
+                w[e].copy_(weight.t())
+                b[e].uniform_(-1 / math.sqrt(d_in), 1 / math.sqrt(d_in))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, in_dim), shared by all, or (E, B, in_dim), one input each -> (E, B, output_dim).
+
+        MLP e's output is `[e]`.
+        """
+        if x.dim() == 2:
+            x = x.expand(self.num, *x.shape)  # (E, B, in_dim), a view: no copy
+        h = x
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            h = torch.baddbmm(b.unsqueeze(1), h, w)  # (E, B, d_out)
+            if i < self.hidden:
+                h = h.relu_()
+                if self.dropout is not None:
+                    h = self.dropout(h)
+        return h
+
+    def expert(self, e: int) -> MLP:
+        """MLP e as a standalone `MLP`, holding a copy of its weights (for inspection and tests)."""
+        hidden, out = self.dims[1 : self.hidden + 1], self.dims[self.hidden + 1 :]
+        mlp = MLP(
+            self.dims[0],
+            hidden,
+            dropout=self.dropout.p if self.dropout is not None else 0.0,
+            out_dim=out[0] if out else None,
+        )
+        linears = [m for m in mlp if isinstance(m, nn.Linear)]
+        with torch.no_grad():
+            for linear, w, b in zip(linears, self.weights, self.biases):
+                linear.weight.copy_(w[e].t())
+                linear.bias.copy_(b[e])
+        return mlp
+
+    def extra_repr(self) -> str:
+        return f"num={self.num}, dims={self.dims}, hidden={self.hidden}"
 
 
 class FeatureEmbedding(nn.Module):
@@ -77,11 +179,26 @@ class FeatureEmbedding(nn.Module):
             schema.dense
         )
 
+    @staticmethod
+    def _lookup(table: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
+        """ids (...) -> their rows (..., D), as `table(ids)` computes them.
+
+        Dense tables on CPU gather with `index_select`, whose backward (an `index_add`) is about
+        twice as fast there as the embedding's own (which sorts the ids first); the gradients are
+        the same sums. Padding rows need no special case: the sequence pooling's mask zeroes
+        their gradient, as `padding_idx` would.
+        """
+        if table.sparse or ids.device.type != "cpu":
+            return table(ids)
+        return table.weight.index_select(0, ids.reshape(-1)).view(*ids.shape, -1)
+
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
-        parts = [self.tables[f.name](features[f.name]) for f in self.schema.sparse]  # each (B, D)
+        parts = [
+            self._lookup(self.tables[f.name], features[f.name]) for f in self.schema.sparse
+        ]  # each (B, D)
         for f in self.schema.sequences:
             ids = features[f.name]  # (B, L), 0 = padding
-            emb = self.tables[f.vocab_of or f.name](ids)  # (B, L, D)
+            emb = self._lookup(self.tables[f.vocab_of or f.name], ids)  # (B, L, D)
             mask = (ids > 0).unsqueeze(-1).to(emb.dtype)  # (B, L, 1)
             parts.append((emb * mask).sum(1) / mask.sum(1).clamp_min(1.0))  # (B, D)
         if self.schema.dense:

@@ -166,6 +166,8 @@ class CalibrationStage(nn.Module):
 
 #: `module.optimizer` -> the torch optimizer.
 OPTIMIZERS = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad}
+#: Adam options that choose (or rule out) an implementation: given any, Adam is not made fused.
+FUSED_OFF = {"fused", "foreach", "differentiable"}
 
 
 class RankModule(pl.LightningModule):
@@ -185,7 +187,9 @@ class RankModule(pl.LightningModule):
             in the training split (`recolab.data.datamodule.RankDataModule`).
         optimizer: `adam` or `adagrad` (which also takes sparse embedding gradients).
         optimizer_kwargs: passed on to the torch optimizer, e.g. `{foreach: true}` or
-            `{fused: true}` (experiments/bench/speed.md measures them).
+            `{fused: false}` (experiments/bench/speed.md measures them). Adam is fused unless
+            these choose its implementation, where the torch build has fused Adam for the
+            parameters' device.
     """
 
     def __init__(
@@ -306,9 +310,17 @@ class RankModule(pl.LightningModule):
         loss, per_task = self._loss(outputs, batch["labels"], batch.get("meta", {}))
         n = batch_rows(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
-        for name, value in per_task.items():
-            self.log(f"train/loss/{name}", value, batch_size=n)
+        if self._logs_this_step():
+            for name, value in per_task.items():
+                self.log(f"train/loss/{name}", value, batch_size=n)
         return loss
+
+    def _logs_this_step(self) -> bool:
+        """Whether the logger records this training step (every `trainer.log_every_n_steps`):
+        the per-task losses are logged only then. Lightning would not record them on the other
+        steps, and each `self.log` call costs time in every step."""
+        connector = getattr(self._trainer, "_logger_connector", None)
+        return connector is None or bool(connector.should_update_logs)
 
     def on_train_epoch_start(self) -> None:
         # Reshuffle the columnar batches (they are not driven by a sampler, see data.columnar).
@@ -458,6 +470,13 @@ class RankModule(pl.LightningModule):
                 f"embeddings {sparse} have sparse gradients, which Adam does not take: set module.optimizer=adagrad"
             )
         cls = OPTIMIZERS[self.optimizer_name]
-        return cls(
-            self.parameters(), lr=self.lr, weight_decay=self.weight_decay, **self.optimizer_kwargs
-        )
+        kwargs = dict(lr=self.lr, weight_decay=self.weight_decay, **self.optimizer_kwargs)
+        if self.optimizer_name == "adam" and not FUSED_OFF & kwargs.keys():
+            # Fused Adam (one kernel per parameter for the whole update) is the default where the
+            # build has it for these parameters' device; the update is Adam's either way
+            # (experiments/bench/speed.md). `module.optimizer_kwargs={fused: false}` turns it off.
+            try:
+                return cls(self.parameters(), fused=True, **kwargs)
+            except (RuntimeError, ValueError) as e:
+                log.info("fused Adam unavailable here (%s); using torch's default Adam", e)
+        return cls(self.parameters(), **kwargs)

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from recolab.data.schema import Schema
-from recolab.models.blocks import MLP, FeatureEmbedding
+from recolab.models.blocks import MLP, BatchedMLPs, FeatureEmbedding
 
 
 class LevelGates(NamedTuple):
@@ -62,10 +62,13 @@ class ExtractionLayer(nn.Module):
         super().__init__()
         self.tasks = list(tasks)
 
-        def experts(n: int) -> nn.ModuleList:
-            return nn.ModuleList([MLP(in_dim, expert_dims, dropout=dropout) for _ in range(n)])
+        def experts(n: int) -> BatchedMLPs | None:
+            return BatchedMLPs(n, in_dim, expert_dims, dropout=dropout) if n else None
 
-        self.task_experts = nn.ModuleDict({t: experts(num_task_experts) for t in self.tasks})
+        # Each group of experts (a task's, the shared ones) is one block; `expert(e)` gives one.
+        self.task_experts = nn.ModuleDict(
+            {t: e for t in self.tasks if (e := experts(num_task_experts)) is not None}
+        )
         self.shared_experts = experts(num_shared_experts)
         self.task_gates = nn.ModuleDict(
             {t: nn.Linear(in_dim, num_task_experts + num_shared_experts) for t in self.tasks}
@@ -78,22 +81,24 @@ class ExtractionLayer(nn.Module):
         self, task_inputs: dict[str, torch.Tensor], shared_input: torch.Tensor
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, LevelGates]:
         """Task inputs {task: (B, F)} and the shared input (B, F) -> task outputs {task: (B, H)}, shared output or None, gates."""
-        shared = [e(shared_input) for e in self.shared_experts]  # each (B, H)
-        specific = {t: [e(task_inputs[t]) for e in self.task_experts[t]] for t in self.tasks}
+        shared = [] if self.shared_experts is None else [self.shared_experts(shared_input)]
+        specific = {t: [e(task_inputs[t])] for t, e in self.task_experts.items()}  # (E_task, B, H)
         outputs, gates = {}, {}
         for t in self.tasks:
-            experts = torch.stack([*specific[t], *shared], dim=1)  # (B, E_task + E_shared, H)
             gate = self.task_gates[t](task_inputs[t]).softmax(-1)  # (B, E_task + E_shared)
-            outputs[t] = (gate.unsqueeze(1) @ experts).squeeze(1)  # (B, H)
+            outputs[t] = mix(gate, [*specific.get(t, []), *shared])  # (B, H)
             gates[t] = gate
         if self.shared_gate is None:
             return outputs, None, LevelGates(gates, None)
-        every = torch.stack(
-            [e for t in self.tasks for e in specific[t]] + shared, dim=1
-        )  # (B, T*E_task + E_shared, H)
         shared_gate = self.shared_gate(shared_input).softmax(-1)  # (B, T*E_task + E_shared)
-        shared_out = (shared_gate.unsqueeze(1) @ every).squeeze(1)  # (B, H)
-        return outputs, shared_out, LevelGates(gates, shared_gate)
+        every = [g for t in self.tasks for g in specific.get(t, [])] + shared
+        return outputs, mix(shared_gate, every), LevelGates(gates, shared_gate)
+
+
+def mix(gate: torch.Tensor, groups: list[torch.Tensor]) -> torch.Tensor:
+    """A gated sum of experts: gate (B, E) over the experts of `groups` [(E_i, B, H), ...], in order -> (B, H)."""
+    experts = groups[0] if len(groups) == 1 else torch.cat(groups)  # (E, B, H)
+    return (gate.t().unsqueeze(-1) * experts).sum(0)  # (B, H)
 
 
 class PLE(nn.Module):

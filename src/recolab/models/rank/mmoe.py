@@ -5,6 +5,10 @@ E expert MLPs share the input; each task has a softmax gate over the experts (a 
 the input, eq. 5 of the paper) and a tower over its gated mixture (eq. 4). Because each task
 weighs the experts differently, tasks that are less related can use different experts, which is
 where MMoE beats shared-bottom as task correlation falls (the paper's Fig. 3).
+
+The E experts run as one `BatchedMLPs` block and the T gates as one matrix product, which is
+how the step gets its speed (experiments/bench/speed.md); the outputs are the paper's formula,
+which tests/unit/models/rank/test_rankers.py checks against a per-expert computation by hand.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import torch
 from torch import nn
 
 from recolab.data.schema import Schema
-from recolab.models.blocks import MLP, FeatureEmbedding
+from recolab.models.blocks import MLP, BatchedMLPs, FeatureEmbedding
 
 
 class MMoE(nn.Module):
@@ -44,24 +48,31 @@ class MMoE(nn.Module):
         self.tasks = schema.task_names
         self.embed = FeatureEmbedding(schema, embedding_dim=embedding_dim)
         d_in = self.embed.output_dim
-        self.experts = nn.ModuleList(
-            [MLP(d_in, expert_dims, dropout=dropout) for _ in range(num_experts)]
-        )
+        # The E experts as one block (each is an MLP(d_in, expert_dims); `experts.expert(e)`).
+        self.experts = BatchedMLPs(num_experts, d_in, expert_dims, dropout=dropout)
         self.gates = nn.ModuleDict({t: nn.Linear(d_in, num_experts) for t in self.tasks})
         self.towers = nn.ModuleDict(
             {t: MLP(expert_dims[-1], tower_dims, dropout=dropout, out_dim=1) for t in self.tasks}
         )
 
+    def _gates(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, F) -> every task's softmax gate, (B, T, E): the T linear maps as one product."""
+        weight = torch.cat([self.gates[t].weight for t in self.tasks])  # (T * E, F)
+        bias = torch.cat([self.gates[t].bias for t in self.tasks])  # (T * E,)
+        logits = torch.addmm(bias, x, weight.t())  # (B, T * E)
+        return logits.view(len(x), len(self.tasks), -1).softmax(-1)  # (B, T, E)
+
     def forward(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x = self.embed(features)  # (B, F)
-        experts = torch.stack([e(x) for e in self.experts], dim=1)  # (B, E, H)
-        out = {}
-        for t in self.tasks:
-            gate = self.gates[t](x).softmax(-1).unsqueeze(1)  # (B, 1, E)
-            out[t] = self.towers[t]((gate @ experts).squeeze(1)).squeeze(-1)  # (B,)
-        return out
+        experts = self.experts(x)  # (E, B, H)
+        gates = self._gates(x)  # (B, T, E)
+        # Every task's mixture sum_e g_t(x)_e f_e(x) (eq. 4) in one batched product.
+        mixed = torch.bmm(gates, experts.transpose(0, 1))  # (B, T, H)
+        return {
+            t: self.towers[t](m).squeeze(-1) for t, m in zip(self.tasks, mixed.unbind(1))
+        }  # each (B,)
 
     def gate_weights(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Each task's expert weights, (B, E) per task: for inspecting how tasks share experts."""
-        x = self.embed(features)
-        return {t: self.gates[t](x).softmax(-1) for t in self.tasks}
+        gates = self._gates(self.embed(features))  # (B, T, E)
+        return {t: gates[:, i] for i, t in enumerate(self.tasks)}

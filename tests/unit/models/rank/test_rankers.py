@@ -27,13 +27,36 @@ def test_mmoe_gates_are_per_task_softmax():
     assert not torch.allclose(gates["click"], gates["like"])  # separate gates
 
 
+def test_mmoe_computes_the_papers_formula():
+    # Ma et al., KDD 2018: y_k = h^k(f^k(x)), f^k(x) = sum_e g^k(x)_e f_e(x) (eq. 4),
+    # g^k(x) = softmax(W_gk x) (eq. 5), computed here expert by expert from the parameters.
+    torch.manual_seed(0)
+    model = MMoE(SCHEMA, embedding_dim=8, num_experts=3, expert_dims=[16, 8], tower_dims=[8])
+    batch = tiny_batch()
+    x = model.embed(batch)  # (B, F)
+
+    def expert(e: int) -> torch.Tensor:  # f_e(x): Linear -> ReLU per layer
+        h = x
+        for w, b in zip(model.experts.weights, model.experts.biases):
+            h = torch.relu(h @ w[e] + b[e])
+        return h
+
+    experts = [expert(e) for e in range(3)]
+    out = model(batch)
+    for t in SCHEMA.task_names:
+        gate = torch.softmax(x @ model.gates[t].weight.t() + model.gates[t].bias, dim=-1)  # (B, E)
+        mixture = sum(gate[:, e : e + 1] * experts[e] for e in range(3))  # (B, H)
+        torch.testing.assert_close(out[t], model.towers[t](mixture).squeeze(-1))
+        torch.testing.assert_close(model.gate_weights(batch)[t], gate)
+
+
 def test_mmoe_with_one_expert_is_a_shared_bottom():
     # E = 1: every gate is 1, so each task reads the single expert, as a shared bottom does.
     torch.manual_seed(0)
     mmoe = MMoE(SCHEMA, embedding_dim=8, num_experts=1, expert_dims=[16], tower_dims=[8])
     sb = SharedBottom(SCHEMA, embedding_dim=8, bottom_dims=[16], tower_dims=[8])
     sb.embed.load_state_dict(mmoe.embed.state_dict())
-    sb.bottom.load_state_dict(mmoe.experts[0].state_dict())
+    sb.bottom.load_state_dict(mmoe.experts.expert(0).state_dict())
     sb.towers.load_state_dict(mmoe.towers.state_dict())
     batch = tiny_batch()
     for t in SCHEMA.task_names:

@@ -1,0 +1,113 @@
+"""BatchedMLPs against E separate nn.Linear/ReLU stacks, and FeatureEmbedding's CPU lookup."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from recolab.models.blocks import MLP, BatchedMLPs, FeatureEmbedding
+
+from .rank.helpers import SCHEMA, tiny_batch
+
+E, B, F = 3, 5, 7
+
+
+def reference(block: BatchedMLPs) -> list[nn.Sequential]:
+    """E plain Linear -> ReLU stacks (no ReLU after an `out_dim` layer) with the block's weights copied in."""
+    stacks = []
+    for e in range(E):
+        layers: list[nn.Module] = []
+        for i, (w, b) in enumerate(zip(block.weights, block.biases)):
+            linear = nn.Linear(w.shape[1], w.shape[2])
+            with torch.no_grad():
+                linear.weight.copy_(w[e].t())
+                linear.bias.copy_(b[e])
+            layers.append(linear)
+            if i < block.hidden:
+                layers.append(nn.ReLU())
+        stacks.append(nn.Sequential(*layers))
+    return stacks
+
+
+@pytest.mark.parametrize(
+    "dims, out_dim, shared",
+    [([8, 4], None, True), ([8], 1, False), ([6, 5, 4], None, False), ([], 2, True)],
+)
+def test_batched_mlps_match_separate_linear_relu_stacks_forward_and_backward(dims, out_dim, shared):
+    torch.manual_seed(0)
+    block = BatchedMLPs(E, F, dims, out_dim=out_dim)
+    stacks = reference(block)
+    x = torch.randn(B, F) if shared else torch.randn(E, B, F)
+    x_block, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
+
+    out = block(x_block)  # (E, B, H)
+    inputs = [x_ref] * E if shared else list(x_ref)
+    expected = torch.stack([s(xi) for s, xi in zip(stacks, inputs)])
+    assert out.shape == (E, B, block.output_dim)
+    torch.testing.assert_close(out, expected)
+
+    weights = torch.randn_like(out)  # a loss that weighs every output differently
+    (out * weights).sum().backward()
+    (expected * weights).sum().backward()
+    torch.testing.assert_close(x_block.grad, x_ref.grad)
+    for e, stack in enumerate(stacks):
+        linears = [m for m in stack if isinstance(m, nn.Linear)]
+        for w, b, linear in zip(block.weights, block.biases, linears):
+            torch.testing.assert_close(w.grad[e], linear.weight.grad.t())
+            torch.testing.assert_close(b.grad[e], linear.bias.grad)
+
+
+def test_batched_mlps_initialize_like_separate_mlps_under_the_same_seed():
+    # nn.Linear's init (kaiming-uniform(a=sqrt(5)) weights, U(+-1/sqrt(fan_in)) biases), drawn in
+    # the order of E MLPs built one after another: the same numbers, not only the same law.
+    torch.manual_seed(0)
+    block = BatchedMLPs(E, F, [8, 4], out_dim=1)
+    torch.manual_seed(0)
+    mlps = [MLP(F, [8, 4], out_dim=1) for _ in range(E)]
+    for e, mlp in enumerate(mlps):
+        for got, want in zip(block.expert(e).parameters(), mlp.parameters()):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+    for w, (d_in, _) in zip(block.weights, block._layers()):
+        assert w.abs().max() <= 1 / math.sqrt(d_in)
+
+
+def test_batched_mlps_dropout_is_off_in_eval_and_on_in_training():
+    torch.manual_seed(0)
+    block = BatchedMLPs(E, F, [64], dropout=0.5)
+    x = torch.randn(B, F)
+    block.eval()
+    torch.testing.assert_close(block(x), torch.stack([block.expert(e).eval()(x) for e in range(E)]))
+    block.train()
+    assert (block(x) == 0).float().mean() > 0.3  # about half zeroed, plus the ReLU's zeros
+
+
+def test_batched_mlps_refuse_empty_shapes():
+    with pytest.raises(ValueError, match="at least one MLP"):
+        BatchedMLPs(0, F, [4])
+    with pytest.raises(ValueError, match="at least one layer"):
+        BatchedMLPs(E, F, [])
+
+
+def test_cpu_lookup_gives_the_embedding_layers_outputs_and_gradients():
+    # Dense CPU tables gather with index_select (a faster backward); nn.Embedding is the reference.
+    torch.manual_seed(0)
+    emb = FeatureEmbedding(SCHEMA, embedding_dim=4)
+    batch = tiny_batch()
+    batch["hist"][0] = 0  # an all-padding history
+    out = emb(batch)
+    out.pow(2).sum().backward()
+    got = {k: p.grad.clone() for k, p in emb.named_parameters()}
+
+    emb.zero_grad()
+    parts = [emb.tables[f.name](batch[f.name]) for f in SCHEMA.sparse]
+    ids = batch["hist"]
+    e = emb.tables["item_id"](ids)
+    mask = (ids > 0).unsqueeze(-1).float()
+    parts.append((e * mask).sum(1) / mask.sum(1).clamp_min(1.0))
+    parts.append(torch.stack([batch[f.name] for f in SCHEMA.dense], dim=1))
+    expected = torch.cat(parts, dim=1)
+    expected.pow(2).sum().backward()
+    torch.testing.assert_close(out, expected)
+    for k, p in emb.named_parameters():
+        torch.testing.assert_close(got[k], p.grad)
