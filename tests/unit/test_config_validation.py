@@ -257,6 +257,7 @@ def test_rules_are_keyed_by_real_constructor_parameters() -> None:
         "recolab.data.retrieval.SyntheticRetrievalDataModule",
         "recolab.models.recall.mind.MIND",
         "recolab.models.rank.shared_bottom.SharedBottom",
+        "recolab.data.mmoe_synthetic.MMoESyntheticDataModule",
     }
     names = set()
     for t in targets:
