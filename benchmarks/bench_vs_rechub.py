@@ -112,6 +112,58 @@ def run_rechub(folder: Path, threads: int) -> dict:
     return json.loads(out.read_text())
 
 
+def step_flops_per_sample(cfg) -> float:
+    """Matrix-product FLOPs of one training step (forward + backward) per sample, for the
+    config's model (FlopCounterMode on a random batch; vocabulary sizes do not change them)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from recolab.data.schema import DenseFeature, Schema, SequenceFeature, SparseFeature, Task
+    from recolab.pipelines.rank import RankModule
+
+    data = cfg.data
+    seqs = dict(data.get("sequences") or {})
+    schema = Schema(
+        sparse=tuple(SparseFeature(n, 10) for n in data.sparse),
+        dense=tuple(DenseFeature(n) for n in data.dense),
+        sequences=tuple(
+            SequenceFeature(n, 10, int(v["max_len"]), vocab_of=v.get("vocab_of"))
+            for n, v in seqs.items()
+        ),
+        tasks=tuple(Task(**dict(t)) for t in data.tasks),
+    )
+    model = instantiate(cfg.model, _partial_=True)(schema=schema)
+    module = RankModule(model, schema)
+    n = int(data.batch_size)
+    feats = {f.name: torch.randint(1, 10, (n,)) for f in schema.sparse}
+    feats |= {f.name: torch.randn(n) for f in schema.dense}
+    feats |= {f.name: torch.randint(0, 10, (n, f.max_len)) for f in schema.sequences}
+    labels = {t.name: torch.randint(0, 2, (n,)).float() for t in schema.tasks}
+    with FlopCounterMode(display=False) as counter:
+        loss, _ = module._loss(model(feats), labels, {})
+        loss.backward()
+    return counter.get_total_flops() / n
+
+
+def mm_limit(threads: int, n: int = 2048) -> float:
+    """FLOP/s of `torch.mm` on two n x n float32 matrices: this machine's matrix-multiply limit
+    (best of 5; the same measure as bench_flops.py)."""
+    import time
+
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(5):
+        t = time.perf_counter()
+        for _ in range(3):
+            torch.mm(a, b)
+        best = min(best, (time.perf_counter() - t) / 3)
+    return 2 * n**3 / best
+
+
 def scenario(
     name: str,
     overrides: list[str],
@@ -136,11 +188,33 @@ def scenario(
         theirs = run_rechub(Path(tmp), threads)
     return {
         "name": name,
+        "flops_per_sample": step_flops_per_sample(cfg),
         "overrides": overrides + limits,
         "spec": spec,
         "recolab": ours,
         "rechub": theirs,
     }
+
+
+def ceiling_table(results: list[dict], limit: float) -> str:
+    """How far each side is from the machine's matrix-multiply limit, and the most any
+    implementation of these matrix products could gain over torch-rechub here."""
+    rows = [
+        "| data | matrix-product MFLOP per sample (forward + backward) | recolab GFLOP/s (share of the mm limit) | "
+        "torch-rechub GFLOP/s (share) | ceiling: mm limit over torch-rechub's rate |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        f = r["flops_per_sample"]
+        ours, theirs = (
+            samples_per_cpu_sec(r["recolab"]) * f,
+            samples_per_cpu_sec(r["rechub"]) * f,
+        )
+        rows.append(
+            f"| {r['name']} | {f / 1e6:.3f} | {ours / 1e9:.1f} ({ours / limit:.0%}) | "
+            f"{theirs / 1e9:.1f} ({theirs / limit:.0%}) | **{limit / theirs:.1f}x** |"
+        )
+    return "\n".join(rows)
 
 
 def table(results: list[dict]) -> str:
@@ -182,6 +256,7 @@ def main() -> None:
     ap.add_argument("--skip-census", action="store_true")
     args = ap.parse_args()
     version = ensure_env()
+    limit = mm_limit(args.threads)
 
     results = []
     for n in args.sizes:
@@ -230,6 +305,16 @@ def main() -> None:
             + f"; test AUC on {s['test_rows']:,} rows. Parameters: torch-rechub {r['rechub']['params']:,}."
         )
     body = f"""{table(results)}
+
+How close each side runs to this machine's matrix-multiply limit (`torch.mm` of two 2048 x 2048
+float32 matrices, {args.threads} thread(s): **{limit / 1e9:.1f} GFLOP/s**, measured in this run).
+FLOPs are the matrix products of one training step of recolab's model for the config
+(FlopCounterMode), per sample; torch-rechub's model has the same architecture, so the same
+products (its BatchNorm layers add element-wise work, not matrix products). The last column is the
+most that any implementation of these products could train over torch-rechub's rate here: a
+ratio above it would need the step to beat the matrix-multiply limit.
+
+{ceiling_table(results, limit)}
 
 Ratios: recolab's training samples per second over torch-rechub's, both measured in this run with
 {args.threads} torch thread(s) per process and no loader workers; {load_note()}. On this shared
