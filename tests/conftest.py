@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
+import mlflow
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -54,10 +56,13 @@ def data_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _no_outside_tracking(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests track into their own temporary stores unless a test points elsewhere."""
+def _no_outside_tracking(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Tests track into their own temporary stores unless a test points elsewhere; a store one
+    test set as MLflow's process-wide tracking URI does not leak into the next test."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    yield
+    mlflow.set_tracking_uri(None)
 
 
 def shared_data(name: str) -> Path:

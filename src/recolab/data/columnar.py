@@ -120,3 +120,10 @@ class ColumnarBatches(Dataset):
             group: {name: t.index_select(0, idx) for name, t in tensors.items()}
             for group, tensors in self.columns.items()
         }
+
+
+def resolve_pin_memory(setting: bool | str, trainer: Any) -> bool:
+    """`data.pin_memory`: True/False as given; `auto` pins when the trainer trains on a GPU."""
+    if setting == "auto":
+        return trainer is not None and trainer.strategy.root_device.type == "cuda"
+    return bool(setting)

@@ -19,7 +19,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from recolab.data import checks
-from recolab.data.columnar import ColumnarBatches, Columns, Vocabulary, pad_left
+from recolab.data.columnar import (
+    ColumnarBatches,
+    Columns,
+    Vocabulary,
+    pad_left,
+    resolve_pin_memory,
+)
 from recolab.data.resumable import ResumableLoader
 from recolab.data.schema import (
     DenseFeature,
@@ -416,9 +422,7 @@ class RankDataModule(pl.LightningDataModule):
             rank=rank,
             world_size=world,
         )
-        pin = self.pin_memory
-        if pin == "auto":
-            pin = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
+        pin = resolve_pin_memory(self.pin_memory, self.trainer)
         # Resumable mid-epoch (recolab.data.resumable): a killed run resumes on the batch it stopped at.
         return ResumableLoader(dataset, pin_memory=bool(pin), seed=self.seed)
 

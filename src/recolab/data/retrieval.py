@@ -41,7 +41,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from recolab.data.columnar import ColumnarBatches, Columns, Vocabulary
+from recolab.data.columnar import ColumnarBatches, Columns, Vocabulary, resolve_pin_memory
 from recolab.data.datamodule import DataError
 from recolab.data.synthetic_video import WorldParams, cached_world
 
@@ -378,9 +378,7 @@ class RetrievalDataModule(pl.LightningDataModule):
             rank=rank,
             world_size=world,
         )
-        pin = self.pin_memory
-        if pin == "auto":
-            pin = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
+        pin = resolve_pin_memory(self.pin_memory, self.trainer)
         return DataLoader(dataset, batch_size=None, shuffle=False, pin_memory=bool(pin))
 
 

@@ -44,7 +44,7 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from recolab.data.columnar import Columns, Vocabulary
+from recolab.data.columnar import Columns, Vocabulary, resolve_pin_memory
 from recolab.data.datamodule import SPLITS, DataError, RankDataModule, _list_values
 from recolab.data.synthetic_video import WorldParams, cached_world
 
@@ -384,9 +384,7 @@ class StreamingParquetDataModule(RankDataModule):
             shuffle=shuffle,
             epoch=epoch,
         )
-        pin = self.pin_memory
-        if pin == "auto":
-            pin = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
+        pin = resolve_pin_memory(self.pin_memory, self.trainer)
         return DataLoader(
             dataset, batch_size=None, num_workers=self.num_workers, pin_memory=bool(pin)
         )

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import html
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ import numpy as np  # noqa: E402
 
 from recolab import metrics as M  # noqa: E402
 from recolab.data.schema import Schema  # noqa: E402
+from recolab.reports import fmt  # noqa: E402
 
 NUM_BINS = 15
 
@@ -47,16 +47,10 @@ def metric_table(metrics: dict[str, float], schema: Schema) -> list[dict[str, An
     return rows
 
 
-def _fmt(x: float | None) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "-"
-    return f"{x:.4f}"
-
-
 def to_markdown(rows: list[dict[str, Any]]) -> str:
     lines = ["| task | metric | model | oracle |", "|---|---|---:|---:|"]
     lines += [
-        f"| {r['task']} | {r['metric']} | {_fmt(r['model'])} | {_fmt(r['oracle'])} |" for r in rows
+        f"| {r['task']} | {r['metric']} | {fmt(r['model'])} | {fmt(r['oracle'])} |" for r in rows
     ]
     return "\n".join(lines)
 
@@ -242,8 +236,8 @@ def write_rank_report(
         for k, v in left_out.items()
     ] or ["- none"]
     calib_lines = [
-        f"| {k.split('/')[1]} | {_fmt(v.get('ece_raw'))} | {_fmt(v['ece'])} "
-        f"| {_fmt(v.get('predicted_observed_ratio_raw'))} | {_fmt(v['predicted_observed_ratio'])} |"
+        f"| {k.split('/')[1]} | {fmt(v.get('ece_raw'))} | {fmt(v['ece'])} "
+        f"| {fmt(v.get('predicted_observed_ratio_raw'))} | {fmt(v['predicted_observed_ratio'])} |"
         for k, v in numbers.items()
         if k.startswith("calibration/")
     ]
@@ -315,7 +309,7 @@ def write_rank_report(
 def _html(title, context, rows, oracle_note, calib_lines, left_lines, pngs) -> str:
     esc = html.escape
     table = "".join(
-        f"<tr><td>{esc(r['task'])}</td><td>{esc(r['metric'])}</td><td>{_fmt(r['model'])}</td><td>{_fmt(r['oracle'])}</td></tr>"
+        f"<tr><td>{esc(r['task'])}</td><td>{esc(r['metric'])}</td><td>{fmt(r['model'])}</td><td>{fmt(r['oracle'])}</td></tr>"
         for r in rows
     )
     calib = "".join(

@@ -7,9 +7,10 @@ users with the same exclusions (`recolab.pipelines.recall`).
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
+
+from recolab.reports import fmt
 
 COLUMNS = (("model", "test"), ("most popular", "baseline_popular"), ("random", "baseline_random"))
 
@@ -55,16 +56,10 @@ def metric_rows(metrics: dict[str, float], summary: dict[str, Any]) -> list[dict
     return rows
 
 
-def _fmt(x: float | None) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "-"
-    return f"{x:.4f}"
-
-
 def to_markdown(rows: list[dict[str, Any]]) -> str:
     lines = ["| metric | model | most popular | random |", "|---|---:|---:|---:|"]
     lines += [
-        f"| {r['metric']} | " + " | ".join(_fmt(r[c]) for c, _ in COLUMNS) + " |" for r in rows
+        f"| {r['metric']} | " + " | ".join(fmt(r[c]) for c, _ in COLUMNS) + " |" for r in rows
     ]
     return "\n".join(lines)
 
@@ -125,7 +120,7 @@ def write_recall_report(
                 f"faiss `{summary.get('index')}` index, options {summary.get('index_options')}:",
                 "",
                 *[
-                    f"- `{k}` (share of the exact top-k that the index returned): {_fmt(v)}"
+                    f"- `{k}` (share of the exact top-k that the index returned): {fmt(v)}"
                     for k, v in index_recall.items()
                 ],
                 "",
