@@ -263,7 +263,7 @@ self CPU time, {args.steps} steps):
 
 How to choose: `module.optimizer=adam|adagrad`, `module.optimizer_kwargs={{foreach: true}}` (or
 `{{fused: false}}` for torch's default Adam), `trainer.precision=bf16-mixed`, `compile=true`;
-sparse embedding gradients are `FeatureEmbedding(sparse=True)` (`recolab.models.blocks`) and need
+sparse embedding gradients are `model.sparse_embeddings=true` (every ranker) with
 `module.optimizer=adagrad`.
 """
     write("speed", "Speed options of the MMoE training step", body)

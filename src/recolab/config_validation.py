@@ -475,6 +475,11 @@ def cross_checks(cfg: DictConfig) -> list[str]:
                 problems.append(
                     f"data.sequences.{name}.vocab_of={vocab_of!r}: expected one of data.sparse {sparse}"
                 )
+    if _get(cfg, "model.sparse_embeddings") is True and _get(cfg, "module.optimizer") == "adam":
+        problems.append(
+            "model.sparse_embeddings=true: Adam does not take sparse gradients; expected "
+            "module.optimizer=adagrad (or model.sparse_embeddings=false)"
+        )
     return problems
 
 

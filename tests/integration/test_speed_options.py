@@ -10,14 +10,17 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
+from hydra.utils import instantiate
 from torch import nn
 
+from recolab.config_validation import ConfigError
 from recolab.data.synthetic_video import SyntheticVideoDataModule
 from recolab.models.blocks import FeatureEmbedding
 from recolab.models.rank.mmoe import MMoE
 from recolab.pipelines.rank import RankModule
 from recolab.train import train
 from tests.conftest import TINY_WORLD, compose_train
+from tests.unit.models.rank.helpers import SCHEMA, tiny_batch
 
 FEW_STEPS = [
     "trainer.max_epochs=1",
@@ -109,3 +112,17 @@ def test_gpu_paths_fall_back_to_cpu(tiny):
     trainer = pl.Trainer(accelerator="cpu", logger=False, use_distributed_sampler=False)
     tiny.trainer = trainer
     assert tiny.train_dataloader().pin_memory is False
+
+
+@pytest.mark.parametrize("exp", ["mmoe", "shared_bottom", "cgc", "ple", "single_task"])
+def test_sparse_embeddings_from_the_config(tmp_path, data_cache, exp):
+    overrides = [f"+exp={exp}", *TINY_WORLD, *FEW_STEPS, "model.sparse_embeddings=true"]
+    with pytest.raises(ConfigError, match=r"model.sparse_embeddings=true: Adam does not take"):
+        train(compose_train(tmp_path, overrides, data_dir=data_cache))
+    cfg = compose_train(tmp_path, [*overrides, "module.optimizer=adagrad"], data_dir=data_cache)
+    assert train(cfg)
+    model = instantiate(cfg.model, _partial_=True)(schema=SCHEMA)
+    out = model(tiny_batch())
+    sum(v.sum() for v in out.values()).backward()
+    tables = [m for m in model.modules() if isinstance(m, nn.Embedding)]
+    assert tables and all(t.weight.grad.is_sparse for t in tables)

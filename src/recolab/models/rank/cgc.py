@@ -111,6 +111,8 @@ class PLE(nn.Module):
     expert_dims: hidden widths of each expert MLP (the last is the expert's output width).
     tower_dims: hidden widths of each task tower (a final linear layer gives the output).
     dropout: dropout after hidden layers.
+    sparse_embeddings: sparse gradients for the id tables (only the rows a batch touched; pays off
+        with tables of millions of ids, experiments/bench/speed.md); needs `module.optimizer=adagrad`.
     """
 
     def __init__(
@@ -124,6 +126,7 @@ class PLE(nn.Module):
         expert_dims: list[int] = (128, 64),
         tower_dims: list[int] = (32,),
         dropout: float = 0.0,
+        sparse_embeddings: bool = False,
     ) -> None:
         super().__init__()
         if num_levels < 1:
@@ -145,7 +148,7 @@ class PLE(nn.Module):
         if not expert_dims:
             raise ValueError("expert_dims must name at least one layer")
         self.tasks = schema.task_names
-        self.embed = FeatureEmbedding(schema, embedding_dim=embedding_dim)
+        self.embed = FeatureEmbedding(schema, embedding_dim=embedding_dim, sparse=sparse_embeddings)
         dims = [self.embed.output_dim] + [expert_dims[-1]] * (num_levels - 1)
         self.levels = nn.ModuleList(
             [
@@ -200,6 +203,7 @@ class CGC(PLE):
         expert_dims: list[int] = (128, 64),
         tower_dims: list[int] = (32,),
         dropout: float = 0.0,
+        sparse_embeddings: bool = False,
     ) -> None:
         super().__init__(
             schema,
@@ -210,4 +214,5 @@ class CGC(PLE):
             expert_dims=expert_dims,
             tower_dims=tower_dims,
             dropout=dropout,
+            sparse_embeddings=sparse_embeddings,
         )

@@ -28,6 +28,8 @@ class MMoE(nn.Module):
     expert_dims: hidden widths of each expert MLP (the last is the expert's output width).
     tower_dims: hidden widths of each task tower (a final linear layer gives the output).
     dropout: dropout after hidden layers.
+    sparse_embeddings: sparse gradients for the id tables (only the rows a batch touched; pays off
+        with tables of millions of ids, experiments/bench/speed.md); needs `module.optimizer=adagrad`.
     """
 
     def __init__(
@@ -39,6 +41,7 @@ class MMoE(nn.Module):
         expert_dims: list[int] = (128, 64),
         tower_dims: list[int] = (32,),
         dropout: float = 0.0,
+        sparse_embeddings: bool = False,
     ) -> None:
         super().__init__()
         if num_experts < 1:
@@ -46,7 +49,7 @@ class MMoE(nn.Module):
         if not expert_dims:
             raise ValueError("expert_dims must name at least one layer")
         self.tasks = schema.task_names
-        self.embed = FeatureEmbedding(schema, embedding_dim=embedding_dim)
+        self.embed = FeatureEmbedding(schema, embedding_dim=embedding_dim, sparse=sparse_embeddings)
         d_in = self.embed.output_dim
         # The E experts as one block (each is an MLP(d_in, expert_dims); `experts.expert(e)`).
         self.experts = BatchedMLPs(num_experts, d_in, expert_dims, dropout=dropout)

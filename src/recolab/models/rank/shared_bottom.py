@@ -19,6 +19,8 @@ class SharedBottom(nn.Module):
     bottom_dims: hidden widths of the shared bottom.
     tower_dims: hidden widths of each task tower (a final linear layer gives the output).
     dropout: dropout after hidden layers.
+    sparse_embeddings: sparse gradients for the id tables (only the rows a batch touched; pays off
+        with tables of millions of ids, experiments/bench/speed.md); needs `module.optimizer=adagrad`.
     """
 
     def __init__(
@@ -29,10 +31,11 @@ class SharedBottom(nn.Module):
         bottom_dims: list[int] = (128, 64),
         tower_dims: list[int] = (32,),
         dropout: float = 0.0,
+        sparse_embeddings: bool = False,
     ) -> None:
         super().__init__()
         self.tasks = schema.task_names
-        self.embed = FeatureEmbedding(schema, embedding_dim=embedding_dim)
+        self.embed = FeatureEmbedding(schema, embedding_dim=embedding_dim, sparse=sparse_embeddings)
         self.bottom = MLP(self.embed.output_dim, bottom_dims, dropout=dropout)
         self.towers = nn.ModuleDict(
             {

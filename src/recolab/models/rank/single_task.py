@@ -26,6 +26,8 @@ class SingleTask(nn.Module):
     embedding_dim: width of each id embedding (every task has its own tables).
     hidden_dims: hidden widths of each task's MLP (a final linear layer gives the output).
     dropout: dropout after hidden layers.
+    sparse_embeddings: sparse gradients for the id tables (only the rows a batch touched; pays off
+        with tables of millions of ids, experiments/bench/speed.md); needs `module.optimizer=adagrad`.
     """
 
     def __init__(
@@ -35,11 +37,15 @@ class SingleTask(nn.Module):
         embedding_dim: int = 16,
         hidden_dims: list[int] = (128, 64, 32),
         dropout: float = 0.0,
+        sparse_embeddings: bool = False,
     ) -> None:
         super().__init__()
         self.tasks = schema.task_names
         self.embeds = nn.ModuleDict(
-            {t: FeatureEmbedding(schema, embedding_dim=embedding_dim) for t in self.tasks}
+            {
+                t: FeatureEmbedding(schema, embedding_dim=embedding_dim, sparse=sparse_embeddings)
+                for t in self.tasks
+            }
         )
         self.mlps = nn.ModuleDict(
             {
