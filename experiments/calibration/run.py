@@ -19,19 +19,16 @@ process unless OMP_NUM_THREADS says otherwise.
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-from mlflow.tracking import MlflowClient
 
-from recolab.tracking import tracking_uri
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # experiments/_common.py
+from _common import cell, latest_tagged_runs, run_sweep  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 
 WORLD = [
@@ -45,7 +42,6 @@ WORLD = [
     "data.oracle={click:gt_click_prob}",
 ]
 DOWNSAMPLE = "++data.negative_downsampling={task:click,rate:0.1}"
-QUIET = ["callbacks.progress_bar.refresh_rate=0"]
 SEEDS = [1, 2, 3]
 
 
@@ -96,66 +92,20 @@ PARTS = {
 
 
 def sweep(part: str, experiment: str, s: Setting) -> None:
-    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
-    cmd = [
-        sys.executable,
-        "-m",
-        "recolab",
-        "train",
-        "-m",
-        *s.overrides,
-        *QUIET,
-        f"seed={','.join(map(str, SEEDS))}",
-        f"experiment_name={experiment}",
-        f"tags=[calibration,{part},{s.key}]",
-        # A literal sweep folder: the default interpolates ${hydra:runtime.cwd}, unresolved before jobs start.
-        f"hydra.sweep.dir=outputs/multiruns/calibration-{part}-{s.key}-{stamp}",
-    ]
-    log_path = ROOT / "outputs" / "calibration" / f"{part}-{s.key}.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    print("$", " ".join(cmd), f"> {log_path.relative_to(ROOT)}", flush=True)
-    start = time.time()
-    with open(log_path, "w") as out:
-        done = subprocess.run(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    print(f"  {time.time() - start:.0f} s, exit {done.returncode}", flush=True)
-    if done.returncode:
-        sys.exit(f"the sweep failed: see {log_path}")
+    run_sweep(
+        "calibration",
+        f"{part}-{s.key}",
+        [
+            *s.overrides,
+            f"seed={','.join(map(str, SEEDS))}",
+            f"experiment_name={experiment}",
+            f"tags=[calibration,{part},{s.key}]",
+        ],
+    )
 
 
 def latest_runs(experiment: str, settings: list[Setting]) -> pd.DataFrame:
-    client = MlflowClient(tracking_uri=tracking_uri(str(ROOT)))
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        sys.exit(
-            f"no MLflow experiment {experiment!r} at {tracking_uri(str(ROOT))}: run without --tables-only first"
-        )
-    query = "attributes.status = 'FINISHED' and tags.`recolab.complete` = 'true' and tags.`recolab.kind` = 'train'"
-    rows = []
-    for r in client.search_runs([found.experiment_id], query, max_results=5000):
-        tags = r.data.tags.get("recolab.tags", "").split(",")
-        key = next((s.key for s in settings if s.key in tags), None)
-        if key is not None and int(r.data.params.get("seed", -1)) in SEEDS:
-            rows.append(
-                {
-                    "setting": key,
-                    "seed": int(r.data.params["seed"]),
-                    "start": r.info.start_time,
-                    **r.data.metrics,
-                }
-            )
-    if not rows:
-        sys.exit(f"no complete runs of the settings in experiment {experiment!r}")
-    return pd.DataFrame(rows).sort_values("start").drop_duplicates(["setting", "seed"], keep="last")
-
-
-def cell(values: pd.Series) -> str:
-    values = pd.Series(values, dtype=float).dropna()
-    if values.empty:
-        return "-"
-    if len(values) == 1:
-        return f"{values.iloc[0]:.4f} (1)"
-    return f"{values.mean():.4f} +- {values.std(ddof=1):.4f} ({len(values)})"
+    return latest_tagged_runs(experiment, [s.key for s in settings], SEEDS, "setting")[0]
 
 
 def section(part: str) -> str:

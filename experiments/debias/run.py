@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,9 +36,9 @@ import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from recolab.tracking import tracking_uri
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # experiments/_common.py
+from _common import cell, latest_tagged_runs, run_sweep  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 
 #: The synthetic world of the position and duration parts: small enough for 2 CPU cores, with
@@ -53,7 +51,6 @@ WORLD = [
     "module.lr=0.003",
     "trainer.max_epochs=4",
 ]
-QUIET = ["callbacks.progress_bar.refresh_rate=0"]
 
 
 @dataclass
@@ -135,70 +132,22 @@ PARTS = {
 
 def sweep(part: str, spec: Part, method: Method) -> None:
     """One `python -m recolab train -m` sweep over the part's seeds; its log goes to outputs/debias/."""
-    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
-    cmd = [
-        sys.executable,
-        "-m",
-        "recolab",
-        "train",
-        "-m",
-        *method.overrides,
-        *spec.common,
-        *QUIET,
-        f"seed={','.join(map(str, spec.seeds))}",
-        f"experiment_name={spec.experiment}",
-        f"tags=[debias,{part},{method.key}]",
-        # A literal sweep folder: the default interpolates ${hydra:runtime.cwd}, unresolved before jobs start.
-        f"hydra.sweep.dir=outputs/multiruns/debias-{part}-{method.key}-{stamp}",
-    ]
-    log_path = ROOT / "outputs" / "debias" / f"{part}-{method.key}.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    print("$", " ".join(cmd), f"> {log_path.relative_to(ROOT)}", flush=True)
-    start = time.time()
-    with open(log_path, "w") as out:
-        done = subprocess.run(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    print(f"  {time.time() - start:.0f} s, exit {done.returncode}", flush=True)
-    if done.returncode:
-        sys.exit(f"the sweep failed: see {log_path}")
+    run_sweep(
+        "debias",
+        f"{part}-{method.key}",
+        [
+            *method.overrides,
+            *spec.common,
+            f"seed={','.join(map(str, spec.seeds))}",
+            f"experiment_name={spec.experiment}",
+            f"tags=[debias,{part},{method.key}]",
+        ],
+    )
 
 
 def latest_runs(spec: Part) -> tuple[pd.DataFrame, MlflowClient]:
     """One row per (method key, seed): the latest complete training run; metrics as columns."""
-    client = MlflowClient(tracking_uri=tracking_uri(str(ROOT)))
-    found = client.get_experiment_by_name(spec.experiment)
-    if found is None:
-        sys.exit(
-            f"no MLflow experiment {spec.experiment!r} at {tracking_uri(str(ROOT))}: run without --tables-only first"
-        )
-    query = "attributes.status = 'FINISHED' and tags.`recolab.complete` = 'true' and tags.`recolab.kind` = 'train'"
-    rows = []
-    for r in client.search_runs([found.experiment_id], query, max_results=5000):
-        tags = r.data.tags.get("recolab.tags", "").split(",")
-        key = next((m.key for m in spec.methods if m.key in tags), None)
-        if key is not None and int(r.data.params.get("seed", -1)) in spec.seeds:
-            rows.append(
-                {
-                    "method": key,
-                    "seed": int(r.data.params["seed"]),
-                    "start": r.info.start_time,
-                    "run_id": r.info.run_id,
-                    **r.data.metrics,
-                }
-            )
-    if not rows:
-        sys.exit(f"no complete runs of the methods in experiment {spec.experiment!r}")
-    df = pd.DataFrame(rows).sort_values("start").drop_duplicates(["method", "seed"], keep="last")
-    return df, client
-
-
-def cell(values: pd.Series | np.ndarray) -> str:
-    values = pd.Series(values, dtype=float).dropna()
-    if values.empty:
-        return "-"
-    if len(values) == 1:
-        return f"{values.iloc[0]:.4f} (1)"
-    return f"{values.mean():.4f} +- {values.std(ddof=1):.4f} ({len(values)})"
+    return latest_tagged_runs(spec.experiment, [m.key for m in spec.methods], spec.seeds, "method")
 
 
 def table(spec: Part, df: pd.DataFrame, columns: dict[str, str]) -> str:

@@ -105,6 +105,31 @@ class BatchedMLPs(nn.Module):
                 w[e].copy_(weight.t())
                 b[e].uniform_(-1 / math.sqrt(d_in), 1 / math.sqrt(d_in))
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        """Also load a state saved when the E MLPs were separate `MLP`s (`<prefix><e>.<i>.weight`,
+        recolab's MMoE/CGC/PLE checkpoints before the experts were batched): their Linear layers,
+        in order, become the stacked `weights.<l>` (transposed) and `biases.<l>`."""
+        if f"{prefix}weights.0" not in state_dict and f"{prefix}0.0.weight" in state_dict:
+            for e in range(self.num):
+                old = sorted(
+                    (int(k[len(f"{prefix}{e}.") :].split(".")[0]), k)
+                    for k in list(state_dict)
+                    if k.startswith(f"{prefix}{e}.") and k.endswith(".weight")
+                )
+                for layer, (_, key) in enumerate(old):
+                    state_dict.setdefault(f"{prefix}weights.{layer}", []).append(
+                        state_dict.pop(key).t()
+                    )
+                    state_dict.setdefault(f"{prefix}biases.{layer}", []).append(
+                        state_dict.pop(key.removesuffix("weight") + "bias")
+                    )
+            for key in [
+                k for k in state_dict if k.startswith((f"{prefix}weights.", f"{prefix}biases."))
+            ]:
+                if isinstance(state_dict[key], list):
+                    state_dict[key] = torch.stack(state_dict[key])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_dim), shared by all, or (E, B, in_dim), one input each -> (E, B, output_dim).
 

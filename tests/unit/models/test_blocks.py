@@ -111,3 +111,17 @@ def test_cpu_lookup_gives_the_embedding_layers_outputs_and_gradients():
     torch.testing.assert_close(out, expected)
     for k, p in emb.named_parameters():
         torch.testing.assert_close(got[k], p.grad)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])  # with dropout the Linear layers sit at 0, 3, ...
+def test_batched_mlps_load_a_state_saved_as_separate_mlps(dropout):
+    torch.manual_seed(0)
+    separate = nn.ModuleList([MLP(6, [5, 4], dropout=dropout, out_dim=2) for _ in range(3)])
+    batched = BatchedMLPs(3, 6, [5, 4], dropout=dropout, out_dim=2)  # other weights
+    holder = nn.Module()
+    holder.experts = batched
+    old = {f"experts.{k}": v for k, v in separate.state_dict().items()}
+    holder.load_state_dict(old)  # strict: every old key used, every new one filled
+    batched.eval(), separate.eval()
+    x = torch.randn(7, 6)
+    torch.testing.assert_close(batched(x), torch.stack([m(x) for m in separate]))
