@@ -13,6 +13,22 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _count_addbmm() -> None:
+    """Let `FlopCounterMode` count `addbmm` (the batched experts' input gradient,
+    `recolab.models.blocks`), which torch's flop registry leaves out: the products of a `bmm`
+    of the same batches (the sum over the batch and the added input are element-wise)."""
+    from torch.utils.flop_counter import bmm_flop, flop_registry, register_flop_formula
+
+    if torch.ops.aten.addbmm not in flop_registry:
+
+        @register_flop_formula(torch.ops.aten.addbmm)
+        def _addbmm_flop(self_shape, a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
+            return bmm_flop(a_shape, b_shape)
+
+
+_count_addbmm()
 OUT = ROOT / "experiments" / "bench"
 
 

@@ -3,8 +3,9 @@
 `run_recolab(overrides)` runs `python -m recolab train <overrides>` in a subprocess (a temporary
 folder as its working directory, the repository's `data/` as its data folder, no tracking) with
 `EpochTimer` added as a callback, and returns what the timer wrote: per epoch, the training
-seconds (epoch start to the start of validation, so evaluation is left out), the CPU seconds of
-rank zero's process over the same span, and the samples trained on by all ranks; the test metrics; and the peak resident memory of the process and of
+seconds (epoch start to the start of validation, so evaluation is left out), the CPU seconds and
+minor page faults of rank zero's process over the same span, its batches, and the samples trained
+on by all ranks; the test metrics; and the peak resident memory of the process and of
 its reaped children (DataLoader workers).
 """
 
@@ -35,14 +36,20 @@ class EpochTimer(pl.Callback):
         self.out = Path(out)
         self.epochs: list[dict[str, float]] = []
         self.t0 = self.cpu0 = 0.0
-        self.rows = 0
+        self.rows = self.batches = self.faults0 = 0
         self.open = False
+
+    @staticmethod
+    def _faults() -> int:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.t0, self.cpu0, self.rows, self.open = time.perf_counter(), time.process_time(), 0, True
+        self.batches, self.faults0 = 0, self._faults()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.rows += batch_rows(batch)
+        self.batches += 1
 
     def _close(self, trainer: pl.Trainer) -> None:
         if self.open:
@@ -53,6 +60,8 @@ class EpochTimer(pl.Callback):
                     "cpu_seconds": cpu,
                     "samples": self.rows * trainer.world_size,
                     "world_size": trainer.world_size,
+                    "batches": self.batches,
+                    "minor_faults": self._faults() - self.faults0,
                 }
             )
             self.open = False

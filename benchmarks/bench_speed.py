@@ -22,10 +22,11 @@ import time
 
 import torch
 from _common import ROOT, write
-from _runs import load_note
+from _runs import load_note, run_recolab, samples_per_cpu_sec
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
+from recolab.allocator import tune_malloc
 from recolab.data.schema import Schema, SparseFeature, Task
 from recolab.data.synthetic_video import SyntheticVideoDataModule
 from recolab.models.blocks import FeatureEmbedding
@@ -169,6 +170,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    tune_malloc()  # as `python -m recolab train` does by default
 
     dm = SyntheticVideoDataModule(
         cache_dir=str(ROOT / "data" / "synthetic"),
@@ -230,6 +232,8 @@ def main() -> None:
         for e in events
     )
 
+    malloc_rows = malloc_table(args.threads)
+
     body = f"""Synthetic world, {args.impressions:,} impressions; batch {args.batch_size}; MMoE with 4 experts of
 [128, 64], towers [32], 16-dim embeddings (users 20,000, items 5,000), tasks click, like, watch_time.
 {args.threads} torch thread(s); samples per CPU second of this process, best of {args.rounds}
@@ -238,8 +242,10 @@ interleaved rounds of {args.steps} steps; {load_note()}.
 "previous MMoE" is recolab's MMoE before its experts were batched (`PreviousMMoE` in the script:
 E separate expert MLPs, stacked, a (B, 1, E) @ (B, E, H) product per task, `nn.Embedding`
 lookups), with the same weights; every other row is the current `recolab.models.rank.mmoe.MMoE`
-(`BatchedMLPs` experts, one product for all gates and one for all mixtures, `index_select`
-lookups on CPU). The last column is the whole change: the current step against the previous one.
+(`BatchedMLPs` experts run as one autograd Function with its own backward, one product for all
+gates and one for all mixtures, a softmax over a transposed view, `index_select` lookups and a
+sequence mean without a (B, L, D) mask product on CPU). The last column is the whole change: the
+current step against the previous one.
 
 | option | samples / CPU-s | vs torch's default Adam | vs previous MMoE |
 |---|---:|---:|---:|
@@ -254,6 +260,15 @@ With a 1,000,000-id table (random ids, one small table beside it, same MLPs; a s
 |---|---:|---:|
 {big_rows}
 
+glibc's allocator (`malloc_tuning`, `recolab.allocator`), measured on the real training command
+(separate processes, since the setting is per process; {MALLOC_ROUNDS} alternating rounds, best
+samples per CPU second of the training epochs; minor page faults per training step, fewest of
+the rounds):
+
+| data | `malloc_tuning=true` samples / CPU-s | `false` | ratio | page faults per step, true / false |
+|---|---:|---:|---:|---:|
+{malloc_rows}
+
 Where recolab's default step (dense, fused Adam, no compile) spends its time (torch.profiler,
 self CPU time, {args.steps} steps):
 
@@ -267,6 +282,45 @@ sparse embedding gradients are `model.sparse_embeddings=true` (every ranker) wit
 `module.optimizer=adagrad`.
 """
     write("speed", "Speed options of the MMoE training step", body)
+
+
+MALLOC_ROUNDS = 2
+MALLOC_RUNS = {
+    "synthetic world, 1,000,000 impressions, 200 steps": [
+        "+exp=mmoe",
+        "data.num_impressions=1000000",
+        "trainer.max_epochs=1",
+        "+trainer.limit_train_batches=200",
+        "+trainer.limit_val_batches=1",
+        "+trainer.limit_test_batches=1",
+    ],
+    "Census-Income, `+exp=mmoe_census_bench`, 1 epoch": [
+        "+exp=mmoe_census_bench",
+        "trainer.max_epochs=1",
+        "+trainer.limit_test_batches=1",
+    ],
+}
+
+
+def malloc_table(threads: int) -> str:
+    rows = []
+    for name, overrides in MALLOC_RUNS.items():
+        best = {True: 0.0, False: 0.0}
+        faults = {True: 0.0, False: 0.0}
+        for _ in range(MALLOC_ROUNDS):
+            for tuned in (True, False):
+                record = run_recolab(
+                    [*overrides, f"malloc_tuning={str(tuned).lower()}"], threads=threads
+                )
+                best[tuned] = max(best[tuned], samples_per_cpu_sec(record))
+                steps = sum(e["batches"] for e in record["epochs"])
+                per_step = sum(e["minor_faults"] for e in record["epochs"]) / steps
+                faults[tuned] = per_step if not faults[tuned] else min(faults[tuned], per_step)
+        rows.append(
+            f"| {name} | {best[True]:,.0f} | {best[False]:,.0f} | {best[True] / best[False]:.2f}x "
+            f"| {faults[True]:,.0f} / {faults[False]:,.0f} |"
+        )
+    return "\n".join(rows)
 
 
 if __name__ == "__main__":

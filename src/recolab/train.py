@@ -25,6 +25,7 @@ from pytorch_lightning.loggers import MLFlowLogger
 from pytorch_lightning.utilities import rank_zero_only
 
 from recolab import resume, tracking
+from recolab.allocator import tune_malloc
 from recolab.config_validation import top_level_keys, validate_config
 
 log = logging.getLogger(__name__)
@@ -147,6 +148,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     )  # before any data is read
     pl.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
+    if cfg.get("malloc_tuning", True):
+        tune_malloc()  # keep the step's blocks in the process (recolab.allocator)
     if cfg.get("logger") and "mlflow" in cfg.logger:
         tracking.check_reachable(cfg.logger.mlflow.tracking_uri)
     resume_from = resume.prepare(cfg)  # ckpt_path=last|<file>: that run's folder and MLflow run

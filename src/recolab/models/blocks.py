@@ -11,6 +11,18 @@ from torch import nn
 from recolab.data.schema import Schema
 
 
+def softmax_last(x: torch.Tensor) -> torch.Tensor:
+    """`x.softmax(-1)`, computed over a transposed view (the same values).
+
+    torch's CPU softmax over the last dimension vectorizes along that dimension, which is
+    slow when it is as short as a gate's few experts; over the first dimension of the
+    transposed (E, rows) view it vectorizes along the rows instead (about 2.5x faster forward
+    and backward for (2048, 3, 4) gates, experiments/bench/speed.md).
+    """
+    rows = x.reshape(-1, x.shape[-1])  # (rows, E)
+    return rows.t().softmax(0).t().view(x.shape)
+
+
 class MLP(nn.Sequential):
     """Linear -> ReLU (-> Dropout) for each hidden size; the last layer has no activation if `out_dim` is set.
 
@@ -133,8 +145,16 @@ class BatchedMLPs(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_dim), shared by all, or (E, B, in_dim), one input each -> (E, B, output_dim).
 
-        MLP e's output is `[e]`.
+        MLP e's output is `[e]`. Without dropout in training, autocast or compilation, the block
+        runs as `_BatchedMLPsFunction` (the same products, a leaner backward); otherwise layer by
+        layer under autograd.
         """
+        if not (
+            (self.dropout is not None and self.training)
+            or torch.is_autocast_enabled(x.device.type)
+            or torch.compiler.is_compiling()
+        ):
+            return _BatchedMLPsFunction.apply(x, self.hidden, *self.weights, *self.biases)
         if x.dim() == 2:
             x = x.expand(self.num, *x.shape)  # (E, B, in_dim), a view: no copy
         h = x
@@ -164,6 +184,70 @@ class BatchedMLPs(nn.Module):
 
     def extra_repr(self) -> str:
         return f"num={self.num}, dims={self.dims}, hidden={self.hidden}"
+
+
+class _BatchedMLPsFunction(torch.autograd.Function):
+    """`BatchedMLPs`' forward (no dropout) with a backward written for it.
+
+    Autograd's backward of the layer-by-layer forward computes the same gradients, but on CPU
+    it spends much of the step outside the matrix products: a shared input's gradient is formed
+    as E (B, in_dim) products, stored as one (E, B, in_dim) tensor and then summed over E, and
+    every ReLU's backward writes a new tensor. Here the shared input's gradient is one
+    accumulating product (`addbmm`: the sum over E happens inside the product), and each ReLU's
+    backward masks the incoming gradient in place. tests/unit/models/test_blocks.py checks
+    outputs and gradients against separate `nn.Linear`/ReLU stacks;
+    experiments/bench/speed.md measures the step.
+
+    forward(x, hidden, *weights, *biases): x (B, d_in) shared or (E, B, d_in); weights[l]
+    (E, d_l, d_l+1); biases[l] (E, d_l+1); ReLU after the first `hidden` layers.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, hidden: int, *params: torch.Tensor) -> torch.Tensor:
+        n = len(params) // 2
+        weights, biases = params[:n], params[n:]
+        h = x.expand(weights[0].shape[0], *x.shape) if x.dim() == 2 else x
+        inputs = [x]  # each layer's input (after the previous layer's ReLU)
+        for i, (w, b) in enumerate(zip(weights, biases)):
+            h = torch.baddbmm(b.unsqueeze(1), h, w)  # (E, B, d_out)
+            if i < hidden:
+                h = h.relu_()
+            inputs.append(h)
+        ctx.hidden, ctx.num_layers = hidden, n
+        # The last output is kept only when a ReLU follows it (its backward needs the mask).
+        ctx.save_for_backward(*inputs[: n + (hidden == n)], *weights)
+        return h
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        n, hidden = ctx.num_layers, ctx.hidden
+        saved = ctx.saved_tensors
+        inputs, weights = saved[: len(saved) - n], saved[len(saved) - n :]
+        g = grad
+        if hidden == n:  # the last layer has a ReLU
+            g = torch.ops.aten.threshold_backward(g, inputs[n], 0)
+        grad_w: list[torch.Tensor | None] = [None] * n
+        grad_b: list[torch.Tensor | None] = [None] * n
+        grad_x = None
+        for i in reversed(range(n)):
+            x, w = inputs[i], weights[i]
+            if ctx.needs_input_grad[2 + i]:  # (x, hidden, *weights, *biases)
+                if x.dim() == 2:  # the shared input: every MLP's layer 0 reads the same (B, d_in)
+                    grad_w[i] = torch.bmm(x.t().expand(len(g), *x.t().shape), g)  # x not copied
+                else:
+                    grad_w[i] = torch.bmm(x.transpose(1, 2), g)
+            if ctx.needs_input_grad[2 + n + i]:
+                grad_b[i] = g.sum(1)
+            if i > 0:  # through layer i to its input, then through the ReLU before it
+                g = torch.bmm(g, w.transpose(1, 2))
+                g = torch.ops.aten.threshold_backward.grad_input(g, x, 0, grad_input=g)
+            elif ctx.needs_input_grad[0]:
+                if x.dim() == 2:  # sum over the MLPs inside one accumulating product
+                    grad_x = torch.addbmm(torch.empty_like(x), g, w.transpose(1, 2), beta=0)
+                else:
+                    grad_x = torch.bmm(g, w.transpose(1, 2))
+        return (grad_x, None, *grad_w, *grad_b)
 
 
 class FeatureEmbedding(nn.Module):
@@ -223,9 +307,19 @@ class FeatureEmbedding(nn.Module):
         ]  # each (B, D)
         for f in self.schema.sequences:
             ids = features[f.name]  # (B, L), 0 = padding
-            emb = self._lookup(self.tables[f.vocab_of or f.name], ids)  # (B, L, D)
-            mask = (ids > 0).unsqueeze(-1).to(emb.dtype)  # (B, L, 1)
-            parts.append((emb * mask).sum(1) / mask.sum(1).clamp_min(1.0))  # (B, D)
+            table = self.tables[f.vocab_of or f.name]
+            emb = self._lookup(table, ids)  # (B, L, D)
+            if table.sparse:  # a sparse gradient cannot take the dense correction below
+                mask = (ids > 0).unsqueeze(-1).to(emb.dtype)  # (B, L, 1)
+                parts.append((emb * mask).sum(1) / mask.sum(1).clamp_min(1.0))  # (B, D)
+                continue
+            # The masked mean without a (B, L, D) product: sum every position, then take the
+            # padding positions' rows (row 0, `pad` times) out again. Forward and gradients are
+            # those of masking (row 0 gets `pad` copies of the gradient from the lookup and
+            # loses them to the correction), at about half the cost.
+            pad = (ids == 0).sum(1, keepdim=True).to(emb.dtype)  # (B, 1)
+            total = emb.sum(1) - pad * table.weight[0]  # (B, D)
+            parts.append(total / (ids.shape[1] - pad).clamp_min(1.0))
         if self.schema.dense:
             parts.append(
                 torch.stack([features[f.name] for f in self.schema.dense], dim=1)

@@ -95,6 +95,7 @@ def test_cpu_lookup_gives_the_embedding_layers_outputs_and_gradients():
     emb = FeatureEmbedding(SCHEMA, embedding_dim=4)
     batch = tiny_batch()
     batch["hist"][0] = 0  # an all-padding history
+    batch["hist"][1, :2] = 0  # a partly padded one
     out = emb(batch)
     out.pow(2).sum().backward()
     got = {k: p.grad.clone() for k, p in emb.named_parameters()}
@@ -125,3 +126,62 @@ def test_batched_mlps_load_a_state_saved_as_separate_mlps(dropout):
     batched.eval(), separate.eval()
     x = torch.randn(7, 6)
     torch.testing.assert_close(batched(x), torch.stack([m(x) for m in separate]))
+
+
+@pytest.mark.parametrize("shape", [(2048, 3, 4), (5, 7), (1, 1), (4, 2, 3, 2)])
+def test_softmax_last_is_softmax_over_the_last_dimension_values_and_gradients(shape):
+    from recolab.models.blocks import softmax_last
+
+    torch.manual_seed(0)
+    x = (torch.randn(shape) * 30).requires_grad_()  # large logits: the max subtraction matters
+    y = x.detach().clone().requires_grad_()
+    got, want = softmax_last(x), y.softmax(-1)
+    torch.testing.assert_close(got, want)
+    assert got.shape == want.shape
+    w = torch.randn(shape)
+    (got * w).sum().backward()
+    (want * w).sum().backward()
+    torch.testing.assert_close(x.grad, y.grad)
+
+
+def test_batched_mlps_train_under_bf16_autocast_and_with_dropout() -> None:
+    # Autocast and training-time dropout run the block layer by layer under autograd; both
+    # must give gradients to the input and to every weight.
+    torch.manual_seed(0)
+    for block, autocast, dtype in (
+        (BatchedMLPs(E, F, [8, 4]), True, torch.bfloat16),
+        (BatchedMLPs(E, F, [8, 4], dropout=0.5), False, torch.float32),
+    ):
+        x = torch.randn(B, F, requires_grad=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = block(x)
+        assert out.dtype == dtype
+        out.float().square().sum().backward()
+        assert x.grad is not None and all(p.grad is not None for p in block.parameters())
+
+
+def test_rank_module_leaves_cpu_batches_in_place_and_moves_others() -> None:
+    from recolab.models.rank.mmoe import MMoE
+    from recolab.pipelines.rank import RankModule
+
+    module = RankModule(MMoE(SCHEMA, num_experts=2, expert_dims=[8], tower_dims=[4]), SCHEMA)
+    batch = {"features": tiny_batch(batch=4), "labels": {"click": torch.zeros(4)}}
+    assert module.transfer_batch_to_device(batch, torch.device("cpu"), 0) is batch
+    moved = module.transfer_batch_to_device(batch, torch.device("meta"), 0)
+    assert moved["features"]["user_id"].device.type == "meta"
+    assert moved["labels"]["click"].device.type == "meta"
+
+
+def test_batched_mlps_with_frozen_layers_give_gradients_only_where_asked() -> None:
+    torch.manual_seed(0)
+    block = BatchedMLPs(E, F, [8, 4], out_dim=2)
+    stacks = reference(block)
+    block.weights[1].requires_grad_(False)
+    block.biases[0].requires_grad_(False)
+    x = torch.randn(B, F, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_()
+    (block(x) ** 2).sum().backward()
+    (torch.stack([s(x_ref) for s in stacks]) ** 2).sum().backward()
+    assert block.weights[1].grad is None and block.biases[0].grad is None
+    torch.testing.assert_close(x.grad, x_ref.grad)
+    torch.testing.assert_close(block.weights[0].grad[1], stacks[1][0].weight.grad.t())

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from recolab.data.schema import Schema
-from recolab.models.blocks import MLP, BatchedMLPs, FeatureEmbedding
+from recolab.models.blocks import MLP, BatchedMLPs, FeatureEmbedding, softmax_last
 
 
 class LevelGates(NamedTuple):
@@ -85,12 +85,12 @@ class ExtractionLayer(nn.Module):
         specific = {t: [e(task_inputs[t])] for t, e in self.task_experts.items()}  # (E_task, B, H)
         outputs, gates = {}, {}
         for t in self.tasks:
-            gate = self.task_gates[t](task_inputs[t]).softmax(-1)  # (B, E_task + E_shared)
+            gate = softmax_last(self.task_gates[t](task_inputs[t]))  # (B, E_task + E_shared)
             outputs[t] = mix(gate, [*specific.get(t, []), *shared])  # (B, H)
             gates[t] = gate
         if self.shared_gate is None:
             return outputs, None, LevelGates(gates, None)
-        shared_gate = self.shared_gate(shared_input).softmax(-1)  # (B, T*E_task + E_shared)
+        shared_gate = softmax_last(self.shared_gate(shared_input))  # (B, T*E_task + E_shared)
         every = [g for t in self.tasks for g in specific.get(t, [])] + shared
         return outputs, mix(shared_gate, every), LevelGates(gates, shared_gate)
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from recolab.data.schema import Schema
-from recolab.models.blocks import MLP, BatchedMLPs, FeatureEmbedding
+from recolab.models.blocks import MLP, BatchedMLPs, FeatureEmbedding, softmax_last
 
 
 class MMoE(nn.Module):
@@ -63,7 +63,7 @@ class MMoE(nn.Module):
         weight = torch.cat([self.gates[t].weight for t in self.tasks])  # (T * E, F)
         bias = torch.cat([self.gates[t].bias for t in self.tasks])  # (T * E,)
         logits = torch.addmm(bias, x, weight.t())  # (B, T * E)
-        return logits.view(len(x), len(self.tasks), -1).softmax(-1)  # (B, T, E)
+        return softmax_last(logits.view(len(x), len(self.tasks), -1))  # (B, T, E)
 
     def forward(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x = self.embed(features)  # (B, F)
