@@ -172,7 +172,10 @@ def scenario(
     epochs: int,
     eval_rows: int | None,
     threads: int,
+    seed: int | None = None,
 ) -> dict:
+    if seed is not None:
+        overrides = [*overrides, f"seed={seed}"]
     cfg = compose(overrides)
     limits = [f"trainer.max_epochs={epochs}"]
     if steps:
@@ -194,6 +197,35 @@ def scenario(
         "recolab": ours,
         "rechub": theirs,
     }
+
+
+def seeds_section(by_seed: dict[str, list[dict]]) -> str:
+    """AUCs (mean +- standard deviation) and CPU-time ratios over training seeds, both sides."""
+    rows = [
+        "| data | seeds | task | recolab AUC | torch-rechub AUC | recolab - torch-rechub (paired) "
+        "| ratio (CPU time): median [min, max] |",
+        "|---|---:|---|---|---|---|---|",
+    ]
+    for name, runs in by_seed.items():
+        ratios = sorted(
+            samples_per_cpu_sec(r["recolab"]) / samples_per_cpu_sec(r["rechub"]) for r in runs
+        )
+        spread = f"{np.median(ratios):.2f}x [{ratios[0]:.2f}x, {ratios[-1]:.2f}x]"
+        for task in [t["name"] for t in runs[0]["spec"]["tasks"] if t["kind"] == "binary"]:
+            ours = np.array([r["recolab"]["metrics"][f"test/auc/{task}"] for r in runs])
+            theirs = np.array([r["rechub"]["metrics"][f"test/auc/{task}"] for r in runs])
+            rows.append(
+                f"| {name} | {len(runs)} | {task} | {ours.mean():.4f} +- {ours.std(ddof=1):.4f} "
+                f"| {theirs.mean():.4f} +- {theirs.std(ddof=1):.4f} "
+                f"| {(ours - theirs).mean():+.4f} +- {(ours - theirs).std(ddof=1):.4f} | {spread} |"
+            )
+            spread = ""
+    return (
+        "\nOver training seeds (`seed=` for recolab, `torch.manual_seed` for torch-rechub: "
+        "initialization and batch order; the same data), each seed a full run of both sides:\n\n"
+        + "\n".join(rows)
+        + "\n"
+    )
 
 
 def ceiling_table(results: list[dict], limit: float) -> str:
@@ -254,33 +286,44 @@ def main() -> None:
         "--eval-rows", type=int, default=100_000, help="test rows scored on the synthetic world"
     )
     ap.add_argument("--skip-census", action="store_true")
+    ap.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="also train both sides with seeds 1..N-1 and add a table of AUCs and ratios over seeds",
+    )
+    ap.add_argument("--out", default="vs_rechub", help="experiments/bench/<out>.md")
     args = ap.parse_args()
     version = ensure_env()
     limit = mm_limit(args.threads)
 
-    results = []
-    for n in args.sizes:
-        results.append(
-            scenario(
-                f"synthetic world, {n:,} impressions",
-                ["+exp=mmoe", f"data.num_impressions={n}"],
-                steps=args.steps,
-                epochs=1,
-                eval_rows=args.eval_rows,
-                threads=args.threads,
-            )
+    plans = [
+        (
+            f"synthetic world, {n:,} impressions",
+            ["+exp=mmoe", f"data.num_impressions={n}"],
+            dict(steps=args.steps, epochs=1, eval_rows=args.eval_rows),
         )
+        for n in args.sizes
+    ]
     if not args.skip_census:
-        results.append(
-            scenario(
+        plans.append(
+            (
                 "Census-Income (KDD), `+exp=mmoe_census_bench`",
                 ["+exp=mmoe_census_bench"],
-                steps=None,
-                epochs=3,
-                eval_rows=None,
-                threads=args.threads,
+                dict(steps=None, epochs=3, eval_rows=None),
             )
         )
+    results = [
+        scenario(name, overrides, threads=args.threads, **kw) for name, overrides, kw in plans
+    ]
+    by_seed = {
+        r["name"]: [r]
+        + [
+            scenario(name, overrides, threads=args.threads, seed=seed, **kw)
+            for seed in range(1, args.seeds)
+        ]
+        for r, (name, overrides, kw) in zip(results, plans)
+    }
 
     configs = []
     for r in results:
@@ -315,7 +358,7 @@ most that any implementation of these products could train over torch-rechub's r
 ratio above it would need the step to beat the matrix-multiply limit.
 
 {ceiling_table(results, limit)}
-
+{seeds_section(by_seed) if args.seeds > 1 else ""}
 Ratios: recolab's training samples per second over torch-rechub's, both measured in this run with
 {args.threads} torch thread(s) per process and no loader workers; {load_note()}. On this shared
 machine a process waits for a core part of the time, differently from run to run, so the
@@ -336,7 +379,7 @@ which bounds its training speed from above: that is where the ratio comes from.
 Configs:
 {chr(10).join(configs)}
 """
-    write("vs_rechub", "MMoE training throughput: recolab against torch-rechub", body)
+    write(args.out, "MMoE training throughput: recolab against torch-rechub", body)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ no-op (returning False) where the C library is not glibc.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import sys
 
@@ -36,11 +35,10 @@ def tune_malloc(mmap_threshold: int = MMAP_THRESHOLD, trim_threshold: int = TRIM
     free bytes at its top. Returns whether glibc accepted both settings."""
     if not sys.platform.startswith("linux"):
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    except OSError:
-        libc = None
-    if libc is None or not hasattr(libc, "gnu_get_libc_version"):  # only glibc has it
+    # The symbols already loaded into this process (no `ctypes.util.find_library`, which would
+    # start a subprocess: a fork of a process that may already hold gigabytes).
+    libc = ctypes.CDLL(None)
+    if not hasattr(libc, "gnu_get_libc_version"):  # only glibc has it
         log.info("malloc tuning skipped: the C library is not glibc")
         return False
     mallopt = libc.mallopt

@@ -14,10 +14,12 @@ glibc = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's
 # initial 128 KiB threshold), far from the heap; tuned (threshold 32 MiB), it carves it from
 # the heap, where freed blocks stay for the next step.
 IN_HEAP = """
-import ctypes, sys, torch
+import ctypes, resource, sys, torch
 from recolab.allocator import tune_malloc
 if sys.argv[1] == "tuned":
     assert tune_malloc()
+    # no child process either (a fork of a large training process would count in its memory)
+    assert resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss == 0
 libc = ctypes.CDLL("libc.so.6")
 libc.sbrk.restype = ctypes.c_void_p
 block = torch.ones(4 * 2**20)
