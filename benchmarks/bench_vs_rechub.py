@@ -293,6 +293,12 @@ def main() -> None:
         help="also train both sides with seeds 1..N-1 and add a table of AUCs and ratios over seeds",
     )
     ap.add_argument("--out", default="vs_rechub", help="experiments/bench/<out>.md")
+    ap.add_argument(
+        "--extra",
+        nargs="*",
+        default=[],
+        help="overrides added to recolab's side, e.g. model.batch_norm=true",
+    )
     args = ap.parse_args()
     version = ensure_env()
     limit = mm_limit(args.threads)
@@ -300,7 +306,7 @@ def main() -> None:
     plans = [
         (
             f"synthetic world, {n:,} impressions",
-            ["+exp=mmoe", f"data.num_impressions={n}"],
+            ["+exp=mmoe", f"data.num_impressions={n}", *args.extra],
             dict(steps=args.steps, epochs=1, eval_rows=args.eval_rows),
         )
         for n in args.sizes
@@ -309,7 +315,7 @@ def main() -> None:
         plans.append(
             (
                 "Census-Income (KDD), `+exp=mmoe_census_bench`",
-                ["+exp=mmoe_census_bench"],
+                ["+exp=mmoe_census_bench", *args.extra],
                 dict(steps=None, epochs=3, eval_rows=None),
             )
         )

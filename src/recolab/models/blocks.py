@@ -69,12 +69,17 @@ class BatchedMLPs(nn.Module):
     initializes itself, drawing in the same order as E separate `MLP`s built one after another,
     so under the same seed the weights equal theirs (`expert(e)` gives MLP e back as an `MLP`).
 
+    With `batch_norm`, each hidden layer is Linear -> BatchNorm1d -> ReLU (-> Dropout), as in
+    torch-rechub's MLPs (Ioffe and Szegedy, ICML 2015): one `nn.BatchNorm1d` over the E MLPs'
+    units of a layer, so each MLP's units keep their own statistics and affine parameters.
+
     Args:
         num: E, the number of MLPs (>= 1).
         in_dim: input width.
         dims: hidden widths, in order (Linear -> ReLU (-> Dropout) each).
         dropout: dropout after each hidden activation.
         out_dim: a final linear layer's width (no activation), or None.
+        batch_norm: batch normalization between each hidden layer's Linear and its ReLU.
     """
 
     def __init__(
@@ -85,6 +90,7 @@ class BatchedMLPs(nn.Module):
         *,
         dropout: float = 0.0,
         out_dim: int | None = None,
+        batch_norm: bool = False,
     ) -> None:
         super().__init__()
         if num < 1:
@@ -101,6 +107,7 @@ class BatchedMLPs(nn.Module):
             [nn.Parameter(torch.empty(num, d_out)) for _, d_out in self._layers()]
         )
         self.dropout = nn.Dropout(dropout) if dropout > 0 else None
+        self.norms = nn.ModuleList([nn.BatchNorm1d(num * h) for h in dims]) if batch_norm else None
         self.output_dim = self.dims[-1]
         self.reset_parameters()
 
@@ -151,6 +158,7 @@ class BatchedMLPs(nn.Module):
         """
         if not (
             (self.dropout is not None and self.training)
+            or self.norms is not None
             or torch.is_autocast_enabled(x.device.type)
             or torch.compiler.is_compiling()
         ):
@@ -161,13 +169,20 @@ class BatchedMLPs(nn.Module):
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
             h = torch.baddbmm(b.unsqueeze(1), h, w)  # (E, B, d_out)
             if i < self.hidden:
+                if self.norms is not None:  # over (B, E * d_out): each MLP's units apart
+                    num, rows, width = h.shape
+                    flat = h.transpose(0, 1).reshape(rows, num * width)
+                    h = self.norms[i](flat).view(rows, num, width).transpose(0, 1)
                 h = h.relu_()
                 if self.dropout is not None:
                     h = self.dropout(h)
         return h
 
     def expert(self, e: int) -> MLP:
-        """MLP e as a standalone `MLP`, holding a copy of its weights (for inspection and tests)."""
+        """MLP e as a standalone `MLP`, holding a copy of its weights (for inspection and tests);
+        without batch normalization, which an `MLP` does not have."""
+        if self.norms is not None:
+            raise ValueError("expert(e) has no batch normalization to copy into; batch_norm is on")
         hidden, out = self.dims[1 : self.hidden + 1], self.dims[self.hidden + 1 :]
         mlp = MLP(
             self.dims[0],
@@ -183,7 +198,9 @@ class BatchedMLPs(nn.Module):
         return mlp
 
     def extra_repr(self) -> str:
-        return f"num={self.num}, dims={self.dims}, hidden={self.hidden}"
+        return f"num={self.num}, dims={self.dims}, hidden={self.hidden}" + (
+            ", batch_norm=True" if self.norms is not None else ""
+        )
 
 
 class _BatchedMLPsFunction(torch.autograd.Function):

@@ -185,3 +185,66 @@ def test_batched_mlps_with_frozen_layers_give_gradients_only_where_asked() -> No
     assert block.weights[1].grad is None and block.biases[0].grad is None
     torch.testing.assert_close(x.grad, x_ref.grad)
     torch.testing.assert_close(block.weights[0].grad[1], stacks[1][0].weight.grad.t())
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_batched_mlps_with_batch_norm_match_linear_batchnorm_relu_stacks(shared):
+    torch.manual_seed(0)
+    dims = [8, 4]
+    block = BatchedMLPs(E, F, dims, out_dim=2, batch_norm=True)
+    with torch.no_grad():  # affine parameters other than the 1 / 0 they start at
+        for norm in block.norms:
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.uniform_(-0.5, 0.5)
+    stacks = []
+    for e in range(E):
+        layers: list[nn.Module] = []
+        for i, (w, b) in enumerate(zip(block.weights, block.biases)):
+            linear = nn.Linear(w.shape[1], w.shape[2])
+            with torch.no_grad():
+                linear.weight.copy_(w[e].t())
+                linear.bias.copy_(b[e])
+            layers.append(linear)
+            if i < block.hidden:
+                h = dims[i]
+                norm = nn.BatchNorm1d(h)
+                with torch.no_grad():
+                    norm.weight.copy_(block.norms[i].weight[e * h : (e + 1) * h])
+                    norm.bias.copy_(block.norms[i].bias[e * h : (e + 1) * h])
+                layers += [norm, nn.ReLU()]
+        stacks.append(nn.Sequential(*layers))
+    x = torch.randn(16, F) if shared else torch.randn(E, 16, F)
+    x_block, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
+
+    out = block(x_block)  # training mode: batch statistics
+    expected = torch.stack([s(xi) for s, xi in zip(stacks, [x_ref] * E if shared else x_ref)])
+    torch.testing.assert_close(out, expected)
+    weights = torch.randn_like(out)
+    (out * weights).sum().backward()
+    (expected * weights).sum().backward()
+    torch.testing.assert_close(x_block.grad, x_ref.grad)
+    for e, stack in enumerate(stacks):
+        linears = [m for m in stack if isinstance(m, nn.Linear)]
+        norms = [m for m in stack if isinstance(m, nn.BatchNorm1d)]
+        for w, linear in zip(block.weights, linears):
+            torch.testing.assert_close(w.grad[e], linear.weight.grad.t())
+        for i, norm in enumerate(norms):
+            h = dims[i]
+            torch.testing.assert_close(
+                block.norms[i].weight.grad[e * h : (e + 1) * h], norm.weight.grad
+            )
+            torch.testing.assert_close(
+                block.norms[i].running_mean[e * h : (e + 1) * h], norm.running_mean
+            )
+            torch.testing.assert_close(
+                block.norms[i].running_var[e * h : (e + 1) * h], norm.running_var
+            )
+
+    block.eval()  # running statistics
+    for s in stacks:
+        s.eval()
+    with torch.no_grad():
+        expected = torch.stack([s(xi) for s, xi in zip(stacks, [x] * E if shared else x)])
+        torch.testing.assert_close(block(x), expected)
+    with pytest.raises(ValueError, match="batch_norm"):
+        block.expert(0)

@@ -30,6 +30,9 @@ class MMoE(nn.Module):
     dropout: dropout after hidden layers.
     sparse_embeddings: sparse gradients for the id tables (only the rows a batch touched; pays off
         with tables of millions of ids, experiments/bench/speed.md); needs `module.optimizer=adagrad`.
+    batch_norm: BatchNorm1d between each expert layer and its ReLU, as torch-rechub's experts
+        have (`BatchedMLPs`); off by default (the experts then run as one faster autograd
+        Function). experiments/bench/vs_rechub_bn.md measures both AUC and speed with it.
     """
 
     def __init__(
@@ -42,6 +45,7 @@ class MMoE(nn.Module):
         tower_dims: list[int] = (32,),
         dropout: float = 0.0,
         sparse_embeddings: bool = False,
+        batch_norm: bool = False,
     ) -> None:
         super().__init__()
         if num_experts < 1:
@@ -52,7 +56,9 @@ class MMoE(nn.Module):
         self.embed = FeatureEmbedding(schema, embedding_dim=embedding_dim, sparse=sparse_embeddings)
         d_in = self.embed.output_dim
         # The E experts as one block (each is an MLP(d_in, expert_dims); `experts.expert(e)`).
-        self.experts = BatchedMLPs(num_experts, d_in, expert_dims, dropout=dropout)
+        self.experts = BatchedMLPs(
+            num_experts, d_in, expert_dims, dropout=dropout, batch_norm=batch_norm
+        )
         self.gates = nn.ModuleDict({t: nn.Linear(d_in, num_experts) for t in self.tasks})
         self.towers = nn.ModuleDict(
             {t: MLP(expert_dims[-1], tower_dims, dropout=dropout, out_dim=1) for t in self.tasks}

@@ -18,6 +18,14 @@ def test_mmoe():
     )
 
 
+def test_mmoe_with_batch_norm_in_the_experts():
+    check_model(
+        lambda s: MMoE(
+            s, embedding_dim=8, num_experts=3, expert_dims=[16, 8], tower_dims=[4], batch_norm=True
+        )
+    )
+
+
 def test_mmoe_gates_are_per_task_softmax():
     model = MMoE(SCHEMA, embedding_dim=8, num_experts=3, expert_dims=[8])
     gates = model.gate_weights(tiny_batch())
