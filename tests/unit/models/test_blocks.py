@@ -14,7 +14,8 @@ E, B, F = 3, 5, 7
 
 
 def reference(block: BatchedMLPs) -> list[nn.Sequential]:
-    """E plain Linear -> ReLU stacks (no ReLU after an `out_dim` layer) with the block's weights copied in."""
+    """E plain Linear (-> BatchNorm1d) -> ReLU stacks (no ReLU after an `out_dim` layer) with the
+    block's weights and normalization parameters copied in."""
     stacks = []
     for e in range(E):
         layers: list[nn.Module] = []
@@ -25,6 +26,13 @@ def reference(block: BatchedMLPs) -> list[nn.Sequential]:
                 linear.bias.copy_(b[e])
             layers.append(linear)
             if i < block.hidden:
+                if block.norms is not None:
+                    h = w.shape[2]
+                    norm = nn.BatchNorm1d(h)
+                    with torch.no_grad():
+                        norm.weight.copy_(block.norms[i].weight[e * h : (e + 1) * h])
+                        norm.bias.copy_(block.norms[i].bias[e * h : (e + 1) * h])
+                    layers.append(norm)
                 layers.append(nn.ReLU())
         stacks.append(nn.Sequential(*layers))
     return stacks
@@ -196,23 +204,7 @@ def test_batched_mlps_with_batch_norm_match_linear_batchnorm_relu_stacks(shared)
         for norm in block.norms:
             norm.weight.uniform_(0.5, 1.5)
             norm.bias.uniform_(-0.5, 0.5)
-    stacks = []
-    for e in range(E):
-        layers: list[nn.Module] = []
-        for i, (w, b) in enumerate(zip(block.weights, block.biases)):
-            linear = nn.Linear(w.shape[1], w.shape[2])
-            with torch.no_grad():
-                linear.weight.copy_(w[e].t())
-                linear.bias.copy_(b[e])
-            layers.append(linear)
-            if i < block.hidden:
-                h = dims[i]
-                norm = nn.BatchNorm1d(h)
-                with torch.no_grad():
-                    norm.weight.copy_(block.norms[i].weight[e * h : (e + 1) * h])
-                    norm.bias.copy_(block.norms[i].bias[e * h : (e + 1) * h])
-                layers += [norm, nn.ReLU()]
-        stacks.append(nn.Sequential(*layers))
+    stacks = reference(block)
     x = torch.randn(16, F) if shared else torch.randn(E, 16, F)
     x_block, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
 
