@@ -28,6 +28,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,6 +93,15 @@ def train_with(*overrides: str, name: str = "c") -> Callable[[], object]:
 # -- config -----------------------------------------------------------------------------------
 
 
+def one_row_batch() -> object:
+    """`+exp=mmoe` (input batch normalization on) with data.batch_size = training rows - 1."""
+    data = instantiate(cfg_for(["+exp=mmoe", *TINY], "c").data)
+    data.prepare_data()
+    data.setup("fit")
+    rows = len(data.data["train"]["labels"]["click"])
+    return train_with(f"data.batch_size={rows - 1}")()
+
+
 def config_cases() -> None:
     for what, overrides in [
         ("a wrong type: `model.num_experts=abc`", ["model.num_experts=abc"]),
@@ -114,6 +124,11 @@ def config_cases() -> None:
         ("an optimized metric for a task that does not exist", ["+optimized_metric=val/auc/clik"]),
     ]:
         case("config", what, train_with(*overrides))
+    case(
+        "config",
+        "a batch size that leaves a training batch of one row, with batch normalization on",
+        one_row_batch,
+    )
     case(
         "config",
         "a required key left unset: `data=parquet` without `data.path`",

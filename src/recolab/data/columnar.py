@@ -114,6 +114,11 @@ class ColumnarBatches(Dataset):
     def __len__(self) -> int:
         return (len(self.rows) + self.batch_size - 1) // self.batch_size
 
+    @property
+    def smallest_batch(self) -> int:
+        """Rows in this shard's smallest batch (the last one, unless the shard divides evenly)."""
+        return len(self.rows) - (len(self) - 1) * self.batch_size if len(self.rows) else 0
+
     def __getitem__(self, i: int) -> Columns:
         idx = self.rows[i * self.batch_size : (i + 1) * self.batch_size]  # (B,)
         return {

@@ -272,7 +272,11 @@ class FeatureEmbedding(nn.Module):
 
     Sparse ids -> an embedding each; sequences -> the masked mean of their ids' embeddings (a
     sequence with `vocab_of` shares that feature's table, e.g. a history of item ids); dense
-    values pass through (the data module standardized them).
+    values pass through (the data module standardized them). With `batch_norm`, the
+    concatenated vector then goes through one `nn.BatchNorm1d` (Ioffe and Szegedy, ICML 2015):
+    each of its columns normalized over the batch (running statistics in evaluation), so the
+    embeddings, which start small, and the standardized dense values enter the first layer at
+    one scale.
 
     Args:
         schema: the features to read; anything else in the batch is ignored.
@@ -281,9 +285,18 @@ class FeatureEmbedding(nn.Module):
             optimizer that takes them (`module.optimizer=adagrad`). Dense by default: as fast with
             tables of tens of thousands of ids; sparse pays off with tables of millions, where a
             batch touches few rows (experiments/bench/speed.md).
+        batch_norm: batch normalization of the concatenated features (`norm`); a training batch
+            then needs more than one row.
     """
 
-    def __init__(self, schema: Schema, *, embedding_dim: int = 16, sparse: bool = False) -> None:
+    def __init__(
+        self,
+        schema: Schema,
+        *,
+        embedding_dim: int = 16,
+        sparse: bool = False,
+        batch_norm: bool = False,
+    ) -> None:
         super().__init__()
         if embedding_dim < 1:
             raise ValueError(f"embedding_dim must be >= 1, got {embedding_dim}")
@@ -304,6 +317,7 @@ class FeatureEmbedding(nn.Module):
         self.output_dim = embedding_dim * (len(schema.sparse) + len(schema.sequences)) + len(
             schema.dense
         )
+        self.norm = nn.BatchNorm1d(self.output_dim) if batch_norm else None
 
     @staticmethod
     def _lookup(table: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
@@ -341,4 +355,5 @@ class FeatureEmbedding(nn.Module):
             parts.append(
                 torch.stack([features[f.name] for f in self.schema.dense], dim=1)
             )  # (B, F_dense)
-        return torch.cat(parts, dim=1)  # (B, output_dim)
+        x = torch.cat(parts, dim=1)  # (B, output_dim)
+        return x if self.norm is None else self.norm(x)

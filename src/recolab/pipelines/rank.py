@@ -333,6 +333,20 @@ class RankModule(pl.LightningModule):
         connector = getattr(self._trainer, "_logger_connector", None)
         return connector is None or bool(connector.should_update_logs)
 
+    def on_train_start(self) -> None:
+        """Before the first step: a model with batch normalization cannot train on a batch of one
+        row (torch fails there, mid-epoch); say so now, with the sizes that make that batch."""
+        if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules()):
+            return
+        dataset = getattr(self.trainer.train_dataloader, "dataset", None)
+        if getattr(dataset, "smallest_batch", None) == 1:
+            raise ValueError(
+                f"the training split ({len(dataset.rows)} rows on this process) ends in a batch of "
+                f"one row at data.batch_size={dataset.batch_size}, and the model's batch "
+                "normalization (model.input_batch_norm / model.batch_norm) needs at least two: "
+                "choose another data.batch_size"
+            )
+
     def on_train_epoch_start(self) -> None:
         # Reshuffle the columnar batches (they are not driven by a sampler, see data.columnar).
         dataset = getattr(self.trainer.train_dataloader, "dataset", None)

@@ -67,3 +67,16 @@ def test_train_shards_are_disjoint_and_equal(n, world):
     sets = [set(s.rows.tolist()) for s in shards]
     assert len({len(s) for s in sets}) == 1 and len({len(s) for s in shards}) == 1
     assert sum(len(s) for s in sets) == len(set().union(*sets)) == (n // world) * world
+
+
+@pytest.mark.parametrize(
+    "n,batch,world,shuffle",
+    [(10, 4, 1, True), (8, 4, 1, False), (9, 4, 1, True), (11, 3, 2, True), (0, 4, 1, False)],
+)
+def test_smallest_batch_is_the_rows_of_the_shortest_batch(n, batch, world, shuffle):
+    for rank in range(world):
+        ds = ColumnarBatches(
+            _columns(n), batch_size=batch, shuffle=shuffle, rank=rank, world_size=world
+        )
+        sizes = [len(ds[i]["features"]["x"]) for i in range(len(ds))]
+        assert ds.smallest_batch == (min(sizes) if sizes else 0)

@@ -113,6 +113,8 @@ class PLE(nn.Module):
     dropout: dropout after hidden layers.
     sparse_embeddings: sparse gradients for the id tables (only the rows a batch touched; pays off
         with tables of millions of ids, experiments/bench/speed.md); needs `module.optimizer=adagrad`.
+    input_batch_norm: BatchNorm1d over the concatenated input features (`FeatureEmbedding`'s
+        `batch_norm`); on in the synthetic-world experiments (experiments/bench/vs_rechub.md).
     """
 
     def __init__(
@@ -127,6 +129,7 @@ class PLE(nn.Module):
         tower_dims: list[int] = (32,),
         dropout: float = 0.0,
         sparse_embeddings: bool = False,
+        input_batch_norm: bool = False,
     ) -> None:
         super().__init__()
         if num_levels < 1:
@@ -148,7 +151,12 @@ class PLE(nn.Module):
         if not expert_dims:
             raise ValueError("expert_dims must name at least one layer")
         self.tasks = schema.task_names
-        self.embed = FeatureEmbedding(schema, embedding_dim=embedding_dim, sparse=sparse_embeddings)
+        self.embed = FeatureEmbedding(
+            schema,
+            embedding_dim=embedding_dim,
+            sparse=sparse_embeddings,
+            batch_norm=input_batch_norm,
+        )
         dims = [self.embed.output_dim] + [expert_dims[-1]] * (num_levels - 1)
         self.levels = nn.ModuleList(
             [
@@ -204,6 +212,7 @@ class CGC(PLE):
         tower_dims: list[int] = (32,),
         dropout: float = 0.0,
         sparse_embeddings: bool = False,
+        input_batch_norm: bool = False,
     ) -> None:
         super().__init__(
             schema,
@@ -215,4 +224,5 @@ class CGC(PLE):
             tower_dims=tower_dims,
             dropout=dropout,
             sparse_embeddings=sparse_embeddings,
+            input_batch_norm=input_batch_norm,
         )

@@ -30,6 +30,8 @@ class MMoE(nn.Module):
     dropout: dropout after hidden layers.
     sparse_embeddings: sparse gradients for the id tables (only the rows a batch touched; pays off
         with tables of millions of ids, experiments/bench/speed.md); needs `module.optimizer=adagrad`.
+    input_batch_norm: BatchNorm1d over the concatenated input features (`FeatureEmbedding`'s
+        `batch_norm`); on in the synthetic-world experiments (experiments/bench/vs_rechub.md).
     batch_norm: BatchNorm1d between each expert layer and its ReLU, as torch-rechub's experts
         have (`BatchedMLPs`); off by default (the experts then run as one faster autograd
         Function). experiments/bench/vs_rechub_bn.md measures both AUC and speed with it.
@@ -45,6 +47,7 @@ class MMoE(nn.Module):
         tower_dims: list[int] = (32,),
         dropout: float = 0.0,
         sparse_embeddings: bool = False,
+        input_batch_norm: bool = False,
         batch_norm: bool = False,
     ) -> None:
         super().__init__()
@@ -53,7 +56,12 @@ class MMoE(nn.Module):
         if not expert_dims:
             raise ValueError("expert_dims must name at least one layer")
         self.tasks = schema.task_names
-        self.embed = FeatureEmbedding(schema, embedding_dim=embedding_dim, sparse=sparse_embeddings)
+        self.embed = FeatureEmbedding(
+            schema,
+            embedding_dim=embedding_dim,
+            sparse=sparse_embeddings,
+            batch_norm=input_batch_norm,
+        )
         d_in = self.embed.output_dim
         # The E experts as one block (each is an MLP(d_in, expert_dims); `experts.expert(e)`).
         self.experts = BatchedMLPs(

@@ -21,6 +21,8 @@ class SharedBottom(nn.Module):
     dropout: dropout after hidden layers.
     sparse_embeddings: sparse gradients for the id tables (only the rows a batch touched; pays off
         with tables of millions of ids, experiments/bench/speed.md); needs `module.optimizer=adagrad`.
+    input_batch_norm: BatchNorm1d over the concatenated input features (`FeatureEmbedding`'s
+        `batch_norm`); on in the synthetic-world experiments (experiments/bench/vs_rechub.md).
     """
 
     def __init__(
@@ -32,10 +34,16 @@ class SharedBottom(nn.Module):
         tower_dims: list[int] = (32,),
         dropout: float = 0.0,
         sparse_embeddings: bool = False,
+        input_batch_norm: bool = False,
     ) -> None:
         super().__init__()
         self.tasks = schema.task_names
-        self.embed = FeatureEmbedding(schema, embedding_dim=embedding_dim, sparse=sparse_embeddings)
+        self.embed = FeatureEmbedding(
+            schema,
+            embedding_dim=embedding_dim,
+            sparse=sparse_embeddings,
+            batch_norm=input_batch_norm,
+        )
         self.bottom = MLP(self.embed.output_dim, bottom_dims, dropout=dropout)
         self.towers = nn.ModuleDict(
             {

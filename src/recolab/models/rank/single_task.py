@@ -28,6 +28,8 @@ class SingleTask(nn.Module):
     dropout: dropout after hidden layers.
     sparse_embeddings: sparse gradients for the id tables (only the rows a batch touched; pays off
         with tables of millions of ids, experiments/bench/speed.md); needs `module.optimizer=adagrad`.
+    input_batch_norm: BatchNorm1d over the concatenated input features (`FeatureEmbedding`'s
+        `batch_norm`); on in the synthetic-world experiments (experiments/bench/vs_rechub.md).
     """
 
     def __init__(
@@ -38,12 +40,18 @@ class SingleTask(nn.Module):
         hidden_dims: list[int] = (128, 64, 32),
         dropout: float = 0.0,
         sparse_embeddings: bool = False,
+        input_batch_norm: bool = False,
     ) -> None:
         super().__init__()
         self.tasks = schema.task_names
         self.embeds = nn.ModuleDict(
             {
-                t: FeatureEmbedding(schema, embedding_dim=embedding_dim, sparse=sparse_embeddings)
+                t: FeatureEmbedding(
+                    schema,
+                    embedding_dim=embedding_dim,
+                    sparse=sparse_embeddings,
+                    batch_norm=input_batch_norm,
+                )
                 for t in self.tasks
             }
         )
