@@ -115,6 +115,11 @@ class ColumnarBatches(Dataset):
         return (len(self.rows) + self.batch_size - 1) // self.batch_size
 
     @property
+    def shard_rows(self) -> int:
+        """Rows this rank trains on in an epoch."""
+        return len(self.rows)
+
+    @property
     def smallest_batch(self) -> int:
         """Rows in this shard's smallest batch (the last one, unless the shard divides evenly)."""
         return len(self.rows) - (len(self) - 1) * self.batch_size if len(self.rows) else 0

@@ -159,6 +159,23 @@ class StreamingBatches(IterableDataset):
     def __len__(self) -> int:
         return self.shard.num_batches()
 
+    @property
+    def batch_size(self) -> int:
+        return self.shard.batch_size
+
+    @property
+    def shard_rows(self) -> int:
+        """Rows this rank reads in an epoch (all its loader workers together)."""
+        lo, hi = self.shard.rank_range()
+        return hi - lo
+
+    @property
+    def smallest_batch(self) -> int:
+        """Rows in this rank's smallest batch: every batch is whole but the last loader worker's
+        last one, which holds the remainder (`Shard.pieces`)."""
+        rest = self.shard_rows % self.batch_size
+        return rest or min(self.shard_rows, self.batch_size)
+
     def __iter__(self) -> Iterator[Columns]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)

@@ -341,7 +341,7 @@ class RankModule(pl.LightningModule):
         dataset = getattr(self.trainer.train_dataloader, "dataset", None)
         if getattr(dataset, "smallest_batch", None) == 1:
             raise ValueError(
-                f"the training split ({len(dataset.rows)} rows on this process) ends in a batch of "
+                f"the training split ({dataset.shard_rows} rows on this process) ends in a batch of "
                 f"one row at data.batch_size={dataset.batch_size}, and the model's batch "
                 "normalization (model.input_batch_norm / model.batch_norm) needs at least two: "
                 "choose another data.batch_size"

@@ -139,6 +139,21 @@ def test_evaluation_rows_exactly_once_in_file_order_per_rank(tmp_path, world):
         assert seen == ids[split].tolist()
 
 
+@pytest.mark.parametrize(
+    "batch,world,workers", [(4, 1, 2), (4, 2, 2), (8, 1, 0), (8, 3, 2), (5, 2, 0), (64, 1, 2)]
+)
+def test_smallest_batch_is_the_rows_of_the_shortest_batch(tmp_path, batch, world, workers):
+    _write(tmp_path)  # 65 training rows
+    for rank in range(world):
+        dm = _module(tmp_path, batch_size=batch, num_workers=workers)
+        dm.setup()
+        _attach(dm, rank, world)
+        loader = dm.train_dataloader()
+        sizes = [len(b) for b in _read(loader)]
+        assert loader.dataset.shard_rows == sum(sizes) == 65 // world
+        assert loader.dataset.smallest_batch == min(sizes)
+
+
 def test_shard_cuts_whole_batches_per_worker():
     groups = tuple(RowGroup("f", i, r) for i, r in enumerate([7, 13, 5, 11]))  # 36 rows
     shard = Shard(groups, batch_size=4, train=True, seed=0, rank=1, world_size=2)  # rows 18..35

@@ -81,13 +81,22 @@ def test_every_ranker_takes_input_batch_norm(name: str) -> None:
     assert any(not torch.allclose(plain(moved)[k], v) for k, v in plain(batch).items())
 
 
-def test_a_one_row_training_batch_is_refused_before_the_first_step(tmp_path: Path) -> None:
-    overrides = ["+exp=mmoe", *TINY_WORLD, "trainer.max_epochs=1", "experiment_name=bn"]
+@pytest.mark.parametrize("data", ["synthetic_video", "synthetic_video_streaming"])
+def test_a_one_row_training_batch_is_refused_before_the_first_step(
+    tmp_path: Path, data: str
+) -> None:
+    overrides = [
+        "+exp=mmoe",
+        f"data={data}",
+        *TINY_WORLD,
+        "trainer.max_epochs=1",
+        "experiment_name=bn",
+    ]
     cfg = compose_train(tmp_path, overrides)
     assert cfg.model.input_batch_norm  # the synthetic-world experiment normalizes its inputs
-    data = instantiate(cfg.data)
-    data.prepare_data(), data.setup("fit")
-    rows = len(data.data["train"]["labels"]["click"])
+    dm = instantiate(cfg.data)
+    dm.prepare_data(), dm.setup("fit")
+    rows = dm.train_dataloader().dataset.shard_rows
     cfg = compose_train(tmp_path, [*overrides, f"data.batch_size={rows - 1}"])
     with pytest.raises(
         ValueError, match=rf"{rows} rows .* batch of one row at data.batch_size={rows - 1}"
