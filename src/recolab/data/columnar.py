@@ -99,30 +99,49 @@ class ColumnarBatches(Dataset):
         if len(lengths) != 1:
             raise ValueError(f"columns have different lengths: {sorted(lengths)}")
         self.num_rows = lengths.pop()
-        self.set_epoch(0)
+        self.epoch = 0
+        self._rows: torch.Tensor | None = None
 
     def set_epoch(self, epoch: int) -> None:
-        n, w = self.num_rows, self.world_size
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed + epoch)
-            order = torch.randperm(n, generator=g)
-            # Equal shard sizes so every rank takes the same number of optimizer steps.
-            self.rows = order[self.rank : (n // w) * w : w]
-        else:
-            self.rows = torch.arange(self.rank, n, w)
+        """Read the rows in `epoch`'s order from now on.
+
+        The order is drawn when a batch first needs it, once per epoch: Lightning sets the epoch
+        through the loader's sampler and again through the training module (for data sets that
+        have no sampler), and a permutation of every row costs a quarter of a second at 8M rows.
+        """
+        if epoch != self.epoch:
+            self.epoch, self._rows = epoch, None
+
+    @property
+    def rows(self) -> torch.Tensor:
+        """This shard's row indices in the current epoch's order."""
+        if self._rows is None:
+            n, w = self.num_rows, self.world_size
+            if self.shuffle:
+                g = torch.Generator().manual_seed(self.seed + self.epoch)
+                order = torch.randperm(n, generator=g)
+                # Equal shard sizes so every rank takes the same number of optimizer steps.
+                self._rows = order[self.rank : (n // w) * w : w]
+            else:
+                self._rows = torch.arange(self.rank, n, w)
+        return self._rows
 
     def __len__(self) -> int:
-        return (len(self.rows) + self.batch_size - 1) // self.batch_size
+        return (self.shard_rows + self.batch_size - 1) // self.batch_size
 
     @property
     def shard_rows(self) -> int:
-        """Rows this rank trains on in an epoch."""
-        return len(self.rows)
+        """Rows this rank trains on in an epoch (known without drawing the order)."""
+        n, w = self.num_rows, self.world_size
+        if self.shuffle:
+            return n // w
+        return len(range(self.rank, n, w))
 
     @property
     def smallest_batch(self) -> int:
         """Rows in this shard's smallest batch (the last one, unless the shard divides evenly)."""
-        return len(self.rows) - (len(self) - 1) * self.batch_size if len(self.rows) else 0
+        rows = self.shard_rows
+        return rows - (len(self) - 1) * self.batch_size if rows else 0
 
     def __getitem__(self, i: int) -> Columns:
         idx = self.rows[i * self.batch_size : (i + 1) * self.batch_size]  # (B,)

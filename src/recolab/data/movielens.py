@@ -99,7 +99,8 @@ def read_ratings(path: Path) -> pa.Table:
     text_types = {c: pa.string() for c in RATING_COLUMNS}
     try:
         if path.suffix == ".csv":
-            header = path.open(encoding="utf-8", errors="replace").readline().strip().split(",")
+            with path.open(encoding="utf-8", errors="replace") as f:
+                header = f.readline().strip().split(",")
             missing = [c for c in RATING_COLUMNS if c not in header]
             if missing:
                 raise DataError(f"{path}: missing column(s) {missing}; the header has {header}")

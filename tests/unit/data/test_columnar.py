@@ -49,6 +49,33 @@ def test_epochs_reshuffle_deterministically():
     assert torch.equal(first, ds[0]["features"]["x"])
 
 
+def test_an_epochs_order_is_drawn_once_and_only_when_read(monkeypatch):
+    drawn = []
+    real = torch.randperm
+
+    def counted(*args, **kwargs):
+        drawn.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "randperm", counted)
+    ds = ColumnarBatches(_columns(50), batch_size=10, shuffle=True, seed=4)
+    # Lengths come from the row count: building the loader and asking its size draw nothing.
+    assert (len(ds), ds.shard_rows, ds.smallest_batch, drawn) == (5, 50, 10, [])
+    for _ in range(3):  # the sampler, then the training module, set the same epoch
+        ds.set_epoch(0)
+    batches = [ds[i]["features"]["x"] for i in range(len(ds))]
+    assert drawn == [50]
+    # The order is the seeded permutation of the epoch, as it was drawn eagerly before.
+    expected = real(50, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(torch.cat(batches), expected)
+    ds.set_epoch(1)
+    ds.set_epoch(1)
+    ds[0]
+    ds[1]
+    assert drawn == [50, 50]
+    assert torch.equal(ds.rows, real(50, generator=torch.Generator().manual_seed(5)))
+
+
 @pytest.mark.parametrize("n,world", [(10, 2), (11, 2), (23, 3)])
 def test_eval_shards_cover_every_row_once(n, world):
     rows = []
