@@ -76,6 +76,16 @@ def test_an_epochs_order_is_drawn_once_and_only_when_read(monkeypatch):
     assert torch.equal(ds.rows, real(50, generator=torch.Generator().manual_seed(5)))
 
 
+def test_the_order_is_drawn_in_32_bits_and_is_the_64_bit_permutation():
+    # 800,000 rows: the synthetic world's training split at 1M impressions. The 32-bit draw must
+    # give the seeded 64-bit permutation, row for row, or every trained figure would move.
+    ds = ColumnarBatches(_columns(800_000), batch_size=2048, shuffle=True, seed=7)
+    assert ds.rows.dtype == torch.int32
+    expected = torch.randperm(800_000, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(ds.rows.long(), expected)
+    assert torch.equal(ds[3]["features"]["x"], expected[3 * 2048 : 4 * 2048])
+
+
 @pytest.mark.parametrize("n,world", [(10, 2), (11, 2), (23, 3)])
 def test_eval_shards_cover_every_row_once(n, world):
     rows = []
