@@ -12,6 +12,7 @@ BENCHES = [
     ["bench_train.py"],
     ["bench_speed.py"],
     ["bench_flops.py"],
+    ["bench_headroom.py"],
     ["bench_ddp.py"],
     ["bench_memory.py"],
     ["bench_vs_rechub.py"],
