@@ -18,13 +18,12 @@ import argparse
 import time
 
 import torch
-from _common import ROOT, write
+from _common import write
 from _runs import load_note
-from bench_speed import DATA, DEFAULT, OPTIONS
+from bench_speed import DEFAULT, OPTIONS, world_batches
 
 from recolab.allocator import tune_malloc
 from recolab.data.schema import Schema
-from recolab.data.synthetic_video import SyntheticVideoDataModule
 from recolab.models.blocks import FeatureEmbedding
 from recolab.models.rank.mmoe import MMoE
 from recolab.pipelines.rank import RankModule
@@ -111,17 +110,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     tune_malloc()  # as `python -m recolab train` does by default
 
-    dm = SyntheticVideoDataModule(
-        cache_dir=str(ROOT / "data" / "synthetic"),
-        num_impressions=args.impressions,
-        batch_size=args.batch_size,
-        **DATA,
-    )
-    dm.prepare_data()
-    dm.setup()
-    dataset = dm.train_dataloader().dataset
-    batches = [dataset[i] for i in range(min(args.steps, len(dataset)))]
-    steps = {name: Step(dm.schema, batches, free) for name, free in VARIANTS.items()}
+    schema, batches = world_batches(args.impressions, args.batch_size, args.steps)
+    steps = {name: Step(schema, batches, free) for name, free in VARIANTS.items()}
     for s in steps.values():
         s.cpu_ms(3)  # warm-up
     best = dict.fromkeys(steps, float("inf"))

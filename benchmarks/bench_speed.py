@@ -140,6 +140,20 @@ def measure(runners: dict[str, Runner], steps: int, rounds: int) -> dict[str, fl
     return best
 
 
+def world_batches(impressions: int, batch_size: int, steps: int) -> tuple[Schema, list]:
+    """The synthetic world's schema and its first `steps` training batches (cached under data/)."""
+    dm = SyntheticVideoDataModule(
+        cache_dir=str(ROOT / "data" / "synthetic"),
+        num_impressions=impressions,
+        batch_size=batch_size,
+        **DATA,
+    )
+    dm.prepare_data()
+    dm.setup()
+    dataset = dm.train_dataloader().dataset
+    return dm.schema, [dataset[i] for i in range(min(steps, len(dataset)))]
+
+
 def large_vocab_batches(n_ids: int, batch: int, steps: int) -> tuple[Schema, list]:
     """Random batches over a 1,000,000-id table and a small one (what the dense/sparse choice is about)."""
     schema = Schema(
@@ -172,18 +186,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     tune_malloc()  # as `python -m recolab train` does by default
 
-    dm = SyntheticVideoDataModule(
-        cache_dir=str(ROOT / "data" / "synthetic"),
-        num_impressions=args.impressions,
-        batch_size=args.batch_size,
-        **DATA,
-    )
-    dm.prepare_data()
-    dm.setup()
-    dataset = dm.train_dataloader().dataset
-    batches = [dataset[i] for i in range(args.steps)]
+    schema_world, batches = world_batches(args.impressions, args.batch_size, args.steps)
     model_kw = dict(embedding_dim=16, num_experts=4, expert_dims=[128, 64], tower_dims=[32])
-    runners = {name: Runner(dm.schema, batches, opt, **model_kw) for name, opt in OPTIONS.items()}
+    runners = {
+        name: Runner(schema_world, batches, opt, **model_kw) for name, opt in OPTIONS.items()
+    }
     rates = measure(runners, args.steps, args.rounds)
     base, previous = rates[BASE], rates["previous MMoE, Adam (torch default)"]
     fastest = max(rates, key=rates.get)
@@ -221,7 +228,7 @@ def main() -> None:
         for name, rate in big_rates.items()
     )
 
-    default = Runner(dm.schema, batches, OPTIONS[DEFAULT], **model_kw)
+    default = Runner(schema_world, batches, OPTIONS[DEFAULT], **model_kw)
     default.rate(3)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         default.rate(args.steps)
