@@ -6,7 +6,8 @@ object is built: the model, after the data has been read and encoded. `validate_
 it first, with a message that names the full key, the value, and what was expected:
 
 - **unknown keys**: every `_target_` node's keys against its constructor's signature (following
-  `**kwargs` up the class hierarchy, and into `KWARGS_DATACLASSES`), with a "did you mean";
+  `**kwargs` up the class hierarchy, into `KWARGS_DATACLASSES` and `KWARGS_FORWARDED`), with a
+  "did you mean";
   top-level keys against the primary config's keys and the config groups;
 - **wrong types**: each value against the constructor's type hints (`int`, `float`, `list[int]`,
   `Literal[...]`, unions, ...); a hint it cannot judge (a protocol, a callable) is not checked;
@@ -44,6 +45,16 @@ KWARGS_DATACLASSES = {
     "recolab.data.synthetic_video.SyntheticVideoDataModule": "recolab.data.synthetic_video.WorldParams",
     "recolab.data.retrieval.SyntheticRetrievalDataModule": "recolab.data.synthetic_video.WorldParams",
     "recolab.data.streaming.SyntheticVideoStreamingDataModule": "recolab.data.synthetic_video.WorldParams",
+}
+
+#: Constructors that keep their `**kwargs` for another callable, with the parameters that
+#: constructor sets itself (not the user's to pass): Lightning's `DDPStrategy` hands them to
+#: `DistributedDataParallel` (`find_unused_parameters`, `broadcast_buffers`, `static_graph`, ...).
+KWARGS_FORWARDED = {
+    "pytorch_lightning.strategies.ddp.DDPStrategy": (
+        "torch.nn.parallel.DistributedDataParallel",
+        {"module", "device_ids"},
+    ),
 }
 
 
@@ -209,6 +220,13 @@ def accepted_parameters(target: Any) -> tuple[dict[str, tuple[inspect.Parameter,
                     name,
                     (inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY), hints.get(name, Any)),
                 )
+        forwarded = KWARGS_FORWARDED.get(f"{cls.__module__}.{cls.__qualname__}")
+        if forwarded:  # its **kwargs end in another callable's named parameters
+            target_params, _ = accepted_parameters(_locate(forwarded[0]))
+            for name, value in target_params.items():
+                if name not in forwarded[1]:
+                    out.setdefault(name, value)
+            return out, False
         if not any(p.kind is p.VAR_KEYWORD for p, _ in params.values()):
             return out, False
     return out, True

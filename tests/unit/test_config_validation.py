@@ -121,6 +121,27 @@ def test_bad_config_names_key_value_and_expectation(
     assert message in problems(cfg)
 
 
+DDP = "pytorch_lightning.strategies.DDPStrategy"
+
+
+def test_ddp_strategy_takes_distributed_data_parallel_keys(tmp_path: Path) -> None:
+    # DDPStrategy keeps its **kwargs for torch's DistributedDataParallel: those keys are valid,
+    # a misspelled one is caught with a suggestion, and the ones Lightning sets itself are not
+    # the user's to pass.
+    ddp = ["+exp=mmoe", "trainer=ddp"]
+    good = f"trainer.strategy={{_target_:{DDP},find_unused_parameters:true,broadcast_buffers:false,static_graph:true}}"
+    validate_config(compose_train(tmp_path, [*ddp, good]), known_top_level=KNOWN)
+    typo = f"trainer.strategy={{_target_:{DDP},find_unused_parameter:true}}"
+    assert (
+        "trainer.strategy.find_unused_parameter: unknown key for DDPStrategy; "
+        "did you mean 'find_unused_parameters'?"
+    ) in problems(compose_train(tmp_path, [*ddp, typo]))
+    own = f"trainer.strategy={{_target_:{DDP},device_ids:[0]}}"
+    assert "trainer.strategy.device_ids: unknown key for DDPStrategy" in problems(
+        compose_train(tmp_path, [*ddp, own])
+    )
+
+
 def test_every_problem_is_listed_one_per_line(mmoe: DictConfig) -> None:
     cfg = with_value(with_value(mmoe, "model.num_experts", 0), "module.lr", "fast")
     lines = problems(cfg).splitlines()
