@@ -2,10 +2,10 @@
 
     python benchmarks/bench_ddp.py [--impressions 1000000] [--steps 100]
 
-Three runs of `python -m recolab train +exp=mmoe` on the same world, each `--steps` training
+Four runs of `python -m recolab train +exp=mmoe` on the same world, each `--steps` training
 steps per process of 2,048 rows (`_runs.run_recolab`, training time only): one process with one
-torch thread; `trainer=ddp trainer.devices=2`, two processes (gloo) with one thread each; and one
-process with two threads (the same two cores, used by threads instead of processes). Each DDP
+torch thread; `trainer=ddp trainer.devices=2`, two processes (gloo) with one thread each, with and
+without DDP's broadcast of the BatchNorm buffers before each step; and one process with two threads (the same two cores, used by threads instead of processes). Each DDP
 step all-reduces every gradient: the parameter count times 4 bytes, of which a ring all-reduce
 sends and receives 2 (N - 1) / N per process. That volume is measured here (the model's parameter
 count) and a gloo all-reduce of it between two local processes is timed; the time the same
@@ -28,6 +28,10 @@ from _runs import compose, load_note, run_recolab, samples_per_cpu_sec, samples_
 from hydra.utils import instantiate
 
 from recolab.train import build
+
+DDP = "pytorch_lightning.strategies.DDPStrategy"
+#: DDP without broadcasting the buffers (BatchNorm statistics) from rank zero every step.
+NO_BROADCAST = f"trainer.strategy={{_target_:{DDP},broadcast_buffers:false}}"
 
 #: Link bandwidths (GB/s, one direction) used for the paper estimate.
 LINKS = {
@@ -87,9 +91,14 @@ def main() -> None:
     runs = {
         "one": run_recolab([*base, "trainer=cpu"], threads=1),
         "ddp": run_recolab([*base, "trainer=ddp", "trainer.devices=2"], threads=1),
+        "no_broadcast": run_recolab(
+            [*base, "trainer=ddp", "trainer.devices=2", NO_BROADCAST], threads=1
+        ),
         "threads": run_recolab([*base, "trainer=cpu"], threads=2),
     }
-    one, ddp, threads = (samples_per_sec(runs[k]) for k in ("one", "ddp", "threads"))
+    one, ddp, no_broadcast, threads = (
+        samples_per_sec(runs[k]) for k in ("one", "ddp", "no_broadcast", "threads")
+    )
     cpu = {k: samples_per_cpu_sec(r) for k, r in runs.items()}
     ar = allreduce_seconds(params)
     step_ddp = 2 * cfg.data.batch_size / ddp  # seconds per DDP step (both ranks step together)
@@ -107,6 +116,7 @@ def main() -> None:
 |---|---|---:|---:|---:|---:|
 | `trainer=cpu` | 1 x 1 | {one:,.0f} | 1.00x | {cpu["one"]:,.0f} | 1.00x |
 | `trainer=ddp trainer.devices=2` (gloo) | 2 x 1 | {ddp:,.0f} | {ddp / one:.2f}x | {cpu["ddp"]:,.0f} | **{cpu["ddp"] / cpu["one"]:.2f}x** |
+| `trainer=ddp trainer.devices=2`, without the buffer broadcast (`broadcast_buffers:false`) | 2 x 1 | {no_broadcast:,.0f} | {no_broadcast / one:.2f}x | {cpu["no_broadcast"]:,.0f} | {cpu["no_broadcast"] / cpu["one"]:.2f}x |
 | `trainer=cpu`, OMP_NUM_THREADS=2 | 1 x 2 | {threads:,.0f} | {threads / one:.2f}x | {cpu["threads"]:,.0f} | {cpu["threads"] / cpu["one"]:.2f}x |
 
 DDP's overhead: each of the two processes trains {cpu["ddp"] / cpu["one"]:.2f}x as many samples per CPU
@@ -115,6 +125,11 @@ rank, and Lightning's DDP hooks cost the rest), so two processes that each had a
 themselves would reach {2 * cpu["ddp"] / cpu["one"]:.2f}x one process (ideal 2x). The wall-clock
 columns depend on how much of the two cores the other processes on this shared machine left
 free during each run; with 2 threads, CPU time also counts threads that spin waiting for a core.
+DDP broadcasts rank zero's BatchNorm running statistics (`+exp=mmoe` normalizes its inputs)
+before every training step; the run without that broadcast
+(`'trainer.strategy={{_target_:{DDP},broadcast_buffers:false}}'`, which leaves each rank its own
+statistics) measures what the broadcast costs: {cpu["no_broadcast"] / cpu["ddp"]:.2f}x the default
+DDP run per CPU second.
 
 Communication volume: the model has {params:,} parameters, so each step all-reduces
 {grad_bytes / 2**20:.2f} MiB of float32 gradients (embedding tables included: DDP reduces dense
