@@ -122,6 +122,17 @@ def config_cases() -> None:
         ("a misspelled top-level key: `+seeed=3`", ["+seeed=3"]),
         ("a `_target_` that does not exist", ["model._target_=recolab.models.rank.mmoe.MMOE"]),
         ("an optimized metric for a task that does not exist", ["+optimized_metric=val/auc/clik"]),
+        ("an unknown optimizer: `module.optimizer=adamw`", ["module.optimizer=adamw"]),
+        ("a misspelled optimizer option", ["+module.optimizer_kwargs.fusd=true"]),
+        ("a misspelled throughput-monitor option", ["+callbacks.throughput.window_sise=50"]),
+        (
+            "a misspelled DDP option",
+            [
+                "trainer=ddp",
+                "trainer.strategy={_target_:pytorch_lightning.strategies.DDPStrategy,"
+                "find_unused_parameter:true}",
+            ],
+        ),
     ]:
         case("config", what, train_with(*overrides))
     case(

@@ -13,7 +13,8 @@ it first, with a message that names the full key, the value, and what was expect
   `Literal[...]`, unions, ...); a hint it cannot judge (a protocol, a callable) is not checked;
 - **impossible values**: `RULES`, one small check per parameter name, applied wherever a
   constructor takes a parameter of that name, plus `cross_checks` between groups (K larger than
-  the corpus, a history sharing the vocabulary of a column that is not a sparse feature).
+  the corpus, a history sharing the vocabulary of a column that is not a sparse feature, a
+  `module.optimizer_kwargs` key that the chosen optimizer does not take).
 
 The constructors keep their own checks; this pass only makes the common mistakes fail in seconds.
 """
@@ -49,11 +50,16 @@ KWARGS_DATACLASSES = {
 
 #: Constructors that keep their `**kwargs` for another callable, with the parameters that
 #: constructor sets itself (not the user's to pass): Lightning's `DDPStrategy` hands them to
-#: `DistributedDataParallel` (`find_unused_parameters`, `broadcast_buffers`, `static_graph`, ...).
+#: `DistributedDataParallel` (`find_unused_parameters`, `broadcast_buffers`, `static_graph`, ...),
+#: its `ThroughputMonitor` to fabric's `Throughput` (`window_size`, `separator`).
 KWARGS_FORWARDED = {
     "pytorch_lightning.strategies.ddp.DDPStrategy": (
         "torch.nn.parallel.DistributedDataParallel",
         {"module", "device_ids"},
+    ),
+    "pytorch_lightning.callbacks.throughput_monitor.ThroughputMonitor": (
+        "lightning_fabric.utilities.throughput.Throughput",
+        {"available_flops", "world_size"},
     ),
 }
 
@@ -461,6 +467,38 @@ def _get(cfg: DictConfig, key: str) -> Any:
         return None
 
 
+def _optimizer_problems(cfg: DictConfig) -> list[str]:
+    """`module.optimizer` and `module.optimizer_kwargs` of a `RankModule`: the name one of its
+    optimizers, each key a parameter of that optimizer that the module does not set itself."""
+    if _get(cfg, "module._target_") != "recolab.pipelines.rank.RankModule":
+        return []
+    from recolab.pipelines.rank import OPTIMIZERS
+
+    name, kwargs = _get(cfg, "module.optimizer"), _get(cfg, "module.optimizer_kwargs")
+    if name is None:
+        return []
+    if name not in OPTIMIZERS:
+        return [
+            f"module.optimizer={name!r}: expected one of {', '.join(map(repr, sorted(OPTIMIZERS)))}"
+            f"{_suggest(str(name), OPTIMIZERS)}"
+        ]
+    if not isinstance(kwargs, dict):
+        return []
+    own = {"lr": "module.lr", "weight_decay": "module.weight_decay"}  # the module passes these
+    params = [p for p in accepted_parameters(OPTIMIZERS[name])[0] if p != "params"]
+    problems = []
+    for key in kwargs:
+        if key in own:
+            problems.append(f"module.optimizer_kwargs.{key}: set {own[key]} instead")
+        elif key not in params:
+            problems.append(
+                f"module.optimizer_kwargs.{key}: not a parameter of {OPTIMIZERS[name].__name__}"
+                f"{_suggest(str(key), params)} (valid keys: "
+                f"{', '.join(p for p in params if p not in own)})"
+            )
+    return problems
+
+
 def cross_checks(cfg: DictConfig) -> list[str]:
     """Rules between groups: what one part asks of another."""
     problems = []
@@ -493,6 +531,7 @@ def cross_checks(cfg: DictConfig) -> list[str]:
                 problems.append(
                     f"data.sequences.{name}.vocab_of={vocab_of!r}: expected one of data.sparse {sparse}"
                 )
+    problems += _optimizer_problems(cfg)
     if _get(cfg, "model.sparse_embeddings") is True and _get(cfg, "module.optimizer") == "adam":
         problems.append(
             "model.sparse_embeddings=true: Adam does not take sparse gradients; expected "

@@ -93,6 +93,24 @@ def test_every_experiment_config_is_valid(exp: str, tmp_path: Path) -> None:
             ["+callbacks.model_checkpiont.every_n_train_steps=3"],
             "callbacks.model_checkpiont: has no _target_, so it cannot be built; did you mean 'model_checkpoint'?",
         ),
+        (
+            # ThroughputMonitor's **kwargs go to fabric's Throughput: checked against it.
+            ["+callbacks.throughput.window_sise=50"],
+            "callbacks.throughput.window_sise: unknown key for ThroughputMonitor; did you mean 'window_size'?",
+        ),
+        (
+            ["module.optimizer=adamw"],
+            "module.optimizer='adamw': expected one of 'adagrad', 'adam'; did you mean 'adam'?",
+        ),
+        (
+            ["+module.optimizer_kwargs.fusd=true"],
+            "module.optimizer_kwargs.fusd: not a parameter of Adam; did you mean 'fused'?",
+        ),
+        (
+            ["module.optimizer=adagrad", "+module.optimizer_kwargs.betas=[0.9,0.99]"],
+            "module.optimizer_kwargs.betas: not a parameter of Adagrad",
+        ),
+        (["+module.optimizer_kwargs.lr=0.1"], "module.optimizer_kwargs.lr: set module.lr instead"),
         (["+seeed=3"], "seeed: unknown top-level key; did you mean 'seed'?"),
         (
             ["model._target_=recolab.models.rank.mmoe.MMOE"],
@@ -232,7 +250,7 @@ def test_valid_configs_pass(
     dims: list[int],
 ) -> None:
     fractions = [w / sum(weights) for w in weights]
-    cfg = mmoe
+    cfg = with_value(mmoe, "module.optimizer_kwargs", {"fused": False, "amsgrad": True})
     for key, value in {
         "model.num_experts": num_experts,
         "module.lr": lr,
