@@ -154,12 +154,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         tracking.check_reachable(cfg.logger.mlflow.tracking_uri)
     resume_from = resume.prepare(cfg)  # ckpt_path=last|<file>: that run's folder and MLflow run
 
-    datamodule: pl.LightningDataModule = instantiate(cfg.data)
-    datamodule.prepare_data()
-    datamodule.setup("fit")
-    model, module = build(cfg, datamodule)
-    if cfg.get("compile"):
-        model.compile()  # in place: state_dict keys, hence checkpoints, stay those of the plain model
+    # The trainer first: Lightning checks the strategy, accelerator and devices as it is built
+    # (`trainer.strategy=dpp`, a GPU asked for where there is none), before any data is read.
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()] + [
         resume.RNGState()
     ]
@@ -172,6 +168,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
         else []
     )
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    datamodule: pl.LightningDataModule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    model, module = build(cfg, datamodule)
+    if cfg.get("compile"):
+        model.compile()  # in place: state_dict keys, hence checkpoints, stay those of the plain model
 
     mlf = mlflow_logger(loggers) if trainer.is_global_zero else None
     output_dir = Path(cfg.paths.output_dir)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from recolab.config_validation import RULES, ConfigError, top_level_keys, validate_config
@@ -191,6 +192,24 @@ def test_train_fails_on_a_bad_config_before_reading_data(tmp_path: Path) -> None
         "data was generated or read before the config was checked"
     )
     assert not (tmp_path / "mlflow.db").exists(), "a run was tracked for an invalid config"
+
+
+def test_a_trainer_lightning_refuses_fails_before_reading_data(tmp_path: Path) -> None:
+    # The config check cannot know every strategy name; Lightning checks it as the trainer is
+    # built, which `train` does before it reads any data.
+    cfg = compose_train(tmp_path, ["+exp=mmoe", *TINY_WORLD, "+trainer.strategy=dpp"])
+    validate_config(cfg, known_top_level=KNOWN)
+    with pytest.raises(Exception, match="invalid strategy name"):
+        train(cfg)
+    assert not (tmp_path / "data").exists(), (
+        "data was generated or read before the trainer was built"
+    )
+    if (tmp_path / "mlflow.db").exists():  # the logger opened the store; no run may be in it
+        client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+        experiments = [e.experiment_id for e in client.search_experiments()]
+        assert not client.search_runs(experiments), (
+            "a run was tracked for a trainer that cannot be built"
+        )
 
 
 # -- properties ---------------------------------------------------------------------------------
