@@ -55,14 +55,6 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("logger") and "mlflow" in cfg.logger:
         tracking.check_reachable(cfg.logger.mlflow.tracking_uri)
 
-    data_cfg = cfg.data if cfg.get("data") else run_cfg.data
-    datamodule: pl.LightningDataModule = instantiate(data_cfg)
-    datamodule.load_state_dict(ckpt["recolab"]["data_state"])
-    datamodule.prepare_data()
-    datamodule.setup("test")
-    model, module = build(run_cfg, datamodule)
-    module.load_state_dict(ckpt["state_dict"])
-
     with open_dict(cfg):
         cfg.exp_name = run_cfg.exp_name
         cfg.seed = run_cfg.seed
@@ -86,7 +78,17 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         )
         for c in (cfg.get("logger") or {}).values()
     ]
+    # The trainer before the data, as in `train`: what Lightning refuses fails in seconds.
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[])
+
+    data_cfg = cfg.data if cfg.get("data") else run_cfg.data
+    datamodule: pl.LightningDataModule = instantiate(data_cfg)
+    datamodule.load_state_dict(ckpt["recolab"]["data_state"])
+    datamodule.prepare_data()
+    datamodule.setup("test")
+    model, module = build(run_cfg, datamodule)
+    module.load_state_dict(ckpt["state_dict"])
+
     mlf = mlflow_logger(loggers)
     output_dir = Path(cfg.paths.output_dir)
     try:

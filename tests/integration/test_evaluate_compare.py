@@ -69,3 +69,20 @@ def test_compare_groups_seeds_into_mean_and_std(two_seeds) -> None:
     mean, std = sum(values) / 2, abs(values[0] - values[1]) / 2**0.5
     assert f"{mean:.4f} +- {std:.4f} (2)" in text
     assert "<table" in html.read_text()
+
+
+def test_evaluate_refuses_a_trainer_lightning_cannot_build_before_tracking(two_seeds) -> None:
+    root, _ = two_seeds
+    ckpt = next((root / "out2" / "checkpoints").glob("epoch*.ckpt"))
+    cfg = compose_train(
+        root, [f"ckpt_path={ckpt}", "+trainer.strategy=dpp"], config_name="evaluate", out="bad"
+    )
+    with pytest.raises(Exception, match="invalid strategy name"):
+        evaluate(cfg)
+    client = MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow.db")
+    runs = client.search_runs(
+        [client.get_experiment_by_name("recolab").experiment_id],
+        "tags.`recolab.kind` = 'evaluate' and params.seed = '2'",
+    )
+    assert not runs, "an evaluation run was tracked for a trainer that cannot be built"
+    assert not (root / "bad" / "report").exists()
