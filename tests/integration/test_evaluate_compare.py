@@ -71,14 +71,22 @@ def test_compare_groups_seeds_into_mean_and_std(two_seeds) -> None:
     assert "<table" in html.read_text()
 
 
-def test_evaluate_refuses_a_trainer_lightning_cannot_build_before_tracking(two_seeds) -> None:
+def test_evaluate_refuses_a_trainer_lightning_cannot_build_before_reading_data(
+    two_seeds, tmp_path: Path
+) -> None:
     root, _ = two_seeds
     ckpt = next((root / "out2" / "checkpoints").glob("epoch*.ckpt"))
+    fresh = tmp_path / "data"  # the same world, asked for in a folder of its own
     cfg = compose_train(
-        root, [f"ckpt_path={ckpt}", "+trainer.strategy=dpp"], config_name="evaluate", out="bad"
+        root,
+        [f"ckpt_path={ckpt}", "data=synthetic_video", *TINY_WORLD, "+trainer.strategy=dpp"],
+        config_name="evaluate",
+        out="bad",
+        data_dir=fresh,
     )
     with pytest.raises(Exception, match="invalid strategy name"):
         evaluate(cfg)
+    assert not fresh.exists(), "data was generated or read before the trainer was built"
     client = MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow.db")
     runs = client.search_runs(
         [client.get_experiment_by_name("recolab").experiment_id],
