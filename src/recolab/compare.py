@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from recolab import tracking
 from recolab.reports.compare import RunRecord, comparison_table, write_comparison
+from recolab.stacks import dump_stacks_on_signal
 from recolab.train import CONFIG_DIR
 
 log = logging.getLogger(__name__)
@@ -76,4 +77,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    dump_stacks_on_signal()
     main()

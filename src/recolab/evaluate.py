@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from recolab import tracking
 from recolab.config_validation import top_level_keys, validate_config
 from recolab.resume import load_weights_only
+from recolab.stacks import dump_stacks_on_signal
 from recolab.train import (
     CONFIG_DIR,
     build,
@@ -130,4 +131,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    dump_stacks_on_signal()
     main()

@@ -27,6 +27,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from recolab import resume, tracking
 from recolab.allocator import tune_malloc
 from recolab.config_validation import top_level_keys, validate_config
+from recolab.stacks import dump_stacks_on_signal
 
 log = logging.getLogger(__name__)
 
@@ -265,4 +266,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    dump_stacks_on_signal()
     main()

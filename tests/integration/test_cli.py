@@ -3,25 +3,53 @@
 from __future__ import annotations
 
 import os
+import re
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
+
+from recolab.stacks import DUMP_SIGNAL
 from tests.conftest import ROOT, TINY_WORLD
+
+
+def communicate_or_dump(proc: subprocess.Popen, timeout: float) -> tuple[str, str]:
+    """`proc.communicate(timeout=...)` for a process started with `start_new_session=True`.
+
+    If it runs past `timeout`, every process of its session (DDP ranks, loader workers) is asked
+    for its threads' stacks (SIGUSR2, `recolab.stacks`), then the session is killed, so no rank
+    or worker outlives the test holding its pipes, and the test fails with those stacks.
+    """
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, DUMP_SIGNAL)
+        time.sleep(1)  # faulthandler writes from the signal handler, at once
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, err = proc.communicate()
+        pytest.fail(
+            f"{' '.join(map(str, proc.args))} ran past {timeout} s; its processes' stacks "
+            f"then (stderr's end):\n{err[-30000:]}"
+        )
 
 
 def run_cli(
     args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: int = 300
 ) -> subprocess.CompletedProcess:
-    return subprocess.run(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "recolab", *args],
         cwd=cwd,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
         env={**os.environ, "RECOLAB_CONFIG_DIR": str(ROOT / "configs"), **(env or {})},
+        start_new_session=True,
     )
+    out, err = communicate_or_dump(proc, timeout)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def test_train_prints_metrics_and_where_the_run_went(tmp_path: Path) -> None:
@@ -58,3 +86,49 @@ def test_unreachable_tracking_server_fails_fast(tmp_path: Path) -> None:
 def test_unknown_task_prints_usage(tmp_path: Path) -> None:
     r = run_cli(["trian"], tmp_path)
     assert r.returncode != 0 and "usage: python -m recolab" in r.stderr
+
+
+def _train_reading_its_data(tmp_path: Path, *args: str) -> subprocess.Popen:
+    """A tiny training run in its own session, returned once train() has written its data
+    (the stack handler is registered before Hydra starts)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "recolab", "train", "+exp=mmoe", *TINY_WORLD, *args],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "RECOLAB_CONFIG_DIR": str(ROOT / "configs")},
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "data").exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail(f"no data folder: the run ended or took 120 s: {proc.communicate()}")
+        time.sleep(0.1)
+    return proc
+
+
+@pytest.mark.skipif(DUMP_SIGNAL is None, reason="no SIGUSR2 on this platform")
+def test_sigusr2_prints_a_running_tasks_stacks_and_the_task_goes_on(tmp_path: Path) -> None:
+    proc = _train_reading_its_data(tmp_path)
+    try:
+        os.kill(proc.pid, DUMP_SIGNAL)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert re.search(r'File ".*recolab[/\\]train\.py", line \d+ in main', err), err[-3000:]
+    assert "most recent call first" in err
+    assert proc.returncode == 0, "the dump does not stop the run: " + err[-3000:]
+    assert "| click | auc |" in out
+
+
+@pytest.mark.skipif(DUMP_SIGNAL is None, reason="no SIGUSR2 on this platform")
+def test_a_run_past_its_timeout_fails_the_test_with_its_stacks_and_is_killed(
+    tmp_path: Path,
+) -> None:
+    proc = _train_reading_its_data(tmp_path, "trainer.max_epochs=100")  # minutes: still running
+    with pytest.raises(pytest.fail.Exception, match=r"ran past 0.5 s(.|\n)*in main"):
+        communicate_or_dump(proc, timeout=0.5)
+    assert proc.returncode == -signal.SIGKILL

@@ -28,7 +28,7 @@ from mlflow.tracking import MlflowClient
 
 from recolab.evaluate import evaluate
 from tests.conftest import ROOT, compose_train
-from tests.integration.test_cli import run_cli
+from tests.integration.test_cli import communicate_or_dump, run_cli
 
 # 6010 impressions -> 4808 training rows (time split 0.8/0.1/0.1), 601 test rows.
 WORLD = [
@@ -64,7 +64,7 @@ def _ddp_run(tmp_path: Path, data: list[str]) -> tuple[Path, list]:
         ],
         tmp_path,
         env={"PYTHONPATH": str(ROOT)},
-        timeout=600,
+        timeout=300,
     )
     assert r.returncode == 0, r.stderr[-4000:]
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
@@ -160,11 +160,12 @@ def test_torchrun_two_nodes_one_process_each(tmp_path: Path) -> None:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            start_new_session=True,
         )
         for node in range(2)
     ]
     for p in nodes:
-        _, err = p.communicate(timeout=600)
+        _, err = communicate_or_dump(p, timeout=300)
         assert p.returncode == 0, err[-4000:]
     _check_shards(seen)
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from recolab.data.importer import LogImportError, import_log, summary_markdown
+from recolab.stacks import dump_stacks_on_signal
 
 COMMANDS = {"import": ("path", "schema", "out", "drop_bad_rows")}
 REQUIRED = {"import": ("path", "schema")}
@@ -77,4 +78,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    dump_stacks_on_signal()
     main()

@@ -41,7 +41,7 @@ from recolab import metrics as M
 from recolab.data.columnar import batch_rows
 from recolab.data.schema import Schema, Task
 from recolab.heads import Head
-from recolab.pipelines.distributed import gather_rows
+from recolab.pipelines.distributed import gather_rows, log_gathered
 from recolab.reports.rank_report import metric_table, to_markdown, write_rank_report
 
 log = logging.getLogger(__name__)
@@ -439,8 +439,7 @@ class RankModule(pl.LightningModule):
             oracle_preds = {t: meta[col] for t, col in self.schema.oracle.items()}
             found, _ = rank_metrics(oracle_schema, oracle_preds, y, groups, full=True)
             values |= {f"oracle/{k}": v for k, v in found.items()}
-        # Every rank holds the same gathered rows, so the values agree without another sync.
-        self.log_dict(values, sync_dist=False, rank_zero_only=False)
+        log_gathered(self, values)  # every rank holds the same gathered rows
         if full:
             self.test_details = details
         return {

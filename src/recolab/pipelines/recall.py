@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from recolab import metrics as M
 from recolab.index import FaissIndex, exact_topk, recall_against_exact
 from recolab.models.recall import merge_interest_topk
-from recolab.pipelines.distributed import gather_rows
+from recolab.pipelines.distributed import gather_rows, log_gathered
 from recolab.reports.recall_report import at_k, metric_rows, to_markdown, write_recall_report
 from recolab.samplers import (
     CorpusNegativeSampler,
@@ -467,8 +467,7 @@ class RecallModule(pl.LightningModule):
                     rows[name], rows["targets"], ks=self.ks, item_counts=counts
                 )
                 values |= {f"baseline_{name}/{k}": v for k, v in found[name].items()}
-        # Every rank holds the same gathered rows, so the values agree without another sync.
-        self.log_dict(values, sync_dist=False, rank_zero_only=False)
+        log_gathered(self, values)  # every rank holds the same gathered rows
         if split == "test":
             self.test_summary = {
                 "users": int(len(rows["targets"])),
