@@ -45,6 +45,15 @@ def test_ddp_two_processes_gather_exact_metrics(tmp_path: Path) -> None:
     assert len(runs) == 1, "the run must be recorded once, by rank zero"
     run = runs[0]
     assert run.info.status == "FINISHED"
+    # Both ranks' samples and FLOPs, once per epoch (recolab.throughput): their ratio, FLOPs per
+    # sample, is the same in both epochs (same batch sizes).
+    speed = [
+        client.get_metric_history(run.info.run_id, f"train/{k}_per_sec")
+        for k in ("samples", "flops")
+    ]
+    assert [len(h) for h in speed] == [2, 2]
+    ratios = [f.value / s.value for s, f in zip(*speed)]
+    assert ratios[0] > 0 and ratios[1] == pytest.approx(ratios[0], rel=1e-9)
     run_dirs = list((tmp_path / "outputs" / "runs" / "mmoe").iterdir())
     assert len(run_dirs) == 1
     ckpts = sorted(p.name for p in (run_dirs[0] / "checkpoints").iterdir())

@@ -42,6 +42,7 @@ from recolab.data.columnar import batch_rows
 from recolab.data.schema import Schema, Task
 from recolab.heads import Head
 from recolab.pipelines.distributed import gather_rows, log_gathered
+from recolab.pipelines.flops import TrainingFlops
 from recolab.reports.rank_report import metric_table, to_markdown, write_rank_report
 
 log = logging.getLogger(__name__)
@@ -170,7 +171,7 @@ OPTIMIZERS = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad}
 FUSED_OFF = {"fused", "foreach", "differentiable"}
 
 
-class RankModule(pl.LightningModule):
+class RankModule(TrainingFlops, pl.LightningModule):
     """Trains a multi-task ranker; evaluates it on all rows of each evaluation split.
 
     Args:

@@ -44,6 +44,7 @@ from recolab import metrics as M
 from recolab.index import FaissIndex, exact_topk, recall_against_exact
 from recolab.models.recall import merge_interest_topk
 from recolab.pipelines.distributed import gather_rows, log_gathered
+from recolab.pipelines.flops import TrainingFlops
 from recolab.reports.recall_report import at_k, metric_rows, to_markdown, write_recall_report
 from recolab.samplers import (
     CorpusNegativeSampler,
@@ -174,7 +175,7 @@ def masked_topk(scores: Tensor, indptr: Tensor, indices: Tensor, k: int) -> Tens
     return top_ids.masked_fill(torch.isneginf(top_scores), -1)
 
 
-class RecallModule(pl.LightningModule):
+class RecallModule(TrainingFlops, pl.LightningModule):
     """Trains a recaller with a sampled softmax; evaluates it by full-corpus retrieval.
 
     Args:

@@ -1,0 +1,72 @@
+"""Each training epoch's throughput, logged as `train/samples_per_sec` (and `train/flops_per_sec`).
+
+Lightning's `ThroughputMonitor` (the `throughput` callback) logs rates over a sliding window of
+batches: nothing until its window (100 batches by default) has filled, and on one process only
+the per-device names (`train/device/samples_per_sec`). `EpochThroughput` gives every run, short
+or long, on one process or many, the same figures to compare runs by: per training epoch, the
+samples trained on by all ranks over the epoch's training seconds (from the epoch's start to
+the start of its validation, so evaluation is left out; with validation within the epoch,
+`val_check_interval`, each span of training between validations is logged by itself), and, where the module counts its
+FLOPs (`recolab.pipelines.flops`), the FLOPs of all ranks over the same seconds. They are logged
+at the epoch's last step; in a DDP run `ThroughputMonitor` also logs its windowed
+`train/samples_per_sec` and `train/flops_per_sec` (the same quantities over its window).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from recolab.data.columnar import batch_rows
+
+
+class EpochThroughput(pl.Callback):
+    """Logs `train/samples_per_sec` and `train/flops_per_sec` (if counted) once per training epoch."""
+
+    def __init__(self) -> None:
+        self._t0: float | None = None
+        self._samples = 0
+        self._flops: int | None = 0
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._t0, self._samples, self._flops = time.perf_counter(), 0, 0
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, *_: Any
+    ) -> None:
+        self._samples += batch_rows(batch)
+        flops = getattr(pl_module, "flops_per_batch", None)
+        self._flops = None if flops is None or self._flops is None else self._flops + flops
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._close(trainer)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.training and not trainer.sanity_checking:  # validation within the epoch
+            self.on_train_epoch_start(trainer, pl_module)  # the rest of the epoch: a new span
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._close(trainer)
+
+    def _close(self, trainer: pl.Trainer) -> None:
+        """Every rank calls this at the same point of the epoch: the counts are summed over ranks."""
+        if self._t0 is None:
+            return
+        seconds, self._t0 = time.perf_counter() - self._t0, None
+        counted = self._flops is not None
+        totals = torch.tensor(
+            [float(self._samples), float(self._flops or 0), float(counted)], dtype=torch.float64
+        )
+        totals = trainer.strategy.reduce(totals.to(trainer.strategy.root_device), reduce_op="sum")
+        samples, flops, counted_ranks = totals.tolist()
+        if not samples or seconds <= 0:
+            return
+        metrics = {"train/samples_per_sec": samples / seconds}
+        if counted_ranks == trainer.world_size:  # every rank counted its FLOPs
+            metrics["train/flops_per_sec"] = flops / seconds
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)

@@ -1,0 +1,146 @@
+"""FLOPs of a training step (recolab.pipelines.flops) and the per-epoch throughput every run logs
+(recolab.throughput), on real Lightning fits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from mlflow.tracking import MlflowClient
+from torch.utils.data import DataLoader
+
+from recolab.models.rank.single_task import SingleTask
+from recolab.pipelines.rank import RankModule
+from recolab.throughput import EpochThroughput
+from recolab.train import train
+from tests.conftest import TINY_WORLD, compose_train
+from tests.unit.models.rank.helpers import SCHEMA, tiny_batch
+
+HIDDEN = [12, 7]
+
+
+def batches(sizes: list[int]) -> list[dict]:
+    out = []
+    for i, n in enumerate(sizes):
+        labels = {
+            "click": torch.randint(0, 2, (n,)).float(),
+            "like": torch.randint(0, 2, (n,)).float(),
+            "watch_time": torch.rand(n) * 30,
+        }
+        out.append({"features": tiny_batch(batch=n, seed=i), "labels": labels})
+    return out
+
+
+class Seen(pl.Callback):
+    """What ThroughputMonitor reads at each training batch's end."""
+
+    def __init__(self) -> None:
+        self.train: list[int | None] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.train.append(pl_module.flops_per_batch)
+
+
+def test_a_steps_flops_are_its_matrix_products_forward_and_backward() -> None:
+    """SingleTask: per task an MLP over the features; every Linear layer's forward product,
+    weight gradient and input gradient (the input needs one: it holds the embeddings) each cost
+    2 * rows * d_in * d_out, and nothing else in the step is a matrix product."""
+    torch.manual_seed(0)
+    model = SingleTask(SCHEMA, embedding_dim=4, hidden_dims=HIDDEN)
+    module = RankModule(model, SCHEMA)
+    seen = Seen()
+    sizes = [16, 16, 5]
+    trainer = pl.Trainer(
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[seen],
+        limit_val_batches=0,
+    )
+    trainer.fit(module, DataLoader(batches(sizes), batch_size=None))
+    d0 = model.embeds["click"].output_dim
+    layers = list(zip([d0, *HIDDEN], [*HIDDEN, 1]))
+    per_row = 3 * 2 * sum(a * b for a, b in layers) * len(SCHEMA.tasks)
+    assert module.train_flops == {16: 16 * per_row, 5: 5 * per_row}
+    assert seen.train == [16 * per_row, 16 * per_row, 5 * per_row] * 2
+    assert module.flops_per_batch is None, "outside training there is no training batch's count"
+
+
+def test_each_epoch_logs_samples_and_flops_per_second(tmp_path: Path) -> None:
+    cfg = compose_train(
+        tmp_path, ["+exp=mmoe", *TINY_WORLD, "trainer.max_epochs=2", "experiment_name=speed"]
+    )
+    train(cfg)
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    run = client.search_runs([client.get_experiment_by_name("speed").experiment_id])[0]
+    history = {
+        k: client.get_metric_history(run.info.run_id, k)
+        for k in ("train/samples_per_sec", "train/flops_per_sec")
+    }
+    steps = [m.step for m in history["train/samples_per_sec"]]
+    assert steps == [m.step for m in history["train/flops_per_sec"]]
+    assert len(steps) == 2 and steps[1] == 2 * steps[0], "one value per epoch, at its last step"
+    # The same seconds divide both, so their ratio is the FLOPs per sample: the same every epoch.
+    ratios = [
+        f.value / s.value
+        for f, s in zip(history["train/flops_per_sec"], history["train/samples_per_sec"])
+    ]
+    assert ratios[0] > 0 and ratios[1] == pytest.approx(ratios[0], rel=1e-9)
+
+
+def test_epoch_throughput_needs_no_flops() -> None:
+    """A module without `flops_per_batch` still gets its samples per second, and no FLOPs."""
+
+    class Plain(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(3, 1)
+
+        def training_step(self, batch, batch_idx):
+            return self.layer(batch).square().mean()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    logged: list[dict[str, float]] = []
+
+    class Recorder(pl.loggers.logger.DummyLogger):
+        def log_metrics(self, metrics, step=None) -> None:
+            logged.append(dict(metrics))
+
+    trainer = pl.Trainer(
+        max_epochs=1,
+        logger=Recorder(),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[EpochThroughput()],
+    )
+    trainer.fit(Plain(), DataLoader(torch.randn(40, 3), batch_size=8))
+    mine = [m for m in logged if "train/samples_per_sec" in m]
+    assert len(mine) == 1 and mine[0]["train/samples_per_sec"] > 0
+    assert "train/flops_per_sec" not in mine[0]
+
+
+def test_a_step_that_fails_while_counted_leaves_no_counter_behind() -> None:
+    """The counter wraps the step's forward and backward; a step that raises still closes it,
+    so no later computation in the process runs under a leftover counter."""
+    module = RankModule(SingleTask(SCHEMA, embedding_dim=4, hidden_dims=HIDDEN), SCHEMA)
+    broken = batches([8])
+    del broken[0]["labels"]["like"]
+    trainer = pl.Trainer(
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    with pytest.raises(KeyError, match="like"):
+        trainer.fit(module, DataLoader(broken, batch_size=None))
+    assert torch._C._len_torch_dispatch_stack() == 0
+    assert module.train_flops == {}
