@@ -11,7 +11,7 @@ What the issue asks of DDP, and where each is checked:
   slow test at the end;
 - the sampling-bias frequency estimate synced across ranks:
   `tests/unit/samplers/test_frequency_estimator.py::test_ddp_update_applies_the_global_batch_on_every_rank`
-  (two processes, marked slow).
+  (two gloo processes, in the default suite).
 """
 
 from __future__ import annotations
