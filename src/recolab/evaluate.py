@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from recolab import tracking
 from recolab.config_validation import top_level_keys, validate_config
 from recolab.resume import load_weights_only
-from recolab.stacks import dump_stacks_on_signal
+from recolab.stacks import KeepStackDumps, dump_stacks_on_signal
 from recolab.train import (
     CONFIG_DIR,
     build,
@@ -80,7 +80,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         for c in (cfg.get("logger") or {}).values()
     ]
     # The trainer before the data, as in `train`: what Lightning refuses fails in seconds.
-    trainer: pl.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[])
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer, logger=loggers or False, callbacks=[KeepStackDumps()]
+    )
 
     data_cfg = cfg.data if cfg.get("data") else run_cfg.data
     datamodule: pl.LightningDataModule = instantiate(data_cfg)

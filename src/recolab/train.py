@@ -27,7 +27,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from recolab import resume, tracking
 from recolab.allocator import tune_malloc
 from recolab.config_validation import top_level_keys, validate_config
-from recolab.stacks import dump_stacks_on_signal
+from recolab.stacks import KeepStackDumps, dump_stacks_on_signal
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     # The trainer first: Lightning checks the strategy, accelerator and devices as it is built
     # (`trainer.strategy=dpp`, a GPU asked for where there is none), before any data is read.
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()] + [
-        resume.RNGState()
+        resume.RNGState(),
+        KeepStackDumps(),
     ]
     # Rank zero alone builds loggers: under torchrun or SLURM every rank starts at once, and their
     # MLflow clients would race to create the local store (rank_zero_only.rank reads RANK,
