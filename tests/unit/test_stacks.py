@@ -10,30 +10,20 @@ import textwrap
 import pytest
 
 from recolab.stacks import DUMP_SIGNAL
+from tests.conftest import ROOT
 
 SCRIPT = textwrap.dedent(
     """
     import os, sys
-    import pytorch_lightning as pl
     import torch
     from torch.utils.data import DataLoader
     from recolab.stacks import DUMP_SIGNAL, KeepStackDumps, dump_stacks_on_signal
-
-    class Plain(pl.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.layer = torch.nn.Linear(3, 1)
-
-        def training_step(self, batch, batch_idx):
-            return self.layer(batch).square().mean()
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.1)
+    from tests.lightning_helpers import Plain, quiet_trainer
 
     dump_stacks_on_signal()
-    callbacks = [KeepStackDumps()] if sys.argv[1] == "keep" else []
-    trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks)
+    trainer = quiet_trainer(
+        max_epochs=1, callbacks=[KeepStackDumps()] if sys.argv[1] == "keep" else []
+    )
     trainer.fit(Plain(), DataLoader(torch.randn(16, 3), batch_size=8))
     os.kill(os.getpid(), DUMP_SIGNAL)
     print("still running")
@@ -43,7 +33,11 @@ SCRIPT = textwrap.dedent(
 
 def _run(mode: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", SCRIPT, mode],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,  # `tests` importable
     )
 
 

@@ -16,6 +16,7 @@ from recolab.pipelines.rank import RankModule
 from recolab.throughput import EpochThroughput
 from recolab.train import train
 from tests.conftest import TINY_WORLD, compose_train
+from tests.lightning_helpers import Plain, quiet_trainer
 from tests.unit.models.rank.helpers import SCHEMA, tiny_batch
 
 HIDDEN = [12, 7]
@@ -52,15 +53,7 @@ def test_a_steps_flops_are_its_matrix_products_forward_and_backward() -> None:
     module = RankModule(model, SCHEMA)
     seen = Seen()
     sizes = [16, 16, 5]
-    trainer = pl.Trainer(
-        max_epochs=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[seen],
-        limit_val_batches=0,
-    )
+    trainer = quiet_trainer(max_epochs=2, callbacks=[seen], limit_val_batches=0)
     trainer.fit(module, DataLoader(batches(sizes), batch_size=None))
     d0 = model.embeds["click"].output_dim
     layers = list(zip([d0, *HIDDEN], [*HIDDEN, 1]))
@@ -95,31 +88,13 @@ def test_each_epoch_logs_samples_and_flops_per_second(tmp_path: Path) -> None:
 def test_epoch_throughput_needs_no_flops() -> None:
     """A module without `flops_per_batch` still gets its samples per second, and no FLOPs."""
 
-    class Plain(pl.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.layer = torch.nn.Linear(3, 1)
-
-        def training_step(self, batch, batch_idx):
-            return self.layer(batch).square().mean()
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.1)
-
     logged: list[dict[str, float]] = []
 
     class Recorder(pl.loggers.logger.DummyLogger):
         def log_metrics(self, metrics, step=None) -> None:
             logged.append(dict(metrics))
 
-    trainer = pl.Trainer(
-        max_epochs=1,
-        logger=Recorder(),
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[EpochThroughput()],
-    )
+    trainer = quiet_trainer(max_epochs=1, logger=Recorder(), callbacks=[EpochThroughput()])
     trainer.fit(Plain(), DataLoader(torch.randn(40, 3), batch_size=8))
     mine = [m for m in logged if "train/samples_per_sec" in m]
     assert len(mine) == 1 and mine[0]["train/samples_per_sec"] > 0
@@ -132,14 +107,7 @@ def test_a_step_that_fails_while_counted_leaves_no_counter_behind() -> None:
     module = RankModule(SingleTask(SCHEMA, embedding_dim=4, hidden_dims=HIDDEN), SCHEMA)
     broken = batches([8])
     del broken[0]["labels"]["like"]
-    trainer = pl.Trainer(
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
+    trainer = quiet_trainer(max_epochs=1, limit_val_batches=0)
     with pytest.raises(KeyError, match="like"):
         trainer.fit(module, DataLoader(broken, batch_size=None))
     assert torch._C._len_torch_dispatch_stack() == 0
