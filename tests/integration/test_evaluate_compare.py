@@ -68,6 +68,7 @@ def test_compare_groups_seeds_into_mean_and_std(two_seeds) -> None:
     values = [r["test/auc/click"] for r in results]
     mean, std = sum(values) / 2, abs(values[0] - values[1]) / 2**0.5
     assert f"{mean:.4f} +- {std:.4f} (2)" in text
+    assert "train/samples_per_sec" in text, "runs compare on speed too"
     assert "<table" in html.read_text()
 
 
