@@ -2,11 +2,11 @@
 
 `run_recolab(overrides)` runs `python -m recolab train <overrides>` in a subprocess (a temporary
 folder as its working directory, the repository's `data/` as its data folder, no tracking) with
-`EpochTimer` added as a callback, and returns what the timer wrote: per epoch, the training
-seconds (epoch start to the start of validation, so evaluation is left out), the CPU seconds and
-minor page faults of rank zero's process over the same span, its batches, and the samples trained
-on by all ranks; the test metrics; and the peak resident memory of the process and of
-its reaped children (DataLoader workers).
+`EpochTimer` in place of the `epoch_throughput` callback, and returns what the timer wrote: per
+epoch, the training seconds (`EpochThroughput`'s span: epoch start to the start of validation, so
+evaluation is left out), the CPU seconds and minor page faults of rank zero's process over the
+same span, its batches, and the samples trained on by all ranks; the test metrics; and the peak
+resident memory of the process and of its reaped children (DataLoader workers).
 """
 
 from __future__ import annotations
@@ -23,54 +23,48 @@ from typing import Any
 
 import pytorch_lightning as pl
 
-from recolab.data.columnar import batch_rows
+from recolab.throughput import EpochThroughput
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
 
-class EpochTimer(pl.Callback):
-    """Training seconds and samples per epoch, test metrics and peak memory, as JSON (rank zero writes)."""
+class EpochTimer(EpochThroughput):
+    """recolab's `EpochThroughput` (in its place in the config, so it still logs the rates) that
+    also records each span of training: seconds, CPU seconds and minor page faults of this
+    process, batches, and the samples of all ranks; at the end, with the test metrics and peak
+    memory, as JSON (rank zero writes)."""
 
     def __init__(self, out: str) -> None:
+        super().__init__()
         self.out = Path(out)
         self.epochs: list[dict[str, float]] = []
-        self.t0 = self.cpu0 = 0.0
-        self.rows = self.batches = self.faults0 = 0
-        self.open = False
+        self.cpu0 = 0.0
+        self.batches = self.faults0 = 0
 
     @staticmethod
     def _faults() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.t0, self.cpu0, self.rows, self.open = time.perf_counter(), time.process_time(), 0, True
-        self.batches, self.faults0 = 0, self._faults()
+        super().on_train_epoch_start(trainer, pl_module)
+        self.cpu0, self.batches, self.faults0 = time.process_time(), 0, self._faults()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.rows += batch_rows(batch)
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         self.batches += 1
 
-    def _close(self, trainer: pl.Trainer) -> None:
-        if self.open:
-            seconds, cpu = time.perf_counter() - self.t0, time.process_time() - self.cpu0
-            self.epochs.append(
-                {
-                    "seconds": seconds,
-                    "cpu_seconds": cpu,
-                    "samples": self.rows * trainer.world_size,
-                    "world_size": trainer.world_size,
-                    "batches": self.batches,
-                    "minor_faults": self._faults() - self.faults0,
-                }
-            )
-            self.open = False
-
-    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._close(trainer)
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._close(trainer)
+    def on_span(self, trainer: pl.Trainer, seconds: float, samples: int) -> None:
+        self.epochs.append(
+            {
+                "seconds": seconds,
+                "cpu_seconds": time.process_time() - self.cpu0,
+                "samples": samples,
+                "world_size": trainer.world_size,
+                "batches": self.batches,
+                "minor_faults": self._faults() - self.faults0,
+            }
+        )
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if trainer.global_rank != 0:
@@ -115,8 +109,8 @@ def run_recolab(overrides: list[str], *, threads: int, timeout: int = 1800) -> d
             f"hydra.run.dir={Path(tmp) / 'run'}",
             "~callbacks.progress_bar",
             "+trainer.enable_progress_bar=false",
-            "+callbacks.timer._target_=_runs.EpochTimer",
-            f"+callbacks.timer.out={out}",
+            "callbacks.epoch_throughput._target_=_runs.EpochTimer",
+            f"+callbacks.epoch_throughput.out={out}",
         ]
         env = {
             **os.environ,

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.trainer.states import TrainerFn
 
 from recolab.data.columnar import batch_rows
 
@@ -46,8 +47,10 @@ class EpochThroughput(pl.Callback):
             self._close(trainer)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.training and not trainer.sanity_checking:  # validation within the epoch
-            self.on_train_epoch_start(trainer, pl_module)  # the rest of the epoch: a new span
+        # Validation within fit: the rest of the epoch, if any, is a new span. (`trainer.training`
+        # is False here: the trainer's stage is validating until this hook returns.)
+        if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
+            self.on_train_epoch_start(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._close(trainer)
@@ -63,10 +66,16 @@ class EpochThroughput(pl.Callback):
         )
         totals = trainer.strategy.reduce(totals.to(trainer.strategy.root_device), reduce_op="sum")
         samples, flops, counted_ranks = totals.tolist()
-        if not samples or seconds <= 0:
+        if not samples or seconds <= 0:  # e.g. after the validation that ends an epoch
             return
+        self.on_span(trainer, seconds, int(samples))
         metrics = {"train/samples_per_sec": samples / seconds}
         if counted_ranks == trainer.world_size:  # every rank counted its FLOPs
             metrics["train/flops_per_sec"] = flops / seconds
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
+
+    def on_span(self, trainer: pl.Trainer, seconds: float, samples: int) -> None:
+        """Called on every rank as a span of training closes, with its seconds and the samples
+        of all ranks: for subclasses that record more about the span (the benchmarks'
+        `EpochTimer` adds CPU time and page faults)."""

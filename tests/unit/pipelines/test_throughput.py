@@ -112,3 +112,25 @@ def test_a_step_that_fails_while_counted_leaves_no_counter_behind() -> None:
         trainer.fit(module, DataLoader(broken, batch_size=None))
     assert torch._C._len_torch_dispatch_stack() == 0
     assert module.train_flops == {}
+
+
+def test_each_span_of_training_reaches_on_span_with_its_samples() -> None:
+    """A subclass sees every span of training (the benchmarks' `EpochTimer` records them): with a
+    validation in the middle of each epoch, two spans per epoch, whose samples add up to the
+    epoch's rows, and none of the validation's."""
+
+    class Spans(Plain):
+        def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+            self.layer(batch)
+
+    spans: list[tuple[float, int]] = []
+
+    class Recording(EpochThroughput):
+        def on_span(self, trainer, seconds: float, samples: int) -> None:
+            spans.append((seconds, samples))
+
+    trainer = quiet_trainer(max_epochs=2, callbacks=[Recording()], val_check_interval=3)
+    data = DataLoader(torch.randn(40, 3), batch_size=8)  # 5 batches: validation after the 3rd
+    trainer.fit(Spans(), data, DataLoader(torch.randn(16, 3), batch_size=8))
+    assert [samples for _, samples in spans] == [24, 16] * 2
+    assert all(seconds > 0 for seconds, _ in spans)
