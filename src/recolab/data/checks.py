@@ -23,7 +23,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
 #: Special columns that hold non-negative amounts of time (seconds).
 NON_NEGATIVE = ("duration", "watch_time")
@@ -121,21 +120,26 @@ def _is_number(type_: pa.DataType) -> bool:
 def _list_row_hash(arr: pa.Array) -> np.ndarray:
     """One uint64 per row of a list column, from its elements and their places."""
     arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
-    if arr.null_count:  # a missing list is not an empty one
-        arr = pc.if_else(arr.is_null(), pa.scalar([-1], arr.type), arr)
-    if pa.types.is_fixed_size_list(
-        arr.type
-    ):  # (N, L): one pass per place, no per-element bookkeeping
-        grid = arr.flatten().to_numpy(zero_copy_only=False).reshape(len(arr), arr.type.list_size)
+    row = _list_elements_hash(arr)
+    if arr.null_count:  # a missing list is not an empty one: its own value, whatever its slot holds
+        row[arr.is_null().to_numpy(zero_copy_only=False)] = np.uint64(0x5BD1E9955BD1E995)
+    return row
+
+
+def _list_elements_hash(arr: pa.Array) -> np.ndarray:
+    """`_list_row_hash` of each row's slot in the child values (a missing list's slot included)."""
+    if pa.types.is_fixed_size_list(arr.type):  # (N, L): one pass per place, no per-element work
+        size = arr.type.list_size
+        child = arr.values.slice(arr.offset * size, len(arr) * size)  # `values` ignores the offset
+        grid = child.to_numpy(zero_copy_only=False).reshape(len(arr), size)
         row = np.zeros(len(arr), dtype=np.uint64)
         with np.errstate(over="ignore"):
             for j in range(grid.shape[1]):
                 row = _mix(row ^ _element_hash(grid[:, j]))
         return row
-    else:
-        offsets = arr.offsets.to_numpy().astype(np.int64)
-        values = arr.values.to_numpy(zero_copy_only=False)[offsets[0] : offsets[-1]]
-        offsets = offsets - offsets[0]
+    offsets = arr.offsets.to_numpy().astype(np.int64)
+    values = arr.values.to_numpy(zero_copy_only=False)[offsets[0] : offsets[-1]]
+    offsets = offsets - offsets[0]
     lengths = np.diff(offsets)
     place = (np.arange(len(values), dtype=np.int64) - np.repeat(offsets[:-1], lengths)).astype(
         np.uint64

@@ -6,17 +6,25 @@ Layout: a folder with one sub-folder per split, each a folder of parquet files w
 
 `setup` makes one streaming pass (`_scan`) over every split before any training starts: it
 validates each row group with `RankDataModule._validate` (failing, or dropping and counting bad
-rows, as the in-memory module does), counts each row group's good rows, and on the training split
+rows, as the in-memory module does; every file must hold each column in the same kind of values),
+counts each row group's good rows, and on the training split
 fits the vocabularies (a running union of each row group's distinct ids) and the dense mean and
 std (Chan et al.'s pairwise update, float64). Vocabularies from a checkpoint (`load_state_dict`)
 win over fitting. Memory during the scan and during training is a row group plus the shuffle
-buffer, whatever the data's size; vocabularies grow with the number of distinct ids only.
+buffer, whatever the data's size; vocabularies grow with the number of distinct ids only. One
+check differs from the in-memory module's for that reason: an event log's duplicate rows (a
+`timestamp` column, `recolab.data.checks`) are found within each row group, not across row
+groups or files, which would take memory that grows with the rows. With a checkpoint's
+vocabularies (`recolab evaluate`), only the splits the stage reads are scanned.
+Paths whose part below a split's folder starts with `_` or `.` are skipped, as in pyarrow's
+datasets.
 
 Rows to ranks and loader workers (`Shard`): the split's row groups, in a per-epoch random order
 for training (seed + epoch, the same on every rank), are laid end to end as one sequence of N good
-rows. Rank r takes the contiguous range [r * floor(N / W), (r + 1) * floor(N / W)) for training:
-equal row counts, so equal step counts under DDP, leaving out the last N mod W < W rows of the
-epoch's order (different rows each epoch). Evaluation ranks take [floor(N r / W), floor(N (r+1) / W)):
+rows. Rank r takes the contiguous range [o + r * floor(N / W), o + (r + 1) * floor(N / W)) for
+training, wrapping around the sequence's end: equal row counts, so equal step counts under DDP,
+leaving out N mod W < W rows; the offset o is 0 when W divides N and otherwise drawn per epoch
+(`Shard.offset`), so the rows left out differ from epoch to epoch. Evaluation ranks take [floor(N r / W), floor(N (r+1) / W)):
 every row exactly once, lengths differing by at most one (the pipeline gathers them). A rank's
 range is then cut among its DataLoader workers in whole batches (the remainder goes to the last
 worker), so a rank yields ceil(R / B) batches whatever its number of workers: one partial batch
@@ -33,6 +41,7 @@ import logging
 import math
 import os
 import shutil
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +53,7 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from recolab.data.checks import TIMESTAMP
 from recolab.data.columnar import Columns, Vocabulary, resolve_pin_memory
 from recolab.data.datamodule import SPLITS, DataError, RankDataModule, _list_values
 from recolab.data.synthetic_video import WorldParams, cached_world
@@ -122,6 +132,17 @@ class Shard:
         g = torch.Generator().manual_seed(self.seed + epoch)
         return [self.groups[i] for i in torch.randperm(len(self.groups), generator=g).tolist()]
 
+    def offset(self, epoch: int) -> int:
+        """Where the ranks' training ranges start in the epoch's sequence of rows: 0 when the ranks
+        share out every row, otherwise a row drawn per epoch (seed + epoch, the same on every rank;
+        the ranges wrap around the sequence's end), so the N mod W rows left out differ from epoch
+        to epoch even when the split is a single row group."""
+        n, w = self.total_rows, self.world_size
+        if not self.train or n % w == 0:
+            return 0
+        g = torch.Generator().manual_seed(self.seed + epoch + 1_000_003)
+        return int(torch.randint(n, (1,), generator=g))
+
     def pieces(self, epoch: int, worker: int = 0, num_workers: int = 1) -> list[Piece]:
         """This rank's and worker's pieces: whole batches per worker, the remainder to the last."""
         lo, hi = self.rank_range()
@@ -129,7 +150,13 @@ class Shard:
         counts = [full // num_workers + (k < full % num_workers) for k in range(num_workers)]
         start = lo + sum(counts[:worker]) * self.batch_size
         stop = start + counts[worker] * self.batch_size + (rest if worker == num_workers - 1 else 0)
-        return _cut(self.order(epoch), start, stop)
+        order, n, shift = self.order(epoch), self.total_rows, self.offset(epoch)
+        start, stop = start + shift, stop + shift  # stop - start <= n: at most one wrap
+        if stop <= n:
+            return _cut(order, start, stop)
+        if start >= n:
+            return _cut(order, start - n, stop - n)
+        return _cut(order, start, n) + _cut(order, 0, stop - n)
 
 
 class StreamingBatches(IterableDataset):
@@ -249,6 +276,26 @@ class _DenseStats:
         return self.mean, std if std > 0 else 1.0
 
 
+def _kind(type_: pa.DataType) -> str:
+    """A column type's kind of values, for comparing files: integer, float, string, a list of a
+    kind, or the type itself (dictionary encoding and widths set aside)."""
+    if pa.types.is_dictionary(type_):
+        type_ = type_.value_type
+    if pa.types.is_integer(type_) or pa.types.is_boolean(type_):
+        return "integer"
+    if pa.types.is_floating(type_):
+        return "float"
+    if pa.types.is_string(type_) or pa.types.is_large_string(type_):
+        return "string"
+    if (
+        pa.types.is_list(type_)
+        or pa.types.is_large_list(type_)
+        or pa.types.is_fixed_size_list(type_)
+    ):
+        return f"list<{_kind(type_.value_type)}>"
+    return str(type_)
+
+
 class StreamingParquetDataModule(RankDataModule):
     """A ranking data set streamed from a folder of parquet files (see the module docstring).
 
@@ -288,13 +335,24 @@ class StreamingParquetDataModule(RankDataModule):
         self.shuffle_buffer = shuffle_buffer
         self.num_workers = num_workers
         self.groups: dict[str, list[RowGroup]] = {}
+        #: Whether the data has a timestamp column (the first file read says; see `required_columns`).
+        self._timestamp: bool | None = None
+        #: Each column's kind of values, with the file that set it (`_check_types`).
+        self._column_kinds: dict[str, tuple[str, str, pa.DataType]] = {}
 
     # -- the streaming pass -----------------------------------------------------------------
 
     def _files(self, split: str) -> list[Path]:
+        """The split's parquet files, in name order. As pyarrow's datasets do, paths with a part
+        (below the split's folder) that starts with `_` or `.` are not data: a writer's
+        `_temporary/` leftovers, `_SUCCESS`, hidden copies."""
         folder = Path(self.path) / self.splits[split]
         files = (
-            sorted(folder.rglob("*.parquet"))
+            sorted(
+                f
+                for f in folder.rglob("*.parquet")
+                if not any(part.startswith(("_", ".")) for part in f.relative_to(folder).parts)
+            )
             if folder.is_dir()
             else [folder]
             if folder.is_file()
@@ -306,20 +364,38 @@ class StreamingParquetDataModule(RankDataModule):
             )
         return files
 
+    #: The splits a Lightning stage reads, when the vocabularies come from a checkpoint (without
+    #: one, training's vocabularies are fitted, and every split is checked before training).
+    STAGE_SPLITS = {"validate": ("val",), "test": ("test",), "predict": ("test",)}
+
     def setup(self, stage: str | None = None) -> None:
-        if self.schema is not None:
+        fit = not self.vocabs  # a checkpoint's vocabularies win (see load_state_dict)
+        needed = SPLITS if fit else self.STAGE_SPLITS.get(stage or "fit", SPLITS)
+        todo = [split for split in needed if split not in self.groups]
+        if not todo:
             return
         self.source_path = str(self.path)
-        fit = not self.vocabs  # a checkpoint's vocabularies win (see load_state_dict)
-        self.dropped_rows = 0
-        self.groups = {split: self._scan(split, fit=fit and split == "train") for split in SPLITS}
+        if self._timestamp is None:
+            with pq.ParquetFile(self._files(todo[0])[0]) as pf:
+                self._timestamp = TIMESTAMP in pf.schema_arrow.names
+        for split in todo:  # `_validated` adds each row group's dropped rows to dropped_rows
+            self.groups[split] = self._scan(split, fit=fit and split == "train")
         self.schema = self._schema()
         log.info(
-            "data %s (streaming): %s rows (train/val/test), %d dropped",
+            "data %s (streaming): %s rows (%s), %d dropped",
             self.source_path,
-            "/".join(str(sum(g.rows for g in self.groups[s])) for s in SPLITS),
+            "/".join(str(sum(g.rows for g in self.groups[s])) for s in todo),
+            "/".join(todo),
             self.dropped_rows,
         )
+
+    @property
+    def required_columns(self) -> list[str]:
+        """The columns used, and `timestamp` where the data has one: it is no feature here (the
+        folders are the split), but it makes the rows an event log, which is checked for missing
+        timestamps and duplicate rows (`recolab.data.checks`) row group by row group."""
+        cols = super().required_columns
+        return [*cols, TIMESTAMP] if self._timestamp and TIMESTAMP not in cols else cols
 
     def _scan(self, split: str, *, fit: bool) -> list[RowGroup]:
         """Validate and count every row group of a split; fit vocabularies and dense stats on it if asked."""
@@ -328,26 +404,17 @@ class StreamingParquetDataModule(RankDataModule):
         fit_sequences = [n for n, s in self.sequence_specs.items() if s.get("vocab_of") is None]
         groups = []
         for file in self._files(split):
-            pf = pq.ParquetFile(file)
-            self._check_columns(str(file), pf.schema_arrow.names)
-            for i in range(pf.num_row_groups):
-                table = self._validated(
-                    pf.read_row_group(i, columns=self.required_columns), f"{file} (row group {i})"
-                )
-                groups.append(RowGroup(str(file), i, table.num_rows))
-                if not fit:
-                    continue
-                for name in self.sparse_names:
-                    values = np.unique(table.column(name).to_numpy(zero_copy_only=False))
-                    ids[name] = values if name not in ids else np.union1d(ids[name], values)
-                for name in fit_sequences:
-                    values = _list_values(table.column(name))
-                    values = np.unique(values[values != 0])
-                    ids[name] = values if name not in ids else np.union1d(ids[name], values)
-                for name in self.dense_names:
-                    stats[name].add(
-                        table.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
+            with pq.ParquetFile(file) as pf:  # one file open at a time, however many there are
+                self._check_columns(str(file), pf.schema_arrow.names)
+                self._check_types(file, pf.schema_arrow)
+                for i in range(pf.num_row_groups):
+                    table = self._validated(
+                        pf.read_row_group(i, columns=self.required_columns),
+                        f"{file} (row group {i})",
                     )
+                    groups.append(RowGroup(str(file), i, table.num_rows))
+                    if fit:
+                        self._fit_group(table, ids, stats, fit_sequences)
         if not sum(g.rows for g in groups):
             raise DataError(
                 f"{Path(self.path) / self.splits[split]}: the {split} split has no rows"
@@ -356,6 +423,41 @@ class StreamingParquetDataModule(RankDataModule):
             self.vocabs = {name: Vocabulary(values) for name, values in ids.items()}
             self.dense_stats = {name: s.result() for name, s in stats.items()}
         return groups
+
+    def _fit_group(
+        self,
+        table: pa.Table,
+        ids: dict[str, np.ndarray],
+        stats: dict[str, _DenseStats],
+        fit_sequences: list[str],
+    ) -> None:
+        """Adds one training row group to the running vocabularies and dense statistics."""
+        for name in self.sparse_names:
+            values = np.unique(table.column(name).to_numpy(zero_copy_only=False))
+            ids[name] = values if name not in ids else np.union1d(ids[name], values)
+        for name in fit_sequences:
+            values = _list_values(table.column(name))
+            values = np.unique(values[values != 0])
+            ids[name] = values if name not in ids else np.union1d(ids[name], values)
+        for name in self.dense_names:
+            stats[name].add(table.column(name).to_numpy(zero_copy_only=False).astype(np.float64))
+
+    def _check_types(self, file: Path, schema: pa.Schema) -> None:
+        """Every file of the data set holds each column used in the same kind of values as the
+        first file read: ids all integers or all strings, and so on. (Within a kind, widths may
+        differ: int32 in one file and int64 in another read as the same ids; labels and dense
+        features, read as floats, may be integers in one file and floats in another.)"""
+        numbers = {*self.dense_names, *self.task_names}
+        for name in self.required_columns:
+            kind = _kind(schema.field(name).type)
+            if name in numbers and kind in ("integer", "float"):
+                kind = "number"
+            first = self._column_kinds.setdefault(name, (kind, str(file), schema.field(name).type))
+            if first[0] != kind:
+                raise DataError(
+                    f"{file}: column {name!r} holds {schema.field(name).type}, but in {first[1]} it "
+                    f"holds {first[2]}; every file must hold a column in the same kind of values"
+                )
 
     def _validated(self, table: pa.Table, where: str) -> pa.Table:
         """`RankDataModule._validate` on one row group, its messages naming the file and row group."""
@@ -411,22 +513,33 @@ class _PieceReader:
     """Reads and encodes one piece; holds a copy of the data module's encoding state, not its trainer.
 
     It travels to DataLoader workers (pickled under `spawn`), so it carries no trainer and opens
-    files lazily in the process that reads them.
+    files lazily in the process that reads them. It keeps the `OPEN_FILES` files it read last
+    open (an epoch visits row groups in a shuffled order, so a folder of thousands of files would
+    otherwise hold a descriptor per file and run into the process's limit).
     """
+
+    OPEN_FILES = 8
 
     def __init__(self, dm: StreamingParquetDataModule) -> None:
         self.dm = copy.copy(dm)
         self.dm.trainer = None
-        self.files: dict[str, pq.ParquetFile] = {}
+        self.files: OrderedDict[str, pq.ParquetFile] = OrderedDict()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"dm": self.dm, "files": {}}
+        return {"dm": self.dm, "files": OrderedDict()}
+
+    def _open(self, file: str) -> pq.ParquetFile:
+        if file in self.files:
+            self.files.move_to_end(file)
+        else:
+            if len(self.files) >= self.OPEN_FILES:
+                self.files.popitem(last=False)[1].close()
+            self.files[file] = pq.ParquetFile(file)
+        return self.files[file]
 
     def __call__(self, piece: Piece) -> Columns:
         g = piece.group
-        if g.file not in self.files:
-            self.files[g.file] = pq.ParquetFile(g.file)
-        table = self.files[g.file].read_row_group(g.index, columns=self.dm.required_columns)
+        table = self._open(g.file).read_row_group(g.index, columns=self.dm.required_columns)
         table = self.dm._validated(table, f"{g.file} (row group {g.index})")
         if table.num_rows != g.rows:
             raise DataError(

@@ -249,3 +249,125 @@ def test_write_parquet_folder_bounded_reads_keep_every_row(tmp_path):
 def test_negative_downsampling_is_refused_rather_than_ignored(tmp_path):
     with pytest.raises(ValueError, match="negative_downsampling is not supported by streaming"):
         _module(tmp_path, negative_downsampling={"task": "y", "rate": 0.5})
+
+
+def test_rows_left_out_differ_between_epochs_even_in_a_single_row_group():
+    """N mod W rows sit out each training epoch; the ranks' ranges start at a per-epoch offset,
+    so which rows those are changes from epoch to epoch, also when no row-group order can."""
+    groups = (RowGroup("f", 0, 10),)
+    left_out = set()
+    for epoch in range(8):
+        seen = []
+        for rank in range(3):
+            shard = Shard(groups, batch_size=2, train=True, seed=0, rank=rank, world_size=3)
+            rows = [
+                i
+                for p in shard.pieces(epoch, 0, 2) + shard.pieces(epoch, 1, 2)
+                for i in range(p.start, p.stop)
+            ]
+            assert len(rows) == 3 and shard.num_batches() == 2
+            seen += rows
+        assert len(set(seen)) == len(seen) == 9
+        left_out |= set(range(10)) - set(seen)
+    assert len(left_out) > 3, "the row left out moves"
+    even = Shard((RowGroup("f", 0, 9),), batch_size=2, train=True, rank=0, world_size=3)
+    assert even.offset(5) == 0, "nothing left out: ranges from the start, as before"
+
+
+def test_writer_leftovers_and_hidden_files_are_not_data(tmp_path):
+    """As in pyarrow's datasets: `_temporary/`, `_SUCCESS`-style and dot paths are skipped."""
+    ids = _write(tmp_path)
+    part = tmp_path / "train" / "part-0.parquet"
+    (tmp_path / "train" / "_temporary" / "0").mkdir(parents=True)
+    for copy in ("_temporary/0/part-0.parquet", ".part-0.parquet", "_part-0.parquet"):
+        (tmp_path / "train" / copy).write_bytes(part.read_bytes())
+    dm = _module(tmp_path, num_workers=0)
+    dm.setup()
+    _attach(dm, 0, 1)
+    seen = torch.cat(_read(dm.train_dataloader())).tolist()
+    assert sorted(seen) == ids["train"].tolist()
+
+
+def test_files_that_disagree_on_a_columns_kind_fail_naming_both(tmp_path):
+    _write(tmp_path)
+    part = tmp_path / "train" / "part-1.parquet"
+    table = pq.read_table(part)
+    table = table.set_column(1, "a", pa.array([str(v) for v in table["a"].to_pylist()]))
+    pq.write_table(table, part)
+    with pytest.raises(
+        DataError,
+        match=r"part-1.parquet: column 'a' holds string, but in .*part-0.parquet it holds int64",
+    ):
+        _module(tmp_path).setup()
+    # widths within a kind agree: int32 ids and a float label beside int64 and float32 ones
+    table = table.set_column(1, "a", pa.array(np.arange(len(table)) % 30, pa.int32()))
+    table = table.set_column(3, "y", table["y"].cast(pa.int64()))
+    pq.write_table(table, part)
+    _module(tmp_path).setup()
+
+
+def test_the_reader_keeps_a_bounded_number_of_files_open(tmp_path):
+    """A folder of many files: the reader closes the files it read longest ago."""
+    (tmp_path / "train").mkdir()
+    for f in range(30):
+        table = pa.table(
+            {
+                "row_id": np.arange(3 * f, 3 * f + 3),
+                "a": [1, 2, 3],
+                "x": [0.0, 1.0, 2.0],
+                "y": [0.0, 1.0, 0.0],
+            }
+        )
+        pq.write_table(table, tmp_path / "train" / f"part-{f:02d}.parquet")
+    for split in ("val", "test"):
+        (tmp_path / split).mkdir()
+        pq.write_table(
+            pq.read_table(tmp_path / "train" / "part-00.parquet"), tmp_path / split / "p.parquet"
+        )
+    dm = _module(tmp_path, num_workers=0)
+    dm.setup()
+    _attach(dm, 0, 1)
+    fds = len(list(Path("/proc/self/fd").iterdir()))
+    dataset = dm.train_dataloader().dataset
+    assert sorted(torch.cat([b["meta"]["row_id"] for b in dataset]).tolist()) == list(range(90))
+    assert len(dataset.read.files) == dataset.read.OPEN_FILES
+    assert len(list(Path("/proc/self/fd").iterdir())) - fds <= dataset.read.OPEN_FILES
+
+
+def test_an_event_logs_duplicate_rows_are_found_within_a_row_group(tmp_path):
+    """With a `timestamp` column the rows are an event log, as in the in-memory module: its
+    duplicate rows fail (or are dropped and counted) though no feature reads the timestamp."""
+    _write(tmp_path)
+    part = tmp_path / "train" / "part-1.parquet"
+    table = pq.read_table(part)
+    table = pa.concat_tables([table, table.slice(4, 2)])
+    pq.write_table(table.append_column("timestamp", table["row_id"]), part)  # copies: same time
+    for split in ("train", "val", "test"):  # every file has the column
+        for file in (tmp_path / split).glob("*.parquet"):
+            if file != part:
+                t = pq.read_table(file)
+                pq.write_table(t.append_column("timestamp", pa.array(np.arange(len(t)))), file)
+    with pytest.raises(DataError, match=r"part-1.parquet \(row group 0\): 2 duplicate row\(s\)"):
+        _module(tmp_path).setup()
+    dm = _module(tmp_path, drop_bad_rows=True)
+    dm.setup()
+    assert dm.dropped_rows == 2
+
+
+def test_evaluation_with_a_checkpoints_vocabularies_reads_only_its_split(tmp_path):
+    """`recolab evaluate` sets the test stage up with the checkpoint's vocabularies: a folder
+    holding only test/ is enough, and the training split is scanned only when training needs it."""
+    _write(tmp_path)
+    trained = _module(tmp_path)
+    trained.setup()
+    for split in ("train", "val"):
+        for file in (tmp_path / split).glob("*.parquet"):
+            file.unlink()
+    dm = _module(tmp_path, num_workers=0)
+    dm.load_state_dict(trained.state_dict())
+    dm.setup("test")
+    assert set(dm.groups) == {"test"} and dm.schema == trained.schema
+    _attach(dm, 0, 1)
+    assert torch.cat(_read(dm.test_dataloader())).tolist() == list(range(65 + 15, 65 + 15 + 9))
+    with pytest.raises(DataError, match="no parquet files for the train split"):
+        dm.setup("fit")

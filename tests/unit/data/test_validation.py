@@ -249,6 +249,37 @@ def test_duplicates_and_negative_durations_match_a_reference(
     assert [m.sum() for _, m in found] == ([negatives] if negatives else [])
 
 
+@settings(max_examples=100, deadline=None)
+@given(
+    lists=st.lists(
+        st.one_of(st.none(), st.lists(st.integers(0, 2), min_size=2, max_size=2)),
+        min_size=1,
+        max_size=20,
+    ),
+    kind=st.sampled_from(["list<int64>", "list<string>", "fixed_size_list<int64, 2>"]),
+    skip=st.integers(0, 3),
+)
+def test_duplicates_with_missing_lists_of_any_list_type_match_a_reference(
+    lists: list[list[int] | None], kind: str, skip: int
+) -> None:
+    """A missing list equals another missing list and no present one, whatever the list type,
+    and in a slice of a longer column (an offset into the child values)."""
+    if kind == "list<string>":
+        values = [None if v is None else [str(x) for x in v] for v in [[0, 0]] * skip + lists]
+        type_ = pa.list_(pa.string())
+    else:
+        values = [[0, 0]] * skip + lists
+        type_ = pa.list_(pa.int64(), 2 if kind.startswith("fixed") else -1)
+    column = pa.array(values, type_).slice(skip)
+    t = pa.table({"hist": column, "timestamp": [0] * len(lists)})
+    seen, expected = set(), []
+    for v in lists:
+        key = None if v is None else tuple(v)
+        expected.append(key in seen)
+        seen.add(key)
+    assert checks.duplicate_rows(t).tolist() == expected
+
+
 def test_lists_with_the_same_multiset_of_hashes_are_not_duplicates() -> None:
     # found by hypothesis in CI: [1, 1] and [2, 2] once hashed alike; the candidates are now also
     # compared element by element, so only an exact copy is a duplicate
