@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from recolab.data.datamodule import ParquetDataModule  # noqa: E402
 from recolab.data.importer import import_log  # noqa: E402
+from recolab.data.streaming import StreamingParquetDataModule  # noqa: E402
 from recolab.evaluate import load_checkpoint  # noqa: E402
 from recolab.train import train  # noqa: E402
 
@@ -218,6 +219,23 @@ def load(cols: dict, **kw: object) -> Callable[[], object]:
     return run
 
 
+def stream_folder(**second_file: object) -> Callable[[], object]:
+    """A streamed folder whose training split's second file takes `second_file`'s columns."""
+
+    def run() -> None:
+        folder = TMP / "stream_cases"
+        shutil.rmtree(folder, ignore_errors=True)
+        for split in ("train", "val", "test"):
+            (folder / split).mkdir(parents=True)
+            pq.write_table(pa.table(log_table()), folder / split / "part-0.parquet")
+        pq.write_table(pa.table(log_table(**second_file)), folder / "train" / "part-1.parquet")
+        StreamingParquetDataModule(
+            path=str(folder), sparse=["user_id", "item_id"], tasks=[{"name": "click"}]
+        ).setup()
+
+    return run
+
+
 def with_rows(values: np.ndarray, rows: list[int], bad: object) -> np.ndarray:
     values = values.astype(np.float64).copy()
     values[rows] = bad
@@ -268,6 +286,11 @@ def data_cases() -> None:
             else np.concatenate([values, values[:3]])
         )
     case("data", "duplicate rows (an event log: same row, same timestamp)", load(dup))
+    case(
+        "data",
+        "streaming: two files of a split hold a column in different kinds (int ids, string ids)",
+        stream_folder(item_id=np.array([str(i) for i in t["item_id"]])),
+    )
     case(
         "data",
         "an empty split",
