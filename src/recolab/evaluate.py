@@ -15,6 +15,7 @@ import hydra
 import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
+from pytorch_lightning.utilities import rank_zero_only
 
 from recolab import tracking
 from recolab.config_validation import top_level_keys, validate_config
@@ -65,6 +66,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         if train_run_id
         else {}
     )
+    # Rank zero alone tracks and reports, as in `train` (under DDP every rank runs this function).
     loggers = [
         instantiate(
             c,
@@ -78,6 +80,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             },
         )
         for c in (cfg.get("logger") or {}).values()
+        if rank_zero_only.rank == 0
     ]
     # The trainer before the data, as in `train`: what Lightning refuses fails in seconds.
     trainer: pl.Trainer = instantiate(
@@ -92,7 +95,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     model, module = build(run_cfg, datamodule)
     module.load_state_dict(ckpt["state_dict"])
 
-    mlf = mlflow_logger(loggers)
+    mlf = mlflow_logger(loggers) if trainer.is_global_zero else None
     output_dir = Path(cfg.paths.output_dir)
     try:
         start_tracking(
@@ -110,16 +113,17 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             for k, v in trainer.callback_metrics.items()
             if k.startswith(("test/", "oracle/"))
         }
-        finish_run(
-            cfg,
-            title=f"recolab evaluation: {run_cfg.exp_name}",
-            datamodule=datamodule,
-            module=module,
-            mlf=mlf,
-            metrics=metrics,
-            output_dir=output_dir,
-            checkpoint=str(cfg.ckpt_path),
-        )
+        if trainer.is_global_zero:
+            finish_run(
+                cfg,
+                title=f"recolab evaluation: {run_cfg.exp_name}",
+                datamodule=datamodule,
+                module=module,
+                mlf=mlf,
+                metrics=metrics,
+                output_dir=output_dir,
+                checkpoint=str(cfg.ckpt_path),
+            )
     except BaseException:
         fail_run(mlf)
         raise

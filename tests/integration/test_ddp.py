@@ -68,3 +68,24 @@ def test_ddp_two_processes_gather_exact_metrics(tmp_path: Path) -> None:
     assert set(single) <= set(ddp)  # (ddp also holds the throughput monitor's test/*_per_sec)
     for key, value in single.items():
         assert ddp[key] == pytest.approx(value, rel=1e-6, abs=1e-7, nan_ok=True), key
+
+    # `recolab evaluate` of the same checkpoint on two processes: the same metrics, one linked
+    # evaluation run, and one report, written by rank zero with the run's id.
+    r = run_cli(
+        ["evaluate", f"ckpt_path={best}", "trainer=ddp", "trainer.devices=2"], tmp_path, timeout=300
+    )
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert r.stdout.count("| click | auc |") == 1, "the table is printed once"
+    evaluations = client.search_runs(
+        [client.get_experiment_by_name("recolab").experiment_id], "tags.`recolab.kind` = 'evaluate'"
+    )
+    assert len(evaluations) == 1
+    evaluated = evaluations[0]
+    assert evaluated.data.tags["mlflow.parentRunId"] == run.info.run_id
+    for key, value in single.items():
+        assert evaluated.data.metrics[key] == pytest.approx(value, rel=1e-6, abs=1e-7), key
+    reports = [
+        p for p in (tmp_path / "outputs").rglob("report.md") if p.parent.parent not in run_dirs
+    ]
+    assert len(reports) == 1, reports
+    assert f"`{evaluated.info.run_id}`" in reports[0].read_text()

@@ -1,10 +1,14 @@
 """Calibration of predicted probabilities: ECE with equal-mass bins, the reliability table, and
 the predicted/observed ratio.
 
-Equal-mass bins: rows are sorted by probability (a stable sort, so tied probabilities keep their
-input order) and cut into `num_bins` consecutive bins whose sizes differ by at most one, the
-first `N % num_bins` bins holding one row more (`np.array_split`). A run of tied probabilities
-may straddle two bins. With fewer rows than bins, the empty bins are dropped.
+Equal-mass bins: rows are sorted by probability and cut into `num_bins` consecutive bins whose
+sizes differ by at most one, the first `N % num_bins` bins holding one row more
+(`np.array_split`). With fewer rows than bins, the empty bins are dropped. A run of tied
+probabilities may straddle two bins; its rows share its labels (each counts as the run's mean
+label in the observed rates), so each bin gets its share of the run's positives however the tied
+rows happen to be ordered. Every value is then a function of the (label, probability) pairs
+alone, not of their order: the same whether the rows come from one process or are gathered from
+several DDP ranks (rounded or isotonic-calibrated predictions tie a lot).
 """
 
 from __future__ import annotations
@@ -36,8 +40,8 @@ def reliability_table(labels: Any, probs: Any, *, num_bins: int = 15) -> dict[st
 
     Returns:
         A dict of (B,) arrays, B = min(num_bins, N): `bin_lower` and `bin_upper` (the smallest and
-        largest probability in the bin), `mean_prob`, `observed_rate` (mean label) and `count`
-        (int64 rows).
+        largest probability in the bin), `mean_prob`, `observed_rate` (mean label, tied rows
+        sharing their labels) and `count` (int64 rows).
 
     Raises:
         ValueError: on mismatched or non-1-D shapes, empty input, NaN or inf, labels other than
@@ -47,8 +51,10 @@ def reliability_table(labels: Any, probs: Any, *, num_bins: int = 15) -> dict[st
         raise ValueError(f"num_bins must be a positive integer, got {num_bins!r}")
     y, p = _check_inputs(labels, probs)
     n = p.shape[0]
-    order = np.argsort(p, kind="stable")
+    order = np.argsort(p)
     p, y = p[order], y[order]
+    _, ties, tied = np.unique(p, return_index=True, return_counts=True)  # runs of equal p
+    shared = np.repeat(np.add.reduceat(y, ties, dtype=np.int64) / tied, tied)  # run's mean label
     bins = min(int(num_bins), n)
     count = np.full(bins, n // bins, dtype=np.int64)
     count[: n % bins] += 1
@@ -57,7 +63,7 @@ def reliability_table(labels: Any, probs: Any, *, num_bins: int = 15) -> dict[st
         "bin_lower": p[start],
         "bin_upper": p[start + count - 1],
         "mean_prob": np.add.reduceat(p, start) / count,
-        "observed_rate": np.add.reduceat(y, start, dtype=np.int64) / count,
+        "observed_rate": np.add.reduceat(shared, start) / count,
         "count": count,
     }
 

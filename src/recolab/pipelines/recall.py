@@ -391,22 +391,34 @@ class RecallModule(TrainingFlops, pl.LightningModule):
     def random_topk(
         self,
         seen: tuple[Tensor, Tensor],
-        num_users: int,
-        generator: torch.Generator,
+        users: Tensor,
         *,
         chunk: int = 256,
     ) -> Tensor:
-        """(B, max(ks)) the random baseline: a uniform random order of the unseen items per user."""
+        """(B, max(ks)) the random baseline: a uniform random order of the unseen items per user.
+
+        Each user's order is drawn from a generator seeded by the run's seed and the user's id,
+        so it is the same whichever rows share its batch: under any evaluation batch size, on
+        one process or gathered from several DDP ranks, in `train` and in `recolab evaluate`.
+        """
         k = min(self.max_k, self.num_items)
         indptr, indices = seen
         out = []
-        for start in range(0, num_users, chunk):
-            end = min(start + chunk, num_users)
-            scores = torch.rand(end - start, self.num_items + 1, generator=generator).to(
-                indptr.device
-            )
+        for start in range(0, len(users), chunk):
+            end = min(start + chunk, len(users))
+            scores = torch.stack(
+                [
+                    torch.rand(
+                        self.num_items + 1,
+                        generator=torch.Generator().manual_seed(self.seed * 1_000_003 + int(u)),
+                    )
+                    for u in users[start:end].tolist()
+                ]
+            ).to(indptr.device)
             sub_ptr = indptr[start : end + 1] - indptr[start]
             out.append(masked_topk(scores, sub_ptr, indices[indptr[start] : indptr[end]], k))
+        if not out:
+            return torch.full((0, self.max_k), -1, dtype=torch.long, device=indptr.device)
         return torch.nn.functional.pad(torch.cat(out), (0, self.max_k - k), value=-1)
 
     # -- evaluation: retrieve per batch, gather, compute ---------------------------------------
@@ -428,10 +440,7 @@ class RecallModule(TrainingFlops, pl.LightningModule):
         if test and self.baselines:
             b = len(row["targets"])
             row["popular"] = self.popular_topk(seen, b)
-            # seeded by the run's seed and the batch's first user: the same draws in every run
-            first_user = int(features["user_id"][0]) if b else 0
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + first_user)
-            row["random"] = self.random_topk(seen, b, g)
+            row["random"] = self.random_topk(seen, features["user_id"])
         self._rows.append(row)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:

@@ -9,11 +9,16 @@ from recolab.metrics import ece, predicted_observed_ratio, reliability_table
 
 
 def reference_ece(y, p, num_bins):
+    """Sorted rows cut into near-equal bins; each row's label is the mean label of all rows
+    with its probability (an O(N^2) loop), so tied rows share their labels."""
+    shared = np.array(
+        [np.mean([y[j] for j in range(len(p)) if p[j] == p[i]]) for i in range(len(p))]
+    )
     order = np.argsort(p, kind="stable")
     total = 0.0
     for idx in np.array_split(order, num_bins):
         if len(idx):
-            total += len(idx) / len(p) * abs(y[idx].mean() - p[idx].mean())
+            total += len(idx) / len(p) * abs(shared[idx].mean() - p[idx].mean())
     return total
 
 
@@ -27,6 +32,28 @@ def test_ece_matches_per_bin_loop(seed, num_bins):
         p = np.round(p, 1)  # ties straddle bins
     y = (rng.random(n) < p**2).astype(int)
     assert ece(y, p, num_bins=num_bins) == pytest.approx(reference_ece(y, p, num_bins), abs=1e-12)
+
+
+@pytest.mark.parametrize("num_bins", [2, 7, 15])
+def test_ece_and_the_table_do_not_depend_on_the_order_of_tied_rows(num_bins):
+    """Rows gathered from DDP ranks come in another order than on one process; heavily tied
+    predictions (rounded, isotonic-calibrated) must give the same ECE and table either way."""
+    rng = np.random.default_rng(num_bins)
+    p = np.round(rng.random(301), 1)
+    y = (rng.random(301) < p).astype(int)
+    want = reliability_table(y, p, num_bins=num_bins)
+    for _ in range(5):
+        perm = rng.permutation(301)
+        got = reliability_table(y[perm], p[perm], num_bins=num_bins)
+        for key in want:
+            np.testing.assert_allclose(got[key], want[key], rtol=0, atol=1e-12)
+        assert ece(y[perm], p[perm], num_bins=num_bins) == pytest.approx(
+            ece(y, p, num_bins=num_bins), abs=1e-12
+        )
+    # the smallest case: four rows at 0.5, two bins; the tie's two positives are shared out
+    assert (
+        ece([1, 1, 0, 0], [0.5] * 4, num_bins=2) == ece([0, 1, 0, 1], [0.5] * 4, num_bins=2) == 0.0
+    )
 
 
 def test_reliability_table_is_consistent_with_ece():

@@ -127,7 +127,7 @@ def test_training_items_are_excluded_from_rankings(data):
             with torch.no_grad():
                 ids = module.retrieve(batch["features"], seen)
                 popular = module.popular_topk(seen, len(ids))
-                random = module.random_topk(seen, len(ids), torch.Generator().manual_seed(0))
+                random = module.random_topk(seen, batch["features"]["user_id"])
             for got in (ids, popular, random):
                 for row in range(len(ids)):
                     excluded = set(seen[1][seen[0][row] : seen[0][row + 1]].tolist())
@@ -269,3 +269,22 @@ def test_bad_settings_fail_with_the_key():
         RecallModule(model, num_items=4, item_counts=torch.ones(5, dtype=torch.long), index="annoy")
     with pytest.raises(ValueError, match=r"item_counts must have shape \(5,\)"):
         RecallModule(model, num_items=4, item_counts=torch.ones(4, dtype=torch.long))
+
+
+def test_a_users_random_baseline_does_not_depend_on_its_batch(data):
+    """Evaluation batches differ with the batch size and the number of DDP ranks: each user's
+    random list must come out the same in any batch (it once came from the batch's first user)."""
+    module = _module(data).eval()
+    batch = next(iter(data.test_dataloader()))
+    indptr, indices = batch["seen"]["indptr"], batch["seen"]["indices"]
+    users = batch["features"]["user_id"]
+    together = module.random_topk((indptr, indices), users)
+    for row in (0, 1, len(users) - 1):  # each user alone in its batch
+        alone_ptr = torch.tensor([0, int(indptr[row + 1] - indptr[row])])
+        alone = module.random_topk(
+            (alone_ptr, indices[indptr[row] : indptr[row + 1]]), users[row : row + 1]
+        )
+        assert torch.equal(alone[0], together[row])
+    assert not torch.equal(together[0], together[1]), "users get different orders"
+    module.seed += 1  # the run's seed (`seed=`) changes every user's draws
+    assert not torch.equal(module.random_topk((indptr, indices), users), together)
