@@ -8,8 +8,12 @@ samples trained on by all ranks over the epoch's training seconds (from the epoc
 the start of its validation, so evaluation is left out; with validation within the epoch,
 `val_check_interval`, each span of training between validations is logged by itself), and, where the module counts its
 FLOPs (`recolab.pipelines.flops`), the FLOPs of all ranks over the same seconds. They are logged
-at the epoch's last step; in a DDP run `ThroughputMonitor` also logs its windowed
-`train/samples_per_sec` and `train/flops_per_sec` (the same quantities over its window).
+at the epoch's last step.
+
+In a DDP run Lightning's `ThroughputMonitor` also logs all-rank rates over its window, under the
+same names; `WindowThroughputMonitor` (the `throughput` callback) puts those under
+`train/window/...`, so that `train/samples_per_sec` holds the per-epoch values alone (the ones
+`recolab compare` reads as a run's latest).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import ThroughputMonitor
 from pytorch_lightning.trainer.states import TrainerFn
 
 from recolab.data.columnar import batch_rows
@@ -79,3 +84,27 @@ class EpochThroughput(pl.Callback):
         """Called on every rank as a span of training closes, with its seconds and the samples
         of all ranks: for subclasses that record more about the span (the benchmarks'
         `EpochTimer` adds CPU time and page faults)."""
+
+
+class WindowThroughputMonitor(ThroughputMonitor):
+    """Lightning's `ThroughputMonitor`, its all-rank windowed rates (logged in DDP runs only)
+    renamed from `<stage>/<rate>` to `<stage>/window/<rate>` (`samples_per_sec`,
+    `flops_per_sec`, `mfu`, ...); the per-device rates (`<stage>/device/...`) and the counts keep
+    their names. Arguments as `ThroughputMonitor`'s."""
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        for throughput in self._throughputs.values():
+            throughput.compute = _windowed(throughput.compute, throughput.separator)
+
+
+def _windowed(compute: Any, separator: str) -> Any:
+    def renamed() -> dict[str, Any]:
+        return {
+            f"window{separator}{k}"
+            if not k.startswith("device") and (k.endswith("_per_sec") or k == "mfu")
+            else k: v
+            for k, v in compute().items()
+        }
+
+    return renamed

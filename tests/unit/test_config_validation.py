@@ -97,7 +97,7 @@ def test_every_experiment_config_is_valid(exp: str, tmp_path: Path) -> None:
         (
             # ThroughputMonitor's **kwargs go to fabric's Throughput: checked against it.
             ["+callbacks.throughput.window_sise=50"],
-            "callbacks.throughput.window_sise: unknown key for ThroughputMonitor; did you mean 'window_size'?",
+            "callbacks.throughput.window_sise: unknown key for WindowThroughputMonitor; did you mean 'window_size'?",
         ),
         (
             ["module.optimizer=adamw"],

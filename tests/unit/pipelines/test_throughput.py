@@ -4,16 +4,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import pytorch_lightning as pl
 import torch
 from mlflow.tracking import MlflowClient
+from pytorch_lightning.trainer.states import RunningStage, TrainerFn
 from torch.utils.data import DataLoader
 
 from recolab.models.rank.single_task import SingleTask
 from recolab.pipelines.rank import RankModule
-from recolab.throughput import EpochThroughput
+from recolab.throughput import EpochThroughput, WindowThroughputMonitor
 from recolab.train import train
 from tests.conftest import TINY_WORLD, compose_train
 from tests.lightning_helpers import Plain, quiet_trainer
@@ -134,3 +136,26 @@ def test_each_span_of_training_reaches_on_span_with_its_samples() -> None:
     trainer.fit(Spans(), data, DataLoader(torch.randn(16, 3), batch_size=8))
     assert [samples for _, samples in spans] == [24, 16] * 2
     assert all(seconds > 0 for seconds, _ in spans)
+
+
+def test_the_windowed_all_rank_rates_do_not_share_epoch_throughputs_names() -> None:
+    """In a DDP run Lightning's ThroughputMonitor logs all-rank rates over its window under
+    `train/samples_per_sec` too; `WindowThroughputMonitor` moves them to `train/window/...`, so
+    that name's history is EpochThroughput's per-epoch values alone."""
+    real = quiet_trainer()
+    ddp = SimpleNamespace(  # what setup reads of a trainer, with two ranks
+        precision_plugin=real.precision_plugin,
+        strategy=real.strategy,
+        enable_validation=False,
+        world_size=2,
+        state=SimpleNamespace(stage=RunningStage.TRAINING, fn=TrainerFn.FITTING),
+    )
+    monitor = WindowThroughputMonitor(batch_size_fn=len, window_size=2)
+    monitor.setup(ddp, Plain(), "fit")
+    throughput = monitor._throughputs[RunningStage.TRAINING]
+    for step in (1, 2):
+        throughput.update(time=float(step), batches=step, samples=8 * step, flops=100 * step)
+    metrics = throughput.compute()
+    assert metrics["window/samples_per_sec"] == 16.0 and metrics["device/samples_per_sec"] == 8.0
+    assert "window/flops_per_sec" in metrics and "device/flops_per_sec" in metrics
+    assert not {"samples_per_sec", "flops_per_sec", "batches_per_sec"} & set(metrics)
