@@ -135,7 +135,7 @@ def _list_elements_hash(arr: pa.Array) -> np.ndarray:
         row = np.zeros(len(arr), dtype=np.uint64)
         with np.errstate(over="ignore"):
             for j in range(grid.shape[1]):
-                row = _mix(row ^ _element_hash(grid[:, j]))
+                row = splitmix64(row ^ _element_hash(grid[:, j]))
         return row
     offsets = arr.offsets.to_numpy().astype(np.int64)
     values = arr.values.to_numpy(zero_copy_only=False)[offsets[0] : offsets[-1]]
@@ -147,13 +147,15 @@ def _list_elements_hash(arr: pa.Array) -> np.ndarray:
     with np.errstate(over="ignore"):
         # the place goes through a salted hash: with the same hash for value and place, [1, 1] and
         # [2, 2] would collide (h(1) ^ h(1) == h(2) ^ h(2))
-        element = _mix(_element_hash(values) ^ _mix(_mix(place) ^ np.uint64(0xD6E8FEB86659FD93)))
+        element = splitmix64(
+            _element_hash(values) ^ splitmix64(splitmix64(place) ^ np.uint64(0xD6E8FEB86659FD93))
+        )
         sums = np.concatenate(
             [[np.uint64(0)], np.cumsum(element, dtype=np.uint64)]
         )  # wraps mod 2**64
-        return _mix(
+        return splitmix64(
             (sums[offsets[1:]] - sums[offsets[:-1]])
-            ^ _mix(lengths.astype(np.uint64) + np.uint64(2))
+            ^ splitmix64(lengths.astype(np.uint64) + np.uint64(2))
         )
 
 
@@ -166,11 +168,11 @@ def _list_keys(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
 
 def _element_hash(values: np.ndarray) -> np.ndarray:
     if values.dtype.kind in "iu":
-        return _mix(values.astype(np.int64).view(np.uint64))
+        return splitmix64(values.astype(np.int64).view(np.uint64))
     return pd.util.hash_array(values)
 
 
-def _mix(x: np.ndarray) -> np.ndarray:
+def splitmix64(x: np.ndarray) -> np.ndarray:
     """splitmix64's finalizer: a bijection of uint64 that spreads every input bit over the output."""
     x = x + np.uint64(0x9E3779B97F4A7C15)
     x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
@@ -204,7 +206,7 @@ def duplicate_rows(table: pa.Table) -> np.ndarray:
     row = np.zeros(n, dtype=np.uint64)
     with np.errstate(over="ignore"):
         for values in columns.values():
-            row = _mix(row ^ pd.util.hash_array(values))
+            row = splitmix64(row ^ pd.util.hash_array(values))
     _, first, counts = np.unique(row, return_inverse=True, return_counts=True)
     candidates = np.flatnonzero(counts[first] > 1)  # ascending: "earlier" keeps its meaning
     out = np.zeros(n, dtype=bool)

@@ -41,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from recolab import metrics as M
+from recolab.data.checks import splitmix64
 from recolab.index import FaissIndex, exact_topk, recall_against_exact
 from recolab.models.recall import merge_interest_topk
 from recolab.pipelines.distributed import gather_rows, log_gathered
@@ -397,24 +398,25 @@ class RecallModule(TrainingFlops, pl.LightningModule):
     ) -> Tensor:
         """(B, max(ks)) the random baseline: a uniform random order of the unseen items per user.
 
-        Each user's order is drawn from a generator seeded by the run's seed and the user's id,
-        so it is the same whichever rows share its batch: under any evaluation batch size, on
-        one process or gathered from several DDP ranks, in `train` and in `recolab evaluate`.
+        Item i's score for user u is a hash of (the run's seed, u, i) (splitmix64, 24 bits kept):
+        each user's order depends on nothing else, so it is the same whichever rows share its
+        batch: under any evaluation batch size, on one process or gathered from several DDP
+        ranks, in `train` and in `recolab evaluate`.
         """
         k = min(self.max_k, self.num_items)
         indptr, indices = seen
+        with np.errstate(over="ignore"):
+            items = splitmix64(np.arange(self.num_items + 1, dtype=np.uint64))  # (I + 1,)
+            keys = splitmix64(
+                splitmix64(np.full(len(users), self.seed, dtype=np.uint64))
+                ^ users.cpu().numpy().astype(np.int64).view(np.uint64)
+            )  # (B,)
         out = []
         for start in range(0, len(users), chunk):
             end = min(start + chunk, len(users))
-            scores = torch.stack(
-                [
-                    torch.rand(
-                        self.num_items + 1,
-                        generator=torch.Generator().manual_seed(self.seed * 1_000_003 + int(u)),
-                    )
-                    for u in users[start:end].tolist()
-                ]
-            ).to(indptr.device)
+            with np.errstate(over="ignore"):
+                bits = splitmix64(keys[start:end, None] ^ items[None, :]) >> np.uint64(40)
+            scores = torch.from_numpy(bits.astype(np.float32)).to(indptr.device)
             sub_ptr = indptr[start : end + 1] - indptr[start]
             out.append(masked_topk(scores, sub_ptr, indices[indptr[start] : indptr[end]], k))
         if not out:

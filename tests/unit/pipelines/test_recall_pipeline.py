@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import pytorch_lightning as pl
+import scipy.stats
 import torch
 
 from recolab.data.retrieval import RetrievalDataModule
@@ -288,3 +289,17 @@ def test_a_users_random_baseline_does_not_depend_on_its_batch(data):
     assert not torch.equal(together[0], together[1]), "users get different orders"
     module.seed += 1  # the run's seed (`seed=`) changes every user's draws
     assert not torch.equal(module.random_topk((indptr, indices), users), together)
+
+
+def test_the_random_baseline_puts_every_item_first_equally_often(data):
+    """Over many users with nothing seen, each corpus item is the first pick about equally
+    often (a chi-square test at the 0.1% level; the draws are fixed by the seed)."""
+    module = _module(data).eval()
+    users = torch.arange(1, 30_001)
+    nothing_seen = (torch.zeros(len(users) + 1, dtype=torch.long), torch.zeros(0, dtype=torch.long))
+    first = module.random_topk(nothing_seen, users)[:, 0]
+    counts = torch.bincount(first, minlength=module.num_items + 1)[1:].double()
+    assert (counts > 0).all()
+    expected = len(users) / module.num_items
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    assert chi2 < scipy.stats.chi2.ppf(0.999, module.num_items - 1), chi2
