@@ -419,6 +419,36 @@ def resume_and_tracking_cases() -> None:
         "resuming a checkpoint with other settings (`model.num_experts=8`)",
         train_with("logger=none", "model.num_experts=8", f"ckpt_path={last}", name="r2"),
     )
+    source = TMP / "resumed_log.parquet"
+
+    def clicks(n: int, users: int) -> None:
+        rng = np.random.default_rng(0)
+        pq.write_table(
+            pa.table(
+                {
+                    "user_id": rng.integers(0, users, n),
+                    "item_id": rng.integers(0, 50, n),
+                    "click": (rng.random(n) < 0.3).astype(float),
+                    "timestamp": np.arange(n),
+                }
+            ),
+            source,
+        )
+
+    on_parquet = ["+exp=mmoe", "data=parquet", f"data.path={source}", "data.batch_size=64"]
+    on_parquet += [*TINY[5:], "logger=none"]
+    clicks(600, users=30)
+    train(cfg_for(on_parquet, "r3"))
+    clicks(700, users=40)  # the source changed since the run started
+    case(
+        "resume",
+        "resuming a run whose data file has changed since (new users)",
+        lambda: train(
+            cfg_for(
+                [*on_parquet, f"ckpt_path={TMP / 'r3' / 'out' / 'checkpoints' / 'last.ckpt'}"], "r4"
+            )
+        ),
+    )
 
     def with_env(uri: str) -> Callable[[], object]:
         def run() -> None:

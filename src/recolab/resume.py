@@ -1,10 +1,12 @@
 """Resuming a run: what `ckpt_path=last` means, and how a resumed run ends where an unbroken one would.
 
 **Which checkpoint.** `ckpt_path=last` is the newest `last.ckpt` (by modification time) of the
-same experiment and seed among this project's runs and sweeps:
+same run among this project's runs and sweeps:
 `<paths.log_dir>/runs/<exp_name>/*/checkpoints/last.ckpt` and
-`<paths.log_dir>/multiruns/*/*/checkpoints/last.ckpt`, keeping those whose stored config has the
-same `exp_name` and `seed`. `ckpt_path=<file>` names one directly.
+`<paths.log_dir>/multiruns/*/*/checkpoints/last.ckpt`, keeping those whose stored config has
+every setting of this invocation (`setting_differences`): the jobs of one sweep share their
+experiment and seed, so a newer sibling job's checkpoint is not this job's. `ckpt_path=<file>`
+names one directly.
 
 **The same run.** Resuming continues the checkpoint's run: the new invocation writes into that
 run's folder (`paths.output_dir`, so its checkpoints and report land beside the first ones) and
@@ -25,6 +27,11 @@ k, and both are restored too:
   and sets them back on resume (loaders draw from their own generators, so nothing else moves the
   global one between the checkpoint and the next step).
 
+The data must be the run's too: after the data is read, `check_same_data` compares the
+vocabularies and dense-feature statistics fitted on it with those the checkpoint saved, and
+names the first column that differs (a source file changed since the run started) before any
+training step.
+
 So a run killed mid-epoch and resumed ends with the same test metrics, bit for bit, as one that
 ran through (`tests/integration/test_resume.py`), on one CPU process. Not covered: a loader with
 worker processes (the sampler runs ahead of training), the streaming data module (its loader
@@ -38,6 +45,7 @@ import pickle
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -112,16 +120,34 @@ def read_info(path: Path) -> dict[str, Any]:
 
 
 def find_last(cfg: DictConfig) -> tuple[Path, dict[str, Any]]:
-    """The newest `last.ckpt` of the same experiment and seed (see the module docstring)."""
+    """The newest `last.ckpt` of this run: same experiment, seed and every other setting (see the
+    module docstring). Where the experiment and seed have checkpoints but none with these
+    settings, the error names how the newest of them differs."""
+    closest: tuple[Path, list[str]] | None = None
     for path in candidates(cfg):
         info = read_info(path)
         stored = OmegaConf.create(info.get("config") or "{}")
-        if stored.get("exp_name") == cfg.exp_name and stored.get("seed") == cfg.seed:
+        if stored.get("exp_name") != cfg.exp_name or stored.get("seed") != cfg.seed:
+            continue
+        diffs = setting_differences(stored, cfg)
+        if not diffs:
             return path, info
+        closest = closest or (path, diffs)
+    where = (
+        f"{Path(cfg.paths.log_dir)}/runs/{cfg.exp_name}/*/checkpoints/ or "
+        f"{Path(cfg.paths.log_dir)}/multiruns/*/*/checkpoints/"
+    )
+    if closest is not None:
+        path, diffs = closest
+        raise ResumeError(
+            f"ckpt_path=last: no last.ckpt of experiment {cfg.exp_name!r} with seed={cfg.seed} and "
+            f"these settings under {where}; the newest of that experiment and seed, {path}, belongs "
+            f"to a run with other settings ({_shown(diffs)}). Resume with the run's own settings, "
+            "name a checkpoint file (ckpt_path=<file>), or start a new run (ckpt_path=null)"
+        )
     raise ResumeError(
         f"ckpt_path=last: no last.ckpt of experiment {cfg.exp_name!r} with seed={cfg.seed} under "
-        f"{Path(cfg.paths.log_dir)}/runs/{cfg.exp_name}/*/checkpoints/ or {Path(cfg.paths.log_dir)}/multiruns/*/*/checkpoints/; "
-        "start a new run (ckpt_path=null) or name a checkpoint file (ckpt_path=<file>)"
+        f"{where}; start a new run (ckpt_path=null) or name a checkpoint file (ckpt_path=<file>)"
     )
 
 
@@ -134,8 +160,9 @@ def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: node}
 
 
-def check_same_settings(stored: DictConfig, cfg: DictConfig, path: Path) -> None:
-    """Raise `ResumeError` naming every setting (resolved) that differs from the stored run's."""
+def setting_differences(stored: DictConfig, cfg: DictConfig) -> list[str]:
+    """Every setting (resolved) that differs between a stored run's config and `cfg`, as
+    `key: old -> new`, except those that may differ on resume (`MAY_DIFFER`)."""
 
     def flat(c: DictConfig) -> dict[str, Any]:
         keys = [k for k in c if k != "hydra"]
@@ -144,17 +171,66 @@ def check_same_settings(stored: DictConfig, cfg: DictConfig, path: Path) -> None
 
     old, new = flat(stored), flat(cfg)
     missing = object()
-    diffs = [
+    return [
         f"{k}: {old.get(k, '(absent)')!r} -> {new.get(k, '(absent)')!r}"
         for k in sorted(old.keys() | new.keys())
         if old.get(k, missing) != new.get(k, missing)
     ]
+
+
+def _shown(diffs: list[str]) -> str:
+    return "; ".join(diffs[:8]) + (f"; and {len(diffs) - 8} more" if len(diffs) > 8 else "")
+
+
+def check_same_settings(stored: DictConfig, cfg: DictConfig, path: Path) -> None:
+    """Raise `ResumeError` naming every setting (resolved) that differs from the stored run's."""
+    diffs = setting_differences(stored, cfg)
     if diffs:
-        shown = "; ".join(diffs[:8]) + (f"; and {len(diffs) - 8} more" if len(diffs) > 8 else "")
         raise ResumeError(
-            f"ckpt_path: {path} belongs to a run with other settings ({shown}). Resume with the run's "
+            f"ckpt_path: {path} belongs to a run with other settings ({_shown(diffs)}). Resume with the run's "
             "own settings, or start a new run (ckpt_path=null)"
         )
+
+
+def _as_array(value: Any) -> np.ndarray:
+    return value.numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+
+
+def _describe(value: Any) -> str:
+    a = _as_array(value)
+    return f"{a.size:,} values" if a.ndim else repr(a.item())
+
+
+def check_same_data(path: Path, state: dict[str, Any]) -> None:
+    """Raise `ResumeError` if the data read now is not the data the checkpoint's run trained on.
+
+    `state` is the data module's `state_dict()` after its setup (the vocabularies and the
+    dense-feature statistics fitted on the training split); the checkpoint saved the run's own
+    (`recolab.data_state`). A checkpoint without them (written by another program) is not checked.
+    """
+    stored = read_info(path).get("data_state")
+    if stored is None:
+        return
+    old, new = _flat(stored), _flat(state)
+    for key in sorted(old.keys() | new.keys()):
+        if key not in old or key not in new:
+            found = (
+                "in the run's data but not in the data read now"
+                if key in old
+                else "in the data read now but not in the run's"
+            )
+            raise ResumeError(
+                f"ckpt_path: {path}: the data is not what the run trained on: {key} is {found}. "
+                "Resume on the run's own data, or start a new run (ckpt_path=null)"
+            )
+        a, b = _as_array(old[key]), _as_array(new[key])
+        if a.shape != b.shape or not np.array_equal(a, b):
+            raise ResumeError(
+                f"ckpt_path: {path}: the data is not what the run trained on: {key} was "
+                f"{_describe(old[key])} in the run, {_describe(new[key])} now (the source changed "
+                "since the run started). Resume on the run's own data, or start a new run "
+                "(ckpt_path=null)"
+            )
 
 
 def prepare(cfg: DictConfig) -> Path | None:

@@ -174,6 +174,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule: pl.LightningDataModule = instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
+    if resume_from is not None:  # the run's own data, or a clear error before any step
+        resume.check_same_data(resume_from, datamodule.state_dict())
     model, module = build(cfg, datamodule)
     if cfg.get("compile"):
         model.compile()  # in place: state_dict keys, hence checkpoints, stay those of the plain model

@@ -10,6 +10,9 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -183,3 +186,41 @@ def test_two_runs_with_one_seed_agree_exactly(tmp_path: Path, data_cache: Path) 
     )
     assert a and a == b  # every metric, exactly
     assert a != c  # and the seed matters (the test could not pass by ignoring it)
+
+
+def test_resuming_on_changed_data_fails_before_training(tmp_path: Path) -> None:
+    # The source file gets rows with new users after the run started: same settings, other data.
+    def log(n: int, users: int) -> None:
+        rng = np.random.default_rng(0)
+        pq.write_table(
+            pa.table(
+                {
+                    "user_id": rng.integers(0, users, n),
+                    "item_id": rng.integers(0, 50, n),
+                    "click": (rng.random(n) < 0.3).astype(float),
+                    "timestamp": np.arange(n),
+                }
+            ),
+            tmp_path / "log.parquet",
+        )
+
+    run = [
+        "+exp=mmoe",
+        "data=parquet",
+        f"data.path={tmp_path / 'log.parquet'}",
+        "data.batch_size=64",
+        "trainer.max_epochs=1",
+        "+trainer.limit_train_batches=2",
+        "+trainer.limit_val_batches=1",
+        "logger=none",
+    ]
+    log(600, users=30)
+    train(compose_train(tmp_path, run, out="first"))
+    [last] = list(tmp_path.glob("first/checkpoints/last.ckpt"))
+    log(700, users=40)
+    written = last.stat().st_mtime_ns
+    with pytest.raises(
+        ResumeError, match=r"the data is not what the run trained on: vocabs\.user_id was 30 values"
+    ):
+        train(compose_train(tmp_path, [*run, f"ckpt_path={last}"], out="second"))
+    assert last.stat().st_mtime_ns == written  # no step was taken, no checkpoint written
