@@ -72,10 +72,16 @@ def exact_topk(
         indptr, indices = (t.to(user_emb.device, torch.long) for t in exclude)
         if indptr.shape != (num_users + 1,):
             raise ValueError(f"expected indptr ({num_users + 1},), got {tuple(indptr.shape)}")
+    # Scores in float32 even inside an evaluation step under `trainer.precision=bf16-mixed`:
+    # autocast would round them to bfloat16 (8 significant bits), ranking ties where a faiss
+    # index (float32) sees none, and popularity counts above 256 no longer apart.
+    dtype = torch.promote_types(torch.promote_types(user_emb.dtype, item_emb.dtype), torch.float32)
+    user_emb, item_emb = user_emb.to(dtype), item_emb.to(dtype)
     all_scores, all_ids = [], []
     for start in range(0, num_users, batch_size):
         end = min(start + batch_size, num_users)
-        scores = user_emb[start:end] @ item_emb.T  # (b, I)
+        with torch.autocast(user_emb.device.type, enabled=False):
+            scores = user_emb[start:end] @ item_emb.T  # (b, I)
         scores[:, 0] = float("-inf")
         if exclude is not None:
             lengths = indptr[start + 1 : end + 1] - indptr[start:end]  # (b,)

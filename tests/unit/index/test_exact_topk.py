@@ -51,3 +51,20 @@ def test_csr_from_pairs_groups_by_row():
 def test_rejects_too_large_k():
     with pytest.raises(ValueError, match="k must be"):
         exact_topk(torch.randn(2, 3), torch.randn(5, 3), k=5)
+
+
+def test_scores_stay_float32_inside_a_bf16_autocast_evaluation_step():
+    # Under trainer.precision=bf16-mixed, Lightning runs evaluation steps inside autocast. Item
+    # popularity counts 1..2000 as scores (the most-popular baseline): bfloat16 keeps 8
+    # significant bits, so near 2,000 it cannot tell neighbours apart (steps of 8).
+    items = torch.arange(2001, dtype=torch.float32)[:, None]  # (I, 1), row 0 = padding
+    users = torch.ones(3, 1)
+    expected_scores, expected_ids = exact_topk(users, items, k=50)
+    assert expected_ids[0].tolist() == list(range(2000, 1950, -1))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        scores, ids = exact_topk(users, items, k=50)
+    assert scores.dtype == torch.float32
+    assert torch.equal(ids, expected_ids) and torch.equal(scores, expected_scores)
+    # bf16 inputs (a model's embeddings under autocast) are scored in float32 too.
+    _, ids16 = exact_topk(users.bfloat16(), items.bfloat16()[:257], k=10)
+    assert ids16[0].tolist() == list(range(256, 246, -1))

@@ -303,3 +303,39 @@ def test_the_random_baseline_puts_every_item_first_equally_often(data):
     expected = len(users) / module.num_items
     chi2 = float(((counts - expected) ** 2 / expected).sum())
     assert chi2 < scipy.stats.chi2.ppf(0.999, module.num_items - 1), chi2
+
+
+def test_bf16_mixed_evaluation_ranks_as_float32_does():
+    # trainer.precision=bf16-mixed (configs/trainer/gpu.yaml) runs evaluation steps under
+    # autocast; the exact ranking (the reference of test/index_recall_at_K) and the most-popular
+    # baseline must still score in float32, as the faiss index does. 1,500 items: popularity
+    # ranks above 256 are not apart in bfloat16.
+    rng = np.random.default_rng(0)
+    n = 12_000
+    table = pa.table(
+        {
+            "user_id": rng.integers(0, 300, n),
+            "item_id": rng.zipf(1.2, n) % 1500,
+            "timestamp": rng.integers(0, 10**6, n),
+        }
+    )
+    dm = TableModule(table, history_len=10, min_interactions=3, batch_size=256, eval_batch_size=128)
+    dm.setup()
+    results = {}
+    for precision in ("32-true", "bf16-mixed"):
+        torch.manual_seed(0)
+        module = RecallModule(
+            TwoTower(
+                **{k: v for k, v in dm.model_inputs().items() if k != "item_features"}, dim=32
+            ),
+            **dm.module_inputs(),
+            ks=(50,),
+            index="flat",
+            sampler=Sampler(similarity="cosine"),
+        )
+        _trainer(precision=precision).test(module, datamodule=dm, verbose=False)
+        results[precision] = module.test_summary["values"]
+    assert results["bf16-mixed"]["test/index_recall_at_50"] == 1.0
+    for key, value in results["32-true"].items():
+        if key.startswith("baseline_popular/"):
+            assert results["bf16-mixed"][key] == value, key
