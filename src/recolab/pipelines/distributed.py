@@ -35,6 +35,30 @@ def gather_rows(t: torch.Tensor) -> torch.Tensor:
     return torch.cat([o[:s] for o, s in zip(out, sizes)])
 
 
+def gather_columns(
+    rows: list[dict[str, torch.Tensor]], device: torch.device | str = "cpu"
+) -> dict[str, torch.Tensor]:
+    """This rank's evaluation rows (`{key: (n, ...)}` per batch) concatenated, then every key
+    gathered from every rank (`gather_rows`); `{}` when no rank has rows.
+
+    A rank may hold no rows at all (fewer evaluation rows than ranks leave some shards empty):
+    it still takes part in every gather, with empty tensors of the others' dtypes and shapes,
+    which the ranks exchange first. A rank that skipped a collective would leave the others
+    waiting in it until the timeout. Keys are gathered in sorted order, the same on every rank.
+    """
+    keys = rows[0].keys() if rows else []
+    local = {k: torch.cat([r[k] for r in rows]) for k in keys}
+    if world_size() == 1:
+        return local
+    specs: list[dict[str, tuple[torch.dtype, tuple[int, ...]]] | None] = [None] * world_size()
+    dist.all_gather_object(specs, {k: (v.dtype, tuple(v.shape[1:])) for k, v in local.items()})
+    spec = next((s for s in specs if s), {})
+    for key, (dtype, shape) in spec.items():
+        if key not in local:
+            local[key] = torch.empty((0, *shape), dtype=dtype, device=device)
+    return {key: gather_rows(local[key]) for key in sorted(spec)}
+
+
 def log_gathered(module: Any, values: dict[str, float]) -> None:
     """`module.log_dict(values)` for metrics computed on rows gathered from every rank.
 

@@ -41,7 +41,7 @@ from recolab import metrics as M
 from recolab.data.columnar import batch_rows
 from recolab.data.schema import Schema, Task
 from recolab.heads import Head
-from recolab.pipelines.distributed import gather_rows, log_gathered
+from recolab.pipelines.distributed import gather_columns, log_gathered
 from recolab.pipelines.flops import TrainingFlops
 from recolab.reports.rank_report import metric_table, to_markdown, write_rank_report
 
@@ -375,10 +375,8 @@ class RankModule(TrainingFlops, pl.LightningModule):
     on_test_epoch_start = on_validation_epoch_start
 
     def _gathered(self) -> dict[str, torch.Tensor]:
-        keys = self._outputs[0].keys() if self._outputs else []
-        local = {k: torch.cat([o[k] for o in self._outputs]) for k in keys}
-        self._outputs = []
-        return {k: gather_rows(v) for k, v in local.items()}
+        rows, self._outputs = self._outputs, []
+        return gather_columns(rows, self.device)
 
     def _evaluate(self, split: str, *, full: bool) -> dict[str, np.ndarray]:
         rows = self._gathered()

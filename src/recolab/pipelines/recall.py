@@ -44,9 +44,15 @@ from recolab import metrics as M
 from recolab.data.checks import splitmix64
 from recolab.index import FaissIndex, exact_topk, recall_against_exact
 from recolab.models.recall import merge_interest_topk
-from recolab.pipelines.distributed import gather_rows, log_gathered
+from recolab.pipelines.distributed import gather_columns, log_gathered
 from recolab.pipelines.flops import TrainingFlops
-from recolab.reports.recall_report import at_k, metric_rows, to_markdown, write_recall_report
+from recolab.reports.recall_report import (
+    POPULARITY_K,
+    at_k,
+    metric_rows,
+    to_markdown,
+    write_recall_report,
+)
 from recolab.samplers import (
     CorpusNegativeSampler,
     StreamingFrequencyEstimator,
@@ -58,8 +64,6 @@ log = logging.getLogger(__name__)
 
 Batch = dict[str, dict[str, Tensor]]
 INDEX_KINDS = ("exact", "flat", "ivf", "hnsw")
-#: The cut-off of `retrieved_popularity@K` and `index_recall@K`.
-POPULARITY_K = 50
 
 
 @dataclass(frozen=True)
@@ -128,8 +132,9 @@ def retrieval_metrics(
         item_counts: (I,) training interactions per item id.
 
     Returns:
-        `{"recall_at_K", "ndcg_at_K", "hit_rate_at_K", "mrr", "retrieved_popularity_at_50"}`; the last is the
-        mean over users of the mean `log(1 + training count)` of their top-50 items.
+        `{"recall_at_K", "ndcg_at_K", "hit_rate_at_K", "mrr", "retrieved_popularity_at_P"}`; the last is the
+        mean over users of the mean `log(1 + training count)` of their top-P items, P = 50 or
+        max(ks) if smaller (named after the P it measured).
     """
     out: dict[str, float] = {}
     for k in ks:
@@ -140,12 +145,13 @@ def retrieval_metrics(
             at_k("hit_rate", k): d.hit_rate,
         }
     out["mrr"] = M.mrr(topk, targets)
-    top = topk[:, : min(POPULARITY_K, topk.shape[1])]
+    p = min(POPULARITY_K, topk.shape[1])
+    top = topk[:, :p]
     valid = top > 0
     pop = np.where(valid, np.log1p(item_counts[np.clip(top, 0, None)]), 0.0).sum(1) / np.maximum(
         valid.sum(1), 1
     )
-    out[at_k("retrieved_popularity", POPULARITY_K)] = (
+    out[at_k("retrieved_popularity", p)] = (
         float(pop[valid.any(1)].mean()) if valid.any() else float("nan")
     )
     return out
@@ -452,10 +458,8 @@ class RecallModule(TrainingFlops, pl.LightningModule):
         self._collect(batch, batch_idx, test=True)
 
     def _gathered(self) -> dict[str, np.ndarray]:
-        keys = self._rows[0].keys() if self._rows else []
-        local = {k: torch.cat([r[k] for r in self._rows]) for k in keys}
-        self._rows, self._items, self._index = [], None, None
-        return {k: gather_rows(v).cpu().numpy() for k, v in local.items()}
+        rows, self._rows, self._items, self._index = self._rows, [], None, None
+        return {k: v.cpu().numpy() for k, v in gather_columns(rows, self.device).items()}
 
     def _evaluate(self, split: str) -> dict[str, float]:
         rows = self._gathered()
