@@ -90,6 +90,9 @@ def sort_keys(a: np.ndarray) -> tuple[np.ndarray, int]:
         if hi - lo < 1 << 63:
             return (a.astype(np.int64, copy=False) - lo).view(_U64), bits
         return a.view(_U64) ^ _SIGN, 64  # int64 spanning the whole range
+    if a.dtype.itemsize > 8:  # long double: float64 bits would round distinct values to ties
+        codes = np.unique(a, return_inverse=True)[1].reshape(-1)  # dense ranks, exact
+        return codes.astype(_U64), max(1, int(codes.max()).bit_length())
     if a.dtype.itemsize <= 4:
         b, sign = np.ascontiguousarray(a, dtype=np.float32).view(np.int32), np.int32(-(1 << 31))
         width, unsigned = 32, np.uint32
@@ -174,7 +177,13 @@ def group_keys(name: str, groups: Any, n: int) -> tuple[np.ndarray, int]:
     if g.dtype.kind in "biuf":
         check_finite(name, g)
         return sort_keys(g)
-    codes = np.unique(g, return_inverse=True)[1].reshape(-1)
+    try:
+        codes = np.unique(g, return_inverse=True)[1].reshape(-1)
+    except TypeError as e:  # e.g. None among strings: no order between them
+        raise ValueError(
+            f"{name} must hold labels of one sortable kind (numbers or strings, no missing "
+            f"values), got dtype {g.dtype} ({e})"
+        ) from e
     return codes.astype(_U64), max(1, int(codes.max()).bit_length())
 
 

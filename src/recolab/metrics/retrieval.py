@@ -54,6 +54,12 @@ def _as_ids(name: str, x: Any) -> np.ndarray:
         raise ValueError(f"{name} must be 2-D (users, items), got shape {a.shape}")
     if a.dtype.kind not in "iu":
         raise ValueError(f"{name} must hold integer item ids, got dtype {a.dtype}")
+    if a.dtype.kind == "u" and a.size and a.max() > np.iinfo(np.int64).max:
+        # As int64 they would wrap to negative ids, which mean padding: dropped silently.
+        raise ValueError(
+            f"{name} must hold item ids below 2**63 (int64), got {int(a.max())} in dtype "
+            f"{a.dtype}: keep 63 bits of a 64-bit hash"
+        )
     return a.astype(np.int64, copy=False)
 
 

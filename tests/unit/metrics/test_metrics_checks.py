@@ -75,3 +75,19 @@ def test_input_checks():
     with pytest.raises(ValueError, match="2 NaN or infinite"):
         C.check_finite("scores", np.array([np.nan, -np.inf, 0.0]))
     np.testing.assert_array_equal(C.check_binary("labels", np.array([0.0, 1.0])), [0, 1])
+
+
+def test_sort_keys_keep_long_double_values_apart():
+    # Values that differ only beyond float64's precision: a float64 cast would tie them.
+    a = np.array([1, 1, 1], dtype=np.longdouble) + np.array([0, 1, 2], dtype=np.longdouble) * (
+        np.finfo(np.longdouble).eps * 4
+    )
+    if np.finfo(np.longdouble).eps >= np.finfo(np.float64).eps or len(np.unique(a)) < 3:
+        pytest.skip("this platform's long double is float64")
+    keys, _ = C.sort_keys(a[[2, 0, 1, 0]])
+    assert keys.tolist() == [2, 0, 1, 0]
+
+
+def test_group_labels_without_an_order_name_the_argument():
+    with pytest.raises(ValueError, match=r"groups must hold labels of one sortable kind"):
+        C.group_keys("groups", np.array(["a", None, "b"], dtype=object), 3)

@@ -114,3 +114,18 @@ def test_errors_quote_shapes():
         recall_at_k(topk, targets, k=0)
     with pytest.raises(ValueError, match="non-empty"):
         recall_at_k(np.zeros((0, 4), dtype=int), np.zeros((0, 2), dtype=int), k=1)
+
+
+def test_uint64_ids_beyond_int64_are_refused_not_taken_for_padding():
+    # As int64, 2**63 + 5 wraps to a negative id, which means padding: the user would be left out.
+    big = np.uint64(2**63 + 5)
+    topk = np.array([[big], [np.uint64(2)]], dtype=np.uint64)
+    targets = np.array([[big], [np.uint64(7)]], dtype=np.uint64)
+    with pytest.raises(
+        ValueError, match=r"topk must hold item ids below 2\*\*63.*9223372036854775813"
+    ):
+        recall_at_k(topk, targets, k=1)
+    # Below 2**63 uint64 ids are taken as they are.
+    ok = topk.copy()
+    ok[0, 0] = targets[0, 0] = np.uint64(2**63 - 1)
+    assert recall_at_k(ok, targets, k=1) == 0.5
