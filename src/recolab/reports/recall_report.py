@@ -12,6 +12,9 @@ from typing import Any
 
 from recolab.reports import fmt
 
+#: The cut-off of `retrieved_popularity@K` and `index_recall@K` (or max(ks) where that is smaller).
+POPULARITY_K = 50
+
 COLUMNS = (("model", "test"), ("most popular", "baseline_popular"), ("random", "baseline_random"))
 
 
@@ -32,7 +35,7 @@ def display(name: str) -> str:
 
 def _metric_names(ks: list[int]) -> list[str]:
     names = [at_k(m, k) for m in ("recall", "ndcg", "hit_rate") for k in ks]
-    return [*names, "mrr", at_k("retrieved_popularity", 50)]
+    return [*names, "mrr", at_k("retrieved_popularity", min(POPULARITY_K, max(ks)))]
 
 
 def metric_rows(metrics: dict[str, float], summary: dict[str, Any]) -> list[dict[str, Any]]:
@@ -79,6 +82,7 @@ def write_recall_report(
     data = summary.get("data", {})
     values = summary.get("values", {})
     index_recall = {k: v for k, v in {**values, **metrics}.items() if "index_recall" in k}
+    pop_k = min(POPULARITY_K, max(summary.get("ks") or [POPULARITY_K]))
     protocol = [
         f"- users evaluated: {summary.get('users', '?')} (one held-out item each: the user's last interaction)",
         f"- corpus: all {data.get('items', '?')} training items, ranked in full (no sampled negatives); each user's "
@@ -94,7 +98,7 @@ def write_recall_report(
             else ""
         ),
         "- MRR counts the first hit within the top "
-        f"{max(summary.get('ks') or [0])}; retrieved_popularity@50 is the mean log(1 + training count) of the top 50",
+        f"{max(summary.get('ks') or [0])}; retrieved_popularity@{pop_k} is the mean log(1 + training count) of the top {pop_k}",
     ]
     sampler = summary.get("sampler", {})
     md = [

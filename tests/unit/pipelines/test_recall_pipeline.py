@@ -214,7 +214,7 @@ def test_popularity_baseline_matches_a_hand_computation():
     )
     assert m["recall_at_1"] == pytest.approx(2 / 3) and m["recall_at_2"] == 1.0
     assert m["mrr"] == pytest.approx((1 + 0.5 + 1) / 3)
-    assert m["retrieved_popularity_at_50"] == pytest.approx(
+    assert m["retrieved_popularity_at_2"] == pytest.approx(  # the top 2: all there is
         (np.log(2) + (np.log(3) + np.log(2)) / 2 + np.log(3)) / 3
     )
 
@@ -339,3 +339,17 @@ def test_bf16_mixed_evaluation_ranks_as_float32_does():
     for key, value in results["32-true"].items():
         if key.startswith("baseline_popular/"):
             assert results["bf16-mixed"][key] == value, key
+
+
+def test_retrieved_popularity_is_named_after_the_cut_off_it_measured():
+    rng = np.random.default_rng(0)
+    counts = rng.integers(0, 100, 300)
+    topk = rng.permutation(np.arange(1, 300))[:60].reshape(3, 20)  # max(ks) = 20 < 50
+    m = retrieval_metrics(topk, np.array([[1], [2], [3]]), ks=(10, 20), item_counts=counts)
+    assert "retrieved_popularity_at_50" not in m
+    assert m["retrieved_popularity_at_20"] == pytest.approx(np.log1p(counts[topk]).mean(1).mean())
+    wide = np.concatenate([topk, topk, topk], axis=1)  # max(ks) = 60: the top 50 count
+    m = retrieval_metrics(wide, np.array([[1], [2], [3]]), ks=(60,), item_counts=counts)
+    assert m["retrieved_popularity_at_50"] == pytest.approx(
+        np.log1p(counts[wide[:, :50]]).mean(1).mean()
+    )
