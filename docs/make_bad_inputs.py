@@ -275,6 +275,17 @@ def data_cases() -> None:
     case("data", "positions below 1", load(log_table(position=with_rows(t["position"], [0, 9], 0))))
     case(
         "data",
+        "a NaN timestamp (it would sort last, into the test split)",
+        load(log_table(timestamp=with_rows(t["timestamp"], [5], np.nan))),
+    )
+    split = np.array(["train"] * 150 + ["val"] * 20 + ["test"] * 25 + ["valid"] * 5)
+    case(
+        "data",
+        "a split column (`data.split.kind=column`) with a value that is no split",
+        load(log_table(split=split), split={"kind": "column", "column": "split"}),
+    )
+    case(
+        "data",
         "null ids",
         load(log_table(user_id=pa.array([None] + list(t["user_id"][1:]), pa.int64()))),
     )

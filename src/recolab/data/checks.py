@@ -7,7 +7,7 @@ drop with `drop_bad_rows` and report the count). Policies:
   accident: `3.0` and `3` would be two ids); sequence columns hold lists of ids.
 - **special columns** (DESIGN.md section 2), wherever they appear (feature, label or meta):
   `duration` and `watch_time` are >= 0 seconds; `position` is an integer >= 1 (slots count from
-  1); `timestamp` is numeric or a timestamp type, never null.
+  1); `timestamp` is numeric or a timestamp type, never null, NaN or infinite.
 - **duplicates**: in an event log (a table with a `timestamp` column), a row equal to an earlier
   one in every column used is a duplicate (a logging or join accident that would weigh that
   impression twice); with `drop_bad_rows` the first copy is kept. A table without timestamps (a
@@ -94,9 +94,18 @@ def special_column_problems(
                     wrong,
                 )
             )
-    if TIMESTAMP in table.column_names and table.column(TIMESTAMP).null_count:
-        wrong = table.column(TIMESTAMP).is_null().to_numpy(zero_copy_only=False)
-        out.append((f"column {TIMESTAMP!r}: {int(wrong.sum())} missing timestamp(s)", wrong))
+    if TIMESTAMP in table.column_names:
+        column = table.column(TIMESTAMP)
+        wrong = column.is_null().to_numpy(zero_copy_only=False)
+        if pa.types.is_floating(column.type):  # NaN and inf are no time either (NaN sorts last)
+            wrong = wrong | ~np.isfinite(_numeric(column))
+        if wrong.any():
+            out.append(
+                (
+                    f"column {TIMESTAMP!r}: {int(wrong.sum())} missing or non-finite timestamp(s)",
+                    wrong,
+                )
+            )
     return out
 
 

@@ -23,7 +23,13 @@ turned into integer codes with their mapping in `<out>/ids/<column>.parquet`, an
 (`summary.json`, `summary.md`: rows, users, items, label rates, duration and position
 distributions). Every problem is found before anything is written, and named by file, column and
 rows (1-based data rows, the CSV header not counted); `drop_bad_rows=true` drops bad rows and
-the summary says how many, and why.
+the summary says how many, and why. A null, NaN or infinite id or timestamp is a missing one.
+
+`timestamp` is written as unix seconds: int64 when every row is a whole second, float64 (to the
+microsecond) when some row has a fraction, which is kept: rows a fraction of a second apart stay
+in their order, and are not duplicates of each other. Numbers are unix seconds. ISO strings with
+a zone (`2024-05-01T14:00:00+02:00`, `...Z`) are the instant they name; strings without one, and
+timestamp columns without a zone, are read as UTC (`2024-05-01T12:00:00` -> 1714564800).
 """
 
 from __future__ import annotations
@@ -62,6 +68,16 @@ SCHEMA_KEYS = (
 )
 LABEL_KEYS = ("column", "name", "kind", "weight", "transform")
 SHOWN_ROWS = 5
+SECOND_PARTS = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}
+# Arrow's ISO-8601 parsers: without a zone (whole seconds reach past 2262, ns take fractions), then
+# with one (converted to UTC). A string is read by the first that takes it; all give the same instant.
+ISO_TYPES = (
+    pa.timestamp("s"),
+    pa.timestamp("ns"),
+    pa.timestamp("s", "UTC"),
+    pa.timestamp("ns", "UTC"),
+)
+ZONED = r"(?:[Zz]|[+-]\d\d:?\d\d)$"  # only sorts strings for speed: every string may try every type
 
 
 class LogImportError(ValueError):
@@ -261,42 +277,82 @@ def _as_float(col: pa.ChunkedArray) -> np.ndarray:
     return col.to_numpy(zero_copy_only=False).astype(np.float64)
 
 
-def _timestamp_seconds(col: pa.ChunkedArray) -> pa.Array:
-    """Unix seconds (int64) from numbers, timestamps or ISO date-time strings (checked by `_unparsed`)."""
-    if pa.types.is_integer(col.type) or pa.types.is_floating(col.type):
-        return pc.cast(col, pa.int64()) if pa.types.is_integer(col.type) else col
-    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
-        col = pc.cast(col, pa.timestamp("s"))
-    return pc.cast(pc.cast(col, pa.timestamp("s")), pa.int64())
+def _missing(col: pa.ChunkedArray) -> np.ndarray:
+    """Rows that are null, or NaN or infinite in a float column: an id or a timestamp that is not there."""
+    missing = col.is_null().to_numpy(zero_copy_only=False)
+    if pa.types.is_floating(col.type):
+        missing |= ~np.isfinite(col.to_numpy(zero_copy_only=False).astype(np.float64))
+    return missing
+
+
+def _seconds(times: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Unix seconds (float64, fractions kept) of a timestamp or date array; nulls give 0."""
+    if pa.types.is_date32(times.type):  # days
+        return pc.fill_null(pc.cast(times, pa.int32()), 0).to_numpy().astype(np.float64) * 86400
+    if pa.types.is_date64(times.type):  # milliseconds
+        return pc.fill_null(pc.cast(times, pa.int64()), 0).to_numpy() / 1000
+    ticks = pc.fill_null(pc.cast(times, pa.int64()), 0).to_numpy()  # UTC, in the type's unit
+    per = SECOND_PARTS[times.type.unit]
+    return (ticks // per).astype(np.float64) + (ticks % per) / per  # whole part exact
+
+
+def _iso_seconds(strings: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """`(unix seconds (float64), whether read)` of non-null strings, by the first of `ISO_TYPES`
+    that reads them: a whole array at once, and value by value only if no type reads all of it."""
+    for type_ in ISO_TYPES:
+        try:
+            return _seconds(pc.cast(strings, type_)), np.ones(len(strings), dtype=bool)
+        except pa.ArrowInvalid:
+            continue
+    distinct, codes = np.unique(strings.to_numpy(zero_copy_only=False), return_inverse=True)
+    seconds, read = np.zeros(len(distinct)), np.zeros(len(distinct), dtype=bool)
+    for i, value in enumerate(distinct):  # a log with bad strings, or with and without zones
+        for type_ in ISO_TYPES:
+            try:
+                seconds[i] = _seconds(pc.cast(pa.array([value], strings.type), type_))[0]
+            except pa.ArrowInvalid:
+                continue
+            read[i] = True
+            break
+    return seconds[codes], read[codes]
+
+
+def _timestamp_seconds(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray] | None:
+    """`(unix seconds, rows without a time)` from numbers, timestamps, dates or ISO date-time
+    strings (see the module docstring: int64 if all are whole seconds, else float64); None if
+    the type holds no times.
+
+    A row has no time if it is missing (`_missing`) or a string that is not an ISO date-time; its
+    seconds are 0. `check_log` reports these rows (`_unparsed`) and `convert` writes the seconds.
+    """
+    missing = _missing(col)
+    if pa.types.is_integer(col.type):
+        return pc.fill_null(pc.cast(col, pa.int64()), 0).to_numpy(), missing
+    if pa.types.is_floating(col.type):
+        seconds = np.where(missing, 0.0, col.to_numpy(zero_copy_only=False).astype(np.float64))
+    elif pa.types.is_timestamp(col.type) or pa.types.is_date(col.type):
+        seconds = _seconds(col)
+    elif pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        seconds, unread = np.zeros(len(col)), missing.copy()
+        strings = pc.drop_null(col.combine_chunks())
+        present = np.flatnonzero(~missing)
+        zoned = pc.match_substring_regex(strings, ZONED).to_numpy(zero_copy_only=False)
+        for group in (~zoned, zoned):  # one fast cast each for logs with and without zones
+            if group.any():
+                values, read = _iso_seconds(strings.filter(pa.array(group)))
+                seconds[present[group]], unread[present[group]] = values, ~read
+        missing = unread
+    else:
+        return None
+    whole = np.array_equal(seconds, np.floor(seconds)) and np.abs(seconds).max(initial=0) < 2**62
+    return (seconds.astype(np.int64) if whole else seconds), missing
 
 
 def _unparsed(col: pa.ChunkedArray) -> np.ndarray | None:
-    """Rows whose timestamp is neither a number nor an ISO date-time; None if the type holds neither."""
-    if (
-        pa.types.is_integer(col.type)
-        or pa.types.is_floating(col.type)
-        or pa.types.is_timestamp(col.type)
-        or pa.types.is_date(col.type)
-    ):
-        return np.zeros(len(col), dtype=bool)
-    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
-        return None
-    raw = col.to_numpy(zero_copy_only=False)
-    present = np.array([v is not None for v in raw])
-    distinct = np.unique(raw[present].astype(str))
-    bad_values = set()
-    for (
-        v
-    ) in distinct:  # distinct values only; this runs on the error path of a parse, or on short logs
-        try:
-            pc.cast(pa.array([v]), pa.timestamp("s"))
-        except pa.ArrowInvalid:
-            bad_values.add(v)
-    return (
-        np.array([v is not None and v in bad_values for v in raw])
-        if bad_values
-        else np.zeros(len(col), dtype=bool)
-    )
+    """Rows whose timestamp is there but is neither a number nor an ISO date-time (by the parser
+    that `convert` uses, `_timestamp_seconds`); None if the type holds neither."""
+    parsed = _timestamp_seconds(col)
+    return None if parsed is None else parsed[1] & ~_missing(col)
 
 
 def check_log(table: pa.Table, schema: LogSchema) -> tuple[list[tuple[str, np.ndarray]], list[str]]:
@@ -328,7 +384,7 @@ def check_log(table: pa.Table, schema: LogSchema) -> tuple[list[tuple[str, np.nd
         elif problem := checks.id_type_problem(column, col.type):
             fatal.append(problem)
             continue
-        flag(col.is_null().to_numpy(zero_copy_only=False), f"column {column!r}: missing id(s)")
+        flag(_missing(col), f"column {column!r}: missing id(s)")
     numeric = [(lbl["column"], "label") for lbl in schema.labels] + [
         (c, "dense feature") for c in schema.dense
     ]
@@ -356,10 +412,7 @@ def check_log(table: pa.Table, schema: LogSchema) -> tuple[list[tuple[str, np.nd
                 f"column {schema.timestamp!r} (timestamp) must be unix seconds or date-times, got {col.type}"
             )
         else:
-            flag(
-                col.is_null().to_numpy(zero_copy_only=False),
-                f"column {schema.timestamp!r}: missing timestamp(s)",
-            )
+            flag(_missing(col), f"column {schema.timestamp!r}: missing timestamp(s)")
             flag(
                 unparsed,
                 f"column {schema.timestamp!r}: timestamp(s) that are not ISO date-times like 2024-05-01T12:00:00",
@@ -436,7 +489,7 @@ def convert(table: pa.Table, schema: LogSchema) -> tuple[pa.Table, dict[str, pa.
             if mapping is not None:
                 id_maps[name] = mapping
         elif column == schema.timestamp:
-            col = _timestamp_seconds(col)
+            col = pa.array(_timestamp_seconds(col)[0])  # every row has a time (`check_log`)
         elif column == schema.position:
             col = pc.cast(col, pa.int32())
         else:

@@ -254,15 +254,19 @@ def _slice(cols: Columns, a: int, b: int) -> Columns:
 
 
 class _DenseStats:
-    """Running count, mean and sum of squared deviations (Chan, Golub and LeVeque's pairwise update)."""
+    """Running count, mean and sum of squared deviations (Chan, Golub and LeVeque's pairwise
+    update), and the range: a constant column maps to 0 with scale 1, as in `RankDataModule` (its
+    computed std would be a rounding residue, not 0)."""
 
     def __init__(self) -> None:
         self.n, self.mean, self.m2 = 0, 0.0, 0.0
+        self.lo, self.hi = math.inf, -math.inf
 
     def add(self, x: np.ndarray) -> None:
         n_b = len(x)
         if n_b == 0:
             return
+        self.lo, self.hi = min(self.lo, float(x.min())), max(self.hi, float(x.max()))
         mean_b = float(x.mean())
         m2_b = float(((x - mean_b) ** 2).sum())
         n = self.n + n_b
@@ -272,6 +276,8 @@ class _DenseStats:
         self.n = n
 
     def result(self) -> tuple[float, float]:
+        if self.n and self.hi == self.lo:
+            return self.lo, 1.0
         std = math.sqrt(self.m2 / self.n) if self.n else 0.0
         return self.mean, std if std > 0 else 1.0
 
@@ -369,7 +375,7 @@ class StreamingParquetDataModule(RankDataModule):
     STAGE_SPLITS = {"validate": ("val",), "test": ("test",), "predict": ("test",)}
 
     def setup(self, stage: str | None = None) -> None:
-        fit = not self.vocabs  # a checkpoint's vocabularies win (see load_state_dict)
+        fit = not self.restored  # a checkpoint's vocabularies and statistics win (load_state_dict)
         needed = SPLITS if fit else self.STAGE_SPLITS.get(stage or "fit", SPLITS)
         todo = [split for split in needed if split not in self.groups]
         if not todo:

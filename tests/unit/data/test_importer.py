@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -155,6 +157,128 @@ def test_duplicate_rows_are_found_at_import(tmp_path: Path) -> None:
         import_log(path, SCHEMA, tmp_path / "out")
 
 
+NOON = 1714564800  # 2024-05-01T12:00:00Z in unix seconds
+TINY_SCHEMA = "user: uid\nitem: video_id\ntimestamp: ts\nlabels: [clicked]\n"
+
+
+def tiny_log(tmp_path: Path, name: str, **columns: object) -> tuple[Path, Path]:
+    """A four-row log (parquet, or CSV if `name` says so) and its schema; `columns` replace the defaults."""
+    table = pa.table(
+        {
+            "uid": [1, 2, 3, 4],
+            "video_id": [5, 6, 7, 8],
+            "ts": [NOON + i for i in range(4)],
+            "clicked": [0, 1, 0, 1],
+        }
+        | columns
+    )
+    path, schema = tmp_path / name, tmp_path / "schema.yaml"
+    if name.endswith(".csv"):
+        table.to_pandas().to_csv(path, index=False)
+    else:
+        pq.write_table(table, path)
+    schema.write_text(TINY_SCHEMA)
+    return path, schema
+
+
+@pytest.mark.parametrize(
+    ("name", "ts", "seconds"),
+    [
+        (  # pyarrow reads these as timestamp[ns]; the fractions are kept
+            "fractions.csv",
+            ["2024-05-01T12:00:00.5", "2024-05-01T12:00:01.999", "2024-05-01T12:00:02", None],
+            [NOON + 0.5, NOON + 1.999, NOON + 2],
+        ),
+        (
+            "micros.parquet",
+            pa.array(
+                np.array(
+                    [
+                        "2024-05-01T12:00:00.25",
+                        "2024-05-01T12:00:01.999999",
+                        "1969-12-31T23:59:59.5",
+                    ]
+                    + [None],
+                    "datetime64[us]",
+                ),
+                pa.timestamp("us"),
+            ),
+            [NOON + 0.25, NOON + 1.999999, -0.5],
+        ),
+        (  # ISO strings with a zone are the instant they name; without one they are UTC
+            "zones.parquet",
+            [
+                "2024-05-01T12:00:00Z",
+                "2024-05-01T12:00:00+00:00",
+                "2024-05-01T14:00:00+02:00",
+                None,
+            ],
+            [NOON, NOON, NOON],
+        ),
+        (
+            "zones.csv",
+            [
+                "2024-05-01T12:00:00Z",
+                "2024-05-01T10:00:00.5-02:00",
+                "2024-05-01T14:00:00+02:00",
+                None,
+            ],
+            [NOON, NOON + 0.5, NOON],
+        ),
+        (
+            "mixed.parquet",
+            ["2024-05-01T12:00:00", "2024-05-01T14:00:01+02:00", "2024-05-01T12:00:02.7Z", None],
+            [NOON, NOON + 1, NOON + 2.7],
+        ),
+    ],
+)
+def test_sub_second_and_zoned_timestamps_become_utc_seconds(
+    tmp_path: Path, name: str, ts: object, seconds: list[int]
+) -> None:
+    path, schema = tiny_log(tmp_path, name, ts=ts)
+    with pytest.raises(
+        LogImportError, match=r"column 'ts': missing timestamp\(s\): 1 row\(s\) \(4\)"
+    ):
+        import_log(path, schema, tmp_path / "out")
+    summary = import_log(path, schema, tmp_path / "out", drop_bad_rows=True)
+    assert summary["dropped_rows"]["total"] == 1
+    column = pq.read_table(tmp_path / "out" / "data.parquet").column("timestamp")
+    assert column.to_pylist() == pytest.approx(seconds, abs=1e-6)
+    # int64 when every second is whole; float64 seconds when a fraction is to be kept
+    whole = all(float(v).is_integer() for v in seconds)
+    assert column.type == (pa.int64() if whole else pa.float64())
+
+
+def test_what_is_no_iso_date_time_is_named_by_the_parser_that_converts(tmp_path: Path) -> None:
+    ts = ["2024-05-01T12:00:00+00:00", "yesterday", "2024-05-01T12:00:02", "2024-05-01T14:00:03+02"]
+    path, schema = tiny_log(tmp_path, "log.parquet", ts=ts)
+    with pytest.raises(LogImportError, match=r"not ISO date-times .*: 1 row\(s\) \(2\)"):
+        import_log(path, schema, tmp_path / "out")
+    summary = import_log(path, schema, tmp_path / "out", drop_bad_rows=True)
+    assert summary["dropped_rows"]["total"] == 1
+    out = pq.read_table(tmp_path / "out" / "data.parquet").column("timestamp").to_pylist()
+    assert out == [NOON, NOON + 2, NOON + 3]
+
+
+@pytest.mark.parametrize(("column", "what"), [("uid", "id"), ("ts", "timestamp")])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nan_or_inf_in_a_float_id_or_timestamp_is_a_missing_value(
+    tmp_path: Path, column: str, what: str, bad: float
+) -> None:
+    columns = {"uid": [1.0, 2.0, 3.0, 4.0], "ts": [NOON + 0.5 * i for i in range(4)]}
+    columns[column][1], columns[column][3] = bad, None  # reported with the nulls, as one problem
+    path, schema = tiny_log(tmp_path, "log.parquet", **columns)
+    reason = f"column {column!r}: missing {what}(s)"
+    with pytest.raises(
+        LogImportError, match=rf"log\.parquet: {re.escape(reason)}: 2 row\(s\) \(2, 4\)"
+    ):
+        import_log(path, schema, tmp_path / "out")
+    summary = import_log(path, schema, tmp_path / "out", drop_bad_rows=True)
+    assert summary["dropped_rows"] == {"total": 2, "reasons": {reason: 2}} and summary["rows"] == 2
+    out = pq.read_table(tmp_path / "out" / "data.parquet").to_pydict()
+    assert out["user_id"] == [1, 3] and out["timestamp"] == [NOON, NOON + 1]
+
+
 @pytest.mark.parametrize(
     ("schema_text", "message"),
     [
@@ -230,3 +354,25 @@ def test_the_command_line_imports_and_reports_errors(tmp_path: Path) -> None:
         env=env,
     )
     assert r.returncode != 0 and "unknown key 'shema'; did you mean 'schema'?" in r.stderr
+
+
+def test_rows_a_fraction_of_a_second_apart_are_not_duplicates(tmp_path: Path) -> None:
+    ts = pa.array(
+        np.array(
+            ["2024-05-01T12:00:00.1", "2024-05-01T12:00:00.7", "2024-05-01T12:00:01", None],
+            "datetime64[ms]",
+        ),
+        pa.timestamp("ms"),
+    )
+    path, schema = tiny_log(
+        tmp_path,
+        "log.parquet",
+        ts=ts,
+        uid=[1, 1, 3, 4],
+        video_id=[5, 5, 7, 8],
+        clicked=[0, 0, 0, 1],
+    )
+    summary = import_log(path, schema, tmp_path / "out", drop_bad_rows=True)
+    assert summary["dropped_rows"]["total"] == 1  # the null timestamp alone
+    out = pq.read_table(tmp_path / "out" / "data.parquet").column("timestamp").to_pylist()
+    assert out == pytest.approx([NOON + 0.1, NOON + 0.7, NOON + 1])

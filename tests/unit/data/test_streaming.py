@@ -371,3 +371,16 @@ def test_evaluation_with_a_checkpoints_vocabularies_reads_only_its_split(tmp_pat
     assert torch.cat(_read(dm.test_dataloader())).tolist() == list(range(65 + 15, 65 + 15 + 9))
     with pytest.raises(DataError, match="no parquet files for the train split"):
         dm.setup("fit")
+
+
+def test_a_constant_dense_column_maps_to_zero_with_scale_one():
+    # Its running std is a rounding residue (not 0) for values like 0.3, across chunks too.
+    from recolab.data.streaming import _DenseStats
+
+    stats = _DenseStats()
+    for chunk in (np.full(7, 0.3), np.full(5, 0.3)):
+        stats.add(chunk)
+    assert stats.result() == (0.3, 1.0)
+    stats.add(np.array([0.5]))
+    mean, std = stats.result()
+    assert mean == pytest.approx((12 * 0.3 + 0.5) / 13) and std > 0.01

@@ -80,6 +80,9 @@ def broken(values: np.ndarray, rows: list[int], bad: object) -> np.ndarray:
         ),
         ("position", 0, r"column 'position': 3 position\(s\) below 1, fractional or missing"),
         ("position", 2.5, r"column 'position': 3 position\(s\) below 1"),
+        # A NaN timestamp sorts last: it would land in the test split of a time split.
+        ("timestamp", np.nan, r"column 'timestamp': 3 missing or non-finite timestamp\(s\)"),
+        ("timestamp", np.inf, r"column 'timestamp': 3 missing or non-finite timestamp\(s\)"),
     ],
 )
 def test_bad_special_values_fail_then_drop_with_a_count(
@@ -322,3 +325,41 @@ def test_dropped_rows_are_recorded_in_mlflow(tmp_path: Path) -> None:
     [run] = client.search_runs([client.get_experiment_by_name("recolab").experiment_id])
     assert run.data.metrics["data/dropped_rows"] == 3
     assert "data/oov_rows/test/item_id" in run.data.metrics
+
+
+def test_a_split_column_with_other_values_names_them(tmp_path: Path) -> None:
+    split = np.array(["train"] * 150 + ["val"] * 20 + ["test"] * 25 + ["valid"] * 4 + [None])
+    path = write(tmp_path, table(split=pa.array(split, pa.string())))
+    with pytest.raises(
+        DataError,
+        match=r"log\.parquet: column 'split' \(data.split.column\) must be one of \['train', 'val', "
+        r"'test'\] in every row; 5 rows have '<null>' \(1 rows\), 'valid' \(4 rows\)",
+    ):
+        dm(path, split={"kind": "column", "column": "split"}).setup()
+
+
+def test_a_constant_dense_column_is_not_divided_by_a_rounding_residue(tmp_path: Path) -> None:
+    # 0.3's computed std over identical values is ~5.6e-17, not 0.
+    x = np.full(N, 0.3)
+    x[-10:] = 0.5  # the time split's last rows: in test, not in train
+    path = write(tmp_path, table(x=x))
+    data = dm(path, dense=["x"])
+    data.setup()
+    assert data.dense_stats["x"] == (0.3, 1.0)
+    assert (data.data["train"]["features"]["x"] == 0).all()
+    assert data.data["test"]["features"]["x"].max().item() == pytest.approx(0.2)
+
+
+def test_a_checkpoints_dense_statistics_are_kept_without_any_id_column(tmp_path: Path) -> None:
+    # No sparse or sequence column, so no vocabulary: the statistics alone say "restored".
+    rng = np.random.default_rng(0)
+    path = write(
+        tmp_path, {"x": rng.normal(50, 10, N), "click": table()["click"], "timestamp": np.arange(N)}
+    )
+    data = ParquetDataModule(path=str(path), sparse=[], dense=["x"], tasks=[{"name": "click"}])
+    data.load_state_dict({"vocabs": {}, "dense_stats": {"x": (0.0, 1.0)}})
+    data.setup()
+    assert data.dense_stats == {"x": (0.0, 1.0)}  # not refitted: (50.x, 9.x)
+    # Encoded with the checkpoint's (0, 1): the raw values themselves.
+    raw = pq.read_table(path).column("x").to_numpy().astype(np.float32)
+    assert np.isin(data.data["train"]["features"]["x"].numpy(), raw).all()
