@@ -40,6 +40,7 @@ restarts the epoch), and a GPU's non-deterministic kernels.
 
 from __future__ import annotations
 
+import copy
 import logging
 import pickle
 from pathlib import Path
@@ -129,7 +130,7 @@ def find_last(cfg: DictConfig) -> tuple[Path, dict[str, Any]]:
         stored = OmegaConf.create(info.get("config") or "{}")
         if stored.get("exp_name") != cfg.exp_name or stored.get("seed") != cfg.seed:
             continue
-        diffs = setting_differences(stored, cfg)
+        diffs = setting_differences(stored, _in_folder_of(cfg, path))
         if not diffs:
             return path, info
         closest = closest or (path, diffs)
@@ -149,6 +150,18 @@ def find_last(cfg: DictConfig) -> tuple[Path, dict[str, Any]]:
         f"ckpt_path=last: no last.ckpt of experiment {cfg.exp_name!r} with seed={cfg.seed} under "
         f"{where}; start a new run (ckpt_path=null) or name a checkpoint file (ckpt_path=<file>)"
     )
+
+
+def _in_folder_of(cfg: DictConfig, path: Path) -> DictConfig:
+    """`cfg` writing into the run folder of checkpoint `path` (`<folder>/checkpoints/<file>`), as
+    a resumed run does: settings derived from the folder (the checkpoint directory, Lightning's
+    root directory) then compare equal to the run's."""
+    if path.parent.name != "checkpoints":
+        return cfg
+    moved = copy.deepcopy(cfg)
+    with open_dict(moved):
+        moved.paths.output_dir = str(path.parent.parent)
+    return moved
 
 
 def _flat(node: Any, prefix: str = "") -> dict[str, Any]:

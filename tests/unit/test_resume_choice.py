@@ -119,3 +119,18 @@ def test_other_data_is_named_before_training(tmp_path: Path, change, message: st
     change(now)
     with pytest.raises(ResumeError, match=rf"the data is not what the run trained on: {message}"):
         resume.check_same_data(path, now)
+
+
+def test_settings_derived_from_the_run_folder_match_once_resumed_into_it(tmp_path: Path) -> None:
+    # A run's stored config holds its checkpoint directory resolved (`<run folder>/checkpoints`);
+    # a new invocation starts with another folder, which resuming replaces by the run's.
+    def derived(output_dir: Path) -> DictConfig:
+        cfg = _cfg(tmp_path)
+        cfg.paths.output_dir = str(output_dir)
+        cfg.callbacks = {"model_checkpoint": {"dirpath": "${paths.output_dir}/checkpoints"}}
+        return cfg
+
+    job = tmp_path / "logs" / "multiruns" / "2026-01-01_00-00-00" / "0-mmoe-seed0"
+    stored = OmegaConf.create(OmegaConf.to_container(derived(job), resolve=True))
+    path = _checkpoint(tmp_path, "0-mmoe-seed0", stored, mtime=1000)
+    assert _resume_last(derived(tmp_path / "new")) == path
