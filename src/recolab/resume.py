@@ -211,7 +211,7 @@ def _as_array(value: Any) -> np.ndarray:
 
 def _describe(value: Any) -> str:
     a = _as_array(value)
-    return f"{a.size:,} values" if a.ndim else repr(a.item())
+    return f"{a.size:,} values" if a.size > 4 else repr(a.tolist())  # statistics: the numbers
 
 
 def check_same_data(path: Path, state: dict[str, Any]) -> None:
