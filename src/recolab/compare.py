@@ -12,6 +12,7 @@ metric names (`test/auc/click`, ...) and tags (`recolab.exp`, `recolab.seed`, ..
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import hydra
 from mlflow.tracking import MlflowClient
@@ -25,10 +26,18 @@ from recolab.train import CONFIG_DIR
 log = logging.getLogger(__name__)
 
 
+def _names(value: Any) -> list[str]:
+    """`exps=mmoe` as `exps=[mmoe]`: a single name is a list of one (not one per letter)."""
+    if value is None:
+        return []
+    return [str(value)] if isinstance(value, str) else [str(v) for v in value]
+
+
 def fetch_runs(cfg: DictConfig) -> list[RunRecord]:
     client = MlflowClient(tracking_uri=cfg.tracking_uri)
-    if cfg.run_ids:
-        found = [client.get_run(r) for r in cfg.run_ids]
+    run_ids, exps = _names(cfg.run_ids), _names(cfg.exps)
+    if run_ids:
+        found = [client.get_run(r) for r in run_ids]
     else:
         experiment = client.get_experiment_by_name(cfg.experiment_name)
         if experiment is None:
@@ -41,7 +50,7 @@ def fetch_runs(cfg: DictConfig) -> list[RunRecord]:
         if cfg.filter:
             clauses.append(cfg.filter)
         # MLflow's filter has no OR and no IN for tags: one search per experiment name.
-        per_exp = [[f"tags.`recolab.exp` = '{e}'"] for e in cfg.exps] or [[]]
+        per_exp = [[f"tags.`recolab.exp` = '{e}'"] for e in exps] or [[]]
         found = [
             run
             for extra in per_exp

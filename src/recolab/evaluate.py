@@ -46,6 +46,25 @@ def load_checkpoint(path: str) -> dict:
     return ckpt
 
 
+def _model_and_data_tags(cfg: DictConfig, train_run_id: str) -> dict[str, str]:
+    """The training run's `recolab.model` and `recolab.data` tags, for the evaluation's run.
+
+    Its own config has no model group (the checkpoint's model is evaluated) and a data group
+    only when `data=` is given (which then names it): these come from the run that trained the
+    checkpoint, where it is in the same store.
+    """
+    if not train_run_id or not (cfg.get("logger") and "mlflow" in cfg.logger):
+        return {}
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        tags = MlflowClient(tracking_uri=cfg.logger.mlflow.tracking_uri).get_run(train_run_id)
+    except MlflowException:  # trained into another store: the tags stay unset, as before
+        return {}
+    return {k: v for k, v in tags.data.tags.items() if k in ("recolab.model", "recolab.data")}
+
+
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Rebuild the checkpoint's model, test it on the chosen data, report and track; return the metrics."""
     validate_config(
@@ -67,10 +86,12 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         else {}
     )
     # Rank zero alone tracks and reports, as in `train` (under DDP every rank runs this function).
+    inherited = _model_and_data_tags(cfg, train_run_id) if rank_zero_only.rank == 0 else {}
     loggers = [
         instantiate(
             c,
             tags={
+                **inherited,
                 **{
                     k: str(v)
                     for k, v in OmegaConf.to_container(c.get("tags") or {}, resolve=True).items()
@@ -99,7 +120,17 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     output_dir = Path(cfg.paths.output_dir)
     try:
         start_tracking(
-            OmegaConf.merge(run_cfg, {"data": data_cfg, "ckpt_path": cfg.ckpt_path}),
+            OmegaConf.merge(
+                run_cfg,
+                {
+                    "data": data_cfg,
+                    "ckpt_path": cfg.ckpt_path,
+                    # the run's tags and this evaluation's (`tags: [evaluate]`, and any given)
+                    "tags": list(
+                        dict.fromkeys([*(run_cfg.get("tags") or []), *(cfg.get("tags") or [])])
+                    ),
+                },
+            ),
             mlf,
             output_dir,
             kind="evaluate",

@@ -110,7 +110,16 @@ def finish_run(
     output_dir: Path,
     checkpoint: str,
 ) -> None:
-    """Write the report, log it, mark the run complete, and print the table (rank zero only)."""
+    """Write the report, log it, mark the run complete, and print the table (rank zero only).
+
+    A run without test metrics (no test batch: `trainer.limit_test_batches=0`, say) is not
+    complete: it raises, so the caller marks it FAILED.
+    """
+    if not any(k.startswith("test/") for k in metrics):
+        raise RuntimeError(
+            f"{title}: the test split of {datamodule.source_path} gave no metrics (no test batch ran: "
+            "check trainer.limit_test_batches); the run is not complete"
+        )
     context = {
         "experiment": cfg.exp_name,
         "data": datamodule.source_path,

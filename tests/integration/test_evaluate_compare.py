@@ -49,6 +49,11 @@ def test_evaluate_reproduces_the_test_metrics_as_a_linked_run(two_seeds) -> None
         "tags.`recolab.kind` = 'train' and params.seed = '1'",
     )[0]
     assert runs[0].data.tags["mlflow.parentRunId"] == train_run.info.run_id
+    # The trained model's and data's names, and the run's tags with the evaluation's own.
+    for key in ("recolab.model", "recolab.data"):
+        assert runs[0].data.tags[key] == train_run.data.tags[key], key
+    assert runs[0].data.tags["recolab.model"] == "mmoe"
+    assert runs[0].data.tags["recolab.tags"].split(",")[-1] == "evaluate"
     assert {"report/report.md"} <= {
         a.path for a in client.list_artifacts(runs[0].info.run_id, "report")
     }
@@ -95,3 +100,33 @@ def test_evaluate_refuses_a_trainer_lightning_cannot_build_before_reading_data(
     )
     assert not runs, "an evaluation run was tracked for a trainer that cannot be built"
     assert not (root / "bad" / "report").exists()
+
+
+def test_compare_takes_one_experiment_name_without_brackets(two_seeds) -> None:
+    # `exps=mmoe` is a string: it once matched runs of experiments 'm', 'm', 'o' and 'e' (none).
+    root, _ = two_seeds
+    tables = []
+    for i, exps in enumerate(("exps=[mmoe]", "exps=mmoe")):
+        cfg = compose_train(root, [exps, f"out_dir={root}/table{i}"], config_name="compare")
+        md, _ = compare(cfg)
+        tables.append(md.read_text().split("\n", 3)[3])  # past the title and the store line
+    assert tables[0] == tables[1]
+
+
+def test_evaluate_without_a_test_batch_fails_and_is_not_marked_complete(two_seeds) -> None:
+    root, _ = two_seeds
+    ckpt = next((root / "out2" / "checkpoints").glob("epoch*.ckpt"))
+    cfg = compose_train(
+        root,
+        [f"ckpt_path={ckpt}", "+trainer.limit_test_batches=0"],
+        config_name="evaluate",
+        out="eval_empty",
+    )
+    with pytest.raises(RuntimeError, match=r"gave no metrics \(no test batch ran"):
+        evaluate(cfg)
+    client = MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow.db")
+    [run] = client.search_runs(
+        [client.get_experiment_by_name("recolab").experiment_id],
+        "tags.`recolab.kind` = 'evaluate' and attributes.status = 'FAILED'",
+    )
+    assert "recolab.complete" not in run.data.tags

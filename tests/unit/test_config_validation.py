@@ -321,3 +321,11 @@ def test_rules_are_keyed_by_real_constructor_parameters() -> None:
     for t in targets:
         names |= set(accepted_parameters(_locate(t))[0])
     assert set(RULES) - names - {"fractions"} == set()  # fractions: inside data.split
+
+
+def test_the_readmes_optimizer_override_composes(tmp_path: Path) -> None:
+    # `module.optimizer_kwargs={fused: false}` (README, experiments/bench/speed.md): an empty
+    # mapping in the config refused it under Hydra's strict mode; null takes it.
+    cfg = compose_train(tmp_path, ["+exp=mmoe", "module.optimizer_kwargs={fused: false}"])
+    validate_config(cfg, known_top_level=KNOWN)
+    assert dict(cfg.module.optimizer_kwargs) == {"fused": False}
