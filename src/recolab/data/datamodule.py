@@ -317,13 +317,11 @@ class RankDataModule(pl.LightningDataModule):
         if kind == "column":
             name = self.split_cfg["column"]
             column = table.column(name)
-            col = column.to_numpy(zero_copy_only=False).astype(str)
-            other = ~np.isin(col, SPLITS) | column.is_null().to_numpy(zero_copy_only=False)
+            null = column.is_null().to_numpy(zero_copy_only=False)
+            col = np.where(null, "<null>", column.to_numpy(zero_copy_only=False).astype(str))
+            other = ~np.isin(col, SPLITS)
             if other.any():  # each row belongs to one split: none may fall between them
-                values, counts = np.unique(
-                    np.where(column.is_null().to_numpy(zero_copy_only=False), "<null>", col)[other],
-                    return_counts=True,
-                )
+                values, counts = np.unique(col[other], return_counts=True)
                 found = ", ".join(f"{str(v)!r} ({c} rows)" for v, c in zip(values[:8], counts[:8]))
                 raise DataError(
                     f"{self.source_path}: column {name!r} (data.split.column) must be one of "
