@@ -32,6 +32,18 @@ _count_addbmm()
 OUT = ROOT / "experiments" / "bench"
 
 
+def bf16_instructions() -> str:
+    """The CPU's bfloat16 matrix instructions (`avx512_bf16`, `amx_bf16`) or "none": with them
+    `trainer.precision=bf16-mixed` trains faster than float32 here, without them far slower
+    (experiments/bench/speed.md)."""
+    try:
+        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return "unknown"
+    found = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+    return ", ".join(found) or "none"
+
+
 def machine() -> str:
     cpu = "unknown"
     try:
@@ -43,7 +55,8 @@ def machine() -> str:
     except (OSError, StopIteration):
         pass
     return (
-        f"{platform.platform()}; CPU {cpu}; {os.cpu_count()} cores; torch {torch.__version__} "
+        f"{platform.platform()}; CPU {cpu} (bf16 instructions: {bf16_instructions()}); "
+        f"{os.cpu_count()} cores; torch {torch.__version__} "
         f"({torch.get_num_threads()} threads); numpy {np.__version__}; python {platform.python_version()}"
     )
 

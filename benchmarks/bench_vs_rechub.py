@@ -1,6 +1,7 @@
 """MMoE training throughput and AUC: recolab against torch-rechub, same architecture, data and batch.
 
     python benchmarks/bench_vs_rechub.py [--steps 200] [--threads 1] [--sizes 1000000 10000000] [--skip-census]
+        [--seeds N] [--precisions bf16-mixed]
 
 torch-rechub is installed into its own environment, benchmarks/rechub_env/ (created here on first
 use; ignored by git), with the on-disk CPU torch wheel when there is one, and runs as a
@@ -173,7 +174,10 @@ def scenario(
     eval_rows: int | None,
     threads: int,
     seed: int | None = None,
+    precisions: tuple[str, ...] = (),
 ) -> dict:
+    """Both sides on one config; recolab also once per extra `trainer.precision` in `precisions`
+    (under "recolab:<precision>"), against the same torch-rechub run."""
     if seed is not None:
         overrides = [*overrides, f"seed={seed}"]
     cfg = compose(overrides)
@@ -188,6 +192,10 @@ def scenario(
             cfg, Path(tmp), test_rows=eval_rows, steps=steps, epochs=epochs, seed=cfg.seed
         )
         ours = run_recolab([*overrides, *limits], threads=threads)
+        others = {
+            p: run_recolab([*overrides, *limits, f"trainer.precision={p}"], threads=threads)
+            for p in precisions
+        }
         theirs = run_rechub(Path(tmp), threads)
     return {
         "name": name,
@@ -196,7 +204,13 @@ def scenario(
         "spec": spec,
         "recolab": ours,
         "rechub": theirs,
+        **{f"recolab:{p}": r for p, r in others.items()},
     }
+
+
+def as_precision(result: dict, precision: str) -> dict:
+    """`result` with recolab's run at `precision` in place of its default one."""
+    return {**result, "recolab": result[f"recolab:{precision}"]}
 
 
 def seeds_section(by_seed: dict[str, list[dict]]) -> str:
@@ -229,6 +243,32 @@ def seeds_section(by_seed: dict[str, list[dict]]) -> str:
         + "\n".join(rows)
         + "\n"
     )
+
+
+def precision_section(
+    precision: str, results: list[dict], by_seed: dict[str, list[dict]], seeds: int
+) -> str:
+    """The tables again, recolab trained with `trainer.precision=<precision>` in the same run
+    (its run beside the default one, against the same torch-rechub run)."""
+    note = (
+        "bf16 autocast runs the matrix products in bfloat16 (float32 weights, Adam and loss); "
+        "evaluation scores in float32. It pays where the CPU has bfloat16 instructions (see the "
+        "machine line) and costs several times the step where it has none "
+        "(experiments/bench/speed.md)."
+        if precision.startswith("bf16")
+        else ""
+    )
+    swapped = [as_precision(r, precision) for r in results]
+    section = (
+        f"\n## recolab with `trainer.precision={precision}`\n\n"
+        f"recolab trained again in this run with `trainer.precision={precision}` added to each "
+        f"config below, against the same torch-rechub runs as above. {note}\n\n{table(swapped)}\n"
+    )
+    if seeds > 1:
+        section += seeds_section(
+            {name: [as_precision(r, precision) for r in runs] for name, runs in by_seed.items()}
+        )
+    return section
 
 
 def ceiling_table(results: list[dict], limit: float) -> str:
@@ -297,6 +337,13 @@ def main() -> None:
     )
     ap.add_argument("--out", default="vs_rechub", help="experiments/bench/<out>.md")
     ap.add_argument(
+        "--precisions",
+        nargs="*",
+        default=[],
+        help="also run recolab with each of these trainer.precision values (e.g. bf16-mixed), "
+        "against the same torch-rechub runs",
+    )
+    ap.add_argument(
         "--extra",
         nargs="*",
         default=[],
@@ -323,12 +370,15 @@ def main() -> None:
             )
         )
     results = [
-        scenario(name, overrides, threads=args.threads, **kw) for name, overrides, kw in plans
+        scenario(name, overrides, threads=args.threads, precisions=args.precisions, **kw)
+        for name, overrides, kw in plans
     ]
     by_seed = {
         r["name"]: [r]
         + [
-            scenario(name, overrides, threads=args.threads, seed=seed, **kw)
+            scenario(
+                name, overrides, threads=args.threads, seed=seed, precisions=args.precisions, **kw
+            )
             for seed in range(1, args.seeds)
         ]
         for r, (name, overrides, kw) in zip(results, plans)
@@ -368,6 +418,7 @@ ratio above it would need the step to beat the matrix-multiply limit.
 
 {ceiling_table(results, limit)}
 {seeds_section(by_seed) if args.seeds > 1 else ""}
+{"".join(precision_section(p, results, by_seed, args.seeds) for p in args.precisions)}
 Ratios: recolab's training samples per second over torch-rechub's, both measured in this run with
 {args.threads} torch thread(s) per process and no loader workers; {load_note()}. On this shared
 machine a process waits for a core part of the time, differently from run to run, so the

@@ -357,7 +357,12 @@ class RankModule(TrainingFlops, pl.LightningModule):
     # -- evaluation: accumulate, gather, compute ---------------------------------------------
 
     def _collect(self, batch: Batch) -> None:
-        outputs = self(batch["features"])
+        # Scored in float32 even under `trainer.precision=bf16-mixed`, whose autocast Lightning
+        # also applies to evaluation steps: its bf16 outputs keep 8 significant bits, so nearby
+        # scores would tie and the ranking metrics (AUC, GAUC, XAUC) would measure the rounding.
+        # Training's speed option leaves the evaluated model its float32 weights, scored exactly.
+        with torch.autocast(self.device.type, enabled=False):
+            outputs = self(batch["features"])
         row = {f"out/{k}": v.detach().float() for k, v in outputs.items()}
         row.update({f"label/{k}": v for k, v in batch["labels"].items()})
         row.update({f"meta/{k}": v for k, v in batch["meta"].items()})
