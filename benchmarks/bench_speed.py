@@ -21,7 +21,7 @@ import argparse
 import time
 
 import torch
-from _common import ROOT, write
+from _common import ROOT, bf16_instructions, write
 from _runs import load_note, run_recolab, samples_per_cpu_sec
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
@@ -66,6 +66,7 @@ OPTIONS = {
 BASE = "dense, Adam (torch default)"
 DEFAULT = "dense, Adam fused (recolab's default)"
 COMPILED = "dense, Adam fused, torch.compile"
+BF16 = "dense, Adam fused, bf16 autocast"
 
 
 class PreviousMMoE(MMoE):
@@ -217,6 +218,16 @@ def main() -> None:
         + "; `compile: false` stays the default."
     )
 
+    bf16 = rates[BF16] / rates[DEFAULT]
+    precision_note = (
+        f"bf16 autocast trains {bf16:.2f}x the default's rate here (bf16 instructions: "
+        f"{bf16_instructions()}). `trainer.precision` stays `32-true` by default: on a CPU "
+        "without bf16 instructions autocast costs several times the step (0.10x, speed.md at "
+        "commit 73c6247), and float32 results are the same on both kinds of CPU; "
+        "`trainer.precision=bf16-mixed` is the choice where the CPU has them"
+        + (" and, as here, it measures faster." if bf16 > 1 else ".")
+    )
+
     schema, big = large_vocab_batches(1_000_000, args.batch_size, args.steps)
     big_runners = {
         name: Runner(schema, big, OPTIONS[name], **model_kw)
@@ -249,8 +260,9 @@ interleaved rounds of {args.steps} steps; {load_note()}.
 "previous MMoE" is recolab's MMoE before its experts were batched (`PreviousMMoE` in the script:
 E separate expert MLPs, stacked, a (B, 1, E) @ (B, E, H) product per task, `nn.Embedding`
 lookups), with the same weights; every other row is the current `recolab.models.rank.mmoe.MMoE`
-(`BatchedMLPs` experts run as one autograd Function with its own backward, one product for all
-gates and one for all mixtures, a softmax over a transposed view, `index_select` lookups and a
+(`BatchedMLPs` experts run as one autograd Function with its own backward (under bf16 autocast
+layer by layer, which is faster there), one product for all gates and one for all mixtures (in
+float32 under autocast), a softmax over a transposed view, `index_select` lookups and a
 sequence mean without a (B, L, D) mask product on CPU). The last column is the whole change: the
 current step against the previous one.
 
@@ -258,7 +270,7 @@ current step against the previous one.
 |---|---:|---:|---:|
 {rows}
 
-Fastest here: **{fastest}**. {compile_note}
+Fastest here: **{fastest}**. {precision_note} {compile_note}
 
 With a 1,000,000-id table (random ids, one small table beside it, same MLPs; a step touches at most
 {args.batch_size:,} of the 1,000,000 rows):

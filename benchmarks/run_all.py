@@ -15,7 +15,7 @@ BENCHES = [
     ["bench_headroom.py"],
     ["bench_ddp.py"],
     ["bench_memory.py"],
-    ["bench_vs_rechub.py"],
+    ["bench_vs_rechub.py", "--precisions", "bf16-mixed"],
     ["bench_recall.py"],
 ]
 
