@@ -153,11 +153,10 @@ def test_softmax_last_is_softmax_over_the_last_dimension_values_and_gradients(sh
 
 
 @pytest.mark.parametrize("shared", [True, False])
-def test_batched_mlps_under_bf16_autocast_match_linear_stacks_under_autocast(shared):
-    # Under trainer.precision=bf16-mixed the block runs layer by layer under autograd (on a CPU
-    # with bf16 instructions that is faster than its Function on bf16 casts: 1-3% per step,
-    # measured), each product in bf16 as autocast runs nn.Linear's. Its outputs and float32
-    # gradients match E nn.Linear/ReLU stacks run under the same autocast.
+def test_batched_mlps_under_bf16_autocast_run_the_function_as_autocast_runs_linear_stacks(shared):
+    # Under trainer.precision=bf16-mixed the block still runs as one Function (its backward),
+    # on bf16 casts of the input and parameters: the products autocast would run in bf16. Its
+    # outputs and float32 gradients match E nn.Linear/ReLU stacks run under the same autocast.
     torch.manual_seed(0)
     block = BatchedMLPs(E, F, [8, 4], out_dim=2)
     stacks = reference(block)
@@ -167,6 +166,7 @@ def test_batched_mlps_under_bf16_autocast_match_linear_stacks_under_autocast(sha
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = block(x)
         want = torch.stack([s(x_ref if shared else x_ref[e]) for e, s in enumerate(stacks)])
+    assert type(out.grad_fn).__name__ == "_BatchedMLPsFunctionBackward"
     assert out.dtype == want.dtype == torch.bfloat16
     torch.testing.assert_close(out, want, atol=2e-2, rtol=2e-2)
     weights = torch.randn(out.shape)
