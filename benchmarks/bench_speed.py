@@ -223,7 +223,8 @@ def main() -> None:
         f"bf16 autocast trains {bf16:.2f}x the default's rate here (bf16 instructions: "
         f"{bf16_instructions()}). `trainer.precision` stays `32-true` by default: on a CPU "
         "without bf16 instructions autocast costs several times the step (0.10x, speed.md at "
-        "commit 73c6247), and float32 results are the same on both kinds of CPU; "
+        "commit 73c6247), and float32 results matched between the two kinds of CPU (vs_rechub_seeds.md's AUCs, to "
+        "the fourth decimal); "
         "`trainer.precision=bf16-mixed` is the choice where the CPU has them"
         + (" and, as here, it measures faster." if bf16 > 1 else ".")
     )
@@ -260,8 +261,8 @@ interleaved rounds of {args.steps} steps; {load_note()}.
 "previous MMoE" is recolab's MMoE before its experts were batched (`PreviousMMoE` in the script:
 E separate expert MLPs, stacked, a (B, 1, E) @ (B, E, H) product per task, `nn.Embedding`
 lookups), with the same weights; every other row is the current `recolab.models.rank.mmoe.MMoE`
-(`BatchedMLPs` experts run as one autograd Function with its own backward (under bf16 autocast
-layer by layer, which is faster there), one product for all gates and one for all mixtures (in
+(`BatchedMLPs` experts run as one autograd Function with its own backward (under bf16 autocast on
+bf16 casts of the input and weights), one product for all gates and one for all mixtures (in
 float32 under autocast), a softmax over a transposed view, `index_select` lookups and a
 sequence mean without a (B, L, D) mask product on CPU). The last column is the whole change: the
 current step against the previous one.
