@@ -41,8 +41,21 @@ def _train(tmp_path: Path, data_cache: Path, overrides: list[str]) -> dict[str, 
     return metrics
 
 
-def test_bf16_mixed_precision_trains_on_cpu(tmp_path, data_cache):
-    _train(tmp_path, data_cache, ["trainer.precision=bf16-mixed"])
+def test_bf16_mixed_precision_trains_on_cpu_as_float32_does(tmp_path, data_cache):
+    # Five epochs from the same seed: bf16 matrix products (float32 weights, Adam, loss and
+    # evaluation) end where float32 training ends, to within what bf16's rounding moves.
+    epochs = ["trainer.max_epochs=5", "trainer.limit_train_batches=1.0"]
+    runs = {
+        p: _train(tmp_path / p, data_cache, [f"trainer.precision={p}", *epochs])
+        for p in ("32-true", "bf16-mixed")
+    }
+    ours, exact = runs["bf16-mixed"], runs["32-true"]
+    for task in ("click", "like"):
+        assert exact[f"test/auc/{task}"] > 0.55, exact  # float32 training learned something
+        assert abs(ours[f"test/auc/{task}"] - exact[f"test/auc/{task}"]) < 0.01, (task, ours)
+        assert ours[f"test/logloss/{task}"] == pytest.approx(
+            exact[f"test/logloss/{task}"], rel=0.01
+        )
 
 
 def test_optimizer_settings_reach_the_torch_optimizer(tmp_path, data_cache):
