@@ -113,7 +113,11 @@ def _train_reading_its_data(tmp_path: Path, *args: str) -> subprocess.Popen:
 def test_sigusr2_prints_a_running_tasks_stacks_and_a_run_past_its_limit_is_killed_with_them(
     tmp_path: Path,
 ) -> None:
-    proc = _train_reading_its_data(tmp_path, "trainer.max_epochs=100")  # minutes: still running
+    # Still running when the test kills it: no epoch limit it could reach, and no early stopping
+    # (which ended the tiny world's run within 2 s of its data on a faster CPU, before the kill).
+    proc = _train_reading_its_data(
+        tmp_path, "trainer.max_epochs=100000", "~callbacks.early_stopping"
+    )
     os.kill(proc.pid, DUMP_SIGNAL)
     time.sleep(2)
     assert proc.poll() is None, "the dump does not stop the run"
