@@ -85,8 +85,8 @@ class MMoE(nn.Module):
         gates = self._gates(x)  # (B, T, E)
         # Every task's mixture sum_e g_t(x)_e f_e(x) (eq. 4) in one batched product: B products
         # of (T, E) @ (E, H). In float32 even under autocast (`trainer.precision=bf16-mixed`):
-        # torch's CPU bmm runs such tiny bf16 products slower than float32 ones, casts included
-        # (experiments/bench/speed.md); without autocast the casts return the tensors themselves.
+        # torch's CPU bmm runs such tiny bf16 products slower than float32 ones, casts included;
+        # without autocast the casts return the tensors themselves.
         with torch.autocast(x.device.type, enabled=False):
             mixed = torch.bmm(gates.float(), experts.float().transpose(0, 1))  # (B, T, H)
         return {
