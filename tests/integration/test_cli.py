@@ -125,5 +125,9 @@ def test_sigusr2_prints_a_running_tasks_stacks_and_a_run_past_its_limit_is_kille
         communicate_or_dump(proc, timeout=0.5)
     assert proc.returncode == -signal.SIGKILL
     stacks = str(failed.value)
-    assert stacks.count("Current thread") == 2, "one dump on the signal, one at the time limit"
+    # One dump on the signal, one at the time limit. Counted by the main thread's outermost frame,
+    # which each dump prints once: the "Current thread" header marks the thread that took the
+    # signal, and the kernel may hand it to a torch or gloo thread that runs no Python.
+    dumps = stacks.count("in _run_module_as_main")
+    assert dumps == 2, f"{dumps} dumps, expected one on the signal and one at the time limit"
     assert re.search(r'File ".*recolab[/\\]train\.py", line \d+ in main', stacks), stacks[-3000:]
