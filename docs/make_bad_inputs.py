@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -179,6 +180,45 @@ def config_cases() -> None:
 # -- data -------------------------------------------------------------------------------------
 
 
+def run_config_cases() -> None:
+    """What the config asks of the run: metrics it never logs, limits that train or test nothing."""
+    for what, overrides in [
+        (
+            "a checkpoint monitoring a metric the run never logs",
+            ["callbacks.model_checkpoint.monitor=val/auc/clik"],
+        ),
+        ("early stopping on a misspelled metric", ["callbacks.early_stopping.monitor=val/los"]),
+        (
+            "a monitored `val/recall_at_50` with 50 no longer in `module.ks`",
+            ["+exp=two_tower", "module.ks=[20,100]"],
+        ),
+        ("a misspelled `optimized_metric`", ["+optimized_metric=val/aucc/click"]),
+        ("a learning rate that makes the loss NaN: `module.lr=1e12`", ["module.lr=1e12"]),
+        ("a negative seed: `seed=-1`", ["seed=-1"]),
+        ("no training batch: `trainer.limit_train_batches=0`", ["trainer.limit_train_batches=0"]),
+        ("no test batch: `trainer.limit_test_batches=0`", ["+trainer.limit_test_batches=0"]),
+        (
+            "no validation batch while a checkpoint monitors `val/loss`",
+            ["trainer.limit_val_batches=0"],
+        ),
+        ("no step: `trainer.max_steps=0`", ["+trainer.max_steps=0"]),
+        ("`trainer.accumulate_grad_batches=0`", ["+trainer.accumulate_grad_batches=0"]),
+        ("`trainer.val_check_interval=1.5`", ["+trainer.val_check_interval=1.5"]),
+        (
+            "`trainer.val_check_interval` beyond the epoch's batches (Lightning's check, at fit start)",
+            ["+trainer.val_check_interval=1000", "trainer.limit_train_batches=1.0"],
+        ),
+        (
+            "validation every 5 epochs in a 1-epoch run that monitors `val/loss`",
+            ["+trainer.check_val_every_n_epoch=5"],
+        ),
+        ("`trainer.min_epochs` above `trainer.max_epochs`", ["+trainer.min_epochs=5"]),
+        ("a negative early-stopping patience", ["callbacks.early_stopping.patience=-1"]),
+    ]:
+        exp = [] if any(o.startswith("+exp=") for o in overrides) else ["+exp=mmoe"]
+        case("run config", what, lambda o=[*exp, *TINY, *overrides]: train(cfg_for(o, "r")))
+
+
 def log_table(n: int = 200, **overrides: object) -> dict:
     rng = np.random.default_rng(0)
     cols = {
@@ -312,6 +352,102 @@ def data_cases() -> None:
         "every row bad, with drop_bad_rows=true",
         load(log_table(click=np.full(200, np.nan)), drop_bad_rows=True),
     )
+    # values and files that pyarrow, torch or pandas would fail on, or silently change
+    folder = TMP / "data_type_cases"
+
+    def load_table(data: pa.Table) -> Callable[[], object]:
+        """`load` for a table that a dict of columns cannot hold (a column named twice)."""
+
+        def run() -> None:
+            folder.mkdir(exist_ok=True)
+            pq.write_table(data, folder / "log.parquet")
+            ParquetDataModule(
+                path=str(folder / "log.parquet"), sparse=["user_id"], tasks=[{"name": "click"}]
+            ).setup()
+
+        return run
+
+    def spoiled(how: str, stream: bool = False) -> Callable[[], object]:
+        def run() -> None:
+            shutil.rmtree(folder, ignore_errors=True)
+            for split in ("train", "val", "test"):
+                (folder / split).mkdir(parents=True)
+                pq.write_table(pa.table(log_table()), folder / split / "part-0.parquet")
+            bad = folder / "train" / "part-1.parquet"
+            data = bad.parent.joinpath("part-0.parquet").read_bytes()
+            bad.write_bytes(b"" if how == "empty" else data[: len(data) // 2])
+            if stream:
+                StreamingParquetDataModule(
+                    path=str(folder), sparse=["user_id", "item_id"], tasks=[{"name": "click"}]
+                ).setup()
+            else:
+                ParquetDataModule(
+                    path=str(bad), sparse=["user_id", "item_id"], tasks=[{"name": "click"}]
+                ).setup()
+
+        return run
+
+    age = np.arange(200).astype(str).astype(object)
+    age[37] = "abc"
+    case(
+        "data",
+        "text in a dense column (`data.dense=[age]`)",
+        load(log_table(age=age), dense=["age"]),
+    )
+    case(
+        "data",
+        "a column named twice",
+        load_table(pa.table(log_table()).append_column("click", pa.array(np.zeros(200)))),
+    )
+    case("data", "a 0-byte parquet file", spoiled("empty"))
+    case("data", "a parquet file cut short", spoiled("cut short"))
+    case("data", "streaming: a 0-byte parquet file among a split's files", spoiled("empty", True))
+    users = t["user_id"].astype(np.uint64)
+    users[5] = np.uint64(2**63 + 7)
+    case("data", "a uint64 id at or above 2**63", load(log_table(user_id=users)))
+    case(
+        "data",
+        "a dense value float32 cannot hold (`1e300` would become `inf`)",
+        load(log_table(age=with_rows(np.arange(200), [9], 1e300)), dense=["age"]),
+    )
+    case(
+        "data",
+        "a label float32 cannot hold",
+        load(log_table(watch_time=with_rows(t["watch_time"], [9], 1e300))),
+    )
+    case(
+        "data",
+        "lists in a dense column",
+        load(log_table(age=pa.array([[1.0]] * 200)), dense=["age"]),
+    )
+    case("data", "a boolean timestamp column", load(log_table(timestamp=np.ones(200, bool))))
+    case(
+        "data",
+        "ISO date-time strings as timestamps",
+        load(log_table(timestamp=np.array(["2024-05-01T12:00:00"] * 200))),
+    )
+    case(
+        "data",
+        "a null id inside a history list",
+        load(log_table(hist=pa.array([[1, None]] + [[2]] * 199, pa.list_(pa.int64())))),
+    )
+    case(
+        "data",
+        "string item ids with a history of integer ids (`vocab_of: item_id`)",
+        load(log_table(item_id=np.array([str(i) for i in t["item_id"]]))),
+    )
+    case(
+        "data",
+        "string user ids listed in `data.meta`",
+        load(log_table(user_id=np.array([f"u{i}" for i in t["user_id"]]))),
+    )
+    ROWS.append(
+        (
+            "data",
+            "dictionary-encoded columns (pandas `category`) and boolean labels",
+            "not an error: read as the values they encode, and as 0 and 1",
+        )
+    )
     ROWS.append(
         (
             "data",
@@ -397,6 +533,51 @@ def import_cases() -> None:
         "import",
         "a log file that does not exist",
         lambda: import_log(folder / "nope.csv", example / "schema.yaml", folder / "out"),
+    )
+
+    def parquet_log(column: str, row: int, value: object, dtype: object) -> Callable[[], object]:
+        frame = pd.read_csv(example / "log.csv")
+        frame[column] = frame[column].astype(dtype)
+        frame.loc[row, column] = value
+        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), folder / "log.parquet")
+        return lambda: import_log(folder / "log.parquet", example / "schema.yaml", folder / "out")
+
+    def text_log(text: bytes) -> Callable[[], object]:
+        (folder / "log.csv").write_bytes(text)
+        return lambda: import_log(folder / "log.csv", example / "schema.yaml", folder / "out")
+
+    log_bytes = (example / "log.csv").read_bytes()
+    for what, run in [
+        ("text in a number column (`abc` in `user_age`)", lambda: broken("user_age", 150, "abc")()),
+        ("a dense value float32 cannot hold (`1e300`)", lambda: broken("user_age", 10, 1e300)()),
+        (
+            "a header naming a column twice",
+            lambda: text_log(log_bytes.replace(b"liked", b"clicked", 1))(),
+        ),
+        (
+            "text that is not UTF-8 in an id column",
+            lambda: text_log(log_bytes.replace(b",news,", b",n\xffws,", 1))(),
+        ),
+        (
+            "a 0-byte parquet log",
+            lambda: (
+                (folder / "empty.parquet").write_bytes(b"")
+                or import_log(folder / "empty.parquet", example / "schema.yaml", folder / "out")
+            ),
+        ),
+        (
+            "a uint64 id at or above 2**63 (parquet)",
+            lambda: parquet_log("video_id", 3, np.uint64(2**63 + 1), np.uint64)(),
+        ),
+        ("a position beyond int32 (parquet)", lambda: parquet_log("slot", 3, 3e9, float)()),
+    ]:
+        case("import", what, run)
+    ROWS.append(
+        (
+            "import",
+            "dictionary-encoded columns (pandas `category`), numbers stored as text (parquet)",
+            "not an error: read as the values they encode",
+        )
     )
 
     from recolab.data import cli
@@ -537,6 +718,157 @@ def resume_and_tracking_cases() -> None:
     )
 
 
+def checkpoint_file_cases() -> None:
+    """Broken checkpoint files, and `ckpt_path=last` where the run is finished (recolab.resume)."""
+    sys.path.insert(0, str(ROOT))  # tests.integration.probe: a run that fails mid-training
+    quick = ["+exp=mmoe", *TINY, "logger=none"]
+
+    def in_runs(overrides: list[str], name: str) -> DictConfig:
+        cfg = cfg_for(overrides, name)  # a run folder where `ckpt_path=last` looks
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(TMP / name / "outputs" / "runs" / "mmoe" / "first")
+        return cfg
+
+    train(in_runs(quick, "k1"))  # finished: its report is written
+    case(
+        "resume",
+        "`ckpt_path=last` when the newest run with these settings is finished",
+        lambda: train(cfg_for([*quick, "ckpt_path=last"], "k1")),
+    )
+    failing = [o for o in quick if not o.startswith("trainer.max_epochs=")]
+    failing += ["trainer.max_epochs=2", "+callbacks.probe._target_=tests.integration.probe.Probe"]
+    failing += ["+callbacks.probe.raise_at_epoch=1"]
+    try:
+        train(in_runs(failing, "k2"))
+    except RuntimeError:
+        pass  # not finished: epoch 0's checkpoints are left
+    folder = TMP / "k2" / "outputs" / "runs" / "mmoe" / "first" / "checkpoints"
+    last = folder / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:65_536])  # what a kill during a copy to it left
+    case(
+        "checkpoint",
+        "`ckpt_path=` a truncated checkpoint (the first 64 kB)",
+        lambda: train(cfg_for([*failing, f"ckpt_path={last}"], "k2")),
+    )
+    ROWS.append(
+        (
+            "resume",
+            "`ckpt_path=last` whose `last.ckpt` is truncated or empty",
+            "not an error: a warning names the broken file and the one used instead; the run "
+            "resumes from its newest intact checkpoint",
+        )
+    )
+    for path in folder.glob("epoch*.ckpt"):
+        path.write_bytes(b"")
+    case(
+        "resume",
+        "`ckpt_path=last` when every checkpoint of the run is broken",
+        lambda: train(cfg_for([*failing, "ckpt_path=last"], "k2")),
+    )
+    ROWS.append(
+        (
+            "resume",
+            "another run's empty or unreadable `last.ckpt` or `run.json` (a sweep job killed as it started)",
+            "not an error: `ckpt_path=last` chooses by the runs' `run.json` files, skips an "
+            "unreadable one (debug log), and opens no other run's checkpoint",
+        )
+    )
+    (TMP / "empty.ckpt").write_bytes(b"")
+    case(
+        "checkpoint",
+        "`ckpt_path=` an empty file",
+        lambda: train(cfg_for([*quick, f"ckpt_path={TMP / 'empty.ckpt'}"], "k3")),
+    )
+
+
+def checkpoint_code_cases() -> None:
+    """A checkpoint whose stored config would run code when `evaluate` rebuilds it (recolab.checkpoint_config)."""
+    from omegaconf import OmegaConf
+
+    from recolab.evaluate import evaluate
+
+    train(cfg_for(["+exp=mmoe", *TINY, "logger=none"], "cc"))
+    real = next((TMP / "cc" / "out" / "checkpoints").glob("epoch*.ckpt"))
+    evil = TMP / "cc" / "site-packages" / "evil.pth"
+    write_pth = {
+        "_target_": "pathlib.Path.write_text",
+        "_args_": [{"_target_": "pathlib.Path", "_args_": [str(evil)]}, "import os\n"],
+    }
+
+    def evaluated(edit: Callable[[dict], None], *overrides: str) -> Callable[[], object]:
+        def run() -> object:
+            state = torch.load(real, map_location="cpu", weights_only=True)
+            config = OmegaConf.to_container(OmegaConf.create(state["recolab"]["config"]))
+            edit(config)
+            state["recolab"]["config"] = OmegaConf.to_yaml(OmegaConf.create(config))
+            torch.save(state, TMP / "cc" / "crafted.ckpt")
+            GlobalHydra.instance().clear()
+            with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+                cfg = compose(
+                    config_name="evaluate",
+                    overrides=[
+                        f"ckpt_path={TMP / 'cc' / 'crafted.ckpt'}",
+                        "logger=none",
+                        *overrides,
+                    ],
+                    return_hydra_config=True,
+                )
+            HydraConfig.instance().set_config(cfg)
+            with open_dict(cfg):
+                cfg.paths.root_dir = str(TMP / "cc")
+                cfg.paths.output_dir = str(TMP / "cc" / "eval")
+                cfg.paths.data_dir = str(TMP / "data")
+            try:
+                return evaluate(cfg)
+            finally:
+                assert not evil.exists(), "a checkpoint's config wrote a file"
+
+        return run
+
+    evil.parent.mkdir(parents=True, exist_ok=True)
+    for what, edit, overrides in [
+        (
+            "`evaluate` of a checkpoint whose stored `data._target_` is `pathlib.Path.write_text` "
+            "(a `.pth` file in site-packages runs on the next Python start)",
+            lambda c: c.update(data=write_pth),
+            [],
+        ),
+        (
+            "... whose stored `data._target_` is `builtins.open` (mode `w`)",
+            lambda c: c.update(data={"_target_": "builtins.open", "file": str(evil), "mode": "w"}),
+            [],
+        ),
+        (
+            "... whose stored `model._target_` writes a file, evaluated on the user's own `data=`",
+            lambda c: c.update(model=write_pth),
+            ["data=synthetic_video", *TINY[:5]],
+        ),
+        (
+            "... with a `_target_` nested in an allowed node (`model.num_experts`)",
+            lambda c: c["model"].update(num_experts=write_pth),
+            [],
+        ),
+        (
+            "... with a `recolab.` path that leads out of recolab (`recolab.evaluate.Path.write_text`)",
+            lambda c: c.update(data={**write_pth, "_target_": "recolab.evaluate.Path.write_text"}),
+            [],
+        ),
+        (
+            "... with `hydra.utils.get_method` of a path outside recolab (`module.heads.click`)",
+            lambda c: c["module"].update(
+                heads={"click": {"_target_": "hydra.utils.get_method", "path": "builtins.exec"}}
+            ),
+            [],
+        ),
+        (
+            "... with an interpolation in its stored config (`${oc.create:...}` builds a node)",
+            lambda c: c.update(model="${oc.create:'{_target_: builtins.open, file: x, mode: w}'}"),
+            [],
+        ),
+    ]:
+        case("checkpoint", what, evaluated(edit, *overrides))
+
+
 def write(path: Path) -> None:
     def cell(text: str) -> str:
         return text.replace("|", "\\|").replace("\n", " ")
@@ -561,6 +893,35 @@ def write(path: Path) -> None:
     path.write_text("\n".join(lines))
 
 
+def lifecycle_cases() -> None:
+    """A run's folder and what tracking could not record (`recolab.lifecycle`)."""
+    from recolab.lifecycle import replay_unlogged
+
+    held = TMP / "lifecycle" / "shared"  # a folder another run (another process) made its own
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"from recolab.lifecycle import claim_run_dir as c; c({str(held)!r}, resuming=False)",
+        ],
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+    )
+
+    def into_held() -> object:
+        cfg = cfg_for(["+exp=mmoe", *TINY], "lifecycle")
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(held)
+        return train(cfg)
+
+    case("run folder", "`hydra.run.dir=` a folder that already holds another run", into_held)
+    case(
+        "tracking",
+        "`python -m recolab sync <folder>` where nothing waits to be logged",
+        lambda: replay_unlogged(held),
+    )
+
+
 def main() -> None:
     logging.disable(logging.WARNING)
     warnings.filterwarnings("ignore")
@@ -568,9 +929,13 @@ def main() -> None:
     torch.set_num_threads(1)
     try:
         config_cases()
+        run_config_cases()
         data_cases()
         import_cases()
         resume_and_tracking_cases()
+        checkpoint_file_cases()
+        checkpoint_code_cases()
+        lifecycle_cases()
         write(ROOT / "docs" / "bad_inputs.md")
         print(f"wrote docs/bad_inputs.md ({len(ROWS)} cases)")
     finally:

@@ -15,6 +15,7 @@ TASKS = {
     "evaluate": "recolab.evaluate",
     "compare": "recolab.compare",
     "data": "recolab.data.cli",
+    "sync": "recolab.sync",  # record in MLflow what a run could not (its server was down)
 }
 
 USAGE = "usage: python -m recolab {" + ",".join(TASKS) + "} [key=value ...]"

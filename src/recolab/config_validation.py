@@ -26,12 +26,14 @@ import difflib
 import functools
 import inspect
 import math
+import os
 import types
 import typing
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Literal, Union
 
+import torch
 from hydra._internal.utils import _locate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
@@ -148,6 +150,29 @@ def sequences(v: Any) -> tuple[str, Any, str] | None:
     return None
 
 
+#: The seeds torch, numpy and Lightning's `seed_everything` accept.
+MAX_SEED = 2**32 - 1
+
+
+def seed(v: Any) -> str | None:
+    ok = v is None or (isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_SEED)
+    return None if ok else f"an integer in [0, {MAX_SEED}] (0 to 2**32 - 1)"
+
+
+def batch_limit(v: Any) -> str | None:
+    """`trainer.limit_train_batches`, `limit_test_batches`: none of them would leave a model
+    untrained (or untested) and reported complete."""
+    if v is None or not _number(v) or (isinstance(v, int) and v >= 1) or 0 < v <= 1:
+        return None
+    return "an integer >= 1 (batches) or a fraction in (0, 1] (0 runs no batch)"
+
+
+def val_interval(v: Any) -> str | None:
+    if not _number(v) or (isinstance(v, int) and v >= 1) or (isinstance(v, float) and 0 < v <= 1):
+        return None
+    return "an integer >= 1 (training batches) or a fraction of the epoch in (0, 1]"
+
+
 #: Impossible values, keyed by constructor parameter name (wherever that name appears).
 RULES: dict[str, Rule] = {
     "lr": greater_than(0),
@@ -189,6 +214,14 @@ RULES: dict[str, Rule] = {
     "every_n_train_steps": at_least(0),
     "fractions": fractions,
     "split": split,
+    "seed": seed,
+    "max_steps": epochs,
+    "limit_train_batches": batch_limit,
+    "limit_test_batches": batch_limit,
+    "accumulate_grad_batches": at_least(1),
+    "check_val_every_n_epoch": at_least(1),
+    "val_check_interval": val_interval,
+    "min_epochs": at_least(0),
 }
 
 
@@ -499,6 +532,55 @@ def _optimizer_problems(cfg: DictConfig) -> list[str]:
     return problems
 
 
+def _run_problems(cfg: DictConfig) -> list[str]:
+    """The trainer's limits against what the callbacks and the sweep need, and the machine.
+
+    A checkpoint or early stopping that monitors a `val/` metric (or an `optimized_metric` that
+    is one) needs validation to run: `trainer.limit_val_batches=0`, or a
+    `trainer.check_val_every_n_epoch` beyond `trainer.max_epochs`, would fail after an epoch, or
+    leave no best checkpoint.
+    """
+    problems: list[str] = []
+    trainer = _get(cfg, "trainer")
+    if not isinstance(trainer, dict):
+        return problems
+    needs_val = [
+        f"callbacks.{name}.monitor={node['monitor']!r}"
+        for name, node in (_get(cfg, "callbacks") or {}).items()
+        if isinstance(node, dict) and str(node.get("monitor") or "").startswith("val/")
+    ]
+    if str(_get(cfg, "optimized_metric") or "").startswith("val/"):
+        needs_val.append(f"optimized_metric={_get(cfg, 'optimized_metric')!r}")
+    needer = needs_val[0] if needs_val else None
+    limit_val = trainer.get("limit_val_batches")
+    if needer and _number(limit_val) and limit_val == 0:
+        problems.append(
+            f"trainer.limit_val_batches={limit_val!r}: validation is off, but {needer} needs "
+            "its metrics; expected an integer >= 1 or a fraction in (0, 1] (or monitor: null)"
+        )
+    max_epochs, every = trainer.get("max_epochs"), trainer.get("check_val_every_n_epoch")
+    if needer and _number(every) and _number(max_epochs) and 1 <= max_epochs < every:
+        problems.append(
+            f"trainer.check_val_every_n_epoch={every!r}: validation never runs in "
+            f"trainer.max_epochs={max_epochs}, but {needer} needs its metrics; expected at most "
+            f"{max_epochs}"
+        )
+    min_epochs = trainer.get("min_epochs")
+    if _number(min_epochs) and _number(max_epochs) and 1 <= max_epochs < min_epochs:
+        problems.append(
+            f"trainer.min_epochs={min_epochs!r}: expected at most trainer.max_epochs={max_epochs}"
+        )
+    devices, accelerator = trainer.get("devices"), trainer.get("accelerator")
+    cores = os.cpu_count() or 1
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    if on_cpu and _number(devices) and devices > cores:
+        problems.append(
+            f"trainer.devices={devices!r}: expected at most {cores} on the CPU (this machine's "
+            "cores): each device is a training process with its own copy of the data"
+        )
+    return problems
+
+
 def cross_checks(cfg: DictConfig) -> list[str]:
     """Rules between groups: what one part asks of another."""
     problems = []
@@ -532,6 +614,7 @@ def cross_checks(cfg: DictConfig) -> list[str]:
                     f"data.sequences.{name}.vocab_of={vocab_of!r}: expected one of data.sparse {sparse}"
                 )
     problems += _optimizer_problems(cfg)
+    problems += _run_problems(cfg)
     if _get(cfg, "model.sparse_embeddings") is True and _get(cfg, "module.optimizer") == "adam":
         problems.append(
             "model.sparse_embeddings=true: Adam does not take sparse gradients; expected "
@@ -560,6 +643,9 @@ def top_level_keys(config_dir: str | Path, primary: str) -> set[str]:
 def validate_config(cfg: DictConfig, *, known_top_level: Iterable[str] | None = None) -> None:
     """Raise `ConfigError` listing every problem found; return quietly when there is none."""
     problems: list[str] = []
+    run_seed = _get(cfg, "seed")  # first: `data.seed` and the like interpolate it
+    if "seed" in cfg and (expected := seed(-1 if run_seed is None else run_seed)):
+        problems.append(f"seed={run_seed!r}: expected {expected}")
     if known_top_level is not None:
         known = set(known_top_level)
         for key in cfg.keys():

@@ -2,8 +2,11 @@
 
 The checkpoint carries its training config and data vocabularies (`RankModule.run_info`), so the
 model is rebuilt exactly; `data=<option>` (with its keys) evaluates it on another data config, its
-ids encoded with the training vocabularies. The evaluation is logged to MLflow as a new run,
-nested under the training run (`mlflow.parentRunId`) and tagged `recolab.kind=evaluate`.
+ids encoded with the training vocabularies. A checkpoint is data: it loads with `weights_only=True`,
+and the nodes of its stored config that Hydra instantiates may name only recolab's own classes
+(`recolab.checkpoint_config`), checked before anything is built or read. The evaluation is logged
+to MLflow as a new run, nested under the training run (`mlflow.parentRunId`) and tagged
+`recolab.kind=evaluate`.
 """
 
 from __future__ import annotations
@@ -16,20 +19,23 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.utilities import rank_zero_only
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from recolab import tracking
+from recolab.checkpoint_config import REBUILT, check_stored_config
 from recolab.config_validation import top_level_keys, validate_config
-from recolab.resume import load_weights_only
-from recolab.stacks import KeepStackDumps, dump_stacks_on_signal
-from recolab.train import (
-    CONFIG_DIR,
-    build,
+from recolab.lifecycle import (
     fail_run,
     finish_run,
+    kill_run,
     mlflow_logger,
     start_tracking,
     track_extras,
+    training_process,
 )
+from recolab.resume import load_weights_only
+from recolab.stacks import KeepStackDumps, dump_stacks_on_signal
+from recolab.train import CONFIG_DIR, build
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +77,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         cfg, known_top_level=top_level_keys(CONFIG_DIR, "evaluate")
     )  # before any data is read
     ckpt = load_checkpoint(cfg.ckpt_path)
-    run_cfg = OmegaConf.create(ckpt["recolab"]["config"])
+    # A checkpoint is data: the nodes built from it name only recolab's classes (CheckpointError).
+    rebuilt = [k for k in REBUILT if k != "data" or not cfg.get("data")]  # `data=`: the user's
+    run_cfg = check_stored_config(ckpt["recolab"]["config"], cfg.ckpt_path, rebuilt=rebuilt)
     train_run_id = ckpt["recolab"].get("run_id", "")
     if cfg.get("logger") and "mlflow" in cfg.logger:
         tracking.check_reachable(cfg.logger.mlflow.tracking_uri)
@@ -155,6 +163,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
                 output_dir=output_dir,
                 checkpoint=str(cfg.ckpt_path),
             )
+    except SIGTERMException:  # `kill`, `docker stop`: KILLED, exit 143 (Lightning's exit is 0)
+        kill_run(mlf, output_dir)
+        raise SystemExit(143) from None
     except BaseException:
         fail_run(mlf)
         raise
@@ -163,7 +174,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
 def main(cfg: DictConfig) -> None:
-    with tracking.keep_tracking_env():
+    with tracking.keep_tracking_env(), training_process():
         evaluate(cfg)
 
 

@@ -1,12 +1,34 @@
 """Resuming a run: what `ckpt_path=last` means, and how a resumed run ends where an unbroken one would.
 
-**Which checkpoint.** `ckpt_path=last` is the newest `last.ckpt` (by modification time) of the
-same run among this project's runs and sweeps:
-`<paths.log_dir>/runs/<exp_name>/*/checkpoints/last.ckpt` and
-`<paths.log_dir>/multiruns/*/*/checkpoints/last.ckpt`, keeping those whose stored config has
-every setting of this invocation (`setting_differences`): the jobs of one sweep share their
-experiment and seed, so a newer sibling job's checkpoint is not this job's. `ckpt_path=<file>`
-names one directly.
+**Which checkpoint.** `ckpt_path=last` resumes the newest run of this project with the same
+settings, from its newest intact checkpoint:
+
+- *which runs*: the run folders `<paths.log_dir>/runs/<exp_name>/*/` and
+  `<paths.log_dir>/multiruns/*/*/` that hold `run.json` (the resolved config and MLflow run id,
+  written when fitting starts, `recolab.checkpointing`) and at least one `checkpoints/*.ckpt`,
+  newest checkpoint first. A run matches when its `run.json` has this experiment, this seed and
+  every other setting of this invocation (`setting_differences`): the jobs of one sweep share
+  their experiment and seed, so a newer sibling job's run is not this job's. Only `run.json`
+  files are read to choose (no checkpoint of another run is opened), and one that cannot be read
+  is skipped (logged at debug level); a folder without `run.json` (written by recolab before
+  `run.json` existed) is resumed by naming its file.
+- *a finished run is not resumed*: when the newest match has written its report
+  (`report/metrics.json`: it was trained and tested), resuming would only test it again, so
+  `ResumeError` points to `recolab evaluate ckpt_path=<its best checkpoint>` and to a new run
+  (ckpt_path=null).
+- *which file*: `last.ckpt`, which holds the newest checkpoint of the run (the last finished
+  epoch, or a later step checkpoint where `every_n_train_steps` is set), else the run's other
+  checkpoints, newest first. Each is verified before it is chosen: it loads with
+  `weights_only=True` and holds Lightning's state (`EXPECTED_KEYS`) and the `recolab` entry with
+  the run's config. A broken one (empty or truncated by a kill during a copy, say) is logged as a
+  warning naming it and the file used instead; a run without an intact checkpoint fails with
+  `ResumeError` naming each file and what is wrong with it.
+
+`ckpt_path=<file>` names one directly; it is verified the same way, and a broken file fails with
+`CheckpointError`, naming the run's newest intact checkpoint where there is one. Checkpoint files
+are written beside their name and renamed into place (`recolab.checkpointing`), so a kill leaves
+the previous file whole; the verification covers files written otherwise (by an older recolab,
+or copied).
 
 **The same run.** Resuming continues the checkpoint's run: the new invocation writes into that
 run's folder (`paths.output_dir`, so its checkpoints and report land beside the first ones) and
@@ -41,6 +63,7 @@ restarts the epoch), and a GPU's non-deterministic kernels.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import pickle
 from pathlib import Path
@@ -50,6 +73,8 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
+
+from recolab.checkpointing import RUN_FILE, read_run_file
 
 log = logging.getLogger(__name__)
 
@@ -69,14 +94,34 @@ class ResumeError(ValueError):
     """The checkpoint to resume cannot be found or does not belong to this configuration."""
 
 
-def candidates(cfg: DictConfig) -> list[Path]:
-    """`last.ckpt` files of this project's runs and sweeps, newest first."""
+def _mtime_ns(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except FileNotFoundError:  # removed meanwhile (a running job replaced its best checkpoint)
+        return -1
+
+
+def checkpoint_files(run_dir: Path) -> list[Path]:
+    """The checkpoints of a run folder, newest first (`last.ckpt` first of those written together)."""
+    files = [(p, _mtime_ns(p)) for p in (run_dir / "checkpoints").glob("*.ckpt")]
+    ordered = sorted(
+        ((p, t) for p, t in files if t >= 0),
+        key=lambda pt: (pt[1], pt[0].name == "last.ckpt"),
+        reverse=True,
+    )
+    return [p for p, _ in ordered]
+
+
+def run_folders(cfg: DictConfig) -> list[Path]:
+    """Folders of this project's runs and sweep jobs with a `run.json` and a checkpoint, newest
+    checkpoint first."""
     log_dir = Path(cfg.paths.log_dir)
     found = [
-        *log_dir.glob(f"runs/{cfg.exp_name}/*/checkpoints/last.ckpt"),
-        *log_dir.glob("multiruns/*/*/checkpoints/last.ckpt"),
+        *log_dir.glob(f"runs/{cfg.exp_name}/*/{RUN_FILE}"),
+        *log_dir.glob(f"multiruns/*/*/{RUN_FILE}"),
     ]
-    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+    newest = {f.parent: max(map(_mtime_ns, checkpoint_files(f.parent)), default=-1) for f in found}
+    return sorted((d for d, t in newest.items() if t >= 0), key=newest.__getitem__, reverse=True)
 
 
 class CheckpointError(ValueError):
@@ -109,10 +154,13 @@ def load_weights_only(path: str | Path, *, mmap: bool = False) -> dict[str, Any]
             "checkpoint holds only tensors and plain data, so this file is not one, or it holds objects that "
             "would run code when loaded"
         ) from e
-    except RuntimeError as e:  # not a zip or pickle file at all
-        raise CheckpointError(
-            f"ckpt_path={path}: not a checkpoint file ({str(e).splitlines()[0]})"
-        ) from e
+    except FileNotFoundError:
+        raise
+    except (RuntimeError, EOFError, OSError) as e:  # not a zip or pickle file, or a truncated one
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        empty = Path(path).stat().st_size == 0
+        reason = "an empty file" if empty else f"truncated, or not written by torch.save: {first}"
+        raise CheckpointError(f"ckpt_path={path}: not a checkpoint file ({reason})") from e
 
 
 def read_info(path: Path) -> dict[str, Any]:
@@ -120,47 +168,154 @@ def read_info(path: Path) -> dict[str, Any]:
     return dict(load_weights_only(path, mmap=True).get("recolab") or {})
 
 
-def find_last(cfg: DictConfig) -> tuple[Path, dict[str, Any]]:
-    """The newest `last.ckpt` of this run: same experiment, seed and every other setting (see the
-    module docstring). Where the experiment and seed have checkpoints but none with these
-    settings, the error names how the newest of them differs."""
-    closest: tuple[Path, list[str]] | None = None
-    for path in candidates(cfg):
-        info = read_info(path)
-        stored = OmegaConf.create(info.get("config") or "{}")
-        if stored.get("exp_name") != cfg.exp_name or stored.get("seed") != cfg.seed:
+#: What every checkpoint a recolab run writes holds (Lightning's state and recolab's entry).
+EXPECTED_KEYS = (
+    "epoch",
+    "global_step",
+    "state_dict",
+    "optimizer_states",
+    "loops",
+    "callbacks",
+    "recolab",
+)
+
+
+def verified_info(path: Path) -> dict[str, Any]:
+    """The `recolab` entry of a checkpoint that can be resumed: it loads with `weights_only=True`
+    and holds `EXPECTED_KEYS` and the run's config; `CheckpointError` says what is wrong otherwise."""
+    ckpt = load_weights_only(path, mmap=True)
+    missing = [k for k in EXPECTED_KEYS if k not in ckpt]
+    if not missing and not (isinstance(ckpt["recolab"], dict) and ckpt["recolab"].get("config")):
+        missing = ["recolab.config"]
+    if missing:
+        raise CheckpointError(
+            f"ckpt_path={path}: not a resumable recolab checkpoint (it has no {', '.join(missing)})"
+        )
+    return dict(ckpt["recolab"])
+
+
+def newest_intact(
+    run_dir: Path, *, skip: Path | None = None
+) -> tuple[tuple[Path, dict[str, Any]] | None, list[str]]:
+    """The run folder's newest checkpoint that passes `verified_info` (other than `skip`) with its
+    `recolab` entry, or None; and what is wrong with each newer one."""
+    broken: list[str] = []
+    for path in checkpoint_files(run_dir):
+        if path == skip:
             continue
-        diffs = setting_differences(stored, _in_folder_of(cfg, path))
-        if not diffs:
-            return path, info
-        closest = closest or (path, diffs)
+        try:
+            return (path, verified_info(path)), broken
+        except (CheckpointError, FileNotFoundError) as e:
+            broken.append(str(e))
+    return None, broken
+
+
+def finished_report(run_dir: Path) -> Path | None:
+    """The run's `report/metrics.json`: written after the run was trained and tested."""
+    path = run_dir / "report" / "metrics.json"
+    return path if path.is_file() else None
+
+
+def best_checkpoint(run_dir: Path, report: Path) -> Path | None:
+    """The checkpoint a finished run tested (its report's `context.checkpoint`), else its newest
+    checkpoint other than `last.ckpt`."""
+    try:
+        tested = Path(str(json.loads(report.read_text())["context"]["checkpoint"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        tested = None
+    if tested is not None and tested.is_file():
+        return tested
+    return next((p for p in checkpoint_files(run_dir) if p.name != "last.ckpt"), None)
+
+
+def _run_settings(run_dir: Path) -> DictConfig | None:
+    """The config in a run folder's `run.json`; None (logged at debug level) where unreadable."""
+    try:
+        return OmegaConf.create(read_run_file(run_dir)["config"])
+    except Exception as e:  # another run's file: never a reason to fail this one
+        log.debug("ckpt_path=last: skipping %s: unreadable %s (%s)", run_dir, RUN_FILE, e)
+        return None
+
+
+def find_last(cfg: DictConfig) -> tuple[Path, dict[str, Any]]:
+    """The newest intact checkpoint of the newest unfinished run with this experiment, seed and
+    every other setting (see the module docstring). Where the experiment and seed have runs but
+    none with these settings, the error names how the newest of them differs."""
+    closest: tuple[Path, list[str]] | None = None
+    for run_dir in run_folders(cfg):
+        stored = _run_settings(run_dir)
+        if (
+            stored is None
+            or stored.get("exp_name") != cfg.exp_name
+            or stored.get("seed") != cfg.seed
+        ):
+            continue
+        diffs = setting_differences(stored, _in_folder_of(cfg, run_dir))
+        if diffs:
+            closest = closest or (run_dir, diffs)
+            continue
+        if (report := finished_report(run_dir)) is not None:
+            best = best_checkpoint(run_dir, report) or "<its checkpoint>"
+            raise ResumeError(
+                f"ckpt_path=last: the newest run of experiment {cfg.exp_name!r} with seed={cfg.seed} "
+                f"and these settings, {run_dir}, is finished (its report is {report}): resuming it "
+                f"would only test it again. Evaluate it (on any data) with `python -m recolab evaluate "
+                f"ckpt_path={best}`, or start a new run (ckpt_path=null, the default)"
+            )
+        found, broken = newest_intact(run_dir)
+        if found is None:
+            raise ResumeError(
+                f"ckpt_path=last: the newest run of experiment {cfg.exp_name!r} with seed={cfg.seed} "
+                f"and these settings, {run_dir}, has no intact checkpoint: {'; '.join(broken)}. "
+                "Start a new run (ckpt_path=null, the default)"
+            )
+        for reason in broken:
+            log.warning(
+                "%s; resuming from %s, the run's newest intact checkpoint", reason, found[0]
+            )
+        return found
     where = (
-        f"{Path(cfg.paths.log_dir)}/runs/{cfg.exp_name}/*/checkpoints/ or "
-        f"{Path(cfg.paths.log_dir)}/multiruns/*/*/checkpoints/"
+        f"{Path(cfg.paths.log_dir)}/runs/{cfg.exp_name}/*/ or "
+        f"{Path(cfg.paths.log_dir)}/multiruns/*/*/"
     )
     if closest is not None:
-        path, diffs = closest
+        run_dir, diffs = closest
         raise ResumeError(
-            f"ckpt_path=last: no last.ckpt of experiment {cfg.exp_name!r} with seed={cfg.seed} and "
-            f"these settings under {where}; the newest of that experiment and seed, {path}, belongs "
-            f"to a run with other settings ({_shown(diffs)}). Resume with the run's own settings, "
+            f"ckpt_path=last: no checkpoint of experiment {cfg.exp_name!r} with seed={cfg.seed} and "
+            f"these settings under {where}; the newest of that experiment and seed, {run_dir}, "
+            f"has other settings ({_shown(diffs)}). Resume with the run's own settings, "
             "name a checkpoint file (ckpt_path=<file>), or start a new run (ckpt_path=null)"
         )
     raise ResumeError(
-        f"ckpt_path=last: no last.ckpt of experiment {cfg.exp_name!r} with seed={cfg.seed} under "
-        f"{where}; start a new run (ckpt_path=null) or name a checkpoint file (ckpt_path=<file>)"
+        f"ckpt_path=last: no checkpoint of experiment {cfg.exp_name!r} with seed={cfg.seed} under "
+        f"{where} (run folders with {RUN_FILE} and checkpoints/*.ckpt); start a new run "
+        "(ckpt_path=null) or name a checkpoint file (ckpt_path=<file>)"
     )
 
 
-def _in_folder_of(cfg: DictConfig, path: Path) -> DictConfig:
-    """`cfg` writing into the run folder of checkpoint `path` (`<folder>/checkpoints/<file>`), as
-    a resumed run does: settings derived from the folder (the checkpoint directory, Lightning's
-    root directory) then compare equal to the run's."""
-    if path.parent.name != "checkpoints":
-        return cfg
+def verified_file(path: Path) -> dict[str, Any]:
+    """`verified_info` of a checkpoint named by `ckpt_path=<file>`; the error of a broken one
+    names the run's newest intact checkpoint, where there is one."""
+    try:
+        return verified_info(path)
+    except CheckpointError as e:
+        run_dir = path.parent.parent if path.parent.name == "checkpoints" else None
+        intact = newest_intact(run_dir, skip=path)[0] if run_dir is not None else None
+        if intact is None:
+            raise
+        raise CheckpointError(
+            f"{e}; the run's newest intact checkpoint is {intact[0]}: resume it with "
+            f"ckpt_path={intact[0]}"
+        ) from e
+
+
+def _in_folder_of(cfg: DictConfig, run_dir: Path) -> DictConfig:
+    """`cfg` writing into the run folder `run_dir`, as a resumed run does: settings derived from
+    the folder (the checkpoint directory, Lightning's root directory) then compare equal to the
+    run's."""
     moved = copy.deepcopy(cfg)
     with open_dict(moved):
-        moved.paths.output_dir = str(path.parent.parent)
+        moved.paths.output_dir = str(run_dir)
     return moved
 
 
@@ -258,7 +413,7 @@ def prepare(cfg: DictConfig) -> Path | None:
         path = Path(str(requested)).expanduser().resolve()
         if not path.is_file():
             raise ResumeError(f"ckpt_path={requested}: no such checkpoint file")
-        info = read_info(path)
+        info = verified_file(path)
     stored = OmegaConf.create(info["config"]) if info.get("config") else None
     run_id = info.get("run_id") or None
     with open_dict(cfg):

@@ -1,8 +1,9 @@
-"""MLflow tracking: where runs go, a fast reachability check, and run status bookkeeping."""
+"""MLflow tracking: where runs go, a fast reachability check, a local store created safely."""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import urllib.error
@@ -63,6 +64,27 @@ def check_reachable(uri: str, *, timeout: float = 5.0) -> None:
             raise TrackingError(
                 f"MLflow store {uri}: folder {folder} does not exist or is not writable"
             )
+        create_store(uri)
+
+
+def create_store(uri: str) -> None:
+    """Open (and on first use create) a local SQLite store, one process at a time.
+
+    MLflow creates the tables of a new store as the first client opens it: two runs started at
+    once against a fresh store both created them, and one failed (`table assessments already
+    exists`, or an alembic migration error). An flock on `<store>-lock` (beside `mlflow.db`, which
+    git ignores as `mlflow.db-*`) serializes the opening; once the tables exist it costs
+    milliseconds.
+    """
+    from mlflow.tracking import MlflowClient
+
+    store = Path(uri[len("sqlite:///") :])
+    with open(store.with_name(store.name + "-lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager

@@ -10,23 +10,31 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
 import hydra
 import pytorch_lightning as pl
 import torch
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.loggers import MLFlowLogger
 from pytorch_lightning.utilities import rank_zero_only
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from recolab import resume, tracking
+from recolab import lifecycle, resume, tracking
 from recolab.allocator import tune_malloc
 from recolab.config_validation import top_level_keys, validate_config
+from recolab.lifecycle import (
+    build_logger,
+    fail_run,
+    finish_run,
+    kill_run,
+    mlflow_logger,
+    run_config,
+    start_tracking,
+    track_extras,
+)
+from recolab.run_checks import check_run
 from recolab.stacks import KeepStackDumps, dump_stacks_on_signal
 
 log = logging.getLogger(__name__)
@@ -35,50 +43,6 @@ log = logging.getLogger(__name__)
 CONFIG_DIR = os.environ.get("RECOLAB_CONFIG_DIR") or str(
     Path(__file__).resolve().parents[2] / "configs"
 )
-
-
-def mlflow_logger(loggers: list[Any]) -> MLFlowLogger | None:
-    return next((lg for lg in loggers if isinstance(lg, MLFlowLogger)), None)
-
-
-def run_config(cfg: DictConfig) -> DictConfig:
-    """The run's own config: without Hydra's node (present when composed by the API in tests)."""
-    return OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
-
-
-def flat_params(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved config as flat `a.b.c` keys (MLflow params), paths left out."""
-    container = OmegaConf.to_container(run_config(cfg), resolve=True)
-    out: dict[str, Any] = {}
-
-    def walk(prefix: str, node: Any) -> None:
-        if isinstance(node, dict):
-            for k, v in node.items():
-                walk(f"{prefix}.{k}" if prefix else str(k), v)
-        else:
-            out[prefix] = node
-
-    walk("", {k: v for k, v in container.items() if k not in ("paths", "hydra")})
-    return out
-
-
-def start_tracking(
-    cfg: DictConfig, mlf: MLFlowLogger | None, output_dir: Path, *, kind: str
-) -> None:
-    """Params, the config artifact and bookkeeping tags, before any training or testing."""
-    if mlf is None:
-        return
-    mlf.log_hyperparams(flat_params(cfg))
-    output_dir.mkdir(parents=True, exist_ok=True)
-    config_path = output_dir / "config.yaml"
-    config_path.write_text(OmegaConf.to_yaml(run_config(cfg), resolve=True))
-    mlf.experiment.log_artifact(mlf.run_id, str(config_path))
-    for key, value in {
-        "recolab.kind": kind,
-        "recolab.output_dir": str(output_dir),
-        "recolab.tags": ",".join(map(str, cfg.get("tags") or [])),
-    }.items():
-        mlf.experiment.set_tag(mlf.run_id, key, value)
 
 
 def build(cfg: DictConfig, datamodule: pl.LightningDataModule) -> tuple[Any, pl.LightningModule]:
@@ -99,58 +63,6 @@ def build(cfg: DictConfig, datamodule: pl.LightningDataModule) -> tuple[Any, pl.
     return model, module
 
 
-def finish_run(
-    cfg: DictConfig,
-    *,
-    title: str,
-    datamodule: pl.LightningDataModule,
-    module: pl.LightningModule,
-    mlf: MLFlowLogger | None,
-    metrics: dict[str, float],
-    output_dir: Path,
-    checkpoint: str,
-) -> None:
-    """Write the report, log it, mark the run complete, and print the table (rank zero only).
-
-    A run without test metrics (no test batch: `trainer.limit_test_batches=0`, say) is not
-    complete: it raises, so the caller marks it FAILED.
-    """
-    if not any(k.startswith("test/") for k in metrics):
-        raise RuntimeError(
-            f"{title}: the test split of {datamodule.source_path} gave no metrics (no test batch ran: "
-            "check trainer.limit_test_batches); the run is not complete"
-        )
-    context = {
-        "experiment": cfg.exp_name,
-        "data": datamodule.source_path,
-        "seed": cfg.seed,
-        "checkpoint": checkpoint,
-        "mlflow run": mlf.run_id if mlf else "not tracked",
-    }
-    paths = module.write_report(
-        output_dir / "report", title=title, metrics=metrics, context=context
-    )
-    if mlf is not None:
-        for p in paths:
-            mlf.experiment.log_artifact(mlf.run_id, str(p), artifact_path="report")
-        mlf.experiment.set_tag(mlf.run_id, "recolab.complete", "true")
-        mlf.experiment.set_terminated(mlf.run_id, status="FINISHED")
-    table = module.metrics_markdown(metrics)
-    where = [f"outputs: {output_dir}", f"checkpoint: {checkpoint}"]
-    if mlf is not None:
-        where += [
-            f"mlflow: run {mlf.run_id} in experiment {cfg.experiment_name!r} at {mlf._tracking_uri}",
-            "        open it with `make ui` (or `mlflow ui --backend-store-uri <that uri>`)",
-        ]
-    print(f"\n{title} (seed {cfg.seed}):\n{table}\n" + "\n".join(where), file=sys.stdout)
-
-
-def fail_run(mlf: MLFlowLogger | None) -> None:
-    """Mark the MLflow run FAILED: a run that raised is never left RUNNING or FINISHED."""
-    if mlf is not None and mlf._run_id:
-        mlf.experiment.set_terminated(mlf.run_id, status="FAILED")
-
-
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train and test one experiment; return the test metrics."""
     validate_config(
@@ -163,10 +75,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("logger") and "mlflow" in cfg.logger:
         tracking.check_reachable(cfg.logger.mlflow.tracking_uri)
     resume_from = resume.prepare(cfg)  # ckpt_path=last|<file>: that run's folder and MLflow run
+    # This run's own folder, or RunDirError naming the run already there (a forced hydra.run.dir).
+    lifecycle.claim_run_dir(cfg.paths.output_dir, resuming=resume_from is not None)
 
     # The trainer first: Lightning checks the strategy, accelerator and devices as it is built
     # (`trainer.strategy=dpp`, a GPU asked for where there is none), before any data is read.
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()] + [
+    callbacks = [  # a callback set to null (`callbacks.early_stopping=null`) is left out
+        instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None
+    ] + [
         resume.RNGState(),
         KeepStackDumps(),
     ]
@@ -186,6 +102,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if resume_from is not None:  # the run's own data, or a clear error before any step
         resume.check_same_data(resume_from, datamodule.state_dict())
     model, module = build(cfg, datamodule)
+    check_run(cfg, module)  # monitors and optimized_metric against the metrics it logs
     if cfg.get("compile"):
         model.compile()  # in place: state_dict keys, hence checkpoints, stay those of the plain model
 
@@ -225,39 +142,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 output_dir=output_dir,
                 checkpoint=best or "(last weights, no checkpoint)",
             )
+    except SIGTERMException:  # `kill`, `docker stop`: KILLED, exit 143 (Lightning's exit is 0)
+        kill_run(mlf, output_dir)
+        raise SystemExit(143) from None
     except BaseException:
         fail_run(mlf)
         raise
+    finally:
+        lifecycle.release_run_dir(output_dir)
     return metrics | selection
-
-
-def build_logger(node: DictConfig) -> Any:
-    """A logger, its tags as strings: an MLflow server refuses a non-string tag (the seed), the local store does not."""
-    if not node.get("tags"):
-        return instantiate(node)
-    tags = OmegaConf.to_container(node.tags, resolve=True)
-    return instantiate(node, tags={k: str(v) for k, v in tags.items() if v is not None})
-
-
-def sweep_id() -> str | None:
-    """The sweep's id (its folder's name) when this run is a job of a Hydra multirun, else None."""
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
-        return None
-    return Path(HydraConfig.get().runtime.output_dir).parent.name
-
-
-def track_extras(
-    mlf: MLFlowLogger | None, datamodule: pl.LightningDataModule, resumed_from: Path | None
-) -> None:
-    """Data-quality counts (`data/dropped_rows`, `data/oov_rows/...`), the sweep tag, the resume tag."""
-    if mlf is None:
-        return
-    quality = getattr(datamodule, "quality_metrics", dict)()
-    if quality:
-        mlf.log_metrics(quality)
-    if sid := sweep_id():
-        mlf.experiment.set_tag(mlf.run_id, "recolab.sweep", sid)
-    resume.mark_resumed(mlf, resumed_from)
 
 
 def optimized_value(cfg: DictConfig, metrics: dict[str, float]) -> float | None:
@@ -274,7 +167,8 @@ def optimized_value(cfg: DictConfig, metrics: dict[str, float]) -> float | None:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    return optimized_value(cfg, train(cfg))
+    with lifecycle.training_process():  # MLflow's quick retries, SIGTERM as KILLED
+        return optimized_value(cfg, train(cfg))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from recolab.compare import compare
+from recolab.config_validation import ConfigError
 from recolab.evaluate import evaluate
 from recolab.tracking import keep_tracking_env
 from recolab.train import train
@@ -113,7 +114,9 @@ def test_compare_takes_one_experiment_name_without_brackets(two_seeds) -> None:
     assert tables[0] == tables[1]
 
 
-def test_evaluate_without_a_test_batch_fails_and_is_not_marked_complete(two_seeds) -> None:
+def test_evaluate_without_a_test_batch_fails_before_any_run(two_seeds) -> None:
+    # `trainer.limit_test_batches=0` tests nothing: refused with the key before a run is tracked
+    # (it used to fail after the run had started; the run was then marked FAILED).
     root, _ = two_seeds
     ckpt = next((root / "out2" / "checkpoints").glob("epoch*.ckpt"))
     cfg = compose_train(
@@ -122,11 +125,9 @@ def test_evaluate_without_a_test_batch_fails_and_is_not_marked_complete(two_seed
         config_name="evaluate",
         out="eval_empty",
     )
-    with pytest.raises(RuntimeError, match=r"gave no metrics \(no test batch ran"):
-        evaluate(cfg)
     client = MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow.db")
-    [run] = client.search_runs(
-        [client.get_experiment_by_name("recolab").experiment_id],
-        "tags.`recolab.kind` = 'evaluate' and attributes.status = 'FAILED'",
-    )
-    assert "recolab.complete" not in run.data.tags
+    experiment = client.get_experiment_by_name("recolab").experiment_id
+    before = len(client.search_runs([experiment]))
+    with pytest.raises(ConfigError, match=r"trainer\.limit_test_batches=0: expected an integer"):
+        evaluate(cfg)
+    assert len(client.search_runs([experiment])) == before

@@ -49,10 +49,11 @@ def post(url: str, body: dict) -> dict:
         return json.loads(r.read())
 
 
-@pytest.fixture
-def mlflow_server(tmp_path: Path) -> Iterator[str]:
-    port = free_port()
-    log = (tmp_path / "server.log").open("w")
+def start_mlflow_server(folder: Path, port: int | None = None) -> tuple[subprocess.Popen, str]:
+    """A real `mlflow server` on 127.0.0.1 (a free port unless given) with its store in `folder`,
+    in its own process group (stop it with `stop_mlflow_server`), once it answers /health."""
+    port = port or free_port()
+    log = (folder / "server.log").open("a")
     proc = subprocess.Popen(
         [
             str(Path(sys.executable).with_name("mlflow")),
@@ -64,39 +65,53 @@ def mlflow_server(tmp_path: Path) -> Iterator[str]:
             "--workers",
             "1",
             "--backend-store-uri",
-            f"sqlite:///{tmp_path}/server.db",
+            f"sqlite:///{folder}/server.db",
             "--artifacts-destination",
-            str(tmp_path / "server_artifacts"),
+            str(folder / "server_artifacts"),
         ],
         env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+    log.close()  # the server holds its own descriptor
     url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while True:
+        if proc.poll() is not None:
+            stop_mlflow_server(proc)
+            pytest.fail(f"mlflow server exited:\n{(folder / 'server.log').read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                if r.status == 200:
+                    return proc, url
+        except (urllib.error.URLError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            stop_mlflow_server(proc)
+            pytest.fail("mlflow server did not answer /health in 180 s")
+        time.sleep(0.5)
+
+
+def stop_mlflow_server(proc: subprocess.Popen) -> None:
+    """Stop the server and its worker, by the group's id (already gone is fine)."""
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, (
-                f"mlflow server exited:\n{(tmp_path / 'server.log').read_text()[-3000:]}"
-            )
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except (urllib.error.URLError, OSError):
-                pass
-            assert time.monotonic() < deadline, "mlflow server did not answer /health in 180 s"
-            time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path) -> Iterator[str]:
+    proc, url = start_mlflow_server(tmp_path)
+    try:
         yield url
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # the server and its worker, by the group's id
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
+        stop_mlflow_server(proc)
 
 
 @pytest.mark.usefixtures("one_torch_thread")

@@ -4,9 +4,11 @@ result as a run that was never interrupted; two runs with one seed agree exactly
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -132,7 +134,7 @@ def test_killed_mid_epoch_resumes_to_the_same_metrics(
 
 def test_ckpt_path_last_without_a_checkpoint_fails_before_reading_data(tmp_path: Path) -> None:
     with pytest.raises(
-        ResumeError, match=r"ckpt_path=last: no last\.ckpt of experiment 'mmoe' with seed=0"
+        ResumeError, match=r"ckpt_path=last: no checkpoint of experiment 'mmoe' with seed=0"
     ):
         train(compose_train(tmp_path, ["+exp=mmoe", *TINY_WORLD, "ckpt_path=last"]))
     assert not (tmp_path / "data").exists()
@@ -224,3 +226,105 @@ def test_resuming_on_changed_data_fails_before_training(tmp_path: Path) -> None:
     ):
         train(compose_train(tmp_path, [*run, f"ckpt_path={last}"], out="second"))
     assert last.stat().st_mtime_ns == written  # no step was taken, no checkpoint written
+
+
+# A run of 3 epochs whose best checkpoint is epoch 0: `mode=max` on the validation loss, which
+# falls epoch after epoch, makes every later epoch score worse (no top-k file after epoch 0).
+WORSE_LATER = [
+    "+exp=mmoe",
+    *TINY_WORLD,
+    "trainer.max_epochs=3",
+    "+trainer.limit_train_batches=3",
+    "+trainer.limit_val_batches=2",
+    "callbacks.model_checkpoint.mode=max",
+    "callbacks.progress_bar.refresh_rate=0",
+    "logger=none",
+]
+
+
+def _epoch_and_step(path: Path) -> tuple[int, int]:
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    return ckpt["epoch"], ckpt["global_step"]
+
+
+_WRITTEN: list[str] | None = None
+
+
+def _audit(event: str, args: tuple) -> None:
+    # builtin open (mode) and os.open (flags, as tempfile.mkstemp and fsspec use): writes only
+    if _WRITTEN is None or event != "open" or not isinstance(args[0], (str, os.PathLike)):
+        return
+    mode, flags = args[1], args[2]
+    if (mode and set(mode) & set("wax+")) or (
+        mode is None and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)
+    ):
+        _WRITTEN.append(os.fspath(args[0]))
+
+
+sys.addaudithook(_audit)  # once per process (a hook cannot be removed); records only when asked
+
+
+def test_last_ckpt_is_the_last_epoch_written_in_its_folder_and_a_finished_run_is_not_resumed(
+    tmp_path: Path, data_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    global _WRITTEN
+    tmpdir = tmp_path / "tmpdir"  # TMPDIR: checkpoints must not pass through it
+    tmpdir.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmpdir))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # read TMPDIR again
+    cfg = compose_train(tmp_path, WORSE_LATER, data_dir=data_cache, out="outputs/runs/mmoe/first")
+    _WRITTEN = []
+    try:
+        train(cfg)
+        written, _WRITTEN = _WRITTEN, None
+    finally:
+        _WRITTEN = None
+    folder = tmp_path / "outputs" / "runs" / "mmoe" / "first" / "checkpoints"
+    [best] = folder.glob("epoch*.ckpt")
+    assert _epoch_and_step(best) == (0, 3)  # the case: later epochs wrote no top-k file
+    assert _epoch_and_step(folder / "last.ckpt") == (2, 9)  # the last epoch, not the best
+    # Written beside their name and renamed into place: nothing in TMPDIR, nothing left over.
+    assert not [p for p in written if Path(p).is_relative_to(tmpdir)], written
+    assert not list(tmpdir.iterdir())
+    assert sorted(p.name for p in folder.iterdir()) == ["epoch00.ckpt", "last.ckpt"]
+    assert any(Path(p).parent == folder and p.endswith(".partial") for p in written)
+
+    # The run is finished (its report is written): `ckpt_path=last` points to evaluate instead.
+    with pytest.raises(
+        ResumeError,
+        match=rf"is finished .*`python -m recolab evaluate ckpt_path={re.escape(str(best))}`",
+    ):
+        train(compose_train(tmp_path, [*WORSE_LATER, "ckpt_path=last"], data_dir=data_cache))
+
+
+def test_a_truncated_last_ckpt_resumes_from_the_runs_newest_intact_checkpoint(
+    tmp_path: Path, data_cache: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The run fails as epoch 2 starts: not finished, its last.ckpt is epoch 1's.
+    run = [*WORSE_LATER, "+callbacks.probe._target_=tests.integration.probe.Probe"]
+    run += ["+callbacks.probe.raise_at_epoch=2"]
+    first = compose_train(tmp_path, run, data_dir=data_cache, out="outputs/runs/mmoe/first")
+    with pytest.raises(RuntimeError, match="failing on purpose at epoch 2"):
+        train(first)
+    folder = tmp_path / "outputs" / "runs" / "mmoe" / "first" / "checkpoints"
+    best, last = folder / "epoch00.ckpt", folder / "last.ckpt"
+    assert _epoch_and_step(last) == (1, 6)
+    last.write_bytes(last.read_bytes()[:65_536])  # what a kill during a copy left
+    # Another experiment's sweep job, killed as it started: empty files, never a reason to fail.
+    job = tmp_path / "outputs" / "multiruns" / "2026-01-01_00-00-00" / "0-shared_bottom-seed0"
+    (job / "checkpoints").mkdir(parents=True)
+    (job / "checkpoints" / "last.ckpt").write_bytes(b"")
+    (job / "run.json").write_bytes(b"")
+
+    # Resumed from epoch 0 (a warning names the broken file), the run trains epoch 1 again and
+    # writes a whole last.ckpt in place of the broken one.
+    with caplog.at_level("WARNING", logger="recolab.resume"):
+        with pytest.raises(RuntimeError, match="failing on purpose at epoch 2"):
+            train(compose_train(tmp_path, [*run, "ckpt_path=last"], data_dir=data_cache))
+    assert (
+        f"ckpt_path={last}: not a checkpoint file (truncated, or not written by torch.save: "
+        "[Errno 22] Invalid argument); "
+        f"resuming from {best}, the run's newest intact checkpoint"
+    ) in caplog.text
+    assert _epoch_and_step(last) == (1, 6)
+    assert sorted(p.name for p in folder.iterdir()) == ["epoch00.ckpt", "last.ckpt"]

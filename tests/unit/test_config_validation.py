@@ -3,6 +3,7 @@ naming the full key, the value and what was expected."""
 
 from __future__ import annotations
 
+import os
 import string
 from pathlib import Path
 
@@ -130,6 +131,67 @@ def test_every_experiment_config_is_valid(exp: str, tmp_path: Path) -> None:
             ["+exp=two_tower_mns", "module.sampler.num_negatives=-1"],
             "module.sampler.num_negatives=-1: expected a number >= 0",
         ),
+        # the run's seed and the trainer's limits: each would fail late, raw, or not at all
+        (["seed=-1"], "seed=-1: expected an integer in [0, 4294967295] (0 to 2**32 - 1)"),
+        (["seed=4294967296"], "seed=4294967296: expected an integer in [0, 4294967295]"),
+        (["seed=null"], "seed=None: expected an integer in [0, 4294967295]"),
+        (
+            ["+trainer.limit_train_batches=0"],
+            "trainer.limit_train_batches=0: expected an integer >= 1 (batches) or a fraction in (0, 1]",
+        ),
+        (["+trainer.limit_train_batches=0.0"], "trainer.limit_train_batches=0.0: expected"),
+        (
+            ["+trainer.limit_test_batches=0"],
+            "trainer.limit_test_batches=0: expected an integer >= 1",
+        ),
+        (
+            ["+trainer.limit_val_batches=0"],
+            "trainer.limit_val_batches=0: validation is off, but "
+            "callbacks.model_checkpoint.monitor='val/loss' needs its metrics",
+        ),
+        (
+            ["+trainer.limit_val_batches=0", "callbacks.model_checkpoint.monitor=null"],
+            "trainer.limit_val_batches=0: validation is off, but "
+            "callbacks.early_stopping.monitor='val/loss' needs its metrics",
+        ),
+        (
+            [
+                "+trainer.limit_val_batches=0",
+                "callbacks.model_checkpoint.monitor=null",
+                "callbacks.early_stopping=null",
+                "+optimized_metric=val/auc/click",
+            ],
+            "validation is off, but optimized_metric='val/auc/click' needs its metrics",
+        ),
+        (
+            ["+trainer.max_steps=0"],
+            "trainer.max_steps=0: expected an integer >= 1 (or -1: no limit)",
+        ),
+        (
+            ["+trainer.accumulate_grad_batches=0"],
+            "trainer.accumulate_grad_batches=0: expected a number >= 1",
+        ),
+        (
+            ["+trainer.val_check_interval=1.5"],
+            "trainer.val_check_interval=1.5: expected an integer >= 1 (training batches) or a fraction",
+        ),
+        (
+            ["+trainer.check_val_every_n_epoch=5"],
+            "trainer.check_val_every_n_epoch=5: validation never runs in trainer.max_epochs=3, but "
+            "callbacks.model_checkpoint.monitor='val/loss' needs its metrics; expected at most 3",
+        ),
+        (
+            ["+trainer.min_epochs=5"],
+            "trainer.min_epochs=5: expected at most trainer.max_epochs=3",
+        ),
+        (
+            [f"trainer.devices={(os.cpu_count() or 1) + 1}"],
+            f"trainer.devices={(os.cpu_count() or 1) + 1}: expected at most {os.cpu_count() or 1} on the CPU",
+        ),
+        (
+            ["callbacks.early_stopping.patience=-1"],
+            "callbacks.early_stopping.patience=-1: expected a number >= 0",
+        ),
     ],
 )
 def test_bad_config_names_key_value_and_expectation(
@@ -192,6 +254,68 @@ def test_train_fails_on_a_bad_config_before_reading_data(tmp_path: Path) -> None
         "data was generated or read before the config was checked"
     )
     assert not (tmp_path / "mlflow.db").exists(), "a run was tracked for an invalid config"
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "seed=-1",
+        "+trainer.limit_train_batches=0",
+        "+trainer.limit_test_batches=0",
+        "+trainer.limit_val_batches=0",
+        "+trainer.max_steps=0",
+        "+trainer.accumulate_grad_batches=0",
+    ],
+)
+def test_train_fails_on_a_run_that_cannot_train_or_test_before_reading_data(
+    override: str, tmp_path: Path
+) -> None:
+    # Each of these trained nothing and reported the run complete, failed with a raw error
+    # (numpy's bounds, a ZeroDivisionError), or failed only after training and testing.
+    cfg = compose_train(tmp_path, ["+exp=mmoe", *TINY_WORLD, override])
+    with pytest.raises(ConfigError, match=override.lstrip("+").split("=")[0] + "="):
+        train(cfg)
+    assert not (tmp_path / "data").exists(), "data was read before the config was checked"
+    assert not (tmp_path / "mlflow.db").exists(), "a run was tracked for an invalid config"
+
+
+def test_the_valid_trainer_limits_pass(mmoe: DictConfig) -> None:
+    cfg = mmoe
+    for key, value in {
+        "trainer.limit_train_batches": 0.5,
+        "trainer.limit_test_batches": 3,
+        "trainer.max_steps": -1,
+        "trainer.val_check_interval": 0.25,
+        "trainer.check_val_every_n_epoch": 3,
+        "trainer.min_epochs": 3,
+        "seed": 2**32 - 1,
+    }.items():
+        cfg = with_value(cfg, key, value)
+    validate_config(cfg, known_top_level=KNOWN)
+    # validation off is fine where nothing needs its metrics
+    cfg = with_value(cfg, "trainer.limit_val_batches", 0)
+    cfg = with_value(cfg, "callbacks.model_checkpoint.monitor", None)
+    cfg = with_value(cfg, "callbacks.early_stopping", None)
+    validate_config(cfg, known_top_level=KNOWN)
+
+
+def test_a_callback_set_to_null_is_left_out(tmp_path: Path) -> None:
+    # `callbacks.early_stopping=null` (the usual Hydra way to drop one) made Lightning fail with
+    # "'NoneType' object has no attribute ..." as fitting started.
+    cfg = compose_train(
+        tmp_path,
+        [
+            "+exp=mmoe",
+            *TINY_WORLD,
+            "trainer.max_epochs=1",
+            "+trainer.limit_train_batches=2",
+            "+trainer.limit_val_batches=0",
+            "callbacks.early_stopping=null",
+            "callbacks.model_checkpoint.monitor=null",
+            "callbacks.progress_bar.refresh_rate=0",
+        ],
+    )
+    assert any(k.startswith("test/") for k in train(cfg))
 
 
 def test_a_trainer_lightning_refuses_fails_before_reading_data(tmp_path: Path) -> None:

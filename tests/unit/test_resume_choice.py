@@ -4,7 +4,12 @@ real runs."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import re
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,7 +17,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from recolab import resume
-from recolab.resume import ResumeError
+from recolab.checkpointing import RUN_FILE, write_atomically, write_run_file
+from recolab.resume import CheckpointError, ResumeError
 
 
 def _cfg(root: Path, *, num_experts: int = 4, seed: int = 0) -> DictConfig:
@@ -28,15 +34,24 @@ def _cfg(root: Path, *, num_experts: int = 4, seed: int = 0) -> DictConfig:
 
 
 def _checkpoint(
-    root: Path, job: str, cfg: DictConfig, mtime: int, data_state: dict | None = None
+    root: Path,
+    job: str,
+    cfg: DictConfig,
+    mtime: int,
+    data_state: dict | None = None,
+    name: str = "last.ckpt",
 ) -> Path:
-    """A sweep job's `last.ckpt` holding its config (and data state), modified at `mtime`."""
-    path = root / "logs" / "multiruns" / "2026-01-01_00-00-00" / job / "checkpoints" / "last.ckpt"
-    path.parent.mkdir(parents=True)
+    """A sweep job's checkpoint (a Lightning checkpoint's keys, its config and data state, 80 kB of
+    weights) modified at `mtime`, with the job's `run.json` as `RunCheckpoint` writes it."""
+    run_dir = root / "logs" / "multiruns" / "2026-01-01_00-00-00" / job
+    path = run_dir / "checkpoints" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
     info = {"config": OmegaConf.to_yaml(cfg), "run_id": ""}
     if data_state is not None:
         info["data_state"] = data_state
-    torch.save({"recolab": info}, path)
+    state = {"epoch": 0, "global_step": 1, "loops": {}, "callbacks": {}, "optimizer_states": []}
+    torch.save({**state, "state_dict": {"w": torch.zeros(20_000)}, "recolab": info}, path)
+    write_run_file(run_dir, info["config"], "")
     os.utime(path, (mtime, mtime))
     return path
 
@@ -63,8 +78,8 @@ def test_last_without_a_checkpoint_of_these_settings_names_the_difference(tmp_pa
     _checkpoint(tmp_path, "1-mmoe-seed1", _cfg(tmp_path, num_experts=4, seed=1), mtime=2000)
     with pytest.raises(
         ResumeError,
-        match=r"no last\.ckpt of experiment 'mmoe' with seed=0 and these settings .*"
-        r"0-mmoe-seed0.* other settings \(model\.num_experts: 8 -> 4\)",
+        match=r"no checkpoint of experiment 'mmoe' with seed=0 and these settings .*"
+        r"0-mmoe-seed0, has other settings \(model\.num_experts: 8 -> 4\)",
     ):
         _resume_last(_cfg(tmp_path, num_experts=4))
 
@@ -140,3 +155,136 @@ def test_settings_derived_from_the_run_folder_match_once_resumed_into_it(tmp_pat
     stored = OmegaConf.create(OmegaConf.to_container(derived(job), resolve=True))
     path = _checkpoint(tmp_path, "0-mmoe-seed0", stored, mtime=1000)
     assert _resume_last(derived(tmp_path / "new")) == path
+
+
+# -- broken checkpoints, other runs' files, finished runs --------------------------------------
+
+
+def _truncate(path: Path, size: int) -> None:
+    """What a kill during a copy leaves: the file's first `size` bytes, modified later."""
+    data = path.read_bytes()
+    assert len(data) > size
+    path.write_bytes(data[:size])
+
+
+@pytest.mark.parametrize("size", [0, 65_536], ids=["empty", "64 kB"])
+def test_a_broken_last_ckpt_resumes_the_runs_newest_intact_checkpoint(
+    tmp_path: Path, size: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    best = _checkpoint(tmp_path, "0-mmoe-seed0", _cfg(tmp_path), mtime=1000, name="epoch00.ckpt")
+    last = _checkpoint(tmp_path, "0-mmoe-seed0", _cfg(tmp_path), mtime=2000)
+    _truncate(last, size)
+    os.utime(last, (2000, 2000))
+    with caplog.at_level("WARNING", logger="recolab.resume"):
+        assert _resume_last(_cfg(tmp_path)) == best
+    reason = "an empty file" if size == 0 else r"truncated, or not written by torch\.save: .+"
+    assert re.search(
+        rf"ckpt_path={re.escape(str(last))}: not a checkpoint file \({reason}\); "
+        rf"resuming from {re.escape(str(best))}, the run's newest intact checkpoint",
+        caplog.text,
+    ), caplog.text
+
+
+def test_a_run_without_an_intact_checkpoint_names_each_file(tmp_path: Path) -> None:
+    best = _checkpoint(tmp_path, "0-mmoe-seed0", _cfg(tmp_path), mtime=1000, name="epoch00.ckpt")
+    last = _checkpoint(tmp_path, "0-mmoe-seed0", _cfg(tmp_path), mtime=2000)
+    _truncate(last, 0)
+    torch.save({"state_dict": {}}, best)  # loads, but is not a checkpoint of a run
+    with pytest.raises(
+        ResumeError,
+        match=r"0-mmoe-seed0, has no intact checkpoint: ckpt_path=.*last\.ckpt: not a checkpoint "
+        r"file \(an empty file\); ckpt_path=.*epoch00\.ckpt: not a resumable recolab checkpoint "
+        r"\(it has no epoch, global_step, optimizer_states, loops, callbacks, recolab\)\. "
+        r"Start a new run",
+    ):
+        _resume_last(_cfg(tmp_path))
+
+
+def test_other_runs_broken_files_neither_block_nor_get_opened(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ours = _checkpoint(tmp_path, "0-mmoe-seed0", _cfg(tmp_path), mtime=1000)
+    # Newer jobs of the same sweep: other settings and an empty last.ckpt; an empty run.json
+    # with an empty last.ckpt (a job killed as it started); a run.json that is not JSON.
+    others = [
+        _checkpoint(tmp_path, "1-mmoe-seed0", _cfg(tmp_path, num_experts=8), mtime=2000),
+        _checkpoint(tmp_path, "2-mmoe-seed0", _cfg(tmp_path), mtime=3000),
+        _checkpoint(tmp_path, "3-mmoe-seed0", _cfg(tmp_path), mtime=4000),
+    ]
+    for path in others:
+        _truncate(path, 0)
+    (others[1].parent.parent / RUN_FILE).write_text("")
+    (others[2].parent.parent / RUN_FILE).write_text("{config: [")
+    with _opened() as opened, caplog.at_level("DEBUG", logger="recolab.resume"):
+        assert _resume_last(_cfg(tmp_path)) == ours
+    assert not {str(p) for p in others} & opened  # matched by run.json, never unpickled
+    assert "2-mmoe-seed0: unreadable run.json" in caplog.text
+    assert "3-mmoe-seed0: unreadable run.json" in caplog.text
+
+
+def test_last_of_a_finished_run_points_to_evaluate(tmp_path: Path) -> None:
+    best = _checkpoint(tmp_path, "0-mmoe-seed0", _cfg(tmp_path), mtime=1000, name="epoch01.ckpt")
+    _checkpoint(tmp_path, "0-mmoe-seed0", _cfg(tmp_path), mtime=2000)
+    report = best.parent.parent / "report" / "metrics.json"
+    report.parent.mkdir()
+    report.write_text(json.dumps({"metrics": {}, "context": {"checkpoint": str(best)}}))
+    with pytest.raises(
+        ResumeError,
+        match=rf"0-mmoe-seed0, is finished \(its report is {re.escape(str(report))}\): resuming it "
+        rf"would only test it again\. Evaluate it \(on any data\) with `python -m recolab "
+        rf"evaluate ckpt_path={re.escape(str(best))}`, or start a new run \(ckpt_path=null",
+    ):
+        _resume_last(_cfg(tmp_path))
+
+
+def test_a_broken_file_named_by_ckpt_path_names_the_runs_intact_one(tmp_path: Path) -> None:
+    best = _checkpoint(tmp_path, "0-mmoe-seed0", _cfg(tmp_path), mtime=1000, name="epoch00.ckpt")
+    last = _checkpoint(tmp_path, "0-mmoe-seed0", _cfg(tmp_path), mtime=2000)
+    _truncate(last, 65_536)
+    cfg = _cfg(tmp_path)
+    cfg.ckpt_path = str(last)
+    with pytest.raises(
+        CheckpointError,
+        match=rf"last\.ckpt: not a checkpoint file \(.*\); the run's newest intact checkpoint is "
+        rf"{re.escape(str(best))}: resume it with ckpt_path=",
+    ):
+        resume.prepare(cfg)
+
+
+def test_an_interrupted_atomic_write_leaves_the_old_file_whole(tmp_path: Path) -> None:
+    path = tmp_path / "last.ckpt"
+    path.write_bytes(b"the previous checkpoint")
+
+    def killed(f) -> None:
+        f.write(b"half of the next")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_atomically(path, killed)
+    assert path.read_bytes() == b"the previous checkpoint"
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+    write_atomically(path, lambda f: f.write(b"the next checkpoint"))
+    assert path.read_bytes() == b"the next checkpoint"
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+_OPENED: set[str] | None = None
+
+
+def _audit(event: str, args: tuple) -> None:
+    if _OPENED is not None and event == "open" and isinstance(args[0], (str, os.PathLike)):
+        _OPENED.add(os.fspath(args[0]))
+
+
+sys.addaudithook(_audit)  # once per process (a hook cannot be removed); records only inside _opened
+
+
+@contextlib.contextmanager
+def _opened() -> Iterator[set[str]]:
+    """The paths of the files opened inside the block."""
+    global _OPENED
+    _OPENED = set()
+    try:
+        yield _OPENED
+    finally:
+        _OPENED = None

@@ -13,12 +13,14 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
 from recolab.data import checks
+from recolab.data.checks import DataError
 from recolab.data.columnar import (
     ColumnarBatches,
     Columns,
@@ -38,10 +40,6 @@ from recolab.data.schema import (
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
-
-
-class DataError(ValueError):
-    """Bad input data: the message names the file, the column, and how many rows."""
 
 
 class RankDataModule(pl.LightningDataModule):
@@ -215,13 +213,109 @@ class RankDataModule(pl.LightningDataModule):
         missing = [c for c in self.required_columns if c not in names]
         if missing:
             raise DataError(f"{path}: missing column(s) {missing}; the table has {list(names)}")
+        if twice := checks.duplicate_names(names, self.required_columns):
+            raise DataError(f"{path}: {twice}")
 
     def _validate(self, table: pa.Table) -> pa.Table:
-        """Fail (or, with drop_bad_rows, drop and count) before any training starts."""
+        """Fail (or, with drop_bad_rows, drop and count) before any training starts.
+
+        Wrong types fail whatever `drop_bad_rows` says; row problems name their first rows
+        (counted from 0) and values. Returns the table as the rest reads it: dictionaries decoded,
+        unsigned ids as int64 (`recolab.data.checks`).
+        """
         self._check_columns(self.source_path, table.column_names)
         if table.num_rows == 0:
             raise DataError(f"{self.source_path}: the table has no rows")
-        wrong_types = [  # types no row can fix (recolab.data.checks states the policies)
+        table = checks.decode_dictionaries(table)
+        wrong_types = self._type_problems(
+            table
+        )  # types no row can fix (checks states the policies)
+        if wrong_types:
+            raise DataError(f"{self.source_path}: " + "; ".join(wrong_types))
+        found: list[checks.RowProblem] = []
+
+        def flag(name: str, wrong: np.ndarray, what: str) -> None:
+            if wrong.any():
+                found.append(
+                    checks.RowProblem(
+                        f"column {name!r}: {int(wrong.sum())} {what}", wrong, table.column(name)
+                    )
+                )
+
+        for name in [*self.task_names, *self.dense_names]:
+            values = checks.as_numbers(table.column(name))
+            flag(name, ~np.isfinite(values), "non-finite value(s) (NaN, inf or null)")
+            if p := checks.beyond_float32(name, table.column(name), values):
+                found.append(p)
+        for task in self.tasks:
+            values = checks.as_numbers(table.column(task.name))
+            if task.kind == "binary":
+                wrong = np.isfinite(values) & (values != 0) & (values != 1)
+                flag(task.name, wrong, "binary label(s) not 0 or 1")
+            elif task.transform == "log1p":
+                flag(
+                    task.name,
+                    np.isfinite(values) & (values < 0),
+                    "negative value(s) (log1p target)",
+                )
+        for name in self.sparse_names:
+            flag(name, table.column(name).is_null().to_numpy(zero_copy_only=False), "null id(s)")
+        for name in self.sequence_specs:
+            found += self._sequence_problems(name, table.column(name))
+        for name in dict.fromkeys([*self.sparse_names, *self.sequence_specs, *self.meta_names]):
+            if p := checks.beyond_int64(name, table.column(name)):
+                found.append(p)
+        oracle = set(self.oracle.values())
+        for name in self.meta_names:
+            col = table.column(name)
+            if name in oracle:
+                flag(
+                    name, ~np.isfinite(checks.as_numbers(col)), "non-finite or null truth value(s)"
+                )
+            elif name not in (
+                *checks.NON_NEGATIVE,
+                checks.POSITION,
+                checks.TIMESTAMP,
+                *self.sparse_names,
+            ):
+                flag(name, col.is_null().to_numpy(zero_copy_only=False), "null value(s)")
+        log1p = frozenset(t.name for t in self.tasks if t.transform == "log1p")
+        found += checks.special_column_problems(
+            table,
+            finite_checked=frozenset([*self.task_names, *self.dense_names]),
+            sign_checked=log1p,
+        )
+        duplicates = checks.duplicate_rows(table)
+        if duplicates.any():
+            found.append(
+                checks.RowProblem(
+                    f"{int(duplicates.sum())} duplicate row(s) (equal to an earlier row in every column used: {table.column_names})",
+                    duplicates,
+                )
+            )
+        if found:
+            problems = checks.describe(found)
+            if not self.drop_bad_rows:
+                raise DataError(
+                    f"{self.source_path}: {problems} (rows counted from 0). "
+                    "Fix the data, or set data.drop_bad_rows=true to drop these rows."
+                )
+            bad = np.logical_or.reduce([p.mask for p in found])
+            self.dropped_rows = int(bad.sum())
+            log.warning(
+                "%s: dropping %d bad row(s): %s (rows counted from 0)",
+                self.source_path,
+                self.dropped_rows,
+                problems,
+            )
+            table = table.filter(pa.array(~bad))
+            if table.num_rows == 0:
+                raise DataError(f"{self.source_path}: no rows left after dropping bad rows")
+        return checks.to_int64(table, [*self.sparse_names, *self.sequence_specs, *self.meta_names])
+
+    def _type_problems(self, table: pa.Table) -> list[str]:
+        """Columns whose type cannot hold what the config uses them for."""
+        out = [
             *(
                 p
                 for n in self.sparse_names
@@ -233,83 +327,55 @@ class RankDataModule(pl.LightningDataModule):
                 if (p := checks.sequence_type_problem(n, table.column(n).type))
             ),
             *checks.special_type_problems(table),
+            *(
+                p
+                for n in [*self.task_names, *self.dense_names]
+                if (p := checks.number_type_problem(n, table.column(n)))
+            ),
         ]
-        if wrong_types:
-            raise DataError(f"{self.source_path}: " + "; ".join(wrong_types))
-        bad = np.zeros(table.num_rows, dtype=bool)
-        problems = []
-        for name in [*self.task_names, *self.dense_names]:
-            col = table.column(name)
-            if not (
-                pa.types.is_floating(col.type)
-                or pa.types.is_integer(col.type)
-                or pa.types.is_boolean(col.type)
-            ):
-                raise DataError(
-                    f"{self.source_path}: column {name!r} must be numeric, got {col.type}"
+        for name, spec in self.sequence_specs.items():
+            shared = spec.get("vocab_of")
+            if out or not shared or shared not in table.column_names:
+                continue
+            element = table.column(name).type.value_type
+            if _id_kind(element) != _id_kind(table.column(shared).type):
+                out.append(
+                    f"column {name!r} shares the vocabulary of {shared!r} (data.sequences.{name}.vocab_of), "
+                    f"so it must hold the same kind of ids: {shared!r} holds {table.column(shared).type}, "
+                    f"{name!r} holds lists of {element}"
                 )
-            values = col.to_numpy(zero_copy_only=False).astype(np.float64)
-            nonfinite = ~np.isfinite(values)  # NaN, +-inf, and nulls (to_numpy gives NaN)
-            if nonfinite.any():
-                problems.append(
-                    f"column {name!r}: {int(nonfinite.sum())} non-finite value(s) (NaN, inf or null)"
+        for name in self.meta_names:
+            type_ = table.column(name).type
+            if checks._is_number(type_) or name in (*checks.NON_NEGATIVE, checks.POSITION):
+                continue  # the special columns' types are checked above
+            if name not in self.sparse_names or not checks._is_text(type_):
+                out.append(
+                    f"column {name!r} (data.meta) must be numeric (evaluation columns become "
+                    f"tensors), got {type_}"
                 )
-                bad |= nonfinite
-        for task in self.tasks:
-            values = table.column(task.name).to_numpy(zero_copy_only=False).astype(np.float64)
-            if task.kind == "binary":
-                wrong = np.isfinite(values) & (values != 0) & (values != 1)
-                if wrong.any():
-                    problems.append(
-                        f"column {task.name!r}: {int(wrong.sum())} binary label(s) not 0 or 1"
-                    )
-                    bad |= wrong
-            elif task.transform == "log1p":
-                wrong = np.isfinite(values) & (values < 0)
-                if wrong.any():
-                    problems.append(
-                        f"column {task.name!r}: {int(wrong.sum())} negative value(s) (log1p target)"
-                    )
-                    bad |= wrong
-        for name in self.sparse_names:
-            if table.column(name).null_count:
-                problems.append(f"column {name!r}: {table.column(name).null_count} null id(s)")
-                bad |= table.column(name).is_null().to_numpy(zero_copy_only=False)
-        log1p = frozenset(t.name for t in self.tasks if t.transform == "log1p")
-        found = checks.special_column_problems(
-            table,
-            finite_checked=frozenset([*self.task_names, *self.dense_names]),
-            sign_checked=log1p,
-        )
-        duplicates = checks.duplicate_rows(table)
-        if duplicates.any():
-            found.append(
-                (
-                    f"{int(duplicates.sum())} duplicate row(s) (equal to an earlier row in every column used: {table.column_names})",
-                    duplicates,
+            else:
+                out.append(
+                    f"column {name!r} holds {type_} ids, and data.meta lists it: evaluation columns "
+                    "become tensors, so they must be numeric. Import the log with `python -m "
+                    "recolab data import` (it turns string ids into integer codes), or leave "
+                    f"{name!r} out of data.meta"
                 )
+        return out
+
+    def _sequence_problems(self, name: str, col: pa.ChunkedArray) -> list[checks.RowProblem]:
+        """Rows whose list of ids holds a missing id (it would silently read as padding)."""
+        arr = col.combine_chunks()
+        flat = pc.list_flatten(arr)
+        if not flat.null_count:
+            return []
+        rows = pc.list_parent_indices(arr).to_numpy(zero_copy_only=False)
+        mask = np.zeros(len(arr), dtype=bool)
+        mask[rows[flat.is_null().to_numpy(zero_copy_only=False)]] = True
+        return [
+            checks.RowProblem(
+                f"column {name!r}: {int(mask.sum())} list(s) holding a null id", mask, col
             )
-        for problem, wrong in found:
-            problems.append(problem)
-            bad |= wrong
-        if problems:
-            if not self.drop_bad_rows:
-                raise DataError(
-                    f"{self.source_path}: "
-                    + "; ".join(problems)
-                    + ". Fix the data, or set data.drop_bad_rows=true to drop these rows."
-                )
-            self.dropped_rows = int(bad.sum())
-            log.warning(
-                "%s: dropping %d bad row(s): %s",
-                self.source_path,
-                self.dropped_rows,
-                "; ".join(problems),
-            )
-            table = table.filter(pa.array(~bad))
-            if table.num_rows == 0:
-                raise DataError(f"{self.source_path}: no rows left after dropping bad rows")
-        return table
+        ]
 
     def _split(self, table: pa.Table) -> dict[str, pa.Table]:
         kind = self.split_cfg["kind"]
@@ -462,9 +528,25 @@ class ParquetDataModule(RankDataModule):
         path = Path(self.path)
         if not path.exists():
             raise DataError(f"{path}: no such file or folder (data.path)")
-        dataset = pq.ParquetDataset(path)
-        self._check_columns(str(path), dataset.schema.names)
-        return str(path), dataset.read(columns=self.required_columns)
+        try:
+            dataset = pq.ParquetDataset(path)
+            names = dataset.schema.names
+        except checks.PARQUET_ERRORS as e:
+            raise self._unreadable(path, e) from e
+        self._check_columns(str(path), names)
+        try:
+            return str(path), dataset.read(columns=self.required_columns)
+        except checks.PARQUET_ERRORS as e:
+            raise self._unreadable(path, e) from e
+
+    @staticmethod
+    def _unreadable(path: Path, error: BaseException) -> DataError:
+        """Why `path` (a file, or the first bad file of a folder) cannot be read as parquet."""
+        return (
+            checks.unreadable_in_folder(path, error)
+            if path.is_dir()
+            else checks.unreadable(path, error)
+        )
 
 
 def _check_downsampling(
@@ -486,6 +568,11 @@ def _check_downsampling(
     if not 0.0 < rate <= 1.0:
         raise ValueError(f"data.negative_downsampling.rate must lie in (0, 1], got {spec['rate']}")
     return {"task": str(spec["task"]), "rate": rate}
+
+
+def _id_kind(type_: pa.DataType) -> str:
+    """`integer` or `string`: ids of different kinds never match (1 is not "1")."""
+    return "integer" if pa.types.is_integer(type_) else "string"
 
 
 def _list_offsets_values(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:

@@ -67,7 +67,6 @@ SCHEMA_KEYS = (
     "split",
 )
 LABEL_KEYS = ("column", "name", "kind", "weight", "transform")
-SHOWN_ROWS = 5
 SECOND_PARTS = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}
 # Arrow's ISO-8601 parsers: without a zone (whole seconds reach past 2262, ns take fractions), then
 # with one (converted to UTC). A string is read by the first that takes it; all give the same instant.
@@ -80,8 +79,9 @@ ISO_TYPES = (
 ZONED = r"(?:[Zz]|[+-]\d\d:?\d\d)$"  # only sorts strings for speed: every string may try every type
 
 
-class LogImportError(ValueError):
-    """A log or schema that cannot be imported; the message names the file, the column and the rows."""
+class LogImportError(checks.DataError):
+    """A log or schema that cannot be imported; the message names the file, the column, the rows
+    and their values. A `DataError`, like every bad-data error of recolab."""
 
 
 @dataclass
@@ -256,25 +256,29 @@ def read_log(path: str | Path) -> pa.Table:
                 parse_options=pacsv.ParseOptions(delimiter=delimiter),
                 convert_options=pacsv.ConvertOptions(strings_can_be_null=True),
             )
-        if path.suffix.lower() == ".parquet" or path.is_dir():
+        if path.is_dir():
             return pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as e:
+        if (
+            path.suffix.lower() == ".parquet"
+        ):  # a file's reader, unlike read_table, reads columns named twice
+            return pq.ParquetFile(path).read()
+    except checks.PARQUET_ERRORS as e:
+        if path.suffix.lower() == ".parquet" or path.is_dir():
+            error = (
+                checks.unreadable_in_folder(path, e)
+                if path.is_dir()
+                else checks.unreadable(path, e)
+            )
+            raise LogImportError(str(error)) from e
         raise LogImportError(f"{path}: cannot be read ({str(e).splitlines()[0]})") from e
     raise LogImportError(
         f"{path}: expected a .csv, .tsv or .parquet file (or a folder of parquet files)"
     )
 
 
-def _rows(mask: np.ndarray) -> str:
-    idx = np.flatnonzero(mask) + 1
-    shown = ", ".join(map(str, idx[:SHOWN_ROWS])) + (", ..." if len(idx) > SHOWN_ROWS else "")
-    return f"{len(idx)} row(s) ({shown})"
-
-
 def _as_float(col: pa.ChunkedArray) -> np.ndarray:
-    if pa.types.is_boolean(col.type):
-        col = pc.cast(col, pa.int8())
-    return col.to_numpy(zero_copy_only=False).astype(np.float64)
+    """float64 values of a numeric, boolean or text column (text that is no number is NaN)."""
+    return checks.as_numbers(col)
 
 
 def _missing(col: pa.ChunkedArray) -> np.ndarray:
@@ -355,10 +359,12 @@ def _unparsed(col: pa.ChunkedArray) -> np.ndarray | None:
     return None if parsed is None else parsed[1] & ~_missing(col)
 
 
-def check_log(table: pa.Table, schema: LogSchema) -> tuple[list[tuple[str, np.ndarray]], list[str]]:
-    """`(problems rows cause, each with its bad-row mask; problems no row can fix)`."""
-    fatal: list[str] = []
+def check_log(table: pa.Table, schema: LogSchema) -> tuple[list[checks.RowProblem], list[str]]:
+    """`(problems rows cause, each with its bad rows and their values; problems no row can fix)`."""
     renames = schema.renames()
+    # a name given twice first: the column the schema meant may be the one that lost its name
+    twice = checks.duplicate_names(table.column_names, list(renames))
+    fatal: list[str] = [twice] if twice else []
     missing = [c for c in renames if c not in table.column_names]
     for c in missing:
         role = next(k for k, v in _roles(schema).items() if c in v)
@@ -367,11 +373,15 @@ def check_log(table: pa.Table, schema: LogSchema) -> tuple[list[tuple[str, np.nd
         )
     if missing:
         return [], fatal + [f"the file has {table.column_names}"]
-    found: list[tuple[str, np.ndarray]] = []
+    if fatal:
+        return [], fatal
+    found: list[checks.RowProblem] = []
 
-    def flag(mask: np.ndarray, what: str) -> None:
+    def flag(mask: np.ndarray, what: str, column: str | None = None) -> None:
         if mask.any():
-            found.append((what, mask))
+            found.append(
+                checks.RowProblem(what, mask, None if column is None else table.column(column))
+            )
 
     for column in [schema.user, schema.item, *schema.sparse]:
         col = table.column(column)
@@ -380,11 +390,21 @@ def check_log(table: pa.Table, schema: LogSchema) -> tuple[list[tuple[str, np.nd
             flag(
                 np.isfinite(values) & (values != np.round(values)),
                 f"column {column!r}: fractional id(s)",
+                column,
+            )
+            flag(
+                np.isfinite(values) & (np.abs(values) >= 2.0**63),
+                f"column {column!r}: id(s) beyond int64's range (|id| < 2**63 expected)",
+                column,
             )
         elif problem := checks.id_type_problem(column, col.type):
+            if pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type):
+                problem += f" (bytes that are not UTF-8 text: {checks.rows_text(_not_utf8(col), col, first=1)})"
             fatal.append(problem)
             continue
-        flag(_missing(col), f"column {column!r}: missing id(s)")
+        elif problem := checks.beyond_int64(column, col):
+            found.append(problem)
+        flag(_missing(col), f"column {column!r}: missing id(s)", column)
     numeric = [(lbl["column"], "label") for lbl in schema.labels] + [
         (c, "dense feature") for c in schema.dense
     ]
@@ -393,17 +413,28 @@ def check_log(table: pa.Table, schema: LogSchema) -> tuple[list[tuple[str, np.nd
     ]
     for column, role in numeric:
         col = table.column(column)
-        if not (
-            pa.types.is_integer(col.type)
-            or pa.types.is_floating(col.type)
-            or pa.types.is_boolean(col.type)
+        if problem := checks.number_type_problem(
+            column, col, role=role, booleans=role in ("label", "dense feature"), first=1
         ):
-            sample = [v for v in col.slice(0, 50).to_pylist() if v is not None][:3]
-            fatal.append(
-                f"column {column!r} ({role}) must be numeric, got {col.type} (e.g. {sample})"
+            if not checks._is_text(col.type) or not np.isfinite(_as_float(col)).any():
+                fatal.append(problem)
+                continue
+            # text, some of it numbers (a CSV column with a stray word): the rows are the problem
+            flag(
+                checks.text_not_numbers(col),
+                f"column {column!r} ({role}): text that is not a number",
+                column,
             )
-            continue
-        flag(~np.isfinite(_as_float(col)), f"column {column!r}: missing or non-finite value(s)")
+        values = _as_float(col)
+        flag(
+            ~np.isfinite(values) & ~checks.text_not_numbers(col)
+            if checks._is_text(col.type)
+            else ~np.isfinite(values),
+            f"column {column!r}: missing or non-finite value(s)",
+            column,
+        )
+        if role != "position" and (problem := checks.beyond_float32(column, col, values)):
+            found.append(problem)
     if schema.timestamp:
         col = table.column(schema.timestamp)
         unparsed = _unparsed(col)
@@ -412,10 +443,15 @@ def check_log(table: pa.Table, schema: LogSchema) -> tuple[list[tuple[str, np.nd
                 f"column {schema.timestamp!r} (timestamp) must be unix seconds or date-times, got {col.type}"
             )
         else:
-            flag(_missing(col), f"column {schema.timestamp!r}: missing timestamp(s)")
+            flag(
+                _missing(col),
+                f"column {schema.timestamp!r}: missing timestamp(s)",
+                schema.timestamp,
+            )
             flag(
                 unparsed,
                 f"column {schema.timestamp!r}: timestamp(s) that are not ISO date-times like 2024-05-01T12:00:00",
+                schema.timestamp,
             )
     if fatal:
         return found, fatal
@@ -425,22 +461,32 @@ def check_log(table: pa.Table, schema: LogSchema) -> tuple[list[tuple[str, np.nd
             flag(
                 np.isfinite(values) & (values != 0) & (values != 1),
                 f"column {label['column']!r}: binary label(s) not 0 or 1",
+                label["column"],
             )
         elif label["transform"] == "log1p" or label["name"] in checks.NON_NEGATIVE:
             flag(
-                np.isfinite(values) & (values < 0), f"column {label['column']!r}: negative value(s)"
+                np.isfinite(values) & (values < 0),
+                f"column {label['column']!r}: negative value(s)",
+                label["column"],
             )
     if schema.duration:
         values = _as_float(table.column(schema.duration))
         flag(
             np.isfinite(values) & (values < 0),
             f"column {schema.duration!r}: negative duration(s) (seconds, must be >= 0)",
+            schema.duration,
         )
     if schema.position:
         values = _as_float(table.column(schema.position))
         flag(
             np.isfinite(values) & ((values < 1) | (values != np.round(values))),
             f"column {schema.position!r}: position(s) below 1 or fractional (slots count from 1)",
+            schema.position,
+        )
+        flag(
+            np.isfinite(values) & (values > 2**31 - 1),
+            f"column {schema.position!r}: position(s) above 2**31 - 1 (written as int32)",
+            schema.position,
         )
     if schema.timestamp:  # an event log: exact repeats are logging accidents (recolab.data.checks)
         used = table.select(list(renames)).rename_columns(list(renames.values()))
@@ -449,6 +495,19 @@ def check_log(table: pa.Table, schema: LogSchema) -> tuple[list[tuple[str, np.nd
             "duplicate row(s) (equal to an earlier row in every imported column)",
         )
     return found, fatal
+
+
+def _not_utf8(col: pa.ChunkedArray) -> np.ndarray:
+    """Rows of a binary column (a CSV reader's type for text that is no UTF-8) that are not UTF-8."""
+    return np.array([v is not None and not _is_utf8(v) for v in col.to_pylist()], dtype=bool)
+
+
+def _is_utf8(value: bytes) -> bool:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _roles(schema: LogSchema) -> dict[str, list[str]]:
@@ -471,7 +530,7 @@ def _encode_ids(col: pa.ChunkedArray) -> tuple[pa.Array, pa.Table | None]:
     if pa.types.is_integer(col.type):
         return pc.cast(col, pa.int64()), None
     if pa.types.is_floating(col.type):
-        return pc.cast(col, pa.int64()), None  # integral, checked
+        return pc.cast(col, pa.int64()), None  # integral and within int64, checked
     raw = col.to_numpy(zero_copy_only=False).astype(str)
     distinct, codes = np.unique(raw, return_inverse=True)
     return pa.array(codes.astype(np.int64)), pa.table(
@@ -490,8 +549,8 @@ def convert(table: pa.Table, schema: LogSchema) -> tuple[pa.Table, dict[str, pa.
                 id_maps[name] = mapping
         elif column == schema.timestamp:
             col = pa.array(_timestamp_seconds(col)[0])  # every row has a time (`check_log`)
-        elif column == schema.position:
-            col = pc.cast(col, pa.int32())
+        elif column == schema.position:  # whole numbers from 1 to 2**31 - 1, checked
+            col = pa.array(_as_float(col).astype(np.int32))
         else:
             col = pa.array(_as_float(col).astype(np.float32))
         columns[name] = col
@@ -634,7 +693,7 @@ def import_log(
 ) -> dict[str, Any]:
     """Check, convert and write a log (see the module docstring); return the summary."""
     schema = read_schema(schema_path)
-    table = read_log(path)
+    table = checks.decode_dictionaries(read_log(path))  # pandas `category` columns: their values
     source = str(Path(path))
     if table.num_rows == 0:
         raise LogImportError(f"{source}: the file has no rows")
@@ -643,16 +702,16 @@ def import_log(
         raise LogImportError(f"{source}: " + "; ".join(fatal))
     dropped: dict[str, Any] = {"total": 0}
     if found:
-        problems = "; ".join(f"{what}: {_rows(mask)}" for what, mask in found)
+        problems = checks.describe(found, first=1)
         if not drop_bad_rows:
             raise LogImportError(
                 f"{source}: {problems} (data rows counted from 1, the header not counted). "
                 "Fix the file, or import with drop_bad_rows=true to drop these rows."
             )
-        bad = np.logical_or.reduce([mask for _, mask in found])
+        bad = np.logical_or.reduce([p.mask for p in found])
         dropped = {
             "total": int(bad.sum()),
-            "reasons": {what: int(mask.sum()) for what, mask in found},
+            "reasons": {p.what: int(p.mask.sum()) for p in found},
         }
         log.warning("%s: dropping %d bad row(s): %s", source, dropped["total"], problems)
         table = table.filter(pa.array(~bad))

@@ -41,8 +41,9 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
+from recolab.data import checks
+from recolab.data.checks import DataError
 from recolab.data.columnar import ColumnarBatches, Columns, Vocabulary, resolve_pin_memory
-from recolab.data.datamodule import DataError
 from recolab.data.synthetic_video import WorldParams, cached_world
 
 log = logging.getLogger(__name__)
@@ -227,22 +228,35 @@ class RetrievalDataModule(pl.LightningDataModule):
     # -- internals ----------------------------------------------------------------------------
 
     def _validate(self, table: pa.Table) -> pa.Table:
+        """The checks of `recolab.data.checks` for ids: the messages name the column, the first
+        rows (counted from 0) and their values. Returns the table with dictionaries decoded."""
         missing = [c for c in self.required_columns if c not in table.column_names]
         if missing:
             raise DataError(
                 f"{self.source_path}: missing column(s) {missing}; the table has {table.column_names}"
             )
+        if twice := checks.duplicate_names(table.column_names, self.required_columns):
+            raise DataError(f"{self.source_path}: {twice}")
         if table.num_rows == 0:
             raise DataError(f"{self.source_path}: no interactions (after selecting the positives)")
+        table = checks.decode_dictionaries(table)
         for name in [*ID_COLUMNS, *self.user_feature_names, *self.item_feature_names]:
             col = table.column(name)
-            if col.null_count:
-                raise DataError(
-                    f"{self.source_path}: column {name!r} holds {col.null_count} null value(s)"
-                )
             if name in ID_COLUMNS and not pa.types.is_integer(col.type):
                 raise DataError(
                     f"{self.source_path}: column {name!r} must hold integers, got {col.type}"
+                )
+            if name not in ID_COLUMNS and (problem := checks.id_type_problem(name, col.type)):
+                raise DataError(f"{self.source_path}: {problem}")
+            if col.null_count:
+                null = col.is_null().to_numpy(zero_copy_only=False)
+                raise DataError(
+                    f"{self.source_path}: column {name!r} holds {col.null_count} null value(s): "
+                    f"{checks.rows_text(null)} (rows counted from 0)"
+                )
+            if problem := checks.beyond_int64(name, col):
+                raise DataError(
+                    f"{self.source_path}: {checks.describe([problem])} (rows counted from 0)"
                 )
         return table
 

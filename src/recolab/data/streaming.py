@@ -53,7 +53,7 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from recolab.data.checks import TIMESTAMP
+from recolab.data.checks import TIMESTAMP, open_parquet, read_row_group
 from recolab.data.columnar import Columns, Vocabulary, resolve_pin_memory
 from recolab.data.datamodule import SPLITS, DataError, RankDataModule, _list_values
 from recolab.data.synthetic_video import WorldParams, cached_world
@@ -179,6 +179,8 @@ class StreamingBatches(IterableDataset):
         self.shuffle_buffer = shuffle_buffer
         self.shuffle = shuffle
         self.epoch = epoch
+        #: A checkpoint's position (`position`), used by the next iteration only.
+        self._resume: dict[str, Any] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -203,37 +205,255 @@ class StreamingBatches(IterableDataset):
         rest = self.shard_rows % self.batch_size
         return rest or min(self.shard_rows, self.batch_size)
 
-    def __iter__(self) -> Iterator[Columns]:
-        info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        B = self.shard.batch_size
-        shuffle = self.shuffle and self.shuffle_buffer > 0
-        capacity = max(self.shuffle_buffer, B) if shuffle else B
-        keep = capacity // 2 if shuffle else 0  # rows carried into the next refill
+    def _worker_stream(self, worker: int, workers: int) -> tuple[list[Piece], torch.Generator, int]:
+        """A loader worker's pieces and seeded generator, and how many batches it yields."""
+        pieces = self.shard.pieces(self.epoch, worker, workers)
         g = torch.Generator().manual_seed(
             self.shard.seed + 7919 * self.epoch + 104729 * (self.shard.rank * workers + worker)
         )
-        chunks: list[Columns] = []
-        held = 0
-        for piece in self.shard.pieces(self.epoch, worker, workers):
-            chunks.append(self.read(piece))
-            held += piece.stop - piece.start
-            if held < capacity:
-                continue
-            buffer = _concat(chunks)
-            if shuffle:
-                buffer = _take(buffer, torch.randperm(held, generator=g))
-            start = 0
-            while held - start - B >= keep:
-                yield _slice(buffer, start, start + B)
-                start += B
-            chunks, held = [_slice(buffer, start, held)], held - start
+        return pieces, g, math.ceil(sum(p.stop - p.start for p in pieces) / self.shard.batch_size)
+
+    def _buffer(self) -> tuple[bool, int, int]:
+        """Whether rows are shuffled, the buffer's capacity and the rows carried into each refill."""
+        shuffle = self.shuffle and self.shuffle_buffer > 0
+        capacity = max(self.shuffle_buffer, self.shard.batch_size) if shuffle else self.shard.batch_size
+        return shuffle, capacity, capacity // 2 if shuffle else 0
+
+    def __iter__(self) -> Iterator[Columns]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        resume, self._resume = self._resume, None
+        cursor = _Cursor()
+        if resume is not None:  # this process plays the worker whose batch is due next
+            worker = (resume["first"] + worker) % workers
+            saved = resume["streams"][worker]
+        pieces, g, _ = self._worker_stream(worker, workers)
+        if resume is not None:
+            g.set_state(saved["rng"])
+            cursor = _Cursor(
+                next_piece=int(saved["next_piece"]),
+                rest=self._rows(pieces, saved["rest"]),
+                final=bool(saved["final"]),
+            )
+        shuffle, capacity, keep = self._buffer()
+        yield from _stream(
+            lambda i: self.read(pieces[i]),
+            len(pieces),
+            batch=self.shard.batch_size,
+            capacity=capacity,
+            keep=keep,
+            shuffle=shuffle,
+            g=g,
+            cursor=cursor,
+        )
+
+    # -- resuming mid-epoch ------------------------------------------------------------------
+
+    def worker_counts(self, workers: int) -> list[int]:
+        """Batches each loader worker yields this epoch."""
+        return [self._worker_stream(w, workers)[2] for w in range(workers)]
+
+    @staticmethod
+    def delivered(counts: list[int], batches: int) -> tuple[list[int], int]:
+        """After `batches` of an epoch: how many came from each worker, and the worker of the next.
+
+        DataLoader asks its workers in turn and hands their batches out in that order, skipping a
+        worker once it is exhausted: batch j of every worker, workers in order, then batch j + 1.
+        """
+        taken, due = [0] * len(counts), 0
+        for j in range(max(counts, default=0) + 1):
+            for w, n in enumerate(counts):
+                if j >= n:
+                    continue
+                if sum(taken) == batches:
+                    return taken, w
+                taken[w] += 1
+                due = w
+        return taken, due
+
+    def position(self, batches: int, workers: int) -> dict[str, Any]:
+        """Where every worker's stream stands after the epoch's first `batches` batches (plain
+        types and tensors): its reader position (the next piece: file, row group, first row), the
+        buffer's rows not yet handed out (as positions in the worker's sequence of rows, in the
+        order they will be handed out) and its generator's state.
+
+        Found by replaying the stream on row positions instead of rows: the random draws depend
+        only on the row counts, so this is the state the worker itself had, without reading data.
+        """
+        shuffle, capacity, keep = self._buffer()
+        taken, first = self.delivered(self.worker_counts(workers), batches)
+        streams = []
+        for w in range(workers):
+            pieces, g, _ = self._worker_stream(w, workers)
+            starts = np.cumsum([0] + [p.stop - p.start for p in pieces]).tolist()
+            cursor = _Cursor()
+            rows = _stream(
+                lambda i: {"row": {"id": torch.arange(starts[i], starts[i + 1])}},
+                len(pieces),
+                batch=self.shard.batch_size,
+                capacity=capacity,
+                keep=keep,
+                shuffle=shuffle,
+                g=g,
+                cursor=cursor,
+            )
+            for _ in range(taken[w]):
+                next(rows)
+            rows.close()
+            at = pieces[cursor.next_piece] if cursor.next_piece < len(pieces) else None
+            streams.append(
+                {
+                    "batches": taken[w],
+                    "next_piece": cursor.next_piece,
+                    "file": at.group.file if at else "",
+                    "row_group": at.group.index if at else -1,
+                    "offset": at.start if at else -1,
+                    "rest": cursor.rest["row"]["id"].clone()
+                    if cursor.rest
+                    else torch.zeros(0, dtype=torch.long),
+                    "final": cursor.final,
+                    "rng": g.get_state(),
+                }
+            )
+        order = self.shard.order(self.epoch)
+        files = sorted({grp.file for grp in order})
+        index = {f: i for i, f in enumerate(files)}
+        return {
+            "version": STREAM_STATE_VERSION,
+            "epoch": self.epoch,
+            "batches": batches,
+            "rank": self.shard.rank,
+            "world_size": self.shard.world_size,
+            "workers": workers,
+            "batch_size": self.shard.batch_size,
+            "shuffle_buffer": self.shuffle_buffer if shuffle else 0,
+            "seed": self.shard.seed,
+            "files": files,
+            "order": torch.tensor([[index[grp.file], grp.index, grp.rows] for grp in order]),
+            "first": first,
+            "streams": streams,
+        }
+
+    def mismatch(self, state: dict[str, Any], workers: int) -> str | None:
+        """Why `state` (from `position`) does not describe this loader's epoch, or None."""
+        shuffle, _, _ = self._buffer()
+        mine = {
+            "world_size": self.shard.world_size,
+            "workers": workers,
+            "batch_size": self.shard.batch_size,
+            "shuffle_buffer": self.shuffle_buffer if shuffle else 0,
+            "seed": self.shard.seed,
+        }
+        for key, value in mine.items():
+            if int(state[key]) != value:
+                return f"it was saved with {key}={int(state[key])}, this loader has {key}={value}"
+        order = [(state["files"][int(f)], int(i), int(n)) for f, i, n in state["order"].tolist()]
+        now = [(g.file, g.index, g.rows) for g in self.shard.order(int(state["epoch"]))]
+        if order != now:
+            k = next((k for k, (a, b) in enumerate(zip(order, now)) if a != b), min(len(order), len(now)))
+            was = "%s row group %d (%d rows)" % order[k] if k < len(order) else "nothing"
+            new = "%s row group %d (%d rows)" % now[k] if k < len(now) else "nothing"
+            return (
+                f"row group {k} of epoch {int(state['epoch'])}'s order was {was} in the run, "
+                f"is {new} now (the files changed since the run started)"
+            )
+        return None
+
+    def resume(self, state: dict[str, Any], workers: int) -> None:
+        """Start the next iteration where `state` (from `position`, of this epoch) stands.
+
+        A state saved by another rank (Lightning saves rank zero's) is replayed for this one.
+        """
+        if int(state["rank"]) != self.shard.rank:
+            state = self.position(int(state["batches"]), workers)
+        self._resume = state
+
+    def _rows(self, pieces: list[Piece], positions: torch.Tensor) -> Columns | None:
+        """The rows at `positions` of the worker's sequence of pieces, in that order."""
+        if not len(positions):
+            return None
+        starts = torch.tensor(np.cumsum([0] + [p.stop - p.start for p in pieces]))
+        ordered, rank = positions.sort()
+        which = torch.searchsorted(starts, ordered, right=True) - 1
+        parts = []
+        for i in which.unique().tolist():
+            local = ordered[which == i] - starts[i]
+            parts.append(_take(self.read(pieces[i]), local))
+        rows = _concat(parts)
+        return _take(rows, torch.empty_like(rank).scatter_(0, rank, torch.arange(len(rank))))
+
+
+#: The layout of `StreamingBatches.position`'s state; a checkpoint without one is not resumed exactly.
+STREAM_STATE_VERSION = 1
+
+
+@dataclass
+class _Cursor:
+    """Where a worker's stream stands after the last batch it handed out."""
+
+    next_piece: int = 0  # pieces read so far
+    rest: Columns | None = None  # the buffer's rows not handed out yet, in the order they will be
+    final: bool = False  # every piece is read: the rest goes out as it is
+
+
+def _stream(
+    read: Any,
+    num_pieces: int,
+    *,
+    batch: int,
+    capacity: int,
+    keep: int,
+    shuffle: bool,
+    g: torch.Generator,
+    cursor: _Cursor,
+) -> Iterator[Columns]:
+    """A worker's batches from `cursor` on (updated after each): pieces `read(i)` are gathered
+    until `capacity` rows are held, shuffled together, handed out in whole batches down to `keep`
+    rows, which carry over into the next refill; the rows left at the end go out last."""
+
+    def hand_out(buffer: Columns, held: int, final: bool) -> Iterator[Columns]:
+        start = 0
+        while (start < held) if final else (held - start - batch >= keep):
+            stop = min(start + batch, held)
+            cursor.rest, cursor.final = _slice(buffer, stop, held), final
+            yield _slice(buffer, start, stop)
+            start = stop
+        cursor.rest = _slice(buffer, start, held)
+
+    rest = cursor.rest
+    held = _rows_in(rest)
+    if cursor.final:
         if held:
-            buffer = _concat(chunks)
-            if shuffle:
-                buffer = _take(buffer, torch.randperm(held, generator=g))
-            for start in range(0, held, B):
-                yield _slice(buffer, start, min(start + B, held))
+            yield from hand_out(rest, held, True)
+        return
+    if held:  # stopped within a refill: what the buffer still held, in its shuffled order
+        yield from hand_out(rest, held, False)
+        rest = cursor.rest
+        held = _rows_in(rest)
+    chunks = [rest] if held else []
+    for i in range(cursor.next_piece, num_pieces):
+        chunks.append(read(i))
+        cursor.next_piece = i + 1
+        held = sum(map(_rows_in, chunks))
+        if held < capacity:
+            continue
+        buffer = _concat(chunks)
+        if shuffle:
+            buffer = _take(buffer, torch.randperm(held, generator=g))
+        yield from hand_out(buffer, held, False)
+        chunks = [cursor.rest] if _rows_in(cursor.rest) else []
+    held = sum(map(_rows_in, chunks))
+    if held:
+        buffer = _concat(chunks)
+        if shuffle:
+            buffer = _take(buffer, torch.randperm(held, generator=g))
+        yield from hand_out(buffer, held, True)
+
+
+def _rows_in(cols: Columns | None) -> int:
+    if not cols:
+        return 0
+    return len(next(iter(next(iter(cols.values())).values())))
 
 
 def _concat(chunks: list[Columns]) -> Columns:
@@ -382,7 +602,7 @@ class StreamingParquetDataModule(RankDataModule):
             return
         self.source_path = str(self.path)
         if self._timestamp is None:
-            with pq.ParquetFile(self._files(todo[0])[0]) as pf:
+            with open_parquet(self._files(todo[0])[0]) as pf:
                 self._timestamp = TIMESTAMP in pf.schema_arrow.names
         for split in todo:  # `_validated` adds each row group's dropped rows to dropped_rows
             self.groups[split] = self._scan(split, fit=fit and split == "train")
@@ -410,12 +630,12 @@ class StreamingParquetDataModule(RankDataModule):
         fit_sequences = [n for n, s in self.sequence_specs.items() if s.get("vocab_of") is None]
         groups = []
         for file in self._files(split):
-            with pq.ParquetFile(file) as pf:  # one file open at a time, however many there are
+            with open_parquet(file) as pf:  # one file open at a time, however many there are
                 self._check_columns(str(file), pf.schema_arrow.names)
                 self._check_types(file, pf.schema_arrow)
                 for i in range(pf.num_row_groups):
                     table = self._validated(
-                        pf.read_row_group(i, columns=self.required_columns),
+                        read_row_group(pf, i, self.required_columns, file),
                         f"{file} (row group {i})",
                     )
                     groups.append(RowGroup(str(file), i, table.num_rows))

@@ -44,6 +44,7 @@ from recolab.heads import Head
 from recolab.pipelines.distributed import gather_columns, log_gathered
 from recolab.pipelines.flops import TrainingFlops
 from recolab.reports.rank_report import metric_table, to_markdown, write_rank_report
+from recolab.run_checks import check_finite_loss
 
 log = logging.getLogger(__name__)
 
@@ -319,6 +320,7 @@ class RankModule(TrainingFlops, pl.LightningModule):
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         outputs = self(batch["features"])
         loss, per_task = self._loss(outputs, batch["labels"], batch.get("meta", {}))
+        check_finite_loss(self, loss, {f"train/loss/{k}": v for k, v in per_task.items()})
         if self._logs_this_step():
             n = batch_rows(batch)
             self.log("train/loss", loss, prog_bar=True, batch_size=n)
@@ -453,6 +455,42 @@ class RankModule(TrainingFlops, pl.LightningModule):
             "meta": meta,
             "metrics": values,
         }
+
+    def logged_metric_names(self, split: str) -> list[str]:
+        """The metric names this module logs for `split` ("train", "val" or "test"; the test
+        epoch's `oracle/...` included), as `_evaluate` builds them for this schema.
+
+        `recolab.run_checks` checks a checkpoint's or early stopping's `monitor` and the
+        `optimized_metric` against them before training starts.
+        """
+        tasks = self.schema.tasks
+        names = [f"{split}/loss", *(f"{split}/loss/{t.name}" for t in tasks)]
+        if split == "train":
+            return names
+        full = split == "test"
+        grouped = full and self.group_key in self.schema.meta
+
+        def per_task(prefix: str, chosen: tuple[Task, ...], *, groups: bool) -> list[str]:
+            out = []
+            for t in chosen:
+                kind = ["auc", "logloss", "ece"] if t.kind == "binary" else ["mae", "rmse", "xauc"]
+                kind += (["gauc"] if t.kind == "binary" else ["xgauc"]) if groups else []
+                out += [f"{prefix}/{m}/{t.name}" for m in kind]
+            return out
+
+        names += per_task(split, tasks, groups=grouped)
+        if not full:
+            return names
+        calibrated = [
+            t
+            for t in self.calibration.tasks
+            if self.calibration.factory is not None or t in self.calibration.rates
+        ]
+        names += [f"test/{m}_raw/{t}" for t in calibrated for m in ("auc", "logloss", "ece")]
+        for t in self.truth:
+            names += [f"test/truth_xauc/{t}"] + ([f"test/truth_xgauc/{t}"] if grouped else [])
+        oracle = tuple(t for t in tasks if t.name in self.schema.oracle)
+        return names + per_task("oracle", oracle, groups=grouped)
 
     def on_validation_epoch_end(self) -> None:
         self._evaluate("val", full=False)

@@ -53,6 +53,7 @@ from recolab.reports.recall_report import (
     to_markdown,
     write_recall_report,
 )
+from recolab.run_checks import check_finite_loss
 from recolab.samplers import (
     CorpusNegativeSampler,
     StreamingFrequencyEstimator,
@@ -320,6 +321,7 @@ class RecallModule(TrainingFlops, pl.LightningModule):
                 neg_log_q=neg_log_q if s.logq else None,
                 **common,
             )
+        check_finite_loss(self, loss)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(ids))
         return loss
 
@@ -497,6 +499,27 @@ class RecallModule(TrainingFlops, pl.LightningModule):
                 "data": self.data_summary,
             }
         return values
+
+    def logged_metric_names(self, split: str) -> list[str]:
+        """The metric names this module logs for `split` ("train", "val" or "test"; the test
+        epoch's `baseline_*/...` included), as `_evaluate` and `retrieval_metrics` build them.
+
+        `recolab.run_checks` checks a checkpoint's or early stopping's `monitor` and the
+        `optimized_metric` against them before training starts.
+        """
+        if split == "train":
+            return ["train/loss"]
+        p = min(POPULARITY_K, self.max_k)
+        metrics = [at_k(m, k) for k in self.ks for m in ("recall", "ndcg", "hit_rate")]
+        metrics += ["mrr", at_k("retrieved_popularity", p)]
+        names = [f"{split}/{m}" for m in metrics]
+        if split != "test":
+            return names
+        if self.index_kind != "exact":
+            names.append(f"test/{at_k('index_recall', p)}")
+        if self.baselines:
+            names += [f"baseline_{b}/{m}" for b in ("popular", "random") for m in metrics]
+        return names
 
     def on_validation_epoch_end(self) -> None:
         self._evaluate("val")

@@ -301,7 +301,8 @@ def test_nan_or_inf_in_a_float_id_or_timestamp_is_a_missing_value(
         ("user: uid\nitem: [video_id\n", r"schema\.yaml: not valid YAML"),
         (
             "user: uid\nitem: video_id\nlabels: [category]\nsplit: {kind: random}\n",
-            r"log\.csv: column 'category' \(label\) must be numeric, got string \(e\.g\. \['news'",
+            r"log\.csv: column 'category' \(label\) must be numeric, got string: text that is not a "
+            r"number in 800 row\(s\) \(1, 2, 3, 4, 5, \.\.\.\) holding 'news', 'food', 'news'",
         ),
         (
             "user: uid\nitem: video_id\nlabels: [clicked]\nsparse: [uid]\nsplit: {kind: random}\n",

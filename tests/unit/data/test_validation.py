@@ -249,7 +249,7 @@ def test_duplicates_and_negative_durations_match_a_reference(
     assert checks.duplicate_rows(t).tolist() == expected_dup
     found = checks.special_column_problems(t)
     negatives = sum(r[1] < 0 for r in rows)
-    assert [m.sum() for _, m in found] == ([negatives] if negatives else [])
+    assert [p.mask.sum() for p in found] == ([negatives] if negatives else [])
 
 
 @settings(max_examples=100, deadline=None)
