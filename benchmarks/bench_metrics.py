@@ -10,7 +10,9 @@ Measures, on synthetic data of `--rows` rows in `--groups` groups:
 - XAUC by in-batch pairs (the torchrec approach: all pairs inside each batch of 4,096 rows,
   vectorised with numpy broadcasting), timed on `--batches` batches and extrapolated to all;
 - the absolute error against exact XAUC of the sampled-pair variant (1e5 and 1e6 pairs) and of
-  the in-batch estimate.
+  the in-batch estimate;
+- exact `xauc` on float32 and on float64 targets and predictions (models predict float32), at
+  `--dtype-rows` rows (1M and 10M), each against one `np.argsort` of the same predictions.
 
 Writes a markdown report with the machine and the exact command line to `--out`.
 
@@ -122,6 +124,43 @@ def inbatch_xauc(
     }
 
 
+def xauc_by_dtype(
+    targets: np.ndarray, preds: np.ndarray, sizes: list[int], repeats: int
+) -> list[dict[str, Any]]:
+    """Exact `xauc` against one `np.argsort` of the same predictions, per dtype and size.
+
+    Both inputs are cast to the dtype (float32 predictions of 10M rows hold many ties, which
+    float64 ones do not). Each size and dtype times the argsort and `xauc` one after the other,
+    `repeats` times, and keeps the best of each: on a shared machine the minimum is the time
+    least disturbed by the neighbours.
+    """
+    out = []
+    for n in sizes:
+        for dtype in (np.float32, np.float64):
+            t, p = targets[:n].astype(dtype), preds[:n].astype(dtype)
+            base = base_cpu = sec = cpu = float("inf")
+            for _ in range(repeats):  # interleaved: both see the same neighbours
+                b, b_cpu, _ = timed(lambda p=p: np.argsort(p), 1)
+                x, x_cpu, value = timed(lambda t=t, p=p: xauc(t, p), 1)
+                base, base_cpu = min(base, b), min(base_cpu, b_cpu)
+                sec, cpu = min(sec, x), min(cpu, x_cpu)
+            tied = n - np.unique(p).shape[0]
+            out.append(
+                {
+                    "rows": n,
+                    "dtype": np.dtype(dtype).name,
+                    "tied": tied,
+                    "argsort_s": base,
+                    "xauc_s": sec,
+                    "ratio": sec / base,
+                    "ratio_cpu": cpu / base_cpu,
+                    "value": value,
+                }
+            )
+            log.info("  %s, %d rows: %.2fx argsort", np.dtype(dtype).name, n, sec / base)
+    return out
+
+
 def load_average() -> str:
     return ", ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
 
@@ -155,6 +194,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batches", type=int, default=200, help="in-batch batches to time")
     parser.add_argument("--loop-budget", type=float, default=20.0, help="seconds of sklearn loop")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--dtype-rows",
+        default="1000000,10000000",
+        help="comma-separated sizes of the float32/float64 XAUC table (at most --rows)",
+    )
+    parser.add_argument(
+        "--dtype-repeats", type=int, default=5, help="best of this many, float32/float64 table"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     info = machine()
@@ -192,6 +239,9 @@ def main(argv: list[str] | None = None) -> None:
     for pairs in (100_000, 1_000_000):
         sec, _, val = timed(lambda pairs=pairs: xauc(t, p, num_pairs=pairs, seed=args.seed), 1)
         sampled[pairs] = (sec, val)
+    log.info("timing xauc on float32 and float64")
+    sizes = [min(int(x), args.rows) for x in args.dtype_rows.split(",") if x.strip()]
+    by_dtype = xauc_by_dtype(t, p, sorted(set(sizes)), args.dtype_repeats)
     num_batches = min(args.batches, -(-args.rows // args.batch))
     log.info("timing in-batch XAUC on %d batches of %d", num_batches, args.batch)
     inb = inbatch_xauc(t, p, args.batch, num_batches)
@@ -268,6 +318,22 @@ def main(argv: list[str] | None = None) -> None:
         f"In-batch time measured: {inb['measured_s']:.2f} s for {inb['batches_done']} batches; "
         "its value pools the pairs of the measured batches (rows are in random order, so each "
         "batch is a random sample of rows).",
+        "",
+        "## XAUC on float32 and float64 predictions",
+        "",
+        "Targets and predictions cast to the dtype (models predict float32); each ratio is to one "
+        "`np.argsort` of the same predictions, both the best of "
+        f"{args.dtype_repeats} runs, the two timed alternately. Float32 predictions of many rows "
+        "tie (tied preds: rows less distinct values); XAUC re-sorts only the tied runs.",
+        "",
+        "| rows | dtype | tied preds | np.argsort s | xauc s | x argsort (wall) "
+        "| x argsort (CPU) | value |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
+        *[
+            f"| {r['rows']:,} | {r['dtype']} | {r['tied']:,} | {r['argsort_s']:.3f} "
+            f"| {r['xauc_s']:.3f} | {r['ratio']:.2f} | {r['ratio_cpu']:.2f} | {r['value']:.6f} |"
+            for r in by_dtype
+        ],
         "",
         f"Load average (1, 5, 15 min) at the end: {load_average()}.",
         "",

@@ -82,6 +82,11 @@ def case(area: str, what: str, run: Callable[[], object]) -> None:
             "127.0.0.1:<port>",
             f"{type(e).__name__}: {text}".replace(str(TMP), "<tmp>").replace(f"{ROOT}/", ""),
         )
+        message = re.sub(  # the run.lock owner: which process, machine and time vary per run
+            r"process \d+ on \S+, started [\d-]+ [\d:]+",
+            "process <pid> on <host>, started <time>",
+            message,
+        )
         ROWS.append((area, what, message))
         print(f"[{area}] {what}\n    {message}", file=sys.stderr)
         return
@@ -593,6 +598,27 @@ def import_cases() -> None:
 # -- resume, tracking, checkpoints ------------------------------------------------------------
 
 
+def streaming_resume_cases() -> None:
+    """A streaming run's mid-epoch checkpoint without the stream's position (as recolab wrote
+    before it saved one): refused, naming resume_inexact=true."""
+    run = ["+exp=mmoe", "data=synthetic_video_streaming", *TINY, "logger=none"]
+    run += [
+        "+trainer.max_steps=1",
+        "callbacks.model_checkpoint.monitor=null",
+        "callbacks.early_stopping=null",
+    ]
+    train(cfg_for(run, "s1"))  # stops after step 1 of 2: its last.ckpt is mid-epoch
+    last = TMP / "s1" / "out" / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    ckpt["loops"]["fit_loop"]["state_dict"].pop("combined_loader", None)
+    torch.save(ckpt, last)
+    case(
+        "resume",
+        "streaming: a mid-epoch checkpoint without the stream's position (an older recolab's)",
+        lambda: train(cfg_for([*run, f"ckpt_path={last}"], "s2")),
+    )
+
+
 def resume_and_tracking_cases() -> None:
     case(
         "resume",
@@ -922,6 +948,31 @@ def lifecycle_cases() -> None:
     )
 
 
+def compare_cases() -> None:
+    """`recolab compare`'s baseline selector and the per-user files it reads."""
+    from recolab.reports.compare import RunRecord, comparison_records
+    from recolab.reports.per_user import read_per_user
+
+    runs = [
+        RunRecord(
+            f"r{i}", f"{exp}-seed1", {"seed": "1", "exp_name": exp, "k": k}, {"test/auc/x": 0.5}
+        )
+        for i, (exp, k) in enumerate([("mmoe", "4"), ("mmoe", "8"), ("shared_bottom", "0")])
+    ]
+    for what, selector in [
+        ("a baseline no configuration matches: `baseline=mmeo`", "mmeo"),
+        ("a baseline two configurations match: `baseline=mmoe`", "mmoe"),
+    ]:
+        case(
+            "compare",
+            what,
+            lambda s=selector: comparison_records(runs, metric_patterns=["test/*"], baseline=s),
+        )
+    plain = TMP / "plain.parquet"
+    pd.DataFrame({"user_id": [1, 2], "gauc/click": [0.5, 0.6]}).to_parquet(plain)
+    case("compare", "a per-user file not written by recolab", lambda: read_per_user(plain))
+
+
 def main() -> None:
     logging.disable(logging.WARNING)
     warnings.filterwarnings("ignore")
@@ -933,9 +984,11 @@ def main() -> None:
         data_cases()
         import_cases()
         resume_and_tracking_cases()
+        streaming_resume_cases()
         checkpoint_file_cases()
         checkpoint_code_cases()
         lifecycle_cases()
+        compare_cases()
         write(ROOT / "docs" / "bad_inputs.md")
         print(f"wrote docs/bad_inputs.md ({len(ROWS)} cases)")
     finally:

@@ -1,9 +1,15 @@
-"""`python -m recolab compare`: a side-by-side table of tracked runs (markdown and HTML).
+"""`python -m recolab compare`: tracked runs side by side, with intervals and significance.
 
     python -m recolab compare                                   # every complete run of experiment `recolab`
     python -m recolab compare "filter=params.\`model.num_experts\` = '8'"
     python -m recolab compare run_ids=[<id>,<id>] metrics=[test/auc/*]
-    python -m recolab compare exps=[mmoe,shared_bottom] out_dir=experiments/my_table
+    python -m recolab compare exps=[mmoe,shared_bottom] baseline=shared_bottom
+    python -m recolab compare baseline=model.num_experts:4 out_dir=experiments/my_table
+
+Writes `comparison.md`, `comparison.html` and `comparison.json` (`recolab.reports.compare`): per
+configuration and metric, mean, std, n seeds and a 95% t interval over seeds; with `baseline=`,
+each configuration's difference from it, its 95% interval, p-value and Holm's p, over seeds and,
+from the runs' `report/per_user.parquet` artifacts, over test users (paired bootstrap).
 
 The same runs compare in MLflow UI: select them in the experiment's table and press Compare; the
 metric names (`test/auc/click`, ...) and tags (`recolab.exp`, `recolab.seed`, ...) are the same.
@@ -12,14 +18,24 @@ metric names (`test/auc/click`, ...) and tags (`recolab.exp`, `recolab.seed`, ..
 from __future__ import annotations
 
 import logging
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import hydra
+import mlflow
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from recolab import tracking
-from recolab.reports.compare import RunRecord, comparison_table, write_comparison
+from recolab.reports import per_user as PU
+from recolab.reports.compare import (
+    PerUserLoader,
+    RunRecord,
+    comparison_records,
+    comparison_table,
+    write_comparison,
+)
 from recolab.stacks import dump_stacks_on_signal
 from recolab.train import CONFIG_DIR
 
@@ -59,21 +75,74 @@ def fetch_runs(cfg: DictConfig) -> list[RunRecord]:
             )
         ]
     return [
-        RunRecord(r.info.run_id, r.info.run_name, dict(r.data.params), dict(r.data.metrics))
+        RunRecord(
+            r.info.run_id,
+            r.info.run_name,
+            dict(r.data.params),
+            dict(r.data.metrics),
+            start_time=int(r.info.start_time or 0),
+            tags=dict(r.data.tags),
+        )
         for r in found
     ]
+
+
+def per_user_loader(tracking_uri: str, folder: Path) -> PerUserLoader:
+    """Reads a run's `report/per_user.parquet` through MLflow's artifact API (once per run)."""
+    cache: dict[str, Any] = {}
+
+    def load(run_id: str) -> Any:
+        if run_id not in cache:
+            path = f"report/{PU.FILE}"
+            try:
+                local = mlflow.artifacts.download_artifacts(
+                    run_id=run_id,
+                    artifact_path=path,
+                    dst_path=str(folder / run_id),
+                    tracking_uri=tracking_uri,
+                )
+                cache[run_id] = PU.read_per_user(local)
+            except (OSError, mlflow.exceptions.MlflowException) as e:
+                log.warning("run %s has no readable %s (%s): seeds-only tests", run_id, path, e)
+                cache[run_id] = None
+        return cache[run_id]
+
+    return load
 
 
 def compare(cfg: DictConfig) -> list:
     tracking.check_reachable(cfg.tracking_uri)
     runs = fetch_runs(cfg)
-    table = comparison_table(
-        runs, metric_patterns=list(cfg.metrics), seed_keys=tuple(cfg.seed_keys)
-    )
+    patterns, seed_keys = list(cfg.metrics), tuple(cfg.seed_keys)
+    table = comparison_table(runs, metric_patterns=patterns, seed_keys=seed_keys)
+    with tempfile.TemporaryDirectory(prefix="recolab-compare-") as folder:
+        records, notes = comparison_records(
+            runs,
+            metric_patterns=patterns,
+            seed_keys=seed_keys,
+            baseline=cfg.baseline,
+            load_per_user=per_user_loader(cfg.tracking_uri, Path(folder)) if cfg.baseline else None,
+            samples=int(cfg.bootstrap_samples),
+            seed=int(cfg.bootstrap_seed),
+        )
     source = f"{cfg.tracking_uri}, experiment {cfg.experiment_name!r}" + (
         f", filter {cfg.filter}" if cfg.filter else ""
     )
-    paths = write_comparison(table, cfg.out_dir, title=cfg.title, source=source)
+    settings = {
+        "baseline_selector": cfg.baseline,
+        "bootstrap_samples": int(cfg.bootstrap_samples),
+        "bootstrap_seed": int(cfg.bootstrap_seed),
+        "runs": [r.run_id for r in runs],
+    }
+    paths = write_comparison(
+        table,
+        cfg.out_dir,
+        title=cfg.title,
+        source=source,
+        records=records,
+        notes=notes,
+        settings=settings,
+    )
     print((paths[0]).read_text())
     print("written:", *map(str, paths))
     return paths

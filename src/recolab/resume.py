@@ -55,9 +55,13 @@ names the first column that differs (a source file changed since the run started
 training step.
 
 So a run killed mid-epoch and resumed ends with the same test metrics, bit for bit, as one that
-ran through (`tests/integration/test_resume.py`), on one CPU process. Not covered: a loader with
-worker processes (the sampler runs ahead of training), the streaming data module (its loader
-restarts the epoch), and a GPU's non-deterministic kernels.
+ran through (`tests/integration/test_resume.py`), on one CPU process. The streaming data module
+resumes exactly too, with loader workers or without (`recolab.data.resumable.StreamLoader`: a
+checkpoint holds each worker's reader position, shuffle buffer and generator state after the
+batches training took; `tests/integration/test_streaming_resume.py`); a mid-epoch checkpoint
+without that position (an older recolab's) is refused unless `resume_inexact=true`, and such a
+run is tagged `recolab.resume_exact=false`. Not covered: the in-memory loader with worker
+processes (the sampler runs ahead of training), and a GPU's non-deterministic kernels.
 """
 
 from __future__ import annotations
@@ -83,6 +87,7 @@ log = logging.getLogger(__name__)
 #: matters when an experiment is created.)
 MAY_DIFFER = (
     "ckpt_path",
+    "resume_inexact",
     "paths.",
     "hydra.",
     "logger.mlflow.run_id",

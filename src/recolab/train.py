@@ -75,6 +75,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("logger") and "mlflow" in cfg.logger:
         tracking.check_reachable(cfg.logger.mlflow.tracking_uri)
     resume_from = resume.prepare(cfg)  # ckpt_path=last|<file>: that run's folder and MLflow run
+    # Consent to an inexact resume (a stream without its position) is this invocation's, not a
+    # setting of the run: the run's params keep false, the MLflow tag recolab.resume_exact says it.
+    allow_inexact = bool(cfg.get("resume_inexact"))
+    if allow_inexact:
+        cfg.resume_inexact = False
     # This run's own folder, or RunDirError naming the run already there (a forced hydra.run.dir).
     lifecycle.claim_run_dir(cfg.paths.output_dir, resuming=resume_from is not None)
 
@@ -101,6 +106,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule.setup("fit")
     if resume_from is not None:  # the run's own data, or a clear error before any step
         resume.check_same_data(resume_from, datamodule.state_dict())
+        if hasattr(datamodule, "check_resume"):  # a stream resumes where it stopped, or refuses
+            datamodule.check_resume(resume_from, allow_inexact=allow_inexact)
     model, module = build(cfg, datamodule)
     check_run(cfg, module)  # monitors and optimized_metric against the metrics it logs
     if cfg.get("compile"):
@@ -111,6 +118,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     try:
         start_tracking(cfg, mlf, output_dir, kind="train")
         track_extras(mlf, datamodule, resume_from)
+        if mlf is not None and resume_from is not None:
+            exact = str(getattr(datamodule, "resume_exact", True)).lower()
+            mlf.experiment.set_tag(mlf.run_id, "recolab.resume_exact", exact)
         module.run_info = {
             "config": OmegaConf.to_yaml(run_config(cfg), resolve=True),
             "run_id": mlf.run_id if mlf else "",

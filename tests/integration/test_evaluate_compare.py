@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -69,13 +70,19 @@ def test_evaluate_refuses_a_missing_checkpoint(tmp_path: Path) -> None:
 def test_compare_groups_seeds_into_mean_and_std(two_seeds) -> None:
     root, results = two_seeds
     cfg = compose_train(root, ["exps=[mmoe]", f"out_dir={root}/table"], config_name="compare")
-    md, html = compare(cfg)
+    md, html, summary = compare(cfg)
     text = md.read_text()
     values = [r["test/auc/click"] for r in results]
     mean, std = sum(values) / 2, abs(values[0] - values[1]) / 2**0.5
     assert f"{mean:.4f} +- {std:.4f} (2)" in text
     assert "train/samples_per_sec" in text, "runs compare on speed too"
     assert "<table" in html.read_text()
+    # Without a baseline: each configuration's t interval over its seeds, in comparison.json.
+    (record,) = [
+        r for r in json.loads(summary.read_text())["records"] if r["metric"] == "test/auc/click"
+    ]
+    assert record["n"] == 2 and record["mean"] == pytest.approx(mean)
+    assert record["ci_low"] < mean < record["ci_high"] and record["diff"] is None
 
 
 def test_evaluate_refuses_a_trainer_lightning_cannot_build_before_reading_data(
@@ -109,7 +116,7 @@ def test_compare_takes_one_experiment_name_without_brackets(two_seeds) -> None:
     tables = []
     for i, exps in enumerate(("exps=[mmoe]", "exps=mmoe")):
         cfg = compose_train(root, [exps, f"out_dir={root}/table{i}"], config_name="compare")
-        md, _ = compare(cfg)
+        md, *_ = compare(cfg)
         tables.append(md.read_text().split("\n", 3)[3])  # past the title and the store line
     assert tables[0] == tables[1]
 

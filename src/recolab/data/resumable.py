@@ -12,14 +12,21 @@ The count is exact with `num_workers=0` (the default here): the sampler then adv
 when a batch is fetched, and Lightning does not prefetch from a loader whose length it knows.
 The loader also draws its base seed from its own generator, never from torch's global one, so
 iterating it does not move the random state that dropout uses (see `recolab.resume`).
+
+`StreamLoader` does the same for a stream read by loader workers (the streaming data module): its
+state is where every worker's stream stands after the batches training took, so it is exact with
+workers that read ahead too.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
+
+log = logging.getLogger(__name__)
 
 
 class ResumableOrder(Sampler[int]):
@@ -77,3 +84,66 @@ class ResumableLoader(DataLoader):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.order.load_state_dict(state)
+
+
+class StreamLoader(DataLoader):
+    """`DataLoader(dataset, batch_size=None)` over an iterable dataset of whole batches (a stream,
+    `recolab.data.streaming.StreamingBatches`), resumable mid-epoch, with or without workers.
+
+    It counts the batches it hands out (a count of what training took, not of what the workers
+    read ahead). Its `state_dict()` is the dataset's `position(count, workers)`: where every
+    worker's stream stands after them (reader position, shuffle buffer, generator state), which
+    Lightning saves in the checkpoint as it does `ResumableLoader`'s. After `load_state_dict()`,
+    the next iteration of that same epoch starts there (`dataset.resume`); another epoch starts
+    from its first batch. Like `ResumableLoader`, the loader draws its workers' base seed from its
+    own generator, so iterating it does not move torch's global random state.
+    """
+
+    def __init__(
+        self,
+        dataset: Any,
+        *,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        seed: int = 0,
+        resumable: bool = True,
+    ) -> None:
+        super().__init__(
+            dataset,
+            batch_size=None,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            generator=torch.Generator().manual_seed(seed),
+        )
+        self.consumed = 0
+        self.resumable = resumable  # False: a checkpoint's position is ignored (the epoch restarts)
+        self._pending: dict[str, Any] | None = None
+
+    @property
+    def workers(self) -> int:
+        return max(self.num_workers, 1)
+
+    def __iter__(self):
+        state, self._pending = self._pending, None
+        self.consumed = 0
+        if state is not None and int(state["epoch"]) == self.dataset.epoch:
+            reason = self.dataset.mismatch(state, self.workers)
+            if reason is None:
+                self.dataset.resume(state, self.workers)
+                self.consumed = int(state["batches"])
+            else:
+                log.warning("not resuming the stream where it stopped: %s", reason)
+        iterator = super().__iter__()  # the workers hold their copies of the dataset now
+        self.dataset._resume = None
+        return self._counted(iterator)
+
+    def _counted(self, iterator):
+        for batch in iterator:
+            self.consumed += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.dataset.position(self.consumed, self.workers)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._pending = state if self.resumable and "streams" in state else None

@@ -51,11 +51,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset, get_worker_info
 
 from recolab.data.checks import TIMESTAMP, open_parquet, read_row_group
 from recolab.data.columnar import Columns, Vocabulary, resolve_pin_memory
 from recolab.data.datamodule import SPLITS, DataError, RankDataModule, _list_values
+from recolab.data.resumable import StreamLoader
 from recolab.data.synthetic_video import WorldParams, cached_world
 
 log = logging.getLogger(__name__)
@@ -216,13 +217,21 @@ class StreamingBatches(IterableDataset):
     def _buffer(self) -> tuple[bool, int, int]:
         """Whether rows are shuffled, the buffer's capacity and the rows carried into each refill."""
         shuffle = self.shuffle and self.shuffle_buffer > 0
-        capacity = max(self.shuffle_buffer, self.shard.batch_size) if shuffle else self.shard.batch_size
+        capacity = (
+            max(self.shuffle_buffer, self.shard.batch_size) if shuffle else self.shard.batch_size
+        )
         return shuffle, capacity, capacity // 2 if shuffle else 0
 
     def __iter__(self) -> Iterator[Columns]:
+        # Not a generator itself: a resume position is taken when the iteration starts, which
+        # `StreamLoader` clears once its workers hold their copies.
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        resume, self._resume = self._resume, None
+        resume = self._resume if info is None or self._resume is None else dict(self._resume)
+        if info is None:
+            self._resume = None
+        if resume is not None and int(resume["epoch"]) != self.epoch:
+            resume = None
         cursor = _Cursor()
         if resume is not None:  # this process plays the worker whose batch is due next
             worker = (resume["first"] + worker) % workers
@@ -236,7 +245,7 @@ class StreamingBatches(IterableDataset):
                 final=bool(saved["final"]),
             )
         shuffle, capacity, keep = self._buffer()
-        yield from _stream(
+        return _stream(
             lambda i: self.read(pieces[i]),
             len(pieces),
             batch=self.shard.batch_size,
@@ -288,7 +297,7 @@ class StreamingBatches(IterableDataset):
             starts = np.cumsum([0] + [p.stop - p.start for p in pieces]).tolist()
             cursor = _Cursor()
             rows = _stream(
-                lambda i: {"row": {"id": torch.arange(starts[i], starts[i + 1])}},
+                lambda i, starts=starts: {"row": {"id": torch.arange(starts[i], starts[i + 1])}},
                 len(pieces),
                 batch=self.shard.batch_size,
                 capacity=capacity,
@@ -350,9 +359,13 @@ class StreamingBatches(IterableDataset):
         order = [(state["files"][int(f)], int(i), int(n)) for f, i, n in state["order"].tolist()]
         now = [(g.file, g.index, g.rows) for g in self.shard.order(int(state["epoch"]))]
         if order != now:
-            k = next((k for k, (a, b) in enumerate(zip(order, now)) if a != b), min(len(order), len(now)))
-            was = "%s row group %d (%d rows)" % order[k] if k < len(order) else "nothing"
-            new = "%s row group %d (%d rows)" % now[k] if k < len(now) else "nothing"
+            k = next(
+                (k for k, (a, b) in enumerate(zip(order, now)) if a != b), min(len(order), len(now))
+            )
+            was, new = (
+                "{} row group {} ({} rows)".format(*rows[k]) if k < len(rows) else "nothing"
+                for rows in (order, now)
+            )
             return (
                 f"row group {k} of epoch {int(state['epoch'])}'s order was {was} in the run, "
                 f"is {new} now (the files changed since the run started)"
@@ -451,9 +464,10 @@ def _stream(
 
 
 def _rows_in(cols: Columns | None) -> int:
-    if not cols:
-        return 0
-    return len(next(iter(next(iter(cols.values())).values())))
+    for tensors in (cols or {}).values():
+        for t in tensors.values():
+            return len(t)
+    return 0
 
 
 def _concat(chunks: list[Columns]) -> Columns:
@@ -565,6 +579,9 @@ class StreamingParquetDataModule(RankDataModule):
         self._timestamp: bool | None = None
         #: Each column's kind of values, with the file that set it (`_check_types`).
         self._column_kinds: dict[str, tuple[str, str, pa.DataType]] = {}
+        #: False once `check_resume` let an inexact resume through: the training loader then
+        #: ignores the checkpoint's stream position and restarts the epoch.
+        self.resume_exact = True
 
     # -- the streaming pass -----------------------------------------------------------------
 
@@ -706,7 +723,7 @@ class StreamingParquetDataModule(RankDataModule):
 
     # -- reading ----------------------------------------------------------------------------
 
-    def _loader(self, split: str, *, shuffle: bool, batch_size: int) -> DataLoader:
+    def _loader(self, split: str, *, shuffle: bool, batch_size: int) -> StreamLoader:
         rank, world, epoch = 0, 1, 0
         if self.trainer is not None:
             rank, world, epoch = (
@@ -730,9 +747,81 @@ class StreamingParquetDataModule(RankDataModule):
             epoch=epoch,
         )
         pin = resolve_pin_memory(self.pin_memory, self.trainer)
-        return DataLoader(
-            dataset, batch_size=None, num_workers=self.num_workers, pin_memory=bool(pin)
+        # Resumable mid-epoch (recolab.data.resumable.StreamLoader): its position goes into checkpoints.
+        return StreamLoader(
+            dataset,
+            num_workers=self.num_workers,
+            pin_memory=bool(pin),
+            seed=self.seed,
+            resumable=self.resume_exact,  # an inexact resume (consented) restarts the epoch
         )
+
+    def check_resume(self, path: str | Path, *, allow_inexact: bool) -> bool:
+        """Before fitting from checkpoint `path`: whether the training stream resumes exactly where
+        the run stopped; `ResumeError` where it would not, unless `allow_inexact` (the config's
+        `resume_inexact=true`), which restarts the stopped epoch from its first batch instead.
+
+        Exact: a checkpoint taken between epochs, or one holding the stream's position
+        (`StreamingBatches.position`) for these settings and files. Not: a mid-epoch checkpoint
+        without it (written by recolab before it saved the position), or one whose position is of
+        other settings or other files.
+        """
+        from recolab.resume import ResumeError, load_weights_only
+
+        ckpt = load_weights_only(path, mmap=True)
+        fit_loop = (ckpt.get("loops") or {}).get("fit_loop") or {}
+        progress = fit_loop.get("epoch_loop.batch_progress") or {}
+        mid_epoch = int((progress.get("current") or {}).get("ready", 0)) > 0 and not bool(
+            progress.get("is_last_batch", False)
+        )
+        states = (fit_loop.get("state_dict") or {}).get("combined_loader") or []
+        state = next((s for s in states if isinstance(s, dict) and "streams" in s), None)
+        reason = None
+        if mid_epoch and state is None:
+            reason = (
+                "it was taken mid-epoch and holds no position in the data stream (written by "
+                "recolab before streaming resume saved it)"
+            )
+        elif mid_epoch and int(state.get("version", -1)) != STREAM_STATE_VERSION:
+            reason = f"its stream position has layout version {state.get('version')}, this recolab reads {STREAM_STATE_VERSION}"
+        elif mid_epoch:
+            shard = Shard(
+                tuple(self.groups["train"]),
+                int(state["batch_size"]),
+                train=True,
+                seed=self.seed,
+                rank=int(state["rank"]),
+                world_size=int(state["world_size"]),
+            )
+            dataset = StreamingBatches(
+                shard,
+                None,
+                shuffle_buffer=self.shuffle_buffer,
+                shuffle=True,
+                epoch=int(state["epoch"]),
+            )
+            reason = dataset.mismatch(state, max(self.num_workers, 1)) or (
+                None
+                if int(state["batch_size"]) == self.batch_size
+                else f"it was saved with batch_size={int(state['batch_size'])}, this run has {self.batch_size}"
+            )
+        self.resume_exact = reason is None
+        if reason is None:
+            return True
+        if not allow_inexact:
+            raise ResumeError(
+                f"ckpt_path: {path}: this streaming run cannot resume exactly: {reason}. Resuming "
+                "would restart the epoch from its first batch (other batches than the run would "
+                "have seen, and other results). Set resume_inexact=true to resume anyway (the "
+                "MLflow run is tagged recolab.resume_exact=false), or start a new run (ckpt_path=null)"
+            )
+        log.warning(
+            "ckpt_path: %s: resuming inexactly (resume_inexact=true): %s; the epoch restarts "
+            "from its first batch",
+            path,
+            reason,
+        )
+        return False
 
 
 class _PieceReader:

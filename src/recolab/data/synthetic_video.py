@@ -6,8 +6,19 @@ category. A logging policy that favours popular (and somewhat relevant) items fi
 
     examined   ~ Bernoulli(gt_examination = position ** -examination_power)
     click      = examined * Bernoulli(gt_relevance = sigmoid(relevance logit))
-    like       = click * Bernoulli(sigmoid(like logit)),  corr(like logit, relevance logit) = task_correlation
+    like       = click * Bernoulli(sigmoid(like logit))
     watch_time = examined * duration * sigmoid(interest logit - duration_bias * log(duration / 30) + noise)
+
+`task_correlation` is the correlation of the like logit with the user-item *taste* term of the
+relevance logit, not with the relevance logit itself, which also holds the item's quality: over
+the impressions of the default world, corr(like logit, relevance logit) measures 0.544 at
+`task_correlation=0.7` (world_seed 0; 0.569 and 0.555 at seeds 1 and 2, 0.78 at 1.0, 0.00 at 0.0):
+
+    python -c "
+    import numpy as np; from recolab.data.synthetic_video import WorldParams, generate
+    t = generate(WorldParams(task_correlation=0.7)); g = lambda c: t[c].to_numpy().astype(float)
+    rel = g('gt_relevance'); like = g('gt_like_prob') / (g('gt_examination') * rel)
+    print(np.corrcoef(np.log(like / (1 - like)), np.log(rel / (1 - rel)))[0, 1])"
 
 `gt_interest = sigmoid(interest logit)` is the watch ratio without duration bias or noise. The
 `gt_*` columns are truth for reports; data configs list them under `meta`, never as features.

@@ -1,4 +1,4 @@
-"""Position-bias heads: learn the display position's effect in training, drop it at serving.
+"""Position-bias heads: learn the display position's effect in training, serve without it.
 
 - `PAL` (Guo et al., "PAL: A Position-bias Aware Learning Framework for CTR Prediction in Live
   Recommender Systems", RecSys 2019): p(click | x, pos) = p(seen | pos) * p(click | x, seen). The
@@ -6,10 +6,13 @@
   the two are trained jointly by logloss on their product, and only p(click | x, seen) is served.
 - `ShallowTower` (Zhao et al., "Recommending What Video to Watch Next: A Multitask Ranking
   System", RecSys 2019, section 5): a shallow tower over the position (and optional context such as
-  the device) produces a logit that is added to the ranker's logit before the sigmoid in training
-  and left out at serving. The position input is dropped (replaced by an "unknown" index) with
-  probability `position_dropout` in training (the paper uses 10%), so the main model does not
-  lean on position-like signals.
+  the device) produces a logit that is added to the ranker's logit before the sigmoid. The
+  position input is dropped (replaced by an "unknown" index) with probability `position_dropout`
+  in training (the paper uses 10%), so the main model does not lean on position-like signals. At
+  serving the position is unknown: as in the paper, the position feature is set to missing, so the
+  tower's logit for the unknown position (and the row's context) is still added. Leaving the tower
+  out instead offsets every served probability by the logit of whichever position the tower
+  happened to put at 0.
 
 Positions are 1-based (1 = top). The towers keep index 0 for "position unknown / dropped".
 """
@@ -119,7 +122,7 @@ class _PositionHead(Head):
         )
 
     def predict(self, output: torch.Tensor, meta: Meta) -> torch.Tensor:
-        return torch.sigmoid(output.float())  # served without the position term
+        return torch.sigmoid(output.float())  # PAL: only p(click | x, seen) is served
 
     def _curve_logits(self) -> torch.Tensor:
         """The tower's logit at positions 1..P (context ids 0)."""
@@ -178,7 +181,8 @@ class PAL(_PositionHead):
 
 
 class ShallowTower(_PositionHead):
-    """The shallow tower: a position (and context) logit added in training, left out at serving.
+    """The shallow tower: a position (and context) logit added in training; at serving the
+    position is unknown and the tower's unknown-position logit (with the context) is added.
 
     Args:
         num_positions: P, the number of display positions (1..P).
@@ -220,6 +224,21 @@ class ShallowTower(_PositionHead):
         return F.binary_cross_entropy_with_logits(
             output.float() + self.bias_logit(meta).float(), label
         )
+
+    def serving_logit(self, output: torch.Tensor, meta: Meta) -> torch.Tensor:
+        """The tower's logit with the position unknown (index 0) and the row's context, (B,).
+
+        The unknown-position row is trained only by position dropout; with `position_dropout=0`
+        it never is, so it means nothing and the tower is left out (0).
+        """
+        if self.position_dropout == 0:
+            return torch.zeros_like(output, dtype=torch.float32)
+        unknown = torch.zeros(output.shape, dtype=torch.long, device=output.device)  # (B,)
+        return self.tower(unknown, meta).float()
+
+    def predict(self, output: torch.Tensor, meta: Meta) -> torch.Tensor:
+        # Served with the position set to missing (Zhao et al.): the position column is not read.
+        return torch.sigmoid(output.float() + self.serving_logit(output, meta))
 
     def summary(self) -> dict[str, Any]:
         bias = self._curve_logits()

@@ -5,9 +5,18 @@ This package imports nothing else from recolab.
 """
 
 from recolab.metrics.calibration import ece, predicted_observed_ratio, reliability_table
-from recolab.metrics.classification import GroupedMetric, auc, gauc, gauc_details, logloss
+from recolab.metrics.classification import (
+    GroupedMetric,
+    PerGroup,
+    auc,
+    gauc,
+    gauc_details,
+    logloss,
+    weighted_mean,
+)
 from recolab.metrics.regression import mae, rmse, xauc, xgauc, xgauc_details
 from recolab.metrics.retrieval import (
+    PerUser,
     RetrievalMetrics,
     hit_rate_at_k,
     mrr,
@@ -19,6 +28,8 @@ from recolab.metrics.retrieval import (
 
 __all__ = [
     "GroupedMetric",
+    "PerGroup",
+    "PerUser",
     "RetrievalMetrics",
     "auc",
     "ece",
@@ -35,6 +46,7 @@ __all__ = [
     "reliability_table",
     "retrieval_details",
     "rmse",
+    "weighted_mean",
     "xauc",
     "xgauc",
     "xgauc_details",

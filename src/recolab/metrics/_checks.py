@@ -161,6 +161,47 @@ def _fix_collisions(key: np.ndarray, order: np.ndarray, new: np.ndarray) -> None
     new[same + 1] = ka != kb
 
 
+def tied_positions(new: np.ndarray) -> np.ndarray:
+    """Sorted positions that lie in a run of two or more equal keys (runs start where `new`)."""
+    if new.all():  # no ties, the usual case for float64: skip the boolean passes
+        return np.empty(0, dtype=np.int64)
+    in_run = ~new
+    in_run[:-1] |= ~new[1:]
+    return np.flatnonzero(in_run)
+
+
+def order_ties_by(
+    order: np.ndarray, new: np.ndarray, pos: np.ndarray, rank: np.ndarray, ranked: np.ndarray
+) -> None:
+    """Puts each run of equal keys in order by a second key, a rank, in place.
+
+    `order` and `new` come from `stable_argsort` (rows by first key), `pos` from
+    `tied_positions(new)`. Only the tied positions move: `(run, rank)` is packed into one word
+    and sorted with `np.sort`, so rare ties cost a small sort, and the heaviest ties about one
+    sort of every row.
+
+    Args:
+        order: (N,) rows sorted by their first key; rewritten to rows by (first key, rank).
+        new: (N,) True where the first key changes.
+        pos: (M,) the positions in runs of two or more.
+        rank: (N,) int, each row's position in `ranked`, a sort of the rows by another key.
+        ranked: (N,) the rows in that order (`ranked[rank[r]] == r`).
+    """
+    if pos.size == 0:
+        return
+    n = order.shape[0]
+    run = np.cumsum(new[pos])  # (M,) run id: a run starts where its first key is new
+    bits = max(1, (n - 1).bit_length())
+    if int(run[-1]).bit_length() + bits > 64:  # over 2**32 rows: no room to pack
+        rows = order[pos]
+        order[pos] = rows[np.lexsort((rank[rows], run))]
+        return
+    packed = run.astype(_U64) << _U64(bits)
+    packed |= rank[order[pos]].astype(_U64, copy=False)
+    packed.sort()
+    order[pos] = ranked[(packed & _U64((1 << bits) - 1)).view(np.int64)]
+
+
 def group_keys(name: str, groups: Any, n: int) -> tuple[np.ndarray, int]:
     """Group labels (ints, floats, strings: anything np.unique sorts) -> sort keys and their bits.
 
@@ -193,9 +234,19 @@ def run_lengths(new: np.ndarray) -> np.ndarray:
     return np.diff(starts, append=new.shape[0])
 
 
-def tied_pairs(new: np.ndarray) -> int:
-    """Pairs of rows inside the same run, runs starting where `new` is True: sum of C(len, 2)."""
-    if new.all():
+def tied_pairs(new: np.ndarray, pos: np.ndarray | None = None) -> int:
+    """Pairs of rows inside the same run, runs starting where `new` is True: sum of C(len, 2).
+
+    Counted on the tied positions alone, so rare ties cost two boolean passes, not a run length
+    for every row. `pos`: sorted positions made of whole runs that include every run of two or
+    more (`tied_positions(new)` when not given; a superset such as the tied positions of a
+    coarser key also works).
+    """
+    if pos is None:
+        if new.all():
+            return 0
+        pos = tied_positions(new)
+    if pos.size == 0:
         return 0
-    lengths = run_lengths(new)
+    lengths = np.diff(np.flatnonzero(new[pos]), append=pos.size)  # runs of two or more
     return int(np.sum(lengths * (lengths - 1) // 2))

@@ -11,7 +11,7 @@ final division.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -19,6 +19,29 @@ import numpy as np
 from recolab.metrics import _checks as C
 
 WEIGHTS = ("impressions", "positives", "uniform")
+
+
+@dataclass(frozen=True, eq=False)
+class PerGroup:
+    """Each group's own value and weight: the numbers a grouped metric is the weighted mean of.
+
+    `value == sum(weights * values) / sum(weights)` over the groups where `values` is not nan,
+    computed from these very arrays, so per-group results written out (a report's per-user
+    file) average back to the metric exactly.
+
+    Attributes:
+        groups: (G,) the distinct group labels, in sorted order.
+        rows: (G,) int64 rows per group.
+        positives: (G,) int64 positive rows per group (binary labels), or None.
+        values: (G,) float64 the group's metric; nan where the group is left out.
+        weights: (G,) float64 the group's weight in the mean; 0 where left out.
+    """
+
+    groups: np.ndarray
+    rows: np.ndarray
+    positives: np.ndarray | None
+    values: np.ndarray
+    weights: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -32,6 +55,7 @@ class GroupedMetric:
         num_groups_used: groups that entered the mean.
         num_groups_left_out: groups left out (a single class, or a single distinct target).
         rows_left_out: rows in the groups left out.
+        per_group: every group's value and weight (`PerGroup`); not part of equality.
     """
 
     value: float
@@ -40,6 +64,14 @@ class GroupedMetric:
     num_groups_used: int
     num_groups_left_out: int
     rows_left_out: int
+    per_group: PerGroup | None = field(default=None, compare=False, repr=False)
+
+
+def weighted_mean(values: np.ndarray, weights: np.ndarray) -> float:
+    """`sum(w v) / sum(w)` over the entries with w > 0; nan if there are none."""
+    used = weights > 0
+    w = weights[used]
+    return float(np.dot(w, values[used]) / w.sum()) if w.size else float("nan")
 
 
 def _check_inputs(
@@ -179,17 +211,24 @@ def gauc_details(
 
     rows, positives, trs = _auc_parts(y_sorted, new_group, new_run)
     usable = (positives > 0) & (positives < rows)
-    per_group = _auc_from_parts(rows, positives, trs)[usable]
+    values = np.where(usable, _auc_from_parts(rows, positives, trs), np.nan)  # (G,)
     w = {"impressions": rows, "positives": positives, "uniform": np.ones_like(rows)}[weight]
-    w = w[usable].astype(np.float64)
-    value = float(np.dot(w, per_group) / w.sum()) if w.size else float("nan")
+    w = np.where(usable, w, 0).astype(np.float64)  # (G,)
+    first_row = order[pos[np.flatnonzero(new_group)]]  # (G,) a row of each group
     return GroupedMetric(
-        value=value,
+        value=weighted_mean(values, w),
         weight=weight,
         num_groups=int(rows.shape[0]),
         num_groups_used=int(np.count_nonzero(usable)),
         num_groups_left_out=int(rows.shape[0] - np.count_nonzero(usable)),
         rows_left_out=int(rows[~usable].sum()),
+        per_group=PerGroup(
+            groups=C.to_numpy(groups)[first_row],
+            rows=rows,
+            positives=positives,
+            values=values,
+            weights=w,
+        ),
     )
 
 

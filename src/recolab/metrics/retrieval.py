@@ -15,7 +15,7 @@ Conventions shared by every function here:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -36,6 +36,8 @@ class RetrievalMetrics:
         num_users: rows of `topk`.
         num_users_used: users with at least one target.
         num_users_left_out: users without a target (all padding).
+        per_user: every user's own values (`PerUser`), which the metrics are the uniform mean
+            of; not part of equality.
     """
 
     k: int
@@ -46,6 +48,29 @@ class RetrievalMetrics:
     num_users: int
     num_users_used: int
     num_users_left_out: int
+    per_user: PerUser | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True, eq=False)
+class PerUser:
+    """Each user's (row of `topk`'s) recall, NDCG, hit and reciprocal rank at one K.
+
+    The metrics of `RetrievalMetrics` are the plain means of these arrays over the users with a
+    target, computed from these very arrays; users without a target hold nan.
+
+    Attributes:
+        targets: (U,) int64 distinct targets per user (0: left out).
+        recall: (U,) float64.
+        ndcg: (U,) float64.
+        hit: (U,) float64, 1.0 or 0.0.
+        reciprocal_rank: (U,) float64, 1 / rank of the first hit in the whole list (0 if none).
+    """
+
+    targets: np.ndarray
+    recall: np.ndarray
+    ndcg: np.ndarray
+    hit: np.ndarray
+    reciprocal_rank: np.ndarray
 
 
 def _as_ids(name: str, x: Any) -> np.ndarray:
@@ -142,19 +167,34 @@ def _reduce(ranks: np.ndarray, k: int) -> RetrievalMetrics:
     ideal = np.cumsum(1.0 / np.log2(np.arange(2, k + 2)))  # (k,) IDCG for 1..k targets
     reciprocal = np.where(r >= 1, 1.0 / np.maximum(r, 1), 0.0).max(axis=1)  # 1 / first hit
     u = int(used.sum())
+    per_user = {
+        "recall": hit_k.sum(axis=1) / np.maximum(n_t, 1),
+        "ndcg": gains.sum(axis=1) / ideal[np.minimum(n_t, k) - 1],
+        "hit": hit_k.any(axis=1).astype(np.float64),
+        "reciprocal_rank": reciprocal,
+    }  # each (U',)
 
     def mean(x: np.ndarray) -> float:
         return float(x.mean()) if u else float("nan")
 
+    def every_user(x: np.ndarray) -> np.ndarray:
+        out = np.full(ranks.shape[0], np.nan)  # (U,)
+        out[used] = x
+        return out
+
     return RetrievalMetrics(
         k=k,
-        recall=mean(hit_k.sum(axis=1) / np.maximum(n_t, 1)),
-        ndcg=mean(gains.sum(axis=1) / ideal[np.minimum(n_t, k) - 1]),
-        hit_rate=mean(hit_k.any(axis=1).astype(np.float64)),
-        mrr=mean(reciprocal),
+        recall=mean(per_user["recall"]),
+        ndcg=mean(per_user["ndcg"]),
+        hit_rate=mean(per_user["hit"]),
+        mrr=mean(per_user["reciprocal_rank"]),
         num_users=int(ranks.shape[0]),
         num_users_used=u,
         num_users_left_out=int(ranks.shape[0] - u),
+        per_user=PerUser(
+            targets=num_targets.astype(np.int64),
+            **{name: every_user(x) for name, x in per_user.items()},
+        ),
     )
 
 

@@ -192,6 +192,8 @@ class RankModule(TrainingFlops, pl.LightningModule):
             `{fused: false}` (experiments/bench/speed.md measures them). Adam is fused unless
             these choose its implementation, where the torch build has fused Adam for the
             parameters' device.
+        report_bootstrap: resamples B of the report's 95% intervals over users (GAUC, XGAUC;
+            `recolab.reports.per_user`); 0 for none.
     """
 
     def __init__(
@@ -208,8 +210,10 @@ class RankModule(TrainingFlops, pl.LightningModule):
         negative_downsampling: dict[str, float] | None = None,
         optimizer: str = "adam",
         optimizer_kwargs: dict[str, Any] | None = None,
+        report_bootstrap: int = 2000,
     ) -> None:
         super().__init__()
+        self.report_bootstrap = int(report_bootstrap)
         if not lr > 0:
             raise ValueError(f"module.lr must be > 0, got {lr}")
         if optimizer not in OPTIMIZERS:
@@ -517,6 +521,8 @@ class RankModule(TrainingFlops, pl.LightningModule):
                 "rates": dict(self.calibration.rates),
                 "calibrators": {t: c.kind for t, c in self.calibration.calibrators.items()},
             },
+            group_key=self.group_key,
+            bootstrap_samples=self.report_bootstrap,
         )
         if self.calibration.calibrators:
             # Beside the report (and logged with it): the fitted calibrators, readable by

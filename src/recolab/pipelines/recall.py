@@ -46,6 +46,7 @@ from recolab.index import FaissIndex, exact_topk, recall_against_exact
 from recolab.models.recall import merge_interest_topk
 from recolab.pipelines.distributed import gather_columns, log_gathered
 from recolab.pipelines.flops import TrainingFlops
+from recolab.reports.per_user import recall_per_user, user_ids
 from recolab.reports.recall_report import (
     POPULARITY_K,
     at_k,
@@ -79,7 +80,8 @@ class Sampler:
         logq: subtract each candidate's log sampling probability (in-batch: the streaming
             estimate of `p_j`; corpus: the per-draw probability, `+ log N`).
         mask_accidental_hits: mask columns that hold the row's own positive.
-        num_negatives: corpus negatives per batch (`mixed` only).
+        num_negatives: corpus negatives per batch (`mixed` only), shared by every row and, under
+            DDP, by every rank.
         distribution: corpus draws "uniform" or by "popularity" (training counts ** power).
         power: the popularity exponent.
         alpha: the estimator's moving-average rate (Yi et al. use 0.01 over millions of steps;
@@ -201,6 +203,8 @@ class RecallModule(TrainingFlops, pl.LightningModule):
         baselines: score the most-popular and random baselines in the test epoch.
         data_summary: the data module's summary (users, items, filtered users, ...), for reports.
         seed: seeds the random baseline.
+        report_bootstrap: resamples B of the report's 95% intervals over users
+            (`recolab.reports.per_user`); 0 for none.
     """
 
     def __init__(
@@ -218,8 +222,10 @@ class RecallModule(TrainingFlops, pl.LightningModule):
         baselines: bool = True,
         data_summary: Mapping[str, Any] | None = None,
         seed: int = 0,
+        report_bootstrap: int = 2000,
     ) -> None:
         super().__init__()
+        self.report_bootstrap = int(report_bootstrap)
         if not lr > 0:
             raise ValueError(f"module.lr must be > 0, got {lr}")
         if index not in INDEX_KINDS:
@@ -276,6 +282,8 @@ class RecallModule(TrainingFlops, pl.LightningModule):
         self._index: FaissIndex | None = None
         #: The last test epoch's metrics, baselines and set-up, for the report.
         self.test_summary: dict[str, Any] = {}
+        #: The last test epoch's per-user values and their weights (`reports.per_user`).
+        self.test_per_user: tuple[Any, dict[str, Any]] | None = None
         #: Set by `recolab.train`: saved in checkpoints so `recolab evaluate` can rebuild the run.
         self.run_info: dict[str, Any] = {}
 
@@ -445,6 +453,8 @@ class RecallModule(TrainingFlops, pl.LightningModule):
         seen = (batch["seen"]["indptr"], batch["seen"]["indices"])
         features = batch["features"]
         row = {"targets": batch["targets"]["item_id"], "model": self.retrieve(features, seen)}
+        if test:
+            row["user"] = features["user_id"]  # (B,) encoded ids, for the per-user file
         if test and self._index is not None:
             row["exact"] = self.retrieve(features, seen, exact=True)
         if test and self.baselines:
@@ -487,6 +497,10 @@ class RecallModule(TrainingFlops, pl.LightningModule):
                 values |= {f"baseline_{name}/{k}": v for k, v in found[name].items()}
         log_gathered(self, values)  # every rank holds the same gathered rows
         if split == "test":
+            datamodule = getattr(self.trainer, "datamodule", None)
+            vocab = getattr(datamodule, "vocabs", {}).get("user_id")
+            users, kind = user_ids(rows["user"], getattr(vocab, "values", None))
+            self.test_per_user = recall_per_user(rows, ks=self.ks, users=users, id_kind=kind)
             self.test_summary = {
                 "users": int(len(rows["targets"])),
                 "ks": list(self.ks),
@@ -534,7 +548,13 @@ class RecallModule(TrainingFlops, pl.LightningModule):
     ) -> list[Path]:
         """`report.md` and `metrics.json` for the last test run (see `recolab.reports.recall_report`)."""
         return write_recall_report(
-            out_dir, title=title, metrics=metrics, summary=self.test_summary, context=context
+            out_dir,
+            title=title,
+            metrics=metrics,
+            summary=self.test_summary,
+            context=context,
+            per_user=self.test_per_user,
+            bootstrap_samples=self.report_bootstrap,
         )
 
     def metrics_markdown(self, metrics: dict[str, float]) -> str:

@@ -4,7 +4,10 @@ Sections: metrics per task (next to the oracle on synthetic data); a reliability
 per binary task (before and after the calibration stage, when there is one); observed vs
 predicted rate by display position; the position effect a head learned, next to the true
 examination curve when the data knows it; watch time observed vs predicted by duration bucket;
-the users left out of GAUC / XGAUC.
+the users left out of GAUC / XGAUC. Beside them, `per_user.parquet` (`recolab.reports.per_user`):
+each user's AUC and XAUC, which GAUC and XGAUC average; the report gives those metrics' 95%
+intervals over users from it (a percentile bootstrap over users, `bootstrap_samples` resamples,
+seed 0).
 """
 
 from __future__ import annotations
@@ -24,12 +27,19 @@ import numpy as np  # noqa: E402
 from recolab import metrics as M  # noqa: E402
 from recolab.data.schema import Schema  # noqa: E402
 from recolab.reports import fmt  # noqa: E402
+from recolab.reports import per_user as PU  # noqa: E402
+from recolab.reports.stats import BOOTSTRAP_SAMPLES  # noqa: E402
 
 NUM_BINS = 15
 
 
-def metric_table(metrics: dict[str, float], schema: Schema) -> list[dict[str, Any]]:
-    """Rows `{task, metric, model, oracle}` from flat `split/metric/task` test metrics."""
+def metric_table(
+    metrics: dict[str, float],
+    schema: Schema,
+    intervals: dict[str, tuple[float, float]] | None = None,
+) -> list[dict[str, Any]]:
+    """Rows `{task, metric, model, oracle}` from flat `split/metric/task` test metrics, with
+    `ci` (the 95% interval over users, keyed `metric/task` in `intervals`) where there is one."""
     rows = []
     for task in schema.tasks:
         for key, value in metrics.items():
@@ -41,16 +51,28 @@ def metric_table(metrics: dict[str, float], schema: Schema) -> list[dict[str, An
                 and parts[1] != "loss"
             ):
                 oracle = metrics.get(f"oracle/{parts[1]}/{task.name}")
-                rows.append(
-                    {"task": task.name, "metric": parts[1], "model": value, "oracle": oracle}
-                )
+                row = {"task": task.name, "metric": parts[1], "model": value, "oracle": oracle}
+                if intervals is not None:
+                    row["ci"] = intervals.get(f"{parts[1]}/{task.name}")
+                rows.append(row)
     return rows
 
 
+def fmt_interval(ci: tuple[float, float] | None) -> str:
+    """`[low, high]`, or `-` where there is no interval."""
+    if ci is None or any(np.isnan(ci)):
+        return "-"
+    return f"[{ci[0]:.4f}, {ci[1]:.4f}]"
+
+
 def to_markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| task | metric | model | oracle |", "|---|---|---:|---:|"]
+    with_ci = any("ci" in r for r in rows)
+    head = "| task | metric | model | oracle |" + (" 95% CI over users |" if with_ci else "")
+    lines = [head, "|---|---|---:|---:|" + ("---:|" if with_ci else "")]
     lines += [
-        f"| {r['task']} | {r['metric']} | {fmt(r['model'])} | {fmt(r['oracle'])} |" for r in rows
+        f"| {r['task']} | {r['metric']} | {fmt(r['model'])} | {fmt(r['oracle'])} |"
+        + (f" {fmt_interval(r.get('ci'))} |" if with_ci else "")
+        for r in rows
     ]
     return "\n".join(lines)
 
@@ -200,15 +222,23 @@ def write_rank_report(
     results: dict[str, Any] | None = None,
     heads: dict[str, dict[str, Any]] | None = None,
     calibration: dict[str, Any] | None = None,
+    group_key: str = PU.ID,
+    bootstrap_samples: int = BOOTSTRAP_SAMPLES,
 ) -> list[Path]:
-    """Write `report.md`, `report.html`, `metrics.json` and the PNG plots under `out_dir`; return their paths.
+    """Write `report.md`, `report.html`, `metrics.json`, `per_user.parquet` and the PNG plots
+    under `out_dir`; return their paths.
 
     `heads` holds each head's `summary()` by task; `calibration` the calibration stage's rates and
-    calibrator kinds. Both go into `metrics.json` and the markdown.
+    calibrator kinds. Both go into `metrics.json` and the markdown. `details` (the grouped
+    metrics' `GroupedMetric`s, by `metric/task`) give the per-user file, grouped by the meta
+    column `group_key`, and the intervals over users (`bootstrap_samples` resamples; 0: none).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rows = metric_table(metrics, schema)
+    users, weights = PU.rank_per_user(details)
+    per_user_path = PU.write_per_user(users, weights, out, group_key=group_key)
+    intervals = PU.intervals(users, weights, samples=bootstrap_samples)
+    rows = metric_table(metrics, schema, intervals if per_user_path else None)
     left_out = {
         k: {
             "groups": d.num_groups,
@@ -262,6 +292,7 @@ def write_rank_report(
         "",
         to_markdown(rows),
         "",
+        *([_interval_note(group_key, bootstrap_samples), ""] if per_user_path else []),
         *(["## Heads", "", *head_lines, ""] if head_lines else []),
         *(
             [
@@ -296,20 +327,44 @@ def write_rank_report(
                 "context": context,
                 "heads": heads or {},
                 "calibration_stage": calibration or {},
+                "intervals_over_users": {
+                    k: {
+                        "ci_low": lo,
+                        "ci_high": hi,
+                        "level": 0.95,
+                        "bootstrap_samples": bootstrap_samples,
+                    }
+                    for k, (lo, hi) in intervals.items()
+                },
                 **numbers,
             },
             indent=2,
             default=str,
         )
     )
-    html_path.write_text(_html(title, context, rows, oracle_note, calib_lines, left_lines, pngs))
-    return [md_path, html_path, json_path, *pngs.values()]
+    note = _interval_note(group_key, bootstrap_samples) if per_user_path else ""
+    html_path.write_text(
+        _html(title, context, rows, oracle_note, calib_lines, left_lines, pngs, note)
+    )
+    extra = [per_user_path] if per_user_path else []
+    return [md_path, html_path, json_path, *extra, *pngs.values()]
 
 
-def _html(title, context, rows, oracle_note, calib_lines, left_lines, pngs) -> str:
+def _interval_note(group_key: str, samples: int) -> str:
+    return (
+        f"95% CI over users: percentile bootstrap over the `{group_key}` groups ({samples} "
+        "resamples, seed 0) of the weighted mean each grouped metric is; the per-user values are in "
+        "`per_user.parquet`."
+    )
+
+
+def _html(title, context, rows, oracle_note, calib_lines, left_lines, pngs, note="") -> str:
     esc = html.escape
+    with_ci = any("ci" in r for r in rows)
     table = "".join(
-        f"<tr><td>{esc(r['task'])}</td><td>{esc(r['metric'])}</td><td>{fmt(r['model'])}</td><td>{fmt(r['oracle'])}</td></tr>"
+        f"<tr><td>{esc(r['task'])}</td><td>{esc(r['metric'])}</td><td>{fmt(r['model'])}</td><td>{fmt(r['oracle'])}</td>"
+        + (f"<td>{fmt_interval(r.get('ci'))}</td>" if with_ci else "")
+        + "</tr>"
         for r in rows
     )
     calib = "".join(
@@ -329,7 +384,10 @@ def _html(title, context, rows, oracle_note, calib_lines, left_lines, pngs) -> s
         + "".join(f"<li>{esc(str(k))}: <code>{esc(str(v))}</code></li>" for k, v in context.items())
         + "</ul>"
         f"<h2>Test metrics</h2><p>{esc(oracle_note)}</p>"
-        f"<table><tr><th>task</th><th>metric</th><th>model</th><th>oracle</th></tr>{table}</table>"
+        "<table><tr><th>task</th><th>metric</th><th>model</th><th>oracle</th>"
+        + ("<th>95% CI over users</th>" if with_ci else "")
+        + f"</tr>{table}</table>"
+        + (f"<p>{esc(note)}</p>" if note else "")
         + (
             "<h2>Calibration</h2><table><tr><th>task</th><th>ECE before</th><th>ECE</th>"
             f"<th>predicted / observed before</th><th>predicted / observed</th></tr>{calib}</table>"

@@ -1,16 +1,21 @@
 """The retrieval run's offline report: `report.md` (the table and how it was measured) and `metrics.json`.
 
 The table puts the model next to the most-popular and random baselines, scored on the same
-users with the same exclusions (`recolab.pipelines.recall`).
+users with the same exclusions (`recolab.pipelines.recall`). Beside them, `per_user.parquet`
+(`recolab.reports.per_user`): each user's recall@K, NDCG@K, hit and reciprocal rank, which the
+table's metrics average; the report gives each of them a 95% interval over users from it (a
+percentile bootstrap over users, `bootstrap_samples` resamples, seed 0).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 from recolab.reports import fmt
+from recolab.reports.stats import BOOTSTRAP_SAMPLES
 
 #: The cut-off of `retrieved_popularity@K` and `index_recall@K` (or max(ks) where that is smaller).
 POPULARITY_K = 50
@@ -60,11 +65,25 @@ def metric_rows(metrics: dict[str, float], summary: dict[str, Any]) -> list[dict
 
 
 def to_markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| metric | model | most popular | random |", "|---|---:|---:|---:|"]
+    with_ci = any("ci" in r for r in rows)
+    head = "| metric | model | most popular | random |" + (
+        " model: 95% CI over users |" if with_ci else ""
+    )
+    lines = [head, "|---|---:|---:|---:|" + ("---:|" if with_ci else "")]
     lines += [
-        f"| {r['metric']} | " + " | ".join(fmt(r[c]) for c, _ in COLUMNS) + " |" for r in rows
+        f"| {r['metric']} | "
+        + " | ".join(fmt(r[c]) for c, _ in COLUMNS)
+        + " |"
+        + (f" {_fmt_interval(r.get('ci'))} |" if with_ci else "")
+        for r in rows
     ]
     return "\n".join(lines)
+
+
+def _fmt_interval(ci: tuple[float, float] | None) -> str:
+    if ci is None or any(math.isnan(x) for x in ci):
+        return "-"
+    return f"[{ci[0]:.4f}, {ci[1]:.4f}]"
 
 
 def write_recall_report(
@@ -74,11 +93,25 @@ def write_recall_report(
     metrics: dict[str, float],
     summary: dict[str, Any],
     context: dict[str, Any],
+    per_user: tuple[Any, dict[str, Any]] | None = None,
+    bootstrap_samples: int = BOOTSTRAP_SAMPLES,
 ) -> list[Path]:
-    """Write `report.md` and `metrics.json` under `out_dir`; return their paths."""
+    """Write `report.md`, `metrics.json` and `per_user.parquet` under `out_dir`; return their paths.
+
+    `per_user` is the test's `(table, weights)` (`per_user.recall_per_user`); it gives the file
+    and the intervals over users (`bootstrap_samples` resamples; 0: none).
+    """
+    from recolab.reports import per_user as PU
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = metric_rows(metrics, summary)
+    per_user_path, intervals = None, {}
+    if per_user is not None:
+        per_user_path = PU.write_per_user(*per_user, out)
+        intervals = PU.intervals(*per_user, samples=bootstrap_samples)
+        for row in rows:
+            row["ci"] = intervals.get(row["metric"].replace("@", "_at_"))
     data = summary.get("data", {})
     values = summary.get("values", {})
     index_recall = {k: v for k, v in {**values, **metrics}.items() if "index_recall" in k}
@@ -113,6 +146,16 @@ def write_recall_report(
         "",
         to_markdown(rows),
         "",
+        *(
+            [
+                f"95% CI over users: percentile bootstrap over the test users ({bootstrap_samples} "
+                "resamples, seed 0) of the model's per-user values (`per_user.parquet`), whose mean "
+                "each metric is.",
+                "",
+            ]
+            if intervals
+            else []
+        ),
         "## How it was measured",
         "",
         *protocol,
@@ -145,9 +188,15 @@ def write_recall_report(
     md_path.write_text("\n".join(md))
     json_path.write_text(
         json.dumps(
-            {"metrics": metrics, "table": rows, "summary": summary, "context": context},
+            {
+                "metrics": metrics,
+                "table": rows,
+                "summary": summary,
+                "context": context,
+                "bootstrap_samples": bootstrap_samples,
+            },
             indent=2,
             default=str,
         )
     )
-    return [md_path, json_path]
+    return [md_path, json_path, *([per_user_path] if per_user_path else [])]

@@ -6,6 +6,9 @@
   appears in a batch) behind that correction, synced across ranks under DDP.
 - `CorpusNegativeSampler` and `mixed_negative_softmax_loss`: uniform or popularity negatives from
   the corpus, mixed with the in-batch ones (Yang et al., WWW 2020).
+- Under DDP both losses run over the global batch (every rank's positives, one shared set of
+  corpus negatives), so the loss does not depend on the number of ranks
+  (`recolab.samplers.distributed`).
 
 A training step with logQ-corrected in-batch negatives (u, v: (B, D) tower outputs):
 

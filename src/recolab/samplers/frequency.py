@@ -62,11 +62,12 @@ class StreamingFrequencyEstimator(nn.Module):
     Distributed training: when `torch.distributed` is initialized (and `sync_distributed`), `update`
     all-gathers the item ids of every rank's batch and applies one update with the union, so
     every rank holds the same arrays, and `p_j` is the probability that `j` appears in the
-    *global* batch (all ranks' batches of one step). If the softmax uses only a rank's local
-    batch as negatives, the local probability of a rare item is the global one divided by the
-    world size: a constant shift of every column's `log p`, which the softmax ignores; only very
-    frequent items (`p` near 1) are corrected slightly differently. Gathering the embeddings
-    for a global in-batch softmax matches the estimate exactly. The buffers are ordinary
+    *global* batch (all ranks' batches of one step). The losses in `recolab.samplers` therefore
+    run their softmax over the global batch's positives (gathered with their gradients), which
+    matches the estimate exactly. A softmax over a rank's local batch alone would see a rare
+    item's probability divided by the world size W: a shift of about `log W` of every in-batch
+    column, which a pure in-batch softmax ignores (up to the head items, `p` near 1), but which
+    moves the in-batch columns against the corpus columns of a mixed softmax. The buffers are ordinary
     persistent buffers: they go into `state_dict` and so into checkpoints.
 
     Args:

@@ -11,6 +11,10 @@ negative far more often than a rare one; subtracting `log p_j` undoes that bias)
 row `i` is column `i`. A column `j != i` holding the same item id as row `i`'s positive is an
 *accidental hit*: it is the positive again, not a negative, and is masked out of the softmax.
 
+Under DDP (`in_batch_softmax_loss(sync_distributed=True)`, the default) the candidate set is the
+global batch, every rank's positives, on which the streaming `p_j` is estimated: W ranks of
+batch B compute the loss and gradient of one process of batch W * B.
+
 Shapes: B batch, D embedding, N corpus negatives.
 """
 
@@ -21,6 +25,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from recolab.samplers.distributed import GlobalPositives, global_positives
 
 Similarity = Literal["dot", "cosine"]
 
@@ -106,19 +112,45 @@ def in_batch_logits(
     Returns:
         (B, B) logits; row `i`'s target is column `i`.
     """
-    batch = user_emb.shape[0]
-    if item_emb.shape[0] != batch or item_ids.shape != (batch,):
-        raise ValueError(
-            f"expected item_emb ({batch}, D) and item_ids ({batch},), got "
-            f"{tuple(item_emb.shape)} and {tuple(item_ids.shape)}"
-        )
-    logits = similarity_matrix(user_emb, item_emb, similarity=similarity) / temperature  # (B, B)
+    check_positives(user_emb, item_emb, item_ids, log_q)
+    return positive_logits(
+        user_emb,
+        item_emb,
+        item_ids,
+        log_q,
+        offset=0,
+        temperature=temperature,
+        similarity=similarity,
+        mask_accidental_hits=mask_accidental_hits,
+    )
+
+
+def positive_logits(
+    user_emb: Tensor,
+    item_emb: Tensor,
+    item_ids: Tensor,
+    log_q: Tensor | None,
+    *,
+    offset: int,
+    temperature: float,
+    similarity: Similarity,
+    mask_accidental_hits: bool,
+) -> Tensor:
+    """In-batch logits of `B` rows against `M >= B` positives, row `i`'s own at `offset + i`.
+
+    `M > B` under DDP: the columns are the global batch's positives (`global_positives`) and the
+    rows this rank's; `in_batch_logits` is the one-process case, `M == B`, `offset == 0`.
+
+    Returns:
+        (B, M) logits, corrected by `log_q` (M,) when given, accidental hits masked.
+    """
+    logits = similarity_matrix(user_emb, item_emb, similarity=similarity) / temperature  # (B, M)
     if log_q is not None:
-        if log_q.shape != (batch,):
-            raise ValueError(f"expected log_q ({batch},), got {tuple(log_q.shape)}")
-        logits = logits - log_q.to(logits.dtype).unsqueeze(0)  # (B, B)
+        logits = logits - log_q.to(logits.dtype).unsqueeze(0)  # (B, M)
     if mask_accidental_hits:
-        hits = accidental_hits(item_ids, item_ids, exclude_diagonal=True)  # (B, B)
+        rows = torch.arange(user_emb.shape[0], device=logits.device)  # (B,)
+        hits = accidental_hits(item_ids[offset + rows], item_ids, exclude_diagonal=False)
+        hits[rows, offset + rows] = False  # each row's target is not a hit
         logits = logits.masked_fill(hits, mask_value(logits.dtype))
     return logits
 
@@ -132,22 +164,60 @@ def in_batch_softmax_loss(
     similarity: Similarity = "dot",
     log_q: Tensor | None = None,
     mask_accidental_hits: bool = True,
+    sync_distributed: bool = True,
 ) -> Tensor:
     """Mean cross-entropy of the in-batch softmax, each row's own item as its target.
 
-    Arguments as in `in_batch_logits`.
+    Arguments as in `in_batch_logits`, and:
+        sync_distributed: under an initialized `torch.distributed` group, each rank's rows run
+            their softmax over every rank's positives (gathered with their gradients), the batch
+            on which the streaming `p_j` is estimated; the loss is then scaled so that DDP's
+            gradient average is the gradient of one process holding the global batch, and does
+            not depend on the number of ranks (see `recolab.samplers.distributed`). False: each
+            rank's local batch alone.
 
     Returns:
-        Scalar loss, `mean_i -log softmax(logits[i])[i]`.
+        Scalar loss, `mean_i -log softmax(logits[i])[i]` (under DDP: this rank's share of the
+        global mean; the ranks' values average to it).
     """
-    logits = in_batch_logits(
+    check_positives(user_emb, item_emb, item_ids, log_q)
+    pos = global_positives(item_emb, item_ids, log_q, sync_distributed=sync_distributed)
+    logits = positive_logits(
         user_emb,
-        item_emb,
-        item_ids,
+        pos.emb,
+        pos.ids,
+        pos.log_q,
+        offset=pos.offset,
         temperature=temperature,
         similarity=similarity,
-        log_q=log_q,
         mask_accidental_hits=mask_accidental_hits,
-    )  # (B, B)
-    target = torch.arange(logits.shape[0], device=logits.device)  # (B,)
-    return F.cross_entropy(logits.float(), target)
+    )  # (B, M)
+    return global_cross_entropy(logits, pos)
+
+
+def global_cross_entropy(logits: Tensor, pos: GlobalPositives) -> Tensor:
+    """Cross-entropy of this rank's rows, row `i`'s target column `pos.offset + i`, as its share
+    of the global batch's mean (the plain mean on one process)."""
+    target = pos.offset + torch.arange(logits.shape[0], device=logits.device)  # (B,)
+    if pos.world == 1:
+        return F.cross_entropy(logits.float(), target)
+    return F.cross_entropy(logits.float(), target, reduction="sum") * pos.loss_scale
+
+
+def check_positives(
+    user_emb: Tensor,
+    item_emb: Tensor,
+    item_ids: Tensor,
+    log_q: Tensor | None,
+    *,
+    names: tuple[str, str, str] = ("item_emb", "item_ids", "log_q"),
+) -> None:
+    """Raises ValueError unless the positives and their corrections have one row per user row."""
+    batch = user_emb.shape[0]
+    if item_emb.shape[0] != batch or item_ids.shape != (batch,):
+        raise ValueError(
+            f"expected {names[0]} ({batch}, D) and {names[1]} ({batch},), got "
+            f"{tuple(item_emb.shape)} and {tuple(item_ids.shape)}"
+        )
+    if log_q is not None and log_q.shape != (batch,):
+        raise ValueError(f"expected {names[2]} ({batch},), got {tuple(log_q.shape)}")

@@ -6,7 +6,9 @@ training data's item distribution, so long-tail and fresh items are rarely, if e
 MNS adds `N` items sampled from the whole corpus (uniformly, or by a smoothed popularity) and
 shares them among all rows of the batch. The softmax of row `i` runs over the `B` in-batch items
 and the `N` corpus items; each column is corrected for how likely its own source was to offer it
-(Yi et al., RecSys 2019, generalized to two sources).
+(Yi et al., RecSys 2019, generalized to two sources). Under DDP the softmax runs over the
+global batch's positives and one shared set of corpus negatives, so that both corrections hold
+whatever the number of ranks (`recolab.samplers.distributed`).
 
 Shapes: B batch, D embedding, N corpus negatives, I items.
 """
@@ -17,13 +19,17 @@ import math
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
+import torch.distributed as dist
 from torch import Tensor, nn
 
+from recolab.samplers.distributed import GlobalPositives, distributed_world, global_positives
 from recolab.samplers.in_batch import (
     Similarity,
     accidental_hits,
+    check_positives,
+    global_cross_entropy,
     mask_value,
+    positive_logits,
     similarity_matrix,
 )
 
@@ -36,12 +42,18 @@ class CorpusNegativeSampler(nn.Module):
     unigram distribution, 0 uniform over items with a nonzero count). Id 0 (padding/OOV) is never
     drawn. The distribution is kept in buffers, so the sampler follows the model's device.
 
+    Distributed training: when `torch.distributed` is initialized (and `sync_distributed`),
+    `sample` hands every rank rank zero's draw, so all ranks share one set of corpus negatives,
+    as one process holding the global batch would (`mixed_negative_softmax_loss`); every rank
+    still draws, so the ranks' random streams stay in step.
+
     Args:
         num_items: the number of real items; ids run 1..num_items.
         distribution: "uniform" or "popularity".
         power: exponent applied to the counts (popularity only).
         item_counts: (num_items + 1,) counts indexed by item id, entry 0 ignored; required for
             "popularity". Items with count 0 are never drawn.
+        sync_distributed: share rank zero's draw under `torch.distributed` (see above).
     """
 
     def __init__(
@@ -51,6 +63,7 @@ class CorpusNegativeSampler(nn.Module):
         distribution: Literal["uniform", "popularity"] = "uniform",
         power: float = 0.75,
         item_counts: Tensor | None = None,
+        sync_distributed: bool = True,
     ) -> None:
         super().__init__()
         if num_items < 1:
@@ -79,6 +92,7 @@ class CorpusNegativeSampler(nn.Module):
         self.num_items = num_items
         self.distribution = distribution
         self.power = power
+        self.sync_distributed = sync_distributed
         # float64 cumulative sums keep the tail items' probabilities exact for large corpora.
         self.register_buffer("probs", probs, persistent=False)
         self.register_buffer("cdf", probs.cumsum(0), persistent=False)
@@ -114,6 +128,8 @@ class CorpusNegativeSampler(nn.Module):
             u = u * self.cdf[-1]
             # right=True skips the zero-probability ids, whose cdf equals their predecessor's.
             ids = torch.searchsorted(self.cdf, u, right=True).clamp_(1, self.num_items)  # (N,)
+        if distributed_world(self.sync_distributed) > 1:
+            dist.broadcast(ids, src=0)  # one shared set of negatives (see the class doc)
         return ids, self.log_prob(ids)
 
     def extra_repr(self) -> str:
@@ -147,6 +163,11 @@ def mixed_negative_logits(
     the two sources on one scale. Accidental hits, a column holding row `i`'s own positive item
     (another row's identical positive, or a corpus draw of it), are set to `mask_value`.
 
+    These are one process's logits. Under DDP the estimate behind `pos_log_q` is the probability
+    of appearing in the *global* batch (every rank's rows), so the in-batch columns must be that
+    batch's: `mixed_negative_softmax_loss` gathers them (the corrections of both kinds then keep
+    the meaning above, whatever the number of ranks).
+
     Args:
         user_emb: (B, D) user embeddings.
         pos_emb: (B, D) embeddings of each row's positive item.
@@ -164,34 +185,58 @@ def mixed_negative_logits(
     Returns:
         (B, B + N) logits; row `i`'s target is column `i`.
     """
-    batch, num_neg = pos_emb.shape[0], neg_emb.shape[0]
-    if pos_ids.shape != (batch,) or neg_ids.shape != (num_neg,):
-        raise ValueError(
-            f"expected pos_ids ({batch},) and neg_ids ({num_neg},), got {tuple(pos_ids.shape)} "
-            f"and {tuple(neg_ids.shape)}"
-        )
-    items = torch.cat([pos_emb, neg_emb], dim=0)  # (B + N, D)
-    logits = similarity_matrix(user_emb, items, similarity=similarity) / temperature  # (B, B + N)
-    correction = logits.new_zeros(batch + num_neg)  # (B + N,)
-    if pos_log_q is not None:
-        if pos_log_q.shape != (batch,):
-            raise ValueError(f"expected pos_log_q ({batch},), got {tuple(pos_log_q.shape)}")
-        correction[:batch] = pos_log_q
+    check_positives(
+        user_emb, pos_emb, pos_ids, pos_log_q, names=("pos_emb", "pos_ids", "pos_log_q")
+    )
+    return _mixed_logits(
+        user_emb,
+        GlobalPositives(pos_emb, pos_ids, pos_log_q, offset=0, total=pos_emb.shape[0], world=1),
+        neg_emb,
+        neg_ids,
+        neg_log_q=neg_log_q,
+        temperature=temperature,
+        similarity=similarity,
+        mask_accidental_hits=mask_accidental_hits,
+    )
+
+
+def _mixed_logits(
+    user_emb: Tensor,
+    pos: GlobalPositives,
+    neg_emb: Tensor,
+    neg_ids: Tensor,
+    *,
+    neg_log_q: Tensor | None,
+    temperature: float,
+    similarity: Similarity,
+    mask_accidental_hits: bool,
+) -> Tensor:
+    """(B, M + N) logits: this rank's rows against the (global) positives, then the corpus."""
+    num_neg = neg_emb.shape[0]
+    if neg_ids.shape != (num_neg,):
+        raise ValueError(f"expected neg_ids ({num_neg},), got {tuple(neg_ids.shape)}")
+    if neg_log_q is not None and neg_log_q.shape != (num_neg,):
+        raise ValueError(f"expected neg_log_q ({num_neg},), got {tuple(neg_log_q.shape)}")
+    in_batch = positive_logits(
+        user_emb,
+        pos.emb,
+        pos.ids,
+        pos.log_q,
+        offset=pos.offset,
+        temperature=temperature,
+        similarity=similarity,
+        mask_accidental_hits=mask_accidental_hits,
+    )  # (B, M)
+    corpus = similarity_matrix(user_emb, neg_emb, similarity=similarity) / temperature  # (B, N)
     if neg_log_q is not None:
-        if neg_log_q.shape != (num_neg,):
-            raise ValueError(f"expected neg_log_q ({num_neg},), got {tuple(neg_log_q.shape)}")
-        correction[batch:] = neg_log_q + math.log(num_neg)
-    logits = logits - correction.unsqueeze(0)  # (B, B + N)
+        correction = neg_log_q.float() + math.log(num_neg)  # (N,)
+        corpus = corpus - correction.to(corpus.dtype).unsqueeze(0)
     if mask_accidental_hits:
-        hits = torch.cat(
-            [
-                accidental_hits(pos_ids, pos_ids, exclude_diagonal=True),  # (B, B)
-                accidental_hits(pos_ids, neg_ids, exclude_diagonal=False),  # (B, N)
-            ],
-            dim=1,
-        )
-        logits = logits.masked_fill(hits, mask_value(logits.dtype))
-    return logits
+        rows = torch.arange(user_emb.shape[0], device=corpus.device)  # (B,)
+        own = pos.ids[pos.offset + rows]  # (B,) each row's positive
+        hits = accidental_hits(own, neg_ids, exclude_diagonal=False)  # (B, N)
+        corpus = corpus.masked_fill(hits, mask_value(corpus.dtype))
+    return torch.cat([in_batch, corpus], dim=1)  # (B, M + N)
 
 
 def mixed_negative_softmax_loss(
@@ -206,25 +251,37 @@ def mixed_negative_softmax_loss(
     temperature: float = 0.05,
     similarity: Similarity = "dot",
     mask_accidental_hits: bool = True,
+    sync_distributed: bool = True,
 ) -> Tensor:
     """Mean cross-entropy of the mixed-negative softmax (Yang et al., WWW 2020).
 
-    Arguments as in `mixed_negative_logits`.
+    Arguments as in `mixed_negative_logits`, and:
+        sync_distributed: under an initialized `torch.distributed` group, the in-batch columns
+            are every rank's positives (gathered with their gradients): `pos_log_q`, the
+            streaming estimate, is the probability of appearing in that *global* batch, and a
+            rank-local softmax would over-correct its in-batch columns by about `log W` against
+            the corpus columns. The corpus negatives must be the same on every rank
+            (`CorpusNegativeSampler.sample` broadcasts rank zero's draw), so W ranks of batch B
+            compute the loss of one process with batch W * B and the same `N` negatives; the
+            loss is scaled so that DDP's gradient average is that process's gradient. False:
+            each rank's local batch alone.
 
     Returns:
-        Scalar loss, `mean_i -log softmax(logits[i])[i]`.
+        Scalar loss, `mean_i -log softmax(logits[i])[i]` (under DDP: this rank's share of the
+        global mean; the ranks' values average to it).
     """
-    logits = mixed_negative_logits(
+    check_positives(
+        user_emb, pos_emb, pos_ids, pos_log_q, names=("pos_emb", "pos_ids", "pos_log_q")
+    )
+    pos = global_positives(pos_emb, pos_ids, pos_log_q, sync_distributed=sync_distributed)
+    logits = _mixed_logits(
         user_emb,
-        pos_emb,
-        pos_ids,
+        pos,
         neg_emb,
         neg_ids,
-        pos_log_q=pos_log_q,
         neg_log_q=neg_log_q,
         temperature=temperature,
         similarity=similarity,
         mask_accidental_hits=mask_accidental_hits,
-    )  # (B, B + N)
-    target = torch.arange(logits.shape[0], device=logits.device)  # (B,)
-    return F.cross_entropy(logits.float(), target)
+    )  # (B, M + N)
+    return global_cross_entropy(logits, pos)

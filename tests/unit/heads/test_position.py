@@ -47,17 +47,64 @@ def test_pal_loss_is_finite_for_extreme_logits_and_trains_both_towers() -> None:
     )
 
 
-def test_shallow_tower_adds_a_logit_in_training_and_drops_it_at_serving() -> None:
+def test_shallow_tower_adds_a_logit_in_training_and_the_unknown_position_at_serving() -> None:
+    torch.manual_seed(0)
+    head = bound(ShallowTower(num_positions=P, position_dropout=0.1, context={"user_id": 4}))
+    out = torch.randn(6)
+    pos = torch.tensor([1, 2, 3, 4, 5, 1])
+    users = torch.tensor([0, 1, 2, 3, 0, 1])
+    y = torch.tensor([1.0, 0, 0, 1, 0, 1])
+    head.eval()  # no position dropout: the loss reads every row's position
+    meta = {"position": pos, "user_id": users}
+    bias = head.bias_logit(meta)
+    torch.testing.assert_close(
+        head.loss(out, y, meta), F.binary_cross_entropy_with_logits(out + bias, y)
+    )
+    # Served as Zhao et al. do: the position set to missing (index 0), the context kept; the
+    # position column is not read at serving.
+    unknown = head.tower(torch.zeros(6, dtype=torch.long), {"user_id": users})
+    assert unknown.unique().numel() > 1  # the context matters
+    torch.testing.assert_close(head.predict(out, {"user_id": users}), torch.sigmoid(out + unknown))
+    torch.testing.assert_close(head.predict(out, meta), head.predict(out, {"user_id": users}))
+
+
+def test_shallow_tower_without_position_dropout_serves_without_the_tower() -> None:
+    # With no dropout the unknown-position row is never trained: it carries no meaning.
     torch.manual_seed(0)
     head = bound(ShallowTower(num_positions=P, position_dropout=0.0))
     out = torch.randn(6)
-    pos = torch.tensor([1, 2, 3, 4, 5, 1])
-    y = torch.tensor([1.0, 0, 0, 1, 0, 1])
-    bias = head.bias_logit({"position": pos})
-    torch.testing.assert_close(
-        head.loss(out, y, {"position": pos}), F.binary_cross_entropy_with_logits(out + bias, y)
-    )
-    torch.testing.assert_close(head.predict(out, {"position": pos}), torch.sigmoid(out))
+    torch.testing.assert_close(head.predict(out, {}), torch.sigmoid(out))
+
+
+def test_served_shallow_tower_is_calibrated_like_a_model_without_a_head() -> None:
+    """Trained with 10% position dropout, the served probabilities (position unknown) fit the
+    clicks as well as a model trained without any head; dropping the tower offsets them."""
+    items, pos, y, _ = click_table(additive=True)
+
+    def train(head: ShallowTower | None) -> torch.Tensor:
+        relevance = torch.nn.Embedding(30, 1)
+        params = [*relevance.parameters(), *(head.parameters() if head is not None else [])]
+        opt = torch.optim.Adam(params, lr=0.05)
+        for _ in range(600):
+            opt.zero_grad()
+            out = relevance(items).squeeze(-1)
+            if head is None:
+                loss = F.binary_cross_entropy_with_logits(out, y)
+            else:
+                loss = head.loss(out, y, {"position": pos})
+            loss.backward()
+            opt.step()
+        return relevance(items).squeeze(-1).detach()
+
+    torch.manual_seed(0)
+    no_head = F.binary_cross_entropy_with_logits(train(None), y)
+    head = bound(ShallowTower(num_positions=P, position_dropout=0.1))
+    out = train(head)
+    head.eval()
+    served = F.binary_cross_entropy(head.predict(out, {}), y)
+    assert served <= no_head + 2e-3, (float(served), float(no_head))
+    dropped = F.binary_cross_entropy(torch.sigmoid(out), y)  # the tower left out whole
+    assert dropped > no_head + 0.05, (float(dropped), float(no_head))
 
 
 def test_shallow_tower_drops_positions_at_the_configured_rate_in_training_only() -> None:

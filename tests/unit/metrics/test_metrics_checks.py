@@ -91,3 +91,15 @@ def test_sort_keys_keep_long_double_values_apart():
 def test_group_labels_without_an_order_name_the_argument():
     with pytest.raises(ValueError, match=r"groups must hold labels of one sortable kind"):
         C.group_keys("groups", np.array(["a", None, "b"], dtype=object), 3)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_order_ties_by_sorts_each_tied_run_by_the_second_key(seed):
+    rng = np.random.default_rng(seed)
+    n = 500
+    first = rng.integers(0, [3, 60, 400, 5000][seed], n)  # from nearly all tied to rare ties
+    ranked = rng.permutation(n)  # the rows sorted by another key
+    rank = np.argsort(ranked)  # each row's position there
+    order, new = C.stable_argsort(*C.sort_keys(first))
+    C.order_ties_by(order, new, C.tied_positions(new), rank, ranked)
+    np.testing.assert_array_equal(order, np.lexsort((rank, first)))

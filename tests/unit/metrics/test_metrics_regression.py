@@ -88,6 +88,62 @@ def test_xauc_matches_pair_loop(seed, ties):
     assert xauc(t, p) == pytest.approx(reference_xauc(t, p), abs=1e-12)
 
 
+def float32_case(rng, n, tie_t, tie_p, tie_both):
+    """float32 targets and predictions (as models predict) with a given number of forced ties
+    in targets, in predictions, and in both at once."""
+    t = rng.exponential(size=n).astype(np.float32)
+    p = (t + rng.normal(size=n)).astype(np.float32)
+    for _ in range(tie_t):
+        i, j = rng.integers(0, n, 2)
+        t[i] = t[j]
+    for _ in range(tie_p):
+        i, j = rng.integers(0, n, 2)
+        p[i] = p[j]
+    for _ in range(tie_both):
+        i, j = rng.integers(0, n, 2)
+        t[i], p[i] = t[j], p[j]
+    return t, p
+
+
+# Rare ties take the path that re-sorts only the tied runs, heavy ones the dense-rank path
+# (more than n / 4 tied rows); the mixes take one path for targets and the other for preds.
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize(
+    ("tie_t", "tie_p", "tie_both"),
+    [(5, 5, 5), (0, 20, 0), (20, 0, 0), (0, 0, 12), (200, 6, 4), (6, 200, 4), (150, 150, 40)],
+)
+def test_xauc_float32_with_ties_matches_pair_loop(seed, tie_t, tie_p, tie_both):
+    rng = np.random.default_rng(seed)
+    t, p = float32_case(rng, 300, tie_t, tie_p, tie_both)
+    want = reference_xauc(t.tolist(), p.tolist())
+    assert xauc(t, p) == pytest.approx(want, abs=1e-12)
+    assert xauc(torch.from_numpy(t), torch.from_numpy(p)) == pytest.approx(want, abs=1e-12)
+    # float64 copies of the same values: the same pairs, the same ties.
+    assert xauc(t.astype(np.float64), p) == pytest.approx(want, abs=1e-12)
+
+
+def test_xauc_sorts_every_row_only_twice_when_ties_are_rare(monkeypatch):
+    """float32 predictions tie a few rows; XAUC re-sorts those runs alone (issue 22: it used
+    to sort every row four times, 3.9x one argsort against 2.1x on float64)."""
+    from recolab.metrics import _checks as C
+
+    rng = np.random.default_rng(0)
+    t, p = float32_case(rng, 20_000, 300, 300, 100)
+    full_sorts = []
+    real = C.stable_argsort
+
+    def counting(key, key_bits):
+        if key.shape[0] == t.shape[0]:
+            full_sorts.append(key_bits)
+        return real(key, key_bits)
+
+    monkeypatch.setattr(C, "stable_argsort", counting)
+    value = xauc(t, p)
+    assert len(full_sorts) == 2, full_sorts
+    monkeypatch.setattr(C, "stable_argsort", real)
+    assert value == xauc(t.astype(np.float64), p.astype(np.float64))
+
+
 def test_xauc_tie_policy():
     # Pairs: (0,1) agree, (0,2) tied pred -> 1/2, (1,2) disagree; the tied-target pair is no pair.
     assert xauc([1.0, 2.0, 3.0, 3.0], [0.1, 0.5, 0.1, 0.1]) == pytest.approx(

@@ -216,8 +216,10 @@ def label_aware_attention(
 ) -> Tensor:
     """MIND's label-aware attention (Li et al., CIKM 2019, eq. 6), for training.
 
-    `v_u = V_u softmax(pow(V_u^T e_target, p))`: `p = 0` averages the interests uniformly, a
-    large `p` approaches picking the interest with the largest (positive, > 1) inner product.
+    `v_u = V_u softmax(pow(V_u^T e_target, p))`: `p = 0` averages the interests uniformly; a
+    large even `p` approaches picking the interest with the largest *absolute* inner product (a
+    strongly negative one included), a large odd `p` the one with the largest signed product;
+    either sharpens only products of magnitude above 1.
     The power applies to the raw inner products as in the paper, so `p` must be integer-valued
     (a fractional power of a negative product is undefined).
 

@@ -40,14 +40,22 @@ class MIND(nn.Module):
       `merge_interest_topk`'s de-duplication makes the copies harmless.
     - ReLU layers: each capsule, concatenated with the user profile embeddings (the optional
       user features), goes through an MLP whose every layer, the output included, is ReLU.
-    - Label-aware attention for training: `softmax(pow(V_u^T e_target, p))`.
+    - Label-aware attention for training: `softmax(pow(V_u^T e_target, p))`, the power on the
+      raw inner products as in the paper (`label_aware_attention`). `p = 0` averages the
+      interests. An even `p` (the default 2) weighs `|V_u^T e_target| ** p`: an interest
+      pointing away from the target weighs as much as one pointing toward it, and a large even
+      `p` approaches picking the interest with the largest *absolute* inner product (products
+      3, -4, 2 with `p = 8` pick the -4 interest). An odd `p` keeps the sign, and a large odd
+      `p` approaches the largest signed product. A large `p` sharpens only products of
+      magnitude above 1; smaller ones shrink toward 0, and their weights toward uniform.
 
     Args:
         num_items: item ids run 1..num_items, 0 is padding.
         dim: embedding and interest width `D`.
         num_interests: the maximum number of interests `K`.
         routing_iters: routing iterations (capsule computations), 3 in the paper.
-        pow_p: label-aware attention power `p`, a non-negative integer value.
+        pow_p: label-aware attention power `p`, a non-negative integer value (even: by absolute
+            inner product, see above).
         history_len: the most recent behaviors routed; also the width of the fixed logits.
         hidden_dims: hidden widths of the ReLU layers after routing.
         user_features: user profile features in the batch, name -> vocabulary size.
