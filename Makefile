@@ -5,13 +5,14 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PIP_QUIET := 2>&1 | grep -v "^WARNING: Location" || true
 
-.PHONY: setup train test test-all bench lint format ui clean experiments-multitask experiments-debias experiments-calibration experiments-retrieval
+.PHONY: setup train test test-all bench gpu-check lint format ui clean experiments-multitask experiments-debias experiments-calibration experiments-retrieval
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -e '.[dev]' $(PIP_QUIET)
+	@echo "setup: installing recolab and its dependencies into $(VENV) (torch, Lightning, MLflow, faiss: a few minutes the first time; pip's progress follows)"
+	$(BIN)/python -m pip install --progress-bar on -e '.[dev]' $(PIP_QUIET)
 	$(BIN)/python -c "import recolab, torch, pytorch_lightning, hydra, mlflow, faiss, sklearn"
 	touch $(STAMP)
 
@@ -26,6 +27,9 @@ test-all: setup              ## everything, the slow tests included
 
 bench: setup                 ## speed figures into experiments/bench/
 	$(BIN)/python benchmarks/run_all.py
+
+gpu-check:                   ## on a GPU machine: pytest -m gpu, then experiments/bench/gpu.md (ARGS=--wheels here first; ARGS=--dry-run anywhere)
+	bash benchmarks/gpu_check.sh $(ARGS)
 
 experiments-multitask: setup ## the multi-task tables: experiments/multitask/results.md (~40 min)
 	$(BIN)/python experiments/multitask/run.py $(ARGS)

@@ -77,6 +77,8 @@ def case(area: str, what: str, run: Callable[[], object]) -> None:
         run()
     except BaseException as e:  # noqa: BLE001 (SystemExit included: the CLI's usage errors)
         text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        if type(e).__name__ == "InstantiationException":  # Hydra's: the cause is on line 2
+            text = " ".join(str(e).split())
         message = re.sub(
             r"127\.0\.0\.1:(?!9\b)\d+",
             "127.0.0.1:<port>",
@@ -619,6 +621,26 @@ def streaming_resume_cases() -> None:
     )
 
 
+def device_cases() -> None:
+    """`data.device_resident` (the training split in accelerator memory): a value it cannot take,
+    and streamed data, which stays on the host."""
+    case(
+        "data",
+        "`data.device_resident=gpu` (auto, true or false expected)",
+        train_with("logger=none", "data.device_resident=gpu", name="d1"),
+    )
+    case(
+        "data",
+        "`data.device_resident=true` on streamed data",
+        train_with(
+            "logger=none",
+            "data=synthetic_video_streaming",
+            "data.device_resident=true",
+            name="d2",
+        ),
+    )
+
+
 def resume_and_tracking_cases() -> None:
     case(
         "resume",
@@ -973,6 +995,222 @@ def compare_cases() -> None:
     case("compare", "a per-user file not written by recolab", lambda: read_per_user(plain))
 
 
+def import_units_cases() -> None:
+    """Units on import: a unit the schema cannot name is an error naming the key and the units."""
+    example = ROOT / "examples" / "import"
+    folder = TMP / "import_units_cases"
+    folder.mkdir(exist_ok=True)
+    base = (example / "schema.yaml").read_text()
+    for what, line in [
+        ("a timestamp unit of `sec`", "timestamp_unit: sec"),
+        ("a duration unit of `minutes`", "duration_unit: minutes"),
+    ]:
+        (folder / "schema.yaml").write_text(base + line + "\n")
+        case(
+            "import",
+            what,
+            lambda: import_log(example / "log.csv", folder / "schema.yaml", folder / "out"),
+        )
+
+
+def selection_cases() -> None:
+    """Choices that would read the test epoch or keep the worst epoch, and `recolab select`'s
+    requests that cannot choose on validation (against a real MLflow store of two runs)."""
+    for what, overrides in [
+        ("a sweep optimizing a test metric", ["+optimized_metric=test/auc/click"]),
+        ("a sweep optimizing an oracle metric", ["+optimized_metric=oracle/auc/click"]),
+        (
+            "a checkpoint chosen on a test metric",
+            ["callbacks.model_checkpoint.monitor=test/gauc/click"],
+        ),
+        (
+            "a checkpoint on `val/gauc/click` with the default `mode: min`",
+            ["callbacks.model_checkpoint.monitor=val/gauc/click"],
+        ),
+        (
+            "early stopping on `val/logloss/click` with `mode: max`",
+            [
+                "callbacks.early_stopping.monitor=val/logloss/click",
+                "callbacks.early_stopping.mode=max",
+            ],
+        ),
+        (
+            "an Optuna search minimizing `val/auc/click`",
+            ["+hparams_search=mmoe_optuna", "hydra.sweeper.direction=minimize"],
+        ),
+    ]:
+        case("selection", what, lambda o=["+exp=mmoe", *TINY, *overrides]: train(cfg_for(o, "s")))
+
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    from recolab.select import select
+
+    root = TMP / "select"
+    root.mkdir(parents=True, exist_ok=True)
+    client = MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow.db")
+    experiment = client.create_experiment("recolab", artifact_location=str(root / "mlartifacts"))
+    for experts in (4, 8):
+        run = client.create_run(
+            experiment,
+            tags={
+                "recolab.kind": "train",
+                "recolab.complete": "true",
+                "recolab.sweep": "sweep-1",
+                "recolab.overrides": json.dumps(["+exp=mmoe", f"model.num_experts={experts}"]),
+            },
+        )
+        for key, value in {"exp_name": "mmoe", "seed": 1, "model.num_experts": experts}.items():
+            client.log_param(run.info.run_id, key, value)
+        client.log_metric(run.info.run_id, "val/auc/click", 0.7)
+        client.set_terminated(run.info.run_id, "FINISHED")
+
+    def select_with(*overrides: str) -> Callable[[], object]:
+        def run() -> object:
+            GlobalHydra.instance().clear()
+            with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+                cfg = compose(
+                    config_name="select",
+                    overrides=["sweep=sweep-1", "rerun=false", *overrides],
+                    return_hydra_config=True,
+                )
+            HydraConfig.instance().set_config(cfg)
+            with open_dict(cfg):
+                cfg.paths.root_dir = str(root)
+                cfg.out_dir = str(root / "out")
+            return select(cfg)
+
+        return run
+
+    for what, overrides in [
+        ("`recolab select` on a test metric", ["metric=test/auc/click"]),
+        ("`recolab select` on a training metric", ["metric=train/loss"]),
+        ("`recolab select` on a metric no candidate logged", ["metric=val/auc/clik"]),
+        (
+            "`recolab select` re-running on a seed the sweep used",
+            ["metric=val/auc/click", "seeds=[1,2]"],
+        ),
+        ("`recolab select` with no candidates named", ["metric=val/auc/click", "sweep=null"]),
+        ("`recolab select` without a metric", []),
+    ]:
+        case("selection", what, select_with(*overrides))
+
+
+def logged_model_cases() -> None:
+    """The run's MLflow Model and its checkpoints in MLflow (`recolab.serving`, `evaluate run_id=`,
+    `ckpt_path=<run id>`), against a real store of one tiny run."""
+    import mlflow
+    from omegaconf import OmegaConf
+
+    from recolab.evaluate import evaluate
+    from recolab.serving import load
+
+    for what, overrides in [
+        ("`register_as=` with `log_model=false`", ["register_as=tiny", "log_model=false"]),
+        ("`register_as=` a name MLflow refuses (`a/b`)", ["register_as=a/b"]),
+        ("`register_as=` without tracking (`logger=none`)", ["register_as=tiny", "logger=none"]),
+        ("`log_model=` not a boolean", ["log_model=maybe"]),
+    ]:
+        case("logged model", what, train_with(*overrides, name="lm"))
+
+    root = TMP / "lm_store"
+    cfg = cfg_for(["+exp=mmoe", *TINY, "log_checkpoints=false"], "lm_store")
+    train(cfg)
+    store = f"sqlite:///{root}/mlflow.db"
+    run = mlflow.MlflowClient(store).search_runs(
+        [mlflow.MlflowClient(store).get_experiment_by_name("recolab").experiment_id]
+    )[0]
+    run_id = run.info.run_id
+
+    def hidden(run: Callable[[], object]) -> Callable[[], object]:
+        """`run`, its error naming `<run id>` instead of this store's random one."""
+
+        def go() -> object:
+            try:
+                return run()
+            except Exception as e:  # noqa: BLE001 (re-raised as the same type)
+                raise type(e)(str(e).replace(run_id, "<run id>")) from None
+
+        return go
+
+    def evaluated(*overrides: str) -> Callable[[], object]:
+        def go() -> object:
+            GlobalHydra.instance().clear()
+            with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+                c = compose(
+                    config_name="evaluate", overrides=list(overrides), return_hydra_config=True
+                )
+            HydraConfig.instance().set_config(c)
+            with open_dict(c):
+                c.paths.root_dir = str(root)
+                c.paths.output_dir = str(root / "eval")
+                c.paths.data_dir = str(TMP / "data")
+            os.environ["MLFLOW_TRACKING_URI"] = store
+            try:
+                return evaluate(c)
+            finally:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+        return go
+
+    case("logged model", "`evaluate` with neither `ckpt_path=` nor `run_id=`", evaluated())
+    case(
+        "logged model",
+        "`evaluate` with both `ckpt_path=` and `run_id=`",
+        hidden(evaluated("ckpt_path=a.ckpt", f"run_id={run_id}")),
+    )
+    case(
+        "logged model",
+        "`evaluate run_id=` a run the store does not hold",
+        evaluated("run_id=0123456789abcdef0123456789abcdef"),
+    )
+    case(
+        "logged model",
+        "`evaluate run_id=` a run trained with `log_checkpoints=false`",
+        hidden(evaluated(f"run_id={run_id}")),
+    )
+
+    def resumed() -> object:
+        os.environ["MLFLOW_TRACKING_URI"] = store
+        try:
+            return train(cfg_for(["+exp=mmoe", *TINY, f"ckpt_path={run_id}"], "lm_resume"))
+        finally:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+    case("logged model", "`ckpt_path=<run id>` of a finished run", hidden(resumed))
+
+    mlflow.set_tracking_uri(store)
+    model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
+    rows = model.input_example
+    downloaded = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model"))
+    direct = load(downloaded / "data" / "recolab_model")
+    for what, bad in [
+        ("rows without a feature column (`user_activity`)", rows.drop(columns=["user_activity"])),
+        (
+            "string ids where the log held integers",
+            rows.assign(user_id=rows["user_id"].astype(str)),
+        ),
+        ("a null id", rows.assign(category=[None, *rows["category"][1:]])),
+        ("a NaN dense value", rows.assign(log_duration=[float("nan"), *rows["log_duration"][1:]])),
+    ]:
+        case(
+            "logged model", f"`recolab.serving` predicting {what}", lambda b=bad: direct.predict(b)
+        )
+    mlflow.set_tracking_uri(None)
+
+    folder = TMP / "lm_folder"
+    shutil.copytree(downloaded / "data" / "recolab_model", folder)
+    config = OmegaConf.to_container(OmegaConf.load(folder / "config.yaml"))
+    config["model"] = {"_target_": "builtins.open", "file": str(folder / "written")}
+    (folder / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(config)))
+    case(
+        "logged model",
+        "loading a model whose `config.yaml` names `builtins.open` as the model",
+        lambda: load(folder),
+    )
+
+
 def main() -> None:
     logging.disable(logging.WARNING)
     warnings.filterwarnings("ignore")
@@ -983,12 +1221,16 @@ def main() -> None:
         run_config_cases()
         data_cases()
         import_cases()
+        import_units_cases()
         resume_and_tracking_cases()
         streaming_resume_cases()
+        device_cases()
         checkpoint_file_cases()
         checkpoint_code_cases()
         lifecycle_cases()
         compare_cases()
+        selection_cases()
+        logged_model_cases()
         write(ROOT / "docs" / "bad_inputs.md")
         print(f"wrote docs/bad_inputs.md ({len(ROWS)} cases)")
     finally:

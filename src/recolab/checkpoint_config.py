@@ -119,27 +119,33 @@ def _hydra_key_problems(node: dict, key: str) -> Iterator[tuple[str, Any, str]]:
 
 
 def check_stored_config(
-    stored: Any, path: str | Path, *, rebuilt: Collection[str] = REBUILT
+    stored: Any,
+    path: str | Path,
+    *,
+    rebuilt: Collection[str] = REBUILT,
+    what: str = "checkpoint",
 ) -> DictConfig:
     """The checkpoint's stored config (its YAML text or mapping), checked to be safe to rebuild
     the `rebuilt` nodes from and to resolve.
 
-    Raises `CheckpointError` naming the checkpoint and every refused key and value.
+    `what="logged model"`: the config of an MLflow Model that `recolab.serving` loads, checked
+    the same way. Raises `CheckpointError` naming the file and every refused key and value.
     """
+    where = f"ckpt_path={path}" if what == "checkpoint" else f"{what} {path}"
     if not isinstance(stored, (str, dict)):
         raise CheckpointError(
-            f"ckpt_path={path}: its stored config is a {type(stored).__name__}, not YAML text or a mapping"
+            f"{where}: its stored config is a {type(stored).__name__}, not YAML text or a mapping"
         )
     try:
         cfg = OmegaConf.create(stored)  # YAML text parses with a safe loader: no Python tags
     except (OmegaConfBaseException, yaml.YAMLError, ValueError, TypeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise CheckpointError(
-            f"ckpt_path={path}: its stored config is not a config ({type(e).__name__}: {first})"
+            f"{where}: its stored config is not a config ({type(e).__name__}: {first})"
         ) from e
     if not isinstance(cfg, DictConfig):
         raise CheckpointError(
-            f"ckpt_path={path}: its stored config is a {type(cfg).__name__}, not a mapping"
+            f"{where}: its stored config is a {type(cfg).__name__}, not a mapping"
         )
     container = OmegaConf.to_container(cfg, resolve=False)
     found = [
@@ -149,10 +155,15 @@ def check_stored_config(
     ]
     if found:
         shown = "; ".join(f"{k}={v!r} ({why})" for k, v, why in found)
+        who, advice = (
+            ("evaluate", "Evaluate only checkpoints that `recolab train` wrote")
+            if what == "checkpoint"
+            else ("recolab.serving", "Load only models that `recolab train` logged")
+        )
         raise CheckpointError(
-            f"ckpt_path={path}: its stored config would run code that recolab does not allow: "
-            f"{shown}. A checkpoint is data: evaluate rebuilds its {', '.join(rebuilt)} only "
+            f"{where}: its stored config would run code that recolab does not allow: "
+            f"{shown}. A {what} is data: {who} rebuilds its {', '.join(rebuilt)} only "
             f"from recolab's own classes (and {', '.join(sorted(LOOKUPS))} of a recolab path), "
-            "and nothing was built or read. Evaluate only checkpoints that `recolab train` wrote"
+            f"and nothing was built or read. {advice}"
         )
     return cfg

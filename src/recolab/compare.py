@@ -6,8 +6,11 @@
     python -m recolab compare exps=[mmoe,shared_bottom] baseline=shared_bottom
     python -m recolab compare baseline=model.num_experts:4 out_dir=experiments/my_table
 
-Writes `comparison.md`, `comparison.html` and `comparison.json` (`recolab.reports.compare`): per
-configuration and metric, mean, std, n seeds and a 95% t interval over seeds; with `baseline=`,
+Writes `comparison.md`, `comparison.html` and `comparison.json` (`recolab.reports.compare`): one
+row per configuration, its headline metrics first (`test/*`, then `val/*` where asked), then the
+config keys that differ, the oracle's metrics last; per configuration and metric, mean, std, n
+seeds and a 95% t interval over seeds (throughputs, `epoch_means`, as each run's mean over its
+epochs); with `baseline=`,
 each configuration's difference from it, its 95% interval, p-value and Holm's p, over seeds and,
 from the runs' `report/per_user.parquet` artifacts, over test users (paired bootstrap).
 
@@ -74,17 +77,36 @@ def fetch_runs(cfg: DictConfig) -> list[RunRecord]:
                 [experiment.experiment_id], " and ".join(clauses + extra), max_results=cfg.max_runs
             )
         ]
+    averaged = _names(cfg.get("epoch_means"))
     return [
         RunRecord(
             r.info.run_id,
             r.info.run_name,
             dict(r.data.params),
-            dict(r.data.metrics),
+            dict(r.data.metrics) | epoch_means(client, r.info.run_id, r.data.metrics, averaged),
             start_time=int(r.info.start_time or 0),
             tags=dict(r.data.tags),
         )
         for r in found
     ]
+
+
+def epoch_means(
+    client: MlflowClient, run_id: str, metrics: dict[str, float], names: list[str]
+) -> dict[str, float]:
+    """Each of `names` the run logged, as the mean over its history (one value per epoch: a
+    throughput's last epoch alone is noisy); a step logged twice (a resumed run) counts once, the
+    newest value."""
+    out = {}
+    for name in names:
+        if name not in metrics:
+            continue
+        by_step = {}
+        for m in sorted(client.get_metric_history(run_id, name), key=lambda m: m.timestamp):
+            by_step[m.step] = m.value
+        if by_step:
+            out[name] = float(sum(by_step.values()) / len(by_step))
+    return out
 
 
 def per_user_loader(tracking_uri: str, folder: Path) -> PerUserLoader:
@@ -125,6 +147,11 @@ def compare(cfg: DictConfig) -> list:
             samples=int(cfg.bootstrap_samples),
             seed=int(cfg.bootstrap_seed),
         )
+    notes += [
+        f"{m}: each run's mean over its epochs (its MLflow history), not its last epoch's value"
+        for m in _names(cfg.get("epoch_means"))
+        if m in table.columns
+    ]
     source = f"{cfg.tracking_uri}, experiment {cfg.experiment_name!r}" + (
         f", filter {cfg.filter}" if cfg.filter else ""
     )

@@ -597,9 +597,14 @@ def cross_checks(cfg: DictConfig) -> list[str]:
     if metric is not None:
         parts = str(metric).split("/")
         tasks = [t.get("name") for t in (_get(cfg, "data.tasks") or []) if isinstance(t, dict)]
-        if parts[0] not in ("val", "test") or len(parts) < 2:
+        # test/, oracle/, baseline_*: metrics no sweep may choose on
+        from recolab.run_checks import selection_problem
+
+        if problem := selection_problem("optimized_metric", str(metric)):
+            problems.append(problem)
+        elif parts[0] != "val" or len(parts) < 2:
             problems.append(
-                f"optimized_metric={metric!r}: expected a metric the run logs, split/metric[/task] with split val or test, e.g. 'val/auc/click'"
+                f"optimized_metric={metric!r}: expected a validation metric the run logs, val/metric[/task], e.g. 'val/auc/click'"
             )
         elif len(parts) == 3 and tasks and parts[2] not in tasks:
             problems.append(

@@ -7,6 +7,12 @@ and the nodes of its stored config that Hydra instantiates may name only recolab
 (`recolab.checkpoint_config`), checked before anything is built or read. The evaluation is logged
 to MLflow as a new run, nested under the training run (`mlflow.parentRunId`) and tagged
 `recolab.kind=evaluate`.
+
+`run_id=<MLflow run id>` evaluates that training run's best checkpoint, and `ckpt_path=runs:/<run
+id>/checkpoints/last.ckpt` (or `best.ckpt`) a checkpoint the run logged (`recolab.lifecycle.
+RunLogger` uploads both as they are written): the file is downloaded from the tracking store into
+the evaluation's folder and goes through the same checks as a local one, so a copy of the project
+that never saw the run's `outputs/` evaluates it.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from recolab import tracking
 from recolab.checkpoint_config import REBUILT, check_stored_config
-from recolab.config_validation import top_level_keys, validate_config
+from recolab.config_validation import ConfigError, top_level_keys, validate_config
 from recolab.lifecycle import (
     fail_run,
     finish_run,
@@ -33,7 +39,15 @@ from recolab.lifecycle import (
     track_extras,
     training_process,
 )
-from recolab.resume import load_weights_only
+from recolab.resume import (
+    ARTIFACT_DIR,
+    BEST,
+    fetch_checkpoint,
+    load_weights_only,
+    mlflow_reference,
+    rebased,
+    tracking_uri_of,
+)
 from recolab.stacks import KeepStackDumps, dump_stacks_on_signal
 from recolab.train import CONFIG_DIR, build
 
@@ -50,6 +64,52 @@ def load_checkpoint(path: str) -> dict:
             f"ckpt_path={path}: not a recolab checkpoint (no 'recolab' entry with the run's config)"
         )
     return ckpt
+
+
+def checkpoint_source(cfg: DictConfig) -> str:
+    """What is evaluated: `ckpt_path`, or `runs:/<run_id>/checkpoints/best.ckpt` for `run_id=`."""
+    run_id, ckpt = cfg.get("run_id"), cfg.get("ckpt_path")
+    if bool(run_id) == bool(ckpt):
+        given = "both" if run_id else "neither"
+
+        def shown(v: object) -> str:
+            return "null" if v is None else repr(v)
+
+        raise ConfigError(
+            f"evaluate needs one of ckpt_path=<checkpoint file, or runs:/<run id>/"
+            f"{ARTIFACT_DIR}/<{BEST}|last.ckpt>> and run_id=<MLflow run id> (its best "
+            f"checkpoint); {given} given (ckpt_path={shown(ckpt)}, run_id={shown(run_id)})"
+        )
+    return f"runs:/{run_id}/{ARTIFACT_DIR}/{BEST}" if run_id else str(ckpt)
+
+
+def local_checkpoint(cfg: DictConfig, source: str) -> str:
+    """The checkpoint file for `source`: itself, or the MLflow artifact it names downloaded into
+    the evaluation's folder (a bare run id: its best checkpoint)."""
+    reference = mlflow_reference(source)
+    if reference is None:
+        return source
+    run_id, artifact = reference
+    uri = tracking_uri_of(cfg)
+    tracking.check_reachable(uri)
+    into = Path(cfg.paths.output_dir) / ARTIFACT_DIR
+    path = fetch_checkpoint(
+        run_id, artifact or f"{ARTIFACT_DIR}/{BEST}", uri, into, requested=source
+    )
+    log.info("evaluating %s, downloaded to %s", source, path)
+    return str(path)
+
+
+def _data_here(run_cfg: DictConfig, cfg: DictConfig) -> DictConfig:
+    """The run's data config, its paths under the run's folders moved to this project's (the run
+    may have trained in another copy of the project, on another machine: `recolab.resume.rebased`)."""
+    container = OmegaConf.to_container(run_cfg.data, resolve=False)
+    stored = OmegaConf.to_container(run_cfg.get("paths") or {}, resolve=False)
+    paths = OmegaConf.to_container(cfg.paths, resolve=True)
+    data, moved = rebased(container, stored, paths)
+    for change in moved:
+        log.info("the run's data, in this project: data%s", change)
+    return OmegaConf.create(data)
 
 
 def _model_and_data_tags(cfg: DictConfig, train_run_id: str) -> dict[str, str]:
@@ -76,10 +136,12 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     validate_config(
         cfg, known_top_level=top_level_keys(CONFIG_DIR, "evaluate")
     )  # before any data is read
-    ckpt = load_checkpoint(cfg.ckpt_path)
+    source = checkpoint_source(cfg)
+    path = local_checkpoint(cfg, source)
+    ckpt = load_checkpoint(path)
     # A checkpoint is data: the nodes built from it name only recolab's classes (CheckpointError).
     rebuilt = [k for k in REBUILT if k != "data" or not cfg.get("data")]  # `data=`: the user's
-    run_cfg = check_stored_config(ckpt["recolab"]["config"], cfg.ckpt_path, rebuilt=rebuilt)
+    run_cfg = check_stored_config(ckpt["recolab"]["config"], path, rebuilt=rebuilt)
     train_run_id = ckpt["recolab"].get("run_id", "")
     if cfg.get("logger") and "mlflow" in cfg.logger:
         tracking.check_reachable(cfg.logger.mlflow.tracking_uri)
@@ -116,7 +178,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         cfg.trainer, logger=loggers or False, callbacks=[KeepStackDumps()]
     )
 
-    data_cfg = cfg.data if cfg.get("data") else run_cfg.data
+    data_cfg = cfg.data if cfg.get("data") else _data_here(run_cfg, cfg)
     datamodule: pl.LightningDataModule = instantiate(data_cfg)
     datamodule.load_state_dict(ckpt["recolab"]["data_state"])
     datamodule.prepare_data()
@@ -132,7 +194,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
                 run_cfg,
                 {
                     "data": data_cfg,
-                    "ckpt_path": cfg.ckpt_path,
+                    "ckpt_path": source,
                     # the run's tags and this evaluation's (`tags: [evaluate]`, and any given)
                     "tags": list(
                         dict.fromkeys([*(run_cfg.get("tags") or []), *(cfg.get("tags") or [])])
@@ -161,7 +223,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
                 mlf=mlf,
                 metrics=metrics,
                 output_dir=output_dir,
-                checkpoint=str(cfg.ckpt_path),
+                checkpoint=source,
             )
     except SIGTERMException:  # `kill`, `docker stop`: KILLED, exit 143 (Lightning's exit is 0)
         kill_run(mlf, output_dir)

@@ -53,7 +53,8 @@ from pytorch_lightning.loggers import MLFlowLogger
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from recolab import resume
+from recolab import resume, tracking
+from recolab.console import report_curves
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +191,10 @@ class RunLogger(MLFlowLogger):
         self.lost: str | None = None
         self.unlogged_values = 0
         self.ended = False  # the run's end (status) is written to unlogged_path
+        #: Upload the best and last checkpoints to the run's `checkpoints/` as they are written
+        #: (`log_checkpoints` in configs/train.yaml; set by `start_tracking` for a training run).
+        self.log_checkpoints = False
+        self._uploaded: dict[str, tuple[str, int]] = {}  # artifact name -> (file, mtime) sent
 
     @rank_zero_only
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
@@ -203,6 +208,36 @@ class RunLogger(MLFlowLogger):
         values = {k: float(v) for k, v in metrics.items() if not isinstance(v, str)}
         self.keep({"step": step or 0, "timestamp": int(time.time() * 1000), "metrics": values})
         self.unlogged_values += len(values)
+
+    @rank_zero_only
+    def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
+        super().after_save_checkpoint(checkpoint_callback)
+        if self.log_checkpoints and self.lost is None:
+            self.upload_checkpoints(checkpoint_callback)
+
+    def upload_checkpoints(self, callback: Any) -> None:
+        """Send the run's best and last checkpoints as `checkpoints/best.ckpt` and
+        `checkpoints/last.ckpt`, each again whenever its file changed (the best's own name goes
+        to the tag `recolab.best_checkpoint`), so that `evaluate run_id=...` and a resume work
+        from any machine that reaches the store (`recolab.resume`)."""
+        files = {resume.LAST: callback.last_model_path, resume.BEST: callback.best_model_path}
+        for name, path in files.items():
+            if not path or not Path(path).is_file():
+                continue
+            sent = (str(path), Path(path).stat().st_mtime_ns)
+            if self._uploaded.get(name) == sent:
+                continue
+            try:
+                with _named(Path(path), name) as file:
+                    self.experiment.log_artifact(self.run_id, str(file), resume.ARTIFACT_DIR)
+                if name == resume.BEST:
+                    self.experiment.set_tag(self.run_id, resume.BEST_TAG, Path(path).name)
+            except RestException:
+                raise
+            except UNREACHABLE as e:
+                self.lose(e, f"uploading {Path(path).name}")
+                return
+            self._uploaded[name] = sent
 
     @rank_zero_only
     def finalize(self, status: str = "success") -> None:
@@ -266,6 +301,25 @@ class RunLogger(MLFlowLogger):
         )
 
 
+@contextlib.contextmanager
+def _named(path: Path, name: str) -> Iterator[Path]:
+    """`path` under the file name `name`: itself, or a hard link (a copy where links fail) in a
+    hidden folder beside the run's checkpoint folder, removed afterwards."""
+    if path.name == name:
+        yield path
+        return
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix=".upload-", dir=path.parent.parent) as tmp:
+        target = Path(tmp) / name
+        try:
+            os.link(path, target)
+        except OSError:
+            shutil.copyfile(path, target)
+        yield target
+
+
 def mlflow_logger(loggers: list[Any]) -> MLFlowLogger | None:
     return next((lg for lg in loggers if isinstance(lg, MLFlowLogger)), None)
 
@@ -307,7 +361,16 @@ def start_tracking(
         return
     if isinstance(mlf, RunLogger):
         mlf.unlogged_path = output_dir / UNLOGGED
-    mlf.log_hyperparams(flat_params(cfg))
+    params = flat_params(cfg)
+    if cfg.get("logger") and cfg.logger.get("mlflow") and cfg.logger.mlflow.get("run_id"):
+        # A resumed run (`recolab.resume.prepare`): its params describe it as it started; settings
+        # derived from folders differ where it resumes in another project copy, and MLflow
+        # refuses to change a logged param.
+        logged = mlf.experiment.get_run(mlf.run_id).data.params
+        params = {k: v for k, v in params.items() if k not in logged}
+    mlf.log_hyperparams(params)
+    if kind == "train" and isinstance(mlf, RunLogger):
+        mlf.log_checkpoints = bool(cfg.get("log_checkpoints", True))
     output_dir.mkdir(parents=True, exist_ok=True)
     config_path = output_dir / "config.yaml"
     config_path.write_text(OmegaConf.to_yaml(run_config(cfg), resolve=True))
@@ -318,6 +381,9 @@ def start_tracking(
         "recolab.tags": ",".join(map(str, cfg.get("tags") or [])),
     }.items():
         mlf.experiment.set_tag(mlf.run_id, key, value)
+    # How the run looks in MLflow's UI: the model-training view, a name of its own (recolab.tracking).
+    tracking.mark_model_training(mlf.experiment, mlf.experiment_id)
+    tracking.name_run(mlf.experiment, mlf.run_id, str(cfg.run_name))
 
 
 def sweep_id() -> str | None:
@@ -330,12 +396,20 @@ def sweep_id() -> str | None:
 def track_extras(
     mlf: MLFlowLogger | None, datamodule: pl.LightningDataModule, resumed_from: Path | None
 ) -> None:
-    """Data-quality counts (`data/dropped_rows`, `data/oov_rows/...`), the sweep tag, the resume tag."""
+    """Data-quality counts (`data/dropped_rows`, `data/oov_rows/...`, as the table
+    `data/quality.json`: `recolab.tracking.log_data_quality`), the sweep tag, the resume tag."""
     if mlf is None:
         return
     quality = getattr(datamodule, "quality_metrics", dict)()
-    if quality:
-        mlf.log_metrics(quality)
+    if quality and getattr(mlf, "lost", None) is None:
+        try:
+            tracking.log_data_quality(mlf.experiment, mlf.run_id, quality)
+        except RestException:
+            raise
+        except UNREACHABLE as e:
+            if not isinstance(mlf, RunLogger):
+                raise
+            mlf.lose(e, "logging the data's quality table")
     if sid := sweep_id():
         mlf.experiment.set_tag(mlf.run_id, "recolab.sweep", sid)
     resume.mark_resumed(mlf, resumed_from)
@@ -373,6 +447,10 @@ def finish_run(
     paths = module.write_report(
         output_dir / "report", title=title, metrics=metrics, context=context
     )
+    # Validation metrics per epoch, as a plot in the report (recolab.console.EpochSummary keeps them).
+    paths += report_curves(getattr(module, "_trainer", None), output_dir / "report")
+    model = log_run_model(cfg, module=module, datamodule=datamodule, mlf=mlf)
+    link = ui_view(mlf, metrics)  # the run list's saved view with the headline metrics
     recorded = True
     if isinstance(mlf, RunLogger):
         recorded = mlf.end("FINISHED", paths, {"recolab.complete": "true"})
@@ -383,14 +461,71 @@ def finish_run(
         mlf.experiment.set_terminated(mlf.run_id, status="FINISHED")
     table = module.metrics_markdown(metrics)
     where = [f"outputs: {output_dir}", f"checkpoint: {checkpoint}"]
+    if model:
+        where.append(f"model: {model} (mlflow.pyfunc.load_model, or mlflow models serve -m ...)")
     if mlf is not None:
         where += [
             f"mlflow: run {mlf.run_id} in experiment {cfg.experiment_name!r} at {mlf._tracking_uri}",
-            "        open it with `make ui` (or `mlflow ui --backend-store-uri <that uri>`)",
+            "        open it with `make ui` (or `mlflow ui --backend-store-uri <that uri>`)"
+            + (f", then {link}" if link else ""),
         ]
     print(f"\n{title} (seed {cfg.seed}):\n{table}\n" + "\n".join(where), file=sys.stdout)
     if not recorded:
         raise mlf.incomplete(output_dir)
+
+
+def ui_view(mlf: MLFlowLogger | None, metrics: dict[str, float]) -> str | None:
+    """Add the run's headline metrics to recolab's saved view of the experiment's run list
+    (`recolab.tracking.preset_view`) and return the UI link that opens it; None where the run is
+    not tracked or the server stopped answering."""
+    if mlf is None or getattr(mlf, "lost", None) is not None:
+        return None
+    try:
+        tracking.preset_view(mlf.experiment, mlf.experiment_id, metrics)
+    except RestException:
+        raise
+    except UNREACHABLE as e:
+        if not isinstance(mlf, RunLogger):
+            raise
+        mlf.lose(e, "saving the run list's view")
+        return None
+    return tracking.ui_link(mlf._tracking_uri, mlf.experiment_id)
+
+
+def log_run_model(
+    cfg: DictConfig,
+    *,
+    module: pl.LightningModule,
+    datamodule: pl.LightningDataModule,
+    mlf: MLFlowLogger | None,
+) -> str | None:
+    """Log the tested model as the run's MLflow Model (`log_model: true`, `recolab.serving`) and
+    return its URI; None where the run is not tracked or the server stopped answering (what a
+    server that is gone raises is handled as for metrics; anything else fails the run)."""
+    if mlf is None or not cfg.get("log_model") or getattr(mlf, "lost", None) is not None:
+        return None
+    from recolab.serving import log_model  # MLflow's model code, only where a model is logged
+    from recolab.tracking import TrackingError, check_reachable
+
+    try:
+        return log_model(
+            cfg,
+            module=module,
+            datamodule=datamodule,
+            run_id=mlf.run_id,
+            tracking_uri=mlf._tracking_uri,
+        )
+    except RestException:
+        raise
+    except UNREACHABLE as e:
+        if not isinstance(mlf, RunLogger):
+            raise
+        try:
+            check_reachable(mlf._tracking_uri)
+        except TrackingError:
+            mlf.lose(e, "logging the model")
+            return None
+        raise
 
 
 def fail_run(mlf: MLFlowLogger | None, status: str = "FAILED") -> None:

@@ -25,7 +25,21 @@ settings, from its newest intact checkpoint:
   `ResumeError` naming each file and what is wrong with it.
 
 `ckpt_path=<file>` names one directly; it is verified the same way, and a broken file fails with
-`CheckpointError`, naming the run's newest intact checkpoint where there is one. Checkpoint files
+`CheckpointError`, naming the run's newest intact checkpoint where there is one.
+
+**From MLflow, on another machine.** A training run logs its best and last checkpoints to its
+MLflow run as they are written (`checkpoints/best.ckpt`, `checkpoints/last.ckpt`, the best's own
+file name in the tag `recolab.best_checkpoint`; `recolab.lifecycle.RunLogger`). `ckpt_path=<run
+id>` (or `runs:/<run id>/checkpoints/last.ckpt`) downloads them from the tracking store into this
+invocation's new run folder (`fetch_for_resume`), with the best under its own name, and points
+the checkpoint's `ModelCheckpoint` state at that folder (`relocate`: otherwise Lightning forgets
+the best score and tests whatever the next epoch wrote), so a project copy that never saw the
+run's `outputs/` continues it in the same MLflow run. The download is then verified like any
+file. Settings derived from the run's folders (`callbacks.model_checkpoint.dirpath`,
+`data.cache_dir`, ...) compare by their place under `paths.*` (`setting_differences`), and where
+the run is tracked may differ (`logger.mlflow.tracking_uri`: the run must be in that store). A
+run that finished (`recolab.complete=true`) is not resumed: evaluate it with `python -m recolab
+evaluate run_id=<id>`. Checkpoint files
 are written beside their name and renamed into place (`recolab.checkpointing`), so a kill leaves
 the previous file whole; the verification covers files written otherwise (by an older recolab,
 or copied).
@@ -69,7 +83,10 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 import pickle
+import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -78,13 +95,15 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from recolab.checkpointing import RUN_FILE, read_run_file
+from recolab.checkpointing import RUN_FILE, read_run_file, write_atomically
 
 log = logging.getLogger(__name__)
 
 #: Settings that may differ between a run and its resumption. (`artifact_location` resolves to null
 #: once MLflow has set MLFLOW_TRACKING_URI in the process, as `mlflow.set_tracking_uri` does; it only
-#: matters when an experiment is created.)
+#: matters when an experiment is created. `tracking_uri`: the store the run continues in, which must
+#: hold the run, `check_run_exists`; a run resumed on another machine reaches its server by another
+#: address, or the same store from another folder.)
 MAY_DIFFER = (
     "ckpt_path",
     "resume_inexact",
@@ -92,7 +111,18 @@ MAY_DIFFER = (
     "hydra.",
     "logger.mlflow.run_id",
     "logger.mlflow.artifact_location",
+    "logger.mlflow.tracking_uri",
+    "log_model",
+    "register_as",
+    "log_checkpoints",
 )
+
+#: Where a training run's checkpoints go in its MLflow run (`recolab.lifecycle.RunLogger`).
+ARTIFACT_DIR = "checkpoints"
+BEST, LAST = "best.ckpt", "last.ckpt"
+#: The MLflow tag holding the file name of the run's best checkpoint (`epochNN.ckpt`).
+BEST_TAG = "recolab.best_checkpoint"
+MLFLOW_RUN_ID = re.compile(r"[0-9a-f]{32}")
 
 
 class ResumeError(ValueError):
@@ -339,8 +369,12 @@ def setting_differences(stored: DictConfig, cfg: DictConfig) -> list[str]:
 
     def flat(c: DictConfig) -> dict[str, Any]:
         keys = [k for k in c if k != "hydra"]
-        items = _flat(OmegaConf.to_container(OmegaConf.masked_copy(c, keys), resolve=True))
-        return {k: v for k, v in items.items() if not k.startswith(MAY_DIFFER)}
+        container = OmegaConf.to_container(OmegaConf.masked_copy(c, keys), resolve=True)
+        folders = _folders(container.get("paths"))
+        items = _flat(container)
+        return {
+            k: _under_folders(v, folders) for k, v in items.items() if not k.startswith(MAY_DIFFER)
+        }
 
     old, new = flat(stored), flat(cfg)
     missing = object()
@@ -349,6 +383,50 @@ def setting_differences(stored: DictConfig, cfg: DictConfig) -> list[str]:
         for k in sorted(old.keys() | new.keys())
         if old.get(k, missing) != new.get(k, missing)
     ]
+
+
+def _folders(paths: Any) -> list[tuple[str, str]]:
+    """The config's folders (`paths.*`), deepest first, with the name a value under them reads as."""
+    if not isinstance(paths, dict):
+        return []
+    found = [
+        (str(v).rstrip("/"), f"${{paths.{k}}}") for k, v in paths.items() if isinstance(v, str)
+    ]
+    return sorted((f for f in found if len(f[0]) > 1), key=lambda f: len(f[0]), reverse=True)
+
+
+def _under_folders(value: Any, folders: list[tuple[str, str]]) -> Any:
+    """A path setting by its place under the config's folders (`/a/outputs/x` ->
+    `${paths.log_dir}/x`): a run resumed in another project copy has other folders."""
+    if isinstance(value, str):
+        for folder, name in folders:
+            if value == folder or value.startswith(folder + "/"):
+                return name + value[len(folder) :]
+    return value
+
+
+def rebased(node: Any, stored_paths: Any, paths: Any) -> tuple[Any, list[str]]:
+    """`node` (a stored config's node, as a container) with every value under one of the stored
+    config's folders (`paths.*` of the run) moved under this invocation's same folder, and what
+    was moved (`key: old -> new`): a run evaluated in another copy of the project reads its data
+    where this copy keeps it (`data.cache_dir`: `<root>/data/synthetic`)."""
+    here = {name: folder for folder, name in _folders(paths)}
+    folders = [(old, name, here[name]) for old, name in _folders(stored_paths) if name in here]
+    moved: list[str] = []
+
+    def walk(value: Any, key: str) -> Any:
+        if isinstance(value, dict):
+            return {k: walk(v, f"{key}.{k}") for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v, f"{key}[{i}]") for i, v in enumerate(value)]
+        if isinstance(value, str):
+            for old, _, new in folders:
+                if old != new and (value == old or value.startswith(old + "/")):
+                    moved.append(f"{key}: {value} -> {new + value[len(old) :]}")
+                    return new + value[len(old) :]
+        return value
+
+    return walk(node, ""), moved
 
 
 def _shown(diffs: list[str]) -> str:
@@ -414,10 +492,16 @@ def prepare(cfg: DictConfig) -> Path | None:
         return None
     if requested == "last":
         path, info = find_last(cfg)
+    elif (reference := mlflow_reference(requested)) is not None:
+        path = fetch_for_resume(cfg, *reference, requested=str(requested))
+        info = verified_file(path)
     else:
         path = Path(str(requested)).expanduser().resolve()
         if not path.is_file():
-            raise ResumeError(f"ckpt_path={requested}: no such checkpoint file")
+            raise ResumeError(
+                f"ckpt_path={requested}: no such checkpoint file (nor an MLflow run id or "
+                "runs:/<run id>/checkpoints/<file>)"
+            )
         info = verified_file(path)
     stored = OmegaConf.create(info["config"]) if info.get("config") else None
     run_id = info.get("run_id") or None
@@ -434,6 +518,131 @@ def prepare(cfg: DictConfig) -> Path | None:
         "resuming from %s (folder %s, MLflow run %s)", path, cfg.paths.output_dir, run_id or "none"
     )
     return path
+
+
+def mlflow_reference(value: Any) -> tuple[str, str] | None:
+    """`(run id, artifact path)` for `runs:/<run id>/<path>` or a bare MLflow run id (path ""),
+    None for anything else (a file: a file of that name wins over a run id)."""
+    text = str(value)
+    if text.startswith("runs:/"):
+        run_id, _, path = text[len("runs:/") :].strip("/").partition("/")
+        return run_id, path
+    if MLFLOW_RUN_ID.fullmatch(text) and not Path(text).exists():
+        return text, ""
+    return None
+
+
+def tracking_uri_of(cfg: DictConfig) -> str:
+    """The store this invocation tracks into: its MLflow logger's, else `MLFLOW_TRACKING_URI` or
+    the project's local store (`recolab.tracking.tracking_uri`)."""
+    if cfg.get("logger") and "mlflow" in cfg.logger:
+        return str(cfg.logger.mlflow.tracking_uri)
+    from recolab.tracking import tracking_uri
+
+    return tracking_uri(cfg.paths.root_dir)
+
+
+def _run(tracking_uri: str, run_id: str, requested: str) -> Any:
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        return MlflowClient(tracking_uri=tracking_uri).get_run(run_id)
+    except MlflowException as e:
+        raise FileNotFoundError(
+            f"{requested}: MLflow run {run_id} is not in {tracking_uri} ({e.error_code}); point "
+            "MLFLOW_TRACKING_URI at the store it was logged to"
+        ) from e
+
+
+def fetch_checkpoint(
+    run_id: str, artifact: str, tracking_uri: str, into: Path, *, requested: str
+) -> Path:
+    """Download the artifact `artifact` (a checkpoint) of MLflow run `run_id` into the folder
+    `into`, under its own file name; `FileNotFoundError` names what is missing."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    _run(tracking_uri, run_id, requested)
+    parent = str(Path(artifact).parent) if "/" in artifact else None
+    listed = MlflowClient(tracking_uri=tracking_uri).list_artifacts(run_id, parent)
+    if artifact not in {a.path for a in listed}:
+        held = (
+            MlflowClient(tracking_uri=tracking_uri).list_artifacts(run_id, ARTIFACT_DIR)
+            if parent != ARTIFACT_DIR
+            else listed
+        )
+        names = ", ".join(sorted(a.path for a in held)) or "none"
+        raise FileNotFoundError(
+            f"{requested}: MLflow run {run_id} has no artifact {artifact} (its {ARTIFACT_DIR}/: "
+            f"{names}). A run trained before recolab logged checkpoints, or with "
+            "log_checkpoints=false, has none: give the checkpoint file instead (ckpt_path=<file>)"
+        )
+    into.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".download-", dir=into) as tmp:
+        got = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=artifact, dst_path=tmp, tracking_uri=tracking_uri
+        )
+        target = into / Path(artifact).name
+        os.replace(got, target)  # whole files only under the final name
+    return target
+
+
+def fetch_for_resume(cfg: DictConfig, run_id: str, artifact: str, *, requested: str) -> Path:
+    """The checkpoint `ckpt_path=<run id>|runs:/...` names (the run's `last.ckpt` by default),
+    downloaded into this invocation's run folder with the run's best checkpoint beside it, and
+    its `ModelCheckpoint` state pointed at that folder (see the module docstring)."""
+    uri = tracking_uri_of(cfg)
+    run = _run(uri, run_id, requested)
+    if run.data.tags.get("recolab.complete") == "true":
+        raise ResumeError(
+            f"ckpt_path={requested}: MLflow run {run_id} is finished (its report is logged): "
+            f"resuming it would only test it again. Evaluate it (on any data) with `python -m "
+            f"recolab evaluate run_id={run_id}`, or start a new run (ckpt_path=null, the default)"
+        )
+    folder = Path(cfg.paths.output_dir) / "checkpoints"
+    path = fetch_checkpoint(
+        run_id, artifact or f"{ARTIFACT_DIR}/{LAST}", uri, folder, requested=requested
+    )
+    best = run.data.tags.get(BEST_TAG)
+    if best and Path(artifact).name != BEST and Path(best).name == best:
+        kept = fetch_checkpoint(run_id, f"{ARTIFACT_DIR}/{BEST}", uri, folder, requested=requested)
+        if kept.name != best:
+            os.replace(kept, folder / best)
+    relocate(path, folder)
+    log.info("downloaded %s of MLflow run %s into %s", path.name, run_id, folder)
+    return path
+
+
+def relocate(path: Path, folder: Path) -> None:
+    """Point the `ModelCheckpoint` state saved in checkpoint `path` at `folder`: its `dirpath` and
+    the files it names there (best, k-th best, last), so that Lightning restores the best score
+    and best file of a run copied from another folder (it restores them only when `dirpath` is
+    its own). The checkpoint is read with `weights_only=True` and written back in place."""
+    ckpt = load_weights_only(path)
+    new = os.path.realpath(folder)  # as ModelCheckpoint resolves its dirpath
+    changed = False
+    for state in (ckpt.get("callbacks") or {}).values():
+        if not isinstance(state, dict) or not isinstance(state.get("dirpath"), str):
+            continue
+        old = Path(state["dirpath"])
+
+        def moved(p: Any, old: Path = old) -> Any:
+            return (
+                str(Path(new) / Path(p).name)
+                if isinstance(p, str) and p and Path(p).parent == old
+                else p
+            )
+
+        state["dirpath"] = new
+        for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+            if key in state:
+                state[key] = moved(state[key])
+        if isinstance(state.get("best_k_models"), dict):
+            state["best_k_models"] = {moved(k): v for k, v in state["best_k_models"].items()}
+        changed = True
+    if changed:
+        write_atomically(path, lambda f: torch.save(ckpt, f))
 
 
 def check_run_exists(tracking_uri: str, run_id: str, path: Path) -> None:

@@ -8,7 +8,12 @@ later, or after the whole run:
 - `check_run`, between `build(...)` and `trainer.fit`: a callback's `monitor`
   (`callbacks.model_checkpoint.monitor`, `callbacks.early_stopping.monitor`, any callback with
   one) that names a metric the run never logs during fitting, and an `optimized_metric` the run
-  never logs, both against the names the module declares (`logged_metric_names(split)`);
+  never logs, both against the names the module declares (`logged_metric_names(split)`); a
+  monitor or `optimized_metric` that names a metric of the test epoch (`test/...`, `oracle/...`,
+  `baseline_*/...`: `selection_problem`), since validation selects and test is read once per
+  selected configuration (DESIGN.md section 6); and a callback's `mode` (or an Optuna sweep's
+  `direction`) that would keep the worst epoch of a metric whose better side is known
+  (`metric_direction`: `mode=min` on `val/gauc/click`, say);
 - `check_finite_loss`, in the modules' `training_step`: a loss that turned NaN or infinite (a
   learning rate too large, say) stops the run at that step, naming the step, the loss, its
   parts and the learning rate, instead of training on and failing in validation's metrics.
@@ -22,6 +27,7 @@ from __future__ import annotations
 import difflib
 import logging
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,6 +35,73 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
+
+
+#: Metrics (the name's second part, `_at_K` and `_raw` removed) that are better lower / higher.
+LOWER_IS_BETTER = frozenset({"loss", "logloss", "ece", "mae", "rmse"})
+HIGHER_IS_BETTER = frozenset(
+    {
+        "auc",
+        "gauc",
+        "xauc",
+        "xgauc",
+        "truth_xauc",
+        "truth_xgauc",
+        "recall",
+        "ndcg",
+        "hit_rate",
+        "mrr",
+    }
+)
+#: Prefixes of the metrics the test epoch logs: none of them may choose anything.
+TEST_EPOCH = ("test/", "oracle/", "baseline_")
+
+
+def metric_direction(name: str) -> str | None:
+    """`min` or `max`: which side of the metric `name` (`split/metric[/task]`) is better, or None
+    where recolab does not know (`train/samples_per_sec`, `val/retrieved_popularity_at_50`)."""
+    parts = str(name).split("/")
+    if len(parts) < 2:
+        return None
+    metric = re.sub(r"_at_\d+$", "", parts[1]).removesuffix("_raw")
+    if metric in LOWER_IS_BETTER:
+        return "min"
+    return "max" if metric in HIGHER_IS_BETTER else None
+
+
+def selection_problem(key: str, value: str, val_names: list[str] | None = None) -> str | None:
+    """Why `key=value` may not choose anything (a checkpoint, when to stop, a sweep's trial, a
+    configuration), or None: `value` is a metric of the test epoch. The message suggests the
+    validation metric of the same name (checked against `val_names` when given)."""
+    value = str(value)
+    if not value.startswith(TEST_EPOCH):
+        return None
+    split, _, rest = value.partition("/")
+    what = {"test": "the test split", "oracle": "the oracle (scored on the test split)"}.get(
+        split, "a baseline (scored in the test epoch)"
+    )
+    suggestion = f"val/{rest}"
+    if val_names is not None and suggestion not in val_names:
+        close = difflib.get_close_matches(suggestion, val_names, n=1, cutoff=0.0)
+        suggestion = close[0] if close else "val/loss"
+    return (
+        f"{key}={value!r}: a metric of {what}, which must not choose anything: validation selects "
+        "(checkpoints, early stopping, sweeps, Optuna, recolab select) and test is read once per "
+        "selected configuration, so a choice made on test biases the reported test figures "
+        f"upwards (DESIGN.md section 6); expected a val/ metric, e.g. {suggestion!r}"
+    )
+
+
+def _mode_problem(key: str, mode: Any, monitor: str) -> str | None:
+    want = metric_direction(monitor)
+    if want is None or mode == want:
+        return None
+    better = "higher" if want == "max" else "lower"
+    kept = "lowest" if mode == "min" else "highest"
+    return (
+        f"{key}={mode!r} with monitor={monitor!r}: this keeps the epoch with the {kept} value, and "
+        f"{monitor} is better {better}; expected {key}={want}"
+    )
 
 
 def _names(module: Any, split: str) -> list[str] | None:
@@ -58,7 +131,11 @@ def check_run(cfg: DictConfig, module: Any) -> None:
     fitting = (train or []) + val
     for name, node in callbacks.items():
         monitor = node.get("monitor") if isinstance(node, dict) else None
-        if monitor is not None and monitor not in fitting:
+        if monitor is None:
+            continue
+        if problem := selection_problem(f"callbacks.{name}.monitor", str(monitor), val):
+            problems.append(problem)
+        elif monitor not in fitting:
             problems.append(
                 _unknown(
                     f"callbacks.{name}.monitor",
@@ -67,25 +144,24 @@ def check_run(cfg: DictConfig, module: Any) -> None:
                     f"one of the metrics logged while fitting: {', '.join(fitting)}",
                 )
             )
+        # Lightning's ModelCheckpoint and EarlyStopping both default to mode "min".
+        elif problem := _mode_problem(f"callbacks.{name}.mode", node.get("mode", "min"), monitor):
+            problems.append(problem)
     metric = cfg.get("optimized_metric")
     if metric:
-        logged = val + (test or [])
-        if metric not in logged:
-            tested = [m for m in test or [] if m.startswith("test/")]
+        if problem := selection_problem("optimized_metric", str(metric), val):
+            problems.append(problem)
+        elif metric not in val:
             problems.append(
                 _unknown(
                     "optimized_metric",
                     str(metric),
-                    logged,
-                    f"one of {', '.join(val)} (a sweep should optimize these), or {', '.join(tested)}",
+                    val,
+                    f"one of {', '.join(val)} (a sweep chooses on validation metrics only)",
                 )
             )
-        elif str(metric).startswith("test/") and _is_sweep():
-            log.warning(
-                "optimized_metric=%r: this sweep chooses its hyperparameters on the test split; "
-                "optimize a val/ metric to keep the test split out of the choice",
-                metric,
-            )
+        elif problem := _direction_problem(str(metric)):
+            problems.append(problem)
     if problems:
         raise ConfigError("\n".join(problems))
 
@@ -95,6 +171,26 @@ def _is_sweep() -> bool:
     from hydra.types import RunMode
 
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _direction_problem(metric: str) -> str | None:
+    """An Optuna sweep (`hydra.sweeper.direction`) that would seek the worse side of `metric`."""
+    if not _is_sweep():
+        return None
+    from hydra.core.hydra_config import HydraConfig
+
+    direction = HydraConfig.get().sweeper.get("direction")
+    want = metric_direction(metric)
+    if not isinstance(direction, str) or want is None:
+        return None
+    wanted = "maximize" if want == "max" else "minimize"
+    if direction == wanted:
+        return None
+    return (
+        f"hydra.sweeper.direction={direction!r} with optimized_metric={metric!r}: the search "
+        f"would seek its {'lowest' if want == 'max' else 'highest'} value, and {metric} is better "
+        f"{'higher' if want == 'max' else 'lower'}; expected hydra.sweeper.direction={wanted}"
+    )
 
 
 def check_finite_loss(

@@ -3,11 +3,18 @@
 `train(cfg)` instantiates the data module, model, pipeline module, callbacks, loggers and trainer
 from the config, fits, tests the best checkpoint on the test split, writes the report, and returns
 the test metrics.
+
+After fitting, the tested checkpoint's own validation metrics (kept in the checkpoint by the
+pipeline module) are logged once more, at the last step, so a run's latest `val/...` values in
+MLflow are those of the checkpoint it tested: what a sweep's `optimized_metric` and `recolab
+select` choose on. The run's command-line overrides are its tag `recolab.overrides` (JSON), from
+which `recolab select` runs a chosen configuration again on other seeds.
 """
 
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import os
 from pathlib import Path
@@ -63,11 +70,40 @@ def build(cfg: DictConfig, datamodule: pl.LightningDataModule) -> tuple[Any, pl.
     return model, module
 
 
+def tested_val_metrics(module: pl.LightningModule, best: str) -> dict[str, float]:
+    """The validation metrics of the checkpoint the run tests: those saved in `best` (the
+    validation that chose it), or, without a checkpoint, the module's last validation's. Empty
+    for a checkpoint written before recolab kept them."""
+    if best:
+        stored = resume.read_info(Path(best)).get("val_metrics")
+    else:
+        stored = getattr(module, "val_metrics", None)
+    return {k: float(v) for k, v in (stored or {}).items() if k.startswith("val/")}
+
+
+#: MLflow's limit on a tag's value (characters) in the versions recolab supports.
+TAG_LIMIT = 5000
+
+
+def command_line() -> str | None:
+    """This job's Hydra overrides as a JSON list (the tag `recolab.overrides`), or None outside
+    a Hydra run or when too long for a tag (`recolab select` then reads `.hydra/overrides.yaml`)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    text = json.dumps([str(o) for o in HydraConfig.get().overrides.task])
+    return text if len(text) <= TAG_LIMIT else None
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train and test one experiment; return the test metrics."""
     validate_config(
         cfg, known_top_level=top_level_keys(CONFIG_DIR, "train")
     )  # before any data is read
+    from recolab.serving import check_settings  # the logged model's settings (pandas: lazily)
+
+    check_settings(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
     if cfg.get("malloc_tuning", True):
@@ -118,6 +154,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     try:
         start_tracking(cfg, mlf, output_dir, kind="train")
         track_extras(mlf, datamodule, resume_from)
+        if mlf is not None and (overrides := command_line()) is not None:
+            mlf.experiment.set_tag(mlf.run_id, "recolab.overrides", overrides)
         if mlf is not None and resume_from is not None:
             exact = str(getattr(datamodule, "resume_exact", True)).lower()
             mlf.experiment.set_tag(mlf.run_id, "recolab.resume_exact", exact)
@@ -127,8 +165,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
         }
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        selection = {}  # a sweep that optimizes a val/ metric reads it on the tested (best) checkpoint
-        if str(cfg.get("optimized_metric") or "").startswith("val/"):
+        # The tested checkpoint's validation metrics, logged last: what a sweep chooses on.
+        selection = tested_val_metrics(module, best)
+        if selection and mlf is not None:
+            mlf.log_metrics(selection, step=trainer.global_step)
+        if not selection and str(cfg.get("optimized_metric") or "").startswith("val/"):
+            # A best checkpoint written before recolab kept its validation metrics: validate it.
             trainer.validate(
                 module, datamodule=datamodule, ckpt_path="best" if best else None, verbose=False
             )

@@ -242,6 +242,16 @@ WORSE_LATER = [
 ]
 
 
+@pytest.fixture
+def worse_later(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """WORSE_LATER's overrides, with the check that refuses a `mode` keeping the worst epoch of
+    a metric (`recolab.run_checks`) turned off: here that mode is the point of the case."""
+    import recolab.run_checks
+
+    monkeypatch.setattr(recolab.run_checks, "_mode_problem", lambda *args: None)
+    return WORSE_LATER
+
+
 def _epoch_and_step(path: Path) -> tuple[int, int]:
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     return ckpt["epoch"], ckpt["global_step"]
@@ -265,7 +275,7 @@ sys.addaudithook(_audit)  # once per process (a hook cannot be removed); records
 
 
 def test_last_ckpt_is_the_last_epoch_written_in_its_folder_and_a_finished_run_is_not_resumed(
-    tmp_path: Path, data_cache: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, data_cache: Path, monkeypatch: pytest.MonkeyPatch, worse_later: list[str]
 ) -> None:
     global _WRITTEN
     tmpdir = tmp_path / "tmpdir"  # TMPDIR: checkpoints must not pass through it
@@ -298,7 +308,7 @@ def test_last_ckpt_is_the_last_epoch_written_in_its_folder_and_a_finished_run_is
 
 
 def test_a_truncated_last_ckpt_resumes_from_the_runs_newest_intact_checkpoint(
-    tmp_path: Path, data_cache: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, data_cache: Path, caplog: pytest.LogCaptureFixture, worse_later: list[str]
 ) -> None:
     # The run fails as epoch 2 starts: not finished, its last.ckpt is epoch 1's.
     run = [*WORSE_LATER, "+callbacks.probe._target_=tests.integration.probe.Probe"]

@@ -31,11 +31,12 @@ def test_groups_by_config_without_seed():
     runs = [_run(0, 1, "mmoe", 0.70), _run(1, 2, "mmoe", 0.72), _run(2, 1, "sb", 0.69)]
     table = comparison_table(runs, metric_patterns=["test/*"])
     assert list(table.columns) == [
-        "model",
+        "configuration",
+        "test/auc/click",
         "runs",
         "seeds",
-        "test/auc/click",
-    ]  # lr is equal: not shown
+        "model",
+    ]  # the metrics first; lr is equal: not shown
     row = table.set_index("model").loc["mmoe"]
     assert row["runs"] == 2 and row["seeds"] == "1,2"
     assert row["test/auc/click"] == "0.7100 +- 0.0141 (2)"
@@ -52,7 +53,7 @@ def test_writes_markdown_and_html(tmp_path):
         [_run(0, 1, "mmoe", 0.7), _run(1, 1, "sb", 0.6)], metric_patterns=["test/*"]
     )
     md, html = write_comparison(table, tmp_path, title="t", source="s")
-    assert "| mmoe | 1 | 1 | 0.7000 |" in md.read_text()
+    assert "| model=mmoe | 0.7000 | 1 | 1 | mmoe |" in md.read_text()
     assert "<table" in html.read_text()
 
 
@@ -76,7 +77,7 @@ def test_exp_name_is_shown_once_and_oracle_columns_come_last_or_go(tmp_path):
         _exp_run(1, "sb", 1, {"oracle/auc/click": 0.9, "test/auc/click": 0.6, "oracle/x": 2.0}),
     ]
     table = comparison_table(runs, metric_patterns=["test/*", "oracle/*"])
-    assert list(table.columns) == ["exp_name", "runs", "seeds", "test/auc/click", "oracle/x"]
+    assert list(table.columns) == ["configuration", "test/auc/click", "runs", "seeds", "oracle/x"]
     assert table.attrs["constant"] == {"oracle/auc/click": "0.9000"}
     md, _ = write_comparison(table, tmp_path, title="t", source="s")[:2]
     assert "- `oracle/auc/click` is 0.9000 in every configuration" in md.read_text()

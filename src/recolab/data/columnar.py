@@ -113,20 +113,31 @@ class ColumnarBatches(Dataset):
             self.epoch, self._rows = epoch, None
 
     @property
+    def device(self) -> torch.device:
+        """Where the columns are: batches are sliced there, and the epoch's order is drawn there
+        (`recolab.data.device`: the training split on the accelerator)."""
+        for group in self.columns.values():
+            for t in group.values():
+                return t.device
+        return torch.device("cpu")
+
+    @property
     def rows(self) -> torch.Tensor:
-        """This shard's row indices in the current epoch's order."""
+        """This shard's row indices in the current epoch's order, on the columns' device."""
         if self._rows is None:
-            n, w = self.num_rows, self.world_size
+            n, w, device = self.num_rows, self.world_size, self.device
             if self.shuffle:
-                g = torch.Generator().manual_seed(self.seed + self.epoch)
+                # The columns' device's generator: on a CPU the host path's permutation, on a
+                # GPU one drawn there (another permutation for the seed; recolab.data.device).
+                g = torch.Generator(device=device).manual_seed(self.seed + self.epoch)
                 # 32-bit indices where they fit: the same permutation as the 64-bit draw (torch
                 # draws it identically), in half the memory and three quarters of the time.
                 dtype = torch.int32 if n < 2**31 else torch.int64
-                order = torch.randperm(n, generator=g, dtype=dtype)
+                order = torch.randperm(n, generator=g, dtype=dtype, device=device)
                 # Equal shard sizes so every rank takes the same number of optimizer steps.
                 self._rows = order[self.rank : (n // w) * w : w]
             else:
-                self._rows = torch.arange(self.rank, n, w)
+                self._rows = torch.arange(self.rank, n, w, device=device)
         return self._rows
 
     def __len__(self) -> int:

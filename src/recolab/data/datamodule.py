@@ -19,7 +19,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from recolab.data import checks
+from recolab.data import checks, device
 from recolab.data.checks import DataError
 from recolab.data.columnar import (
     ColumnarBatches,
@@ -57,6 +57,9 @@ class RankDataModule(pl.LightningDataModule):
         drop_bad_rows: drop rows with non-finite labels or dense values (and report how many)
             instead of failing.
         pin_memory: pin batches for faster host-to-GPU copies; `auto` pins when training on a GPU.
+        device_resident: keep the training split's columns on the training device and slice
+            batches there (`recolab.data.device`): `auto` (on a GPU, when the split takes at most
+            half its free memory), true or false.
         seed: seeds the random split and the row shuffling.
         negative_downsampling: `{task: name, rate: w}` keeps each training row whose binary
             label `task` is 0 with probability w (seeded; validation and test keep every row), as
@@ -78,10 +81,14 @@ class RankDataModule(pl.LightningDataModule):
         eval_batch_size: int = 16384,
         drop_bad_rows: bool = False,
         pin_memory: bool | str = "auto",
+        device_resident: bool | str = "auto",
         seed: int = 0,
         negative_downsampling: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        self.device_resident = device.parse_setting(device_resident)
+        #: The training split's columns on the device they train on (`_loader`), made once.
+        self._on_device: tuple[torch.device, Columns] | None = None
         self.sparse_names = list(sparse)
         self.dense_names = list(dense)
         self.sequence_specs = {k: dict(v) for k, v in (sequences or {}).items()}
@@ -504,15 +511,21 @@ class RankDataModule(pl.LightningDataModule):
         rank, world = 0, 1
         if self.trainer is not None:
             rank, world = self.trainer.global_rank, self.trainer.world_size
+        columns = self.data[split]
+        pin = resolve_pin_memory(self.pin_memory, self.trainer)
+        if split == "train" and (to := device.resolve(self.device_resident, self.trainer, columns)):
+            # Batches sliced where they train (recolab.data.device): nothing to pin or copy.
+            if self._on_device is None or self._on_device[0] != to:
+                self._on_device = (to, device.to_device(columns, to))
+            columns, pin = self._on_device[1], False
         dataset = ColumnarBatches(
-            self.data[split],
+            columns,
             batch_size=batch_size,
             shuffle=shuffle,
             seed=self.seed,
             rank=rank,
             world_size=world,
         )
-        pin = resolve_pin_memory(self.pin_memory, self.trainer)
         # Resumable mid-epoch (recolab.data.resumable): a killed run resumes on the batch it stopped at.
         return ResumableLoader(dataset, pin_memory=bool(pin), seed=self.seed)
 

@@ -5,9 +5,11 @@ A small YAML schema says which column is what (see `examples/import/schema.yaml`
 ```yaml
 user: uid                 # required: the user id column
 item: video_id            # required: the item id column
-timestamp: ts             # unix seconds or an ISO date-time; needed by the time split
+timestamp: ts             # unix time or an ISO date-time; needed by the time split
+timestamp_unit: s         # the unit of numeric timestamps: s (default), ms, us or ns
 position: slot            # optional: the 1-based slot the item was shown in
-duration: video_seconds   # optional: the item's length in seconds
+duration: video_seconds   # optional: the item's length
+duration_unit: s          # its unit: s (default), ms, us or ns
 labels:                   # one or more tasks
   - {column: clicked, name: click, kind: binary}
   - {column: watch_seconds, name: watch_time, kind: regression, transform: log1p}
@@ -27,7 +29,13 @@ the summary says how many, and why. A null, NaN or infinite id or timestamp is a
 
 `timestamp` is written as unix seconds: int64 when every row is a whole second, float64 (to the
 microsecond) when some row has a fraction, which is kept: rows a fraction of a second apart stay
-in their order, and are not duplicates of each other. Numbers are unix seconds. ISO strings with
+in their order, and are not duplicates of each other. Numbers are unix time in `timestamp_unit`
+(`s`, `ms`, `us` or `ns`; default `s`), and durations in `duration_unit` (the same units); both are
+written in seconds. Values whose magnitude says another unit than the declared one (a median
+timestamp that is a date before 1990 or after 2100 in the declared unit but not in another, a
+median duration under a second or over six hours that another unit brings within them) give a
+warning naming the column and the likely unit, in the log and in the summary, which also prints
+the units. ISO strings with
 a zone (`2024-05-01T14:00:00+02:00`, `...Z`) are the instant they name; strings without one, and
 timestamp columns without a zone, are read as UTC (`2024-05-01T12:00:00` -> 1714564800).
 """
@@ -59,8 +67,10 @@ SCHEMA_KEYS = (
     "user",
     "item",
     "timestamp",
+    "timestamp_unit",
     "position",
     "duration",
+    "duration_unit",
     "labels",
     "sparse",
     "dense",
@@ -68,6 +78,11 @@ SCHEMA_KEYS = (
 )
 LABEL_KEYS = ("column", "name", "kind", "weight", "transform")
 SECOND_PARTS = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}
+UNIT_NAMES = {"s": "seconds", "ms": "milliseconds", "us": "microseconds", "ns": "nanoseconds"}
+#: Unix seconds a log's median timestamp plausibly lies in: 1990-01-01 to 2100-01-01 (UTC).
+PLAUSIBLE_TIME = (631152000.0, 4102444800.0)
+#: Seconds an item's median duration plausibly lies in: one second to six hours.
+PLAUSIBLE_DURATION = (1.0, 6 * 3600.0)
 # Arrow's ISO-8601 parsers: without a zone (whole seconds reach past 2262, ns take fractions), then
 # with one (converted to UTC). A string is read by the first that takes it; all give the same instant.
 ISO_TYPES = (
@@ -94,6 +109,8 @@ class LogSchema:
     timestamp: str | None = None
     position: str | None = None
     duration: str | None = None
+    timestamp_unit: str = "s"
+    duration_unit: str = "s"
     sparse: list[str] = field(default_factory=list)
     dense: list[str] = field(default_factory=list)
     split: dict[str, Any] = field(
@@ -182,6 +199,12 @@ def read_schema(path: str | Path) -> LogSchema:
                 f"labels[{i}].transform={label['transform']!r}: expected 'none' or 'log1p'"
             )
         parsed.append(label)
+    for key in ("timestamp_unit", "duration_unit"):
+        if raw.get(key, "s") not in SECOND_PARTS:
+            problems.append(
+                f"key {key!r}={raw[key]!r}: expected one of {', '.join(SECOND_PARTS)} (the unit "
+                f"of the {key.split('_')[0]} column's numbers: {', '.join(UNIT_NAMES.values())})"
+            )
     for key in ("sparse", "dense"):
         value = raw.get(key) or []
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -204,6 +227,8 @@ def read_schema(path: str | Path) -> LogSchema:
         timestamp=raw.get("timestamp"),
         position=raw.get("position"),
         duration=raw.get("duration"),
+        timestamp_unit=str(raw.get("timestamp_unit", "s")),
+        duration_unit=str(raw.get("duration_unit", "s")),
         sparse=list(raw.get("sparse") or []),
         dense=list(raw.get("dense") or []),
         split=dict(split),
@@ -321,19 +346,26 @@ def _iso_seconds(strings: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return seconds[codes], read[codes]
 
 
-def _timestamp_seconds(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray] | None:
-    """`(unix seconds, rows without a time)` from numbers, timestamps, dates or ISO date-time
-    strings (see the module docstring: int64 if all are whole seconds, else float64); None if
-    the type holds no times.
+def _timestamp_seconds(
+    col: pa.ChunkedArray, unit: str = "s"
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """`(unix seconds, rows without a time)` from numbers (in `unit`), timestamps, dates or ISO
+    date-time strings (see the module docstring: int64 if all are whole seconds, else float64);
+    None if the type holds no times.
 
     A row has no time if it is missing (`_missing`) or a string that is not an ISO date-time; its
     seconds are 0. `check_log` reports these rows (`_unparsed`) and `convert` writes the seconds.
     """
     missing = _missing(col)
+    per = SECOND_PARTS[unit]
     if pa.types.is_integer(col.type):
-        return pc.fill_null(pc.cast(col, pa.int64()), 0).to_numpy(), missing
-    if pa.types.is_floating(col.type):
-        seconds = np.where(missing, 0.0, col.to_numpy(zero_copy_only=False).astype(np.float64))
+        ticks = pc.fill_null(pc.cast(col, pa.int64()), 0).to_numpy()
+        if per == 1:
+            return ticks, missing
+        seconds = (ticks // per).astype(np.float64) + (ticks % per) / per  # whole part exact
+    elif pa.types.is_floating(col.type):
+        ticks = np.where(missing, 0.0, col.to_numpy(zero_copy_only=False).astype(np.float64))
+        seconds = ticks / per
     elif pa.types.is_timestamp(col.type) or pa.types.is_date(col.type):
         seconds = _seconds(col)
     elif pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
@@ -357,6 +389,68 @@ def _unparsed(col: pa.ChunkedArray) -> np.ndarray | None:
     that `convert` uses, `_timestamp_seconds`); None if the type holds neither."""
     parsed = _timestamp_seconds(col)
     return None if parsed is None else parsed[1] & ~_missing(col)
+
+
+def _likely_unit(
+    value: float, declared: str, plausible: tuple[float, float]
+) -> tuple[str, float] | None:
+    """`(unit, seconds)`: the unit in which `value` lies within `plausible` seconds, where the
+    declared one does not (None where it does, or where no unit does: nothing to say). Of two
+    that do, the one nearer the range's middle (on a log scale)."""
+    low, high = plausible
+    if low <= value / SECOND_PARTS[declared] <= high:
+        return None
+    middle = math.sqrt(low * high)
+    fits = [
+        (abs(math.log(value / per / middle)), unit, value / per)
+        for unit, per in SECOND_PARTS.items()
+        if low <= value / per <= high
+    ]
+    return min(fits)[1:] if fits else None
+
+
+def _when(seconds: float) -> str:
+    import datetime as dt
+
+    try:
+        return dt.datetime.fromtimestamp(seconds, dt.timezone.utc).strftime("%Y-%m-%d")
+    except (OverflowError, OSError, ValueError):
+        return "no date"
+
+
+def unit_warnings(table: pa.Table, schema: LogSchema) -> list[str]:
+    """Warnings for numeric timestamp and duration columns whose median says another unit than
+    the schema's `timestamp_unit` / `duration_unit` (see the module docstring)."""
+    found = []
+    if schema.timestamp:
+        col = table.column(schema.timestamp)
+        if pa.types.is_integer(col.type) or pa.types.is_floating(col.type):
+            values = _as_float(col)
+            values = values[np.isfinite(values)]
+            if len(values):
+                median, unit = float(np.median(values)), schema.timestamp_unit
+                if likely := _likely_unit(median, unit, PLAUSIBLE_TIME):
+                    found.append(
+                        f"column {schema.timestamp!r} (timestamp): median {median:.6g} read as "
+                        f"{UNIT_NAMES[unit]} (timestamp_unit: {unit}) is "
+                        f"{_when(median / SECOND_PARTS[unit])}; as {UNIT_NAMES[likely[0]]} it is "
+                        f"{_when(likely[1])}: likely unit {likely[0]} (set timestamp_unit: "
+                        f"{likely[0]} in the schema if so)"
+                    )
+    if schema.duration:
+        values = _as_float(table.column(schema.duration))
+        values = values[np.isfinite(values) & (values > 0)]
+        if len(values):
+            median, unit = float(np.median(values)), schema.duration_unit
+            if likely := _likely_unit(median, unit, PLAUSIBLE_DURATION):
+                found.append(
+                    f"column {schema.duration!r} (duration): median {median:.6g} read as "
+                    f"{UNIT_NAMES[unit]} (duration_unit: {unit}) is "
+                    f"{median / SECOND_PARTS[unit]:.4g} s; as {UNIT_NAMES[likely[0]]} it is "
+                    f"{likely[1]:.4g} s: likely unit {likely[0]} (set duration_unit: "
+                    f"{likely[0]} in the schema if so)"
+                )
+    return found
 
 
 def check_log(table: pa.Table, schema: LogSchema) -> tuple[list[checks.RowProblem], list[str]]:
@@ -548,9 +642,12 @@ def convert(table: pa.Table, schema: LogSchema) -> tuple[pa.Table, dict[str, pa.
             if mapping is not None:
                 id_maps[name] = mapping
         elif column == schema.timestamp:
-            col = pa.array(_timestamp_seconds(col)[0])  # every row has a time (`check_log`)
+            # every row has a time (`check_log`); numbers in `timestamp_unit`
+            col = pa.array(_timestamp_seconds(col, schema.timestamp_unit)[0])
         elif column == schema.position:  # whole numbers from 1 to 2**31 - 1, checked
             col = pa.array(_as_float(col).astype(np.int32))
+        elif column == schema.duration:  # seconds, from `duration_unit`
+            col = pa.array((_as_float(col) / SECOND_PARTS[schema.duration_unit]).astype(np.float32))
         else:
             col = pa.array(_as_float(col).astype(np.float32))
         columns[name] = col
@@ -641,6 +738,22 @@ def summarize(
     return summary
 
 
+def units(table: pa.Table, schema: LogSchema) -> dict[str, str]:
+    """How the timestamp and duration columns were read, for the summary."""
+    out = {}
+    if schema.timestamp:
+        col = table.column(schema.timestamp)
+        numeric = pa.types.is_integer(col.type) or pa.types.is_floating(col.type)
+        out["timestamp"] = (
+            f"{schema.timestamp_unit} (numbers, written as seconds)"
+            if numeric
+            else "date-times (written as seconds)"
+        )
+    if schema.duration:
+        out["duration"] = f"{schema.duration_unit} (written as seconds)"
+    return out
+
+
 def summary_markdown(s: dict[str, Any]) -> str:
     def fmt(v: Any) -> str:
         return f"{v:.4g}" if isinstance(v, float) else str(v)
@@ -654,6 +767,12 @@ def summary_markdown(s: dict[str, Any]) -> str:
         "| what | value |",
         "| --- | --- |",
         f"| rows | {s['rows']} |",
+        *(
+            [f"| units read | {'; '.join(f'{k} {v}' for k, v in s['units'].items())} |"]
+            if s.get("units")
+            else []
+        ),
+        *[f"| **warning** | {w} |" for w in s.get("warnings", [])],
         f"| dropped rows | {s['dropped_rows']['total']} |",
         f"| users | {s['users']} |",
         f"| items | {s['items']} |",
@@ -717,8 +836,13 @@ def import_log(
         table = table.filter(pa.array(~bad))
         if table.num_rows == 0:
             raise LogImportError(f"{source}: no rows left after dropping bad rows")
+    warnings = unit_warnings(table, schema)
+    for w in warnings:
+        log.warning("%s: %s", source, w)
     converted, id_maps = convert(table, schema)
     summary = summarize(converted, schema, source=str(Path(path).resolve()), dropped=dropped)
+    summary["units"] = units(table, schema)
+    summary["warnings"] = warnings
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     pq.write_table(converted, out / DATA_FILE)

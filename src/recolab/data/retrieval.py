@@ -1,4 +1,4 @@
-"""Retrieval data: interactions -> (user, positive item, the history before it), split leave-last-out.
+"""Retrieval data: interactions -> (user, positive item, the history before it), split in time.
 
 A source (`_load`) gives one row per positive interaction with `user_id`, `item_id` and
 `timestamp` (plus any user or item feature columns). Everything else is shared:
@@ -10,8 +10,14 @@ A source (`_load`) gives one row per positive interaction with `user_id`, `item_
    training item;
 3. users with fewer than `min_interactions` interactions are left out (the count is logged and
    kept in `summary`);
-4. leave-last-out per user (DESIGN.md section 2): the last interaction is the test target, the
-   one before it the validation target, the rest is training;
+4. leave-second-last-out per user (DESIGN.md sections 2 and 6): the last interaction is the test
+   target, the one before it the validation target, the rest is training. Training sees neither
+   held-out item (not as a row, not in a history); validation sees the training items only (its
+   history and exclusions end before it), so the test item never enters a choice made on
+   validation (early stopping, checkpoints, sweeps, `recolab select`); test sees the validation
+   item as what it is, the user's interaction before the test one: in its history and among the
+   items left out of its ranking. After step 2 the two held-out items of a user are always two
+   different items, and every user with `min_interactions` (>= 3) has one of each;
 5. vocabularies (users, items, each feature) are fitted on the training split; ids unseen there
    map to 0 (out of vocabulary): such an item is not in the corpus, so a held-out target that
    is OOV can never be retrieved and counts as a miss (their number is in `summary`);

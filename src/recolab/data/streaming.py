@@ -43,6 +43,7 @@ import os
 import shutil
 from collections import OrderedDict
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -169,12 +170,23 @@ class StreamingBatches(IterableDataset):
         shuffle_buffer: rows held for shuffling in each worker; 0 or `shuffle=False` keeps order.
         shuffle: shuffle row groups (see `Shard.order`) and rows within the buffer.
         epoch: the epoch whose order is read (see `set_epoch`).
+        read_ahead: read (and encode) the next piece in a thread while the current one's
+            batches are handed out, so a GPU does not wait for the next row group; the batches
+            are the same either way. The data module sets it when it pins memory for a GPU.
     """
 
     def __init__(
-        self, shard: Shard, read: Any, *, shuffle_buffer: int, shuffle: bool, epoch: int = 0
+        self,
+        shard: Shard,
+        read: Any,
+        *,
+        shuffle_buffer: int,
+        shuffle: bool,
+        epoch: int = 0,
+        read_ahead: bool = False,
     ) -> None:
         super().__init__()
+        self.read_ahead = read_ahead
         self.shard = shard
         self.read = read
         self.shuffle_buffer = shuffle_buffer
@@ -245,8 +257,12 @@ class StreamingBatches(IterableDataset):
                 final=bool(saved["final"]),
             )
         shuffle, capacity, keep = self._buffer()
+
+        def read(i: int) -> Columns:
+            return self.read(pieces[i])
+
         return _stream(
-            lambda i: self.read(pieces[i]),
+            _ReadAhead(read, len(pieces)) if self.read_ahead else read,
             len(pieces),
             batch=self.shard.batch_size,
             capacity=capacity,
@@ -398,6 +414,34 @@ class StreamingBatches(IterableDataset):
 
 #: The layout of `StreamingBatches.position`'s state; a checkpoint without one is not resumed exactly.
 STREAM_STATE_VERSION = 1
+
+
+class _ReadAhead:
+    """`read(i)` for i = 0, 1, ... in order, each call starting the read of piece i + 1 in a
+    background thread (pyarrow and numpy release the GIL while reading and encoding). Any other
+    order is read directly. The thread ends after the last piece (a stream dropped mid-epoch
+    leaves at most one piece read in vain, and its idle thread ends with the executor)."""
+
+    def __init__(self, read: Any, num_pieces: int) -> None:
+        self.read = read
+        self.num_pieces = num_pieces
+        self._next: tuple[int, Any] | None = None  # (piece, its Future)
+        self._pool: Any = None
+
+    def __call__(self, i: int) -> Columns:
+        if self._next is not None and self._next[0] == i:
+            cols = self._next[1].result()
+        else:
+            cols = self.read(i)
+        self._next = None
+        if i + 1 < self.num_pieces:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix="recolab-read-ahead")
+            self._next = (i + 1, self._pool.submit(self.read, i + 1))
+        elif self._pool is not None:
+            self._pool.shutdown(wait=False)
+            self._pool = None
+        return cols
 
 
 @dataclass
@@ -570,6 +614,12 @@ class StreamingParquetDataModule(RankDataModule):
             raise ValueError(
                 f"data.shuffle_buffer and data.num_workers must be >= 0, got {shuffle_buffer}, {num_workers}"
             )
+        if self.device_resident is True:
+            raise ValueError(
+                "data.device_resident=true: streamed data is read row group by row group and stays "
+                "on the host (pinned for a GPU, the next row group read ahead); set it to false or "
+                "auto, or use the in-memory module (data=synthetic_video)"
+            )
         self.path = path
         self.splits = {s: s for s in SPLITS} | dict(splits or {})
         self.shuffle_buffer = shuffle_buffer
@@ -739,14 +789,15 @@ class StreamingParquetDataModule(RankDataModule):
             rank=rank,
             world_size=world,
         )
+        pin = resolve_pin_memory(self.pin_memory, self.trainer)
         dataset = StreamingBatches(
             shard,
             _PieceReader(self),
             shuffle_buffer=self.shuffle_buffer,
             shuffle=shuffle,
             epoch=epoch,
+            read_ahead=bool(pin),  # for a GPU: the next row group is read while it trains
         )
-        pin = resolve_pin_memory(self.pin_memory, self.trainer)
         # Resumable mid-epoch (recolab.data.resumable.StreamLoader): its position goes into checkpoints.
         return StreamLoader(
             dataset,

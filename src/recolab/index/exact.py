@@ -13,6 +13,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+#: Scores per block of `exact_topk` on a GPU when no batch size is given (1 GiB of float32).
+GPU_BLOCK_SCORES = 1 << 28
+
 
 def csr_from_pairs(rows: Tensor, items: Tensor, *, num_rows: int) -> tuple[Tensor, Tensor]:
     """The exclusion CSR pair from (query row, item id) pairs, in any order.
@@ -40,7 +43,7 @@ def exact_topk(
     *,
     k: int,
     exclude: tuple[Tensor, Tensor] | None = None,
-    batch_size: int = 1024,
+    batch_size: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Top-k items by inner product for every user, computed exactly in blocks of users.
 
@@ -54,7 +57,10 @@ def exact_topk(
         k: how many items per user, <= I - 1.
         exclude: CSR `(indptr (U + 1,), indices (nnz,))` of item ids to leave out per user, on
             any device; None: only the padding row is left out.
-        batch_size: users per block; memory is `batch_size * I` scores.
+        batch_size: users per block; memory is `batch_size * I` scores. None: 1024 on a CPU;
+            on a GPU as many as keep a block within `GPU_BLOCK_SCORES` scores (1 GiB of float32),
+            which makes few, large products. Blocks change the scores by rounding at most (the
+            product's kernel may differ with its shape), not the ranking of distinct scores.
 
     Returns:
         scores: (U, K) float, best first; -inf where fewer than k items remain.
@@ -75,6 +81,10 @@ def exact_topk(
     # Scores in float32 even inside an evaluation step under `trainer.precision=bf16-mixed`:
     # autocast would round them to bfloat16 (8 significant bits), ranking ties where a faiss
     # index (float32) sees none, and popularity counts above 256 no longer apart.
+    if batch_size is None:
+        batch_size = (
+            1024 if user_emb.device.type == "cpu" else max(1, GPU_BLOCK_SCORES // num_items)
+        )
     dtype = torch.promote_types(torch.promote_types(user_emb.dtype, item_emb.dtype), torch.float32)
     user_emb, item_emb = user_emb.to(dtype), item_emb.to(dtype)
     all_scores, all_ids = [], []

@@ -22,13 +22,26 @@ as the index holds enough items (an approximate index may find fewer: those slot
 from __future__ import annotations
 
 import logging
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import faiss
 import numpy as np
 import torch
 
+if TYPE_CHECKING:
+    import faiss
+
 log = logging.getLogger(__name__)
+
+#: The largest k a faiss GPU index searches for (its k-selection; Johnson et al., section 4.2).
+GPU_MAX_K = 2048
+
+
+def _faiss():
+    """faiss, imported when an index is built: `exact_topk` works where faiss is not installed."""
+    import faiss
+
+    return faiss
+
 
 ArrayLike = np.ndarray | torch.Tensor
 
@@ -52,8 +65,11 @@ class FaissIndex:
         ef_construction: HNSW candidate list size while building.
         ef_search: HNSW candidate list size while searching (>= k + the over-fetch helps).
         use_gpu: move the index to all visible GPUs with `faiss.index_cpu_to_all_gpus` when
-            faiss was built with GPU support and sees a GPU; otherwise (or for "hnsw", which
-            faiss's GPU code does not run) stay on the CPU and log a warning.
+            faiss was built with GPU support (the `gpu` extra) and sees a GPU; otherwise (or for
+            "hnsw", which faiss's GPU code does not run) stay on the CPU and log a warning. A
+            GPU index returns at most `GPU_MAX_K` neighbours per query: queries whose over-fetch
+            (k + their seen items + 1) needs more are searched on the CPU copy of the index,
+            which is kept for them, so the results do not depend on where the index is.
     """
 
     def __init__(
@@ -83,6 +99,10 @@ class FaissIndex:
         self.on_gpu = False
         self._index: faiss.Index | None = None
         self._ids: np.ndarray | None = None
+        #: The most neighbours `_index` returns per query (None: no limit), and the index that
+        #: searches the queries that need more (the CPU copy of a GPU index).
+        self._limit: int | None = None
+        self._unlimited: faiss.Index | None = None
 
     @property
     def ntotal(self) -> int:
@@ -100,6 +120,7 @@ class FaissIndex:
         Returns:
             self.
         """
+        faiss = _faiss()
         vectors = _numpy(item_emb, np.float32)
         if vectors.ndim != 2:
             raise ValueError(f"expected item_emb (I, D), got shape {vectors.shape}")
@@ -128,7 +149,9 @@ class FaissIndex:
         return self
 
     def _maybe_to_gpu(self, index: faiss.Index) -> faiss.Index:
+        faiss = _faiss()
         self.on_gpu = False
+        self._limit, self._unlimited = None, None
         if not self.use_gpu:
             return index
         num_gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
@@ -139,6 +162,7 @@ class FaissIndex:
             log.warning("faiss has no GPU HNSW index: searching on CPU")
             return index
         self.on_gpu = True
+        self._limit, self._unlimited = GPU_MAX_K, index
         return faiss.index_cpu_to_all_gpus(index)
 
     def search(
@@ -170,7 +194,7 @@ class FaissIndex:
             lengths = np.diff(indptr)  # (U,)
             max_seen = int(lengths.max(initial=0))
         fetch = min(k + max_seen + 1, self.ntotal)
-        scores, positions = self._index.search(q, fetch)  # (U, fetch) each
+        scores, positions = self._search(q, fetch, lengths if exclude is not None else None, k)
         if self.metric == "l2":
             scores = -scores
         ids = np.where(positions >= 0, self._ids[np.maximum(positions, 0)], -1)  # (U, fetch)
@@ -191,6 +215,24 @@ class FaissIndex:
             ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
             scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
         return scores, ids
+
+    def _search(
+        self, q: np.ndarray, fetch: int, seen: np.ndarray | None, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(U, fetch) raw scores and positions; within the index's limit on the number of
+        neighbours, each query gets its own over-fetch `k + seen + 1` (the rest of its row is
+        position -1), and the queries that need more than the limit go to the unlimited index."""
+        limit = self._limit
+        if limit is None or fetch <= limit:
+            return self._index.search(q, fetch)
+        scores, positions = self._index.search(q, limit)  # (U, limit)
+        scores = np.pad(scores, ((0, 0), (0, fetch - limit)), constant_values=np.nan)
+        positions = np.pad(positions, ((0, 0), (0, fetch - limit)), constant_values=-1)
+        need = np.full(len(q), fetch) if seen is None else np.minimum(k + seen + 1, fetch)
+        more = np.flatnonzero(need > limit)  # queries whose seen items could crowd out the top k
+        if len(more):
+            scores[more], positions[more] = self._unlimited.search(q[more], fetch)
+        return scores, positions
 
 
 def recall_against_exact(index_ids: ArrayLike, exact_ids: ArrayLike) -> float:

@@ -4,6 +4,15 @@ Validation and test outputs are accumulated per rank, gathered from all ranks at
 (`gather_rows`), and only then turned into metrics, so GAUC and XAUC are exact under DDP (never
 an average of per-rank values). Metric names follow `split/metric/task`.
 
+Every validation epoch logs the same per-task metrics as the test epoch (`rank_metrics`): AUC,
+GAUC, logloss and ECE per binary task, MAE, RMSE, XAUC and XGAUC per regression task (GAUC and
+XGAUC grouped by `group_key`, a `meta` column), on the model's own predictions (the calibrator is
+fitted on them), so a checkpoint, early stopping, a sweep or `recolab select` can choose on any of
+them (`val/gauc/click`, say). The test epoch adds what no choice may read: the calibrated figures'
+raw twins, the truth metrics and the oracle's. The last validation's values are kept in every
+checkpoint (`checkpoint["recolab"]["val_metrics"]`), so `recolab.train` can log the tested
+checkpoint's own validation figures without validating again.
+
 Three optional stages compose with any ranker:
 
 - heads (`recolab.heads`, `module.heads: {task: head}`): a task's loss and served prediction,
@@ -41,6 +50,7 @@ from recolab import metrics as M
 from recolab.data.columnar import batch_rows
 from recolab.data.schema import Schema, Task
 from recolab.heads import Head
+from recolab.metrics.device import ExactMetrics
 from recolab.pipelines.distributed import gather_columns, log_gathered
 from recolab.pipelines.flops import TrainingFlops
 from recolab.reports.rank_report import metric_table, to_markdown, write_rank_report
@@ -76,30 +86,35 @@ def rank_metrics(
     groups: np.ndarray | None,
     *,
     full: bool,
+    device: torch.device | None = None,
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """Metrics per task (keys `metric/task`) and details (groups left out of GAUC and XGAUC).
 
     Binary tasks: AUC, logloss and ECE (15 equal-mass bins), plus GAUC by impressions when
-    `full`; regression tasks: MAE, RMSE and exact XAUC, plus XGAUC when `full`.
+    `full` and `groups` is given; regression tasks: MAE, RMSE and exact XAUC, plus XGAUC when
+    `full` and `groups` is given.
     """
     out: dict[str, float] = {}
     details: dict[str, Any] = {}
+    # AUC, GAUC, XAUC, XGAUC and logloss sorted by torch on `device` (a GPU) when the rows are
+    # many, by numpy otherwise: the same exact values (recolab.metrics.device).
+    E = ExactMetrics(device)
     for task in schema.tasks:
         y, p = labels[task.name], preds[task.name]
         if task.kind == "binary":
-            out[f"auc/{task.name}"] = M.auc(y, p) if 0 < y.sum() < len(y) else float("nan")
-            out[f"logloss/{task.name}"] = M.logloss(y, p)
+            out[f"auc/{task.name}"] = E.auc(y, p) if 0 < y.sum() < len(y) else float("nan")
+            out[f"logloss/{task.name}"] = E.logloss(y, p)
             out[f"ece/{task.name}"] = M.ece(y, p, num_bins=ECE_BINS)
             if full and groups is not None:
-                g = M.gauc_details(y, p, groups)
+                g = E.gauc_details(y, p, groups)
                 out[f"gauc/{task.name}"] = g.value
                 details[f"gauc/{task.name}"] = g
         else:
             out[f"mae/{task.name}"] = M.mae(y, p)
             out[f"rmse/{task.name}"] = M.rmse(y, p)
-            out[f"xauc/{task.name}"] = M.xauc(y, p) if np.ptp(y) > 0 else float("nan")
+            out[f"xauc/{task.name}"] = E.xauc(y, p) if np.ptp(y) > 0 else float("nan")
             if full and groups is not None:
-                g = M.xgauc_details(y, p, groups)
+                g = E.xgauc_details(y, p, groups)
                 out[f"xgauc/{task.name}"] = g.value
                 details[f"xgauc/{task.name}"] = g
     return out, details
@@ -262,6 +277,8 @@ class RankModule(TrainingFlops, pl.LightningModule):
         #: The last test split's predictions, labels and meta, gathered (for reports).
         self.test_results: dict[str, dict[str, np.ndarray]] | None = None
         self.test_details: dict[str, Any] = {}
+        #: The last validation epoch's metrics (`val/...`; not the sanity check's), saved in checkpoints.
+        self.val_metrics: dict[str, float] = {}
         #: Set by `recolab.train`: saved in checkpoints so `recolab evaluate` can rebuild the run.
         self.run_info: dict[str, Any] = {}
 
@@ -271,6 +288,8 @@ class RankModule(TrainingFlops, pl.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None:
             info["data_state"] = datamodule.state_dict()
+        # The validation that chose this checkpoint (ModelCheckpoint saves after it): plain floats.
+        info["val_metrics"] = dict(self.val_metrics)
         checkpoint["recolab"] = info
 
     def setup(self, stage: str) -> None:
@@ -420,11 +439,12 @@ class RankModule(TrainingFlops, pl.LightningModule):
         for t in calibrated:
             preds[t] = self.calibration(t, raw[t])
 
-        found, details = rank_metrics(self.schema, preds, y, groups, full=full)
+        # Validation and test alike: the grouped metrics too, wherever the group key is a meta column.
+        found, details = rank_metrics(self.schema, preds, y, groups, full=True, device=self.device)
         values |= {f"{split}/{k}": v for k, v in found.items()}
         if calibrated:
             raw_schema = Schema(tasks=tuple(self.schema.task(t) for t in calibrated))
-            found_raw, _ = rank_metrics(raw_schema, raw, y, None, full=False)
+            found_raw, _ = rank_metrics(raw_schema, raw, y, None, full=False, device=self.device)
             for key, value in found_raw.items():
                 metric, task = key.split("/")
                 values[f"{split}/{metric}_raw/{task}"] = value
@@ -437,17 +457,21 @@ class RankModule(TrainingFlops, pl.LightningModule):
                         score = raw[t]
                     truth = meta[column].astype(np.float64)
                     values[f"{split}/truth_xauc/{t}"] = (
-                        M.xauc(truth, score) if np.ptp(truth) > 0 else float("nan")
+                        ExactMetrics(self.device).xauc(truth, score)
+                        if np.ptp(truth) > 0
+                        else float("nan")
                     )
                     if groups is not None:
-                        g = M.xgauc_details(truth, score, groups)
+                        g = ExactMetrics(self.device).xgauc_details(truth, score, groups)
                         values[f"{split}/truth_xgauc/{t}"] = g.value
         if full and self.schema.oracle:
             oracle_schema = Schema(
                 tasks=tuple(t for t in self.schema.tasks if t.name in self.schema.oracle)
             )
             oracle_preds = {t: meta[col] for t, col in self.schema.oracle.items()}
-            found, _ = rank_metrics(oracle_schema, oracle_preds, y, groups, full=True)
+            found, _ = rank_metrics(
+                oracle_schema, oracle_preds, y, groups, full=True, device=self.device
+            )
             values |= {f"oracle/{k}": v for k, v in found.items()}
         log_gathered(self, values)  # every rank holds the same gathered rows
         if full:
@@ -472,7 +496,7 @@ class RankModule(TrainingFlops, pl.LightningModule):
         if split == "train":
             return names
         full = split == "test"
-        grouped = full and self.group_key in self.schema.meta
+        grouped = self.group_key in self.schema.meta
 
         def per_task(prefix: str, chosen: tuple[Task, ...], *, groups: bool) -> list[str]:
             out = []
@@ -497,7 +521,9 @@ class RankModule(TrainingFlops, pl.LightningModule):
         return names + per_task("oracle", oracle, groups=grouped)
 
     def on_validation_epoch_end(self) -> None:
-        self._evaluate("val", full=False)
+        found = self._evaluate("val", full=False)
+        if not self.trainer.sanity_checking:
+            self.val_metrics = dict(found.get("metrics", {}))
 
     def on_test_epoch_end(self) -> None:
         self.test_results = self._evaluate("test", full=True)

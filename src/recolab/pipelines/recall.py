@@ -8,15 +8,20 @@ step (logQ, Yi et al. RecSys 2019), optionally mixed with items drawn from the w
 `training_user_embeddings` (MIND: label-aware attention; ComiRec: the closest interest).
 
 Evaluation (validation and test): every item of the corpus is ranked for every user, no sampled
-negatives; the items the user interacted with before the target are excluded (the data
-module's `seen` CSR). Items are scored as in training (inner product, or cosine for
-`similarity=cosine`). Top-k comes from an exact batched brute-force search (`exact_topk`) by
-default, or from a faiss index (`index=flat|ivf|hnsw`). A multi-interest user retrieves the top
-k with each interest and the lists are merged (`merge_interest_topk`). Each rank retrieves for
-its own users; the (user, top-k) rows are gathered from every rank at the epoch's end and the
-metrics (`recolab.metrics`) are computed once on all of them. The test epoch also scores the
-most-popular and random baselines on the same users with the same exclusions, the faiss index's
-recall against the exact top-k, and the mean popularity of the retrieved items.
+negatives; the items the user interacted with before the target are excluded (the data module's
+`seen` CSR). Validation ranks for each user's validation item and test for the test item (the
+data module's leave-second-last-out split, `recolab.data.retrieval`), so a checkpoint, early
+stopping, a sweep or `recolab select` chooses on `val/recall_at_K`, `val/ndcg_at_K`,
+`val/hit_rate_at_K` or `val/mrr` without reading the test items; the last validation's values
+are kept in every checkpoint (`checkpoint["recolab"]["val_metrics"]`). Items are scored as in
+training (inner product, or cosine for `similarity=cosine`). Top-k comes from an exact batched
+brute-force search (`exact_topk`) by default, or from a faiss index (`index=flat|ivf|hnsw`). A
+multi-interest user retrieves the top k with each interest and the lists are merged
+(`merge_interest_topk`). Each rank retrieves for its own users; the (user, top-k) rows are
+gathered from every rank at the epoch's end and the metrics (`recolab.metrics`) are computed once
+on all of them. The test epoch also scores the most-popular and random baselines on the same
+users with the same exclusions, the faiss index's recall against the exact top-k, and the mean
+popularity of the retrieved items.
 
 Metric names (`@` is spelled `_at_`, which MLflow accepts, see `recall_report.at_k`):
 `split/recall_at_K`, `split/ndcg_at_K`, `split/hit_rate_at_K` (K in `ks`), `split/mrr`,
@@ -284,6 +289,8 @@ class RecallModule(TrainingFlops, pl.LightningModule):
         self.test_summary: dict[str, Any] = {}
         #: The last test epoch's per-user values and their weights (`reports.per_user`).
         self.test_per_user: tuple[Any, dict[str, Any]] | None = None
+        #: The last validation epoch's metrics (`val/...`; not the sanity check's), saved in checkpoints.
+        self.val_metrics: dict[str, float] = {}
         #: Set by `recolab.train`: saved in checkpoints so `recolab evaluate` can rebuild the run.
         self.run_info: dict[str, Any] = {}
 
@@ -293,6 +300,8 @@ class RecallModule(TrainingFlops, pl.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None:
             info["data_state"] = datamodule.state_dict()
+        # The validation that chose this checkpoint (ModelCheckpoint saves after it): plain floats.
+        info["val_metrics"] = dict(self.val_metrics)
         checkpoint["recolab"] = info
 
     # -- training -----------------------------------------------------------------------------
@@ -536,7 +545,9 @@ class RecallModule(TrainingFlops, pl.LightningModule):
         return names
 
     def on_validation_epoch_end(self) -> None:
-        self._evaluate("val")
+        found = self._evaluate("val")
+        if not self.trainer.sanity_checking:
+            self.val_metrics = dict(found)
 
     def on_test_epoch_end(self) -> None:
         self._evaluate("test")

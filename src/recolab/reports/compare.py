@@ -1,11 +1,13 @@
 """Comparison of tracked runs: the configurations side by side, with intervals and significance.
 
 Runs whose params are equal once the seed keys are removed form one configuration; a seed run
-twice counts once (the newest run). The overview table has one row per configuration: the config
-keys that differ (a key whose values repeat another shown key's, such as the MLflow tag that
-copies `exp_name`, is shown once), and each metric as `mean +- std (n)` over the seeds (sample
-std, ddof=1); `test/*` metrics first, `oracle/*` last, and an `oracle/*` metric equal in every
-configuration is stated once under the table instead of repeated in a column.
+twice counts once (the newest run). The overview table has one row per configuration: its label
+(the experiment's name and the keys that tell its configurations apart), its headline metrics
+(`metric_order`: `test/*`, ranking metrics first, then `val/*`, then the rest), runs and seeds,
+the config keys that differ (a key whose values repeat another shown key's, such as the MLflow
+tag that copies `exp_name`, is shown once; `exp_name` is in the label), and `oracle/*` last; each
+metric as `mean +- std (n)` over the seeds (sample std, ddof=1). An `oracle/*` metric equal in
+every configuration is stated once under the table instead of repeated in a column.
 
 `comparison_records` gives, per configuration and metric: n seeds, mean, std and a 95% Student t
 interval over seeds; and against a baseline configuration, the difference with its 95% interval
@@ -35,6 +37,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from recolab.reports import inline_html
 from recolab.reports import per_user as PU
 from recolab.reports import stats as S
 
@@ -141,36 +144,70 @@ def _label(params: dict[str, str | None], keys: list[str], run: RunRecord) -> st
     return ", ".join(parts) or "all runs"
 
 
+#: The order of a split's metrics in the table: ranking quality first (AUC-like, then retrieval),
+#: then the rest, the losses last; a name none of these match sorts among the rest, by name.
+METRIC_ORDER = ("gauc", "auc", "xgauc", "xauc", "recall*", "ndcg*", "hit_rate*", "mrr*")
+SPLIT_ORDER = ("test", "val")
+
+
+def metric_order(name: str) -> tuple:
+    """Sort key: `test/*`, then `val/*`, then the other metrics (`train/samples_per_sec`), then
+    `oracle/*` (the data's, not a configuration's); within a split, `METRIC_ORDER`, then the task."""
+    split, _, rest = name.partition("/")
+    metric, _, task = rest.partition("/")
+    if split == "oracle":
+        group = len(SPLIT_ORDER) + 1
+    else:
+        group = SPLIT_ORDER.index(split) if split in SPLIT_ORDER else len(SPLIT_ORDER)
+    rank = next(
+        (i for i, p in enumerate(METRIC_ORDER) if fnmatch.fnmatchcase(metric, p)),
+        len(METRIC_ORDER) + (1 if metric.startswith("loss") else 0),
+    )
+    return group, rank, metric, task
+
+
 def _metric_names(runs: list[RunRecord], patterns: list[str]) -> list[str]:
     names = {m for r in runs for m in r.metrics if any(fnmatch.fnmatchcase(m, p) for p in patterns)}
-    # test/* first, oracle/* last: the oracle is the data's, not a configuration's.
-    return sorted(names, key=lambda m: (m.startswith("oracle/"), not m.startswith("test/"), m))
+    return sorted(names, key=metric_order)
 
 
 def comparison_table(
     runs: list[RunRecord], *, metric_patterns: list[str], seed_keys: tuple[str, ...] = SEED_KEYS
 ) -> pd.DataFrame:
-    """One row per configuration; columns: differing keys, runs, seeds, then metrics.
+    """One row per configuration; columns: the configuration's label, its metrics but the
+    oracle's (`metric_order`: `test/*`, `val/*`, then the others), runs and seeds, the config keys
+    that differ (`exp_name` only where the label does not show it), then the `oracle/*` metrics.
 
     `table.attrs["constant"]` holds the `oracle/*` cells equal in every configuration (left out
     of the columns), `table.attrs["duplicates"]` the older runs of a seed run twice (left out).
     """
     grouping = group_runs(runs, seed_keys)
     metric_names = _metric_names(runs, metric_patterns)
+    headline = [m for m in metric_names if not m.startswith("oracle/")]
+    oracle = [m for m in metric_names if m.startswith("oracle/")]
+    labelled = all(c.label.split(", ")[0] == c.params.get("exp_name") for c in grouping.configs)
+    keys = [k for k in grouping.differing if not (k == "exp_name" and labelled)]
     rows = []
     for c in grouping.configs:
-        row: dict[str, object] = dict(c.params)
+        row: dict[str, object] = {"configuration": c.label}
+        for m in headline:
+            row[m] = _cell(np.array(list(c.values(m).values()), dtype=float))
         row["runs"] = len(c.runs)
         row["seeds"] = ",".join(c.runs)
-        for m in metric_names:
+        row |= {k: c.params.get(k) for k in keys}
+        for m in oracle:
             row[m] = _cell(np.array(list(c.values(m).values()), dtype=float))
         rows.append(row)
-    table = pd.DataFrame(rows, columns=[*grouping.differing, "runs", "seeds", *metric_names])
-    constant = {
-        m: str(table[m].iloc[0])
-        for m in metric_names
-        if m.startswith("oracle/") and len(table) > 1 and table[m].nunique() == 1
-    }
+    table = pd.DataFrame(
+        rows, columns=["configuration", *headline, "runs", "seeds", *keys, *oracle]
+    )
+    # An oracle metric is the data's: equal in every run (whatever the number of seeds of each
+    # configuration), it is stated once instead of repeated in a column.
+    constant = {}
+    for m in oracle:
+        values = {r.metrics[m] for c in grouping.configs for r in c.runs.values() if m in r.metrics}
+        if len(grouping.configs) > 1 and len(values) == 1:
+            constant[m] = _cell(np.array(list(values), dtype=float))
     table = table.drop(columns=list(constant))
     table.attrs["constant"] = constant
     table.attrs["duplicates"] = [r.run_id for r in grouping.duplicates_dropped]
@@ -293,7 +330,7 @@ def comparison_records(
         m
         for m in metrics
         if not (
-            m.startswith("oracle/") and len({tuple(c.values(m).values()) for c in configs}) == 1
+            m.startswith("oracle/") and len({v for c in configs for v in c.values(m).values()}) == 1
         )
     ]
     base = select_baseline(baseline, configs) if baseline else None
@@ -474,7 +511,7 @@ def write_comparison(
     records_html = ""
     if records:
         records_html = (
-            f"<h2>Intervals and differences</h2><p>{esc(explain[0])}</p><table><tr>"
+            f"<h2>Intervals and differences</h2><p>{inline_html(explain[0])}</p><table><tr>"
             + "".join(f"<th>{esc(c)}</th>" for c in RECORD_COLUMNS)
             + "</tr>"
             + "".join(
@@ -489,10 +526,10 @@ def write_comparison(
         "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f4f4f4}</style>"
         f"<h1>{esc(title)}</h1><p>Runs from {esc(source)}. Cells: mean +- sample std (number of seeds).</p>"
         + table.to_html(index=False, na_rep="-", escape=True)
-        + "".join(f"<p>{esc(line[2:])}</p>" for line in constant_lines)
+        + "".join(f"<p>{inline_html(line[2:])}</p>" for line in constant_lines)
         + records_html
         + (
-            "<h2>Notes</h2><ul>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>"
+            "<h2>Notes</h2><ul>" + "".join(f"<li>{inline_html(n)}</li>" for n in notes) + "</ul>"
             if notes
             else ""
         )

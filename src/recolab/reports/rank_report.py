@@ -3,7 +3,9 @@
 Sections: metrics per task (next to the oracle on synthetic data); a reliability diagram and ECE
 per binary task (before and after the calibration stage, when there is one); observed vs
 predicted rate by display position; the position effect a head learned, next to the true
-examination curve when the data knows it; watch time observed vs predicted by duration bucket;
+examination curve when the data knows it; watch time observed (mean and median) vs predicted by
+duration decile, with what the prediction serves (`served_value`: a log-scale regression serves a
+median-like value, below the mean);
 the users left out of GAUC / XGAUC. Beside them, `per_user.parquet` (`recolab.reports.per_user`):
 each user's AUC and XAUC, which GAUC and XGAUC average; the report gives those metrics' 95%
 intervals over users from it (a percentile bootstrap over users, `bootstrap_samples` resamples,
@@ -26,7 +28,7 @@ import numpy as np  # noqa: E402
 
 from recolab import metrics as M  # noqa: E402
 from recolab.data.schema import Schema  # noqa: E402
-from recolab.reports import fmt  # noqa: E402
+from recolab.reports import fmt, inline_html  # noqa: E402
 from recolab.reports import per_user as PU  # noqa: E402
 from recolab.reports.stats import BOOTSTRAP_SAMPLES  # noqa: E402
 
@@ -87,6 +89,21 @@ def _grouped_means(
         for v in values
     ]
     return uniq, means, counts
+
+
+def served_value(task: Any, head: dict[str, Any] | None = None) -> str:
+    """What a regression task's prediction estimates, in words, for the report and its plot.
+
+    Trained with squared error on `log1p(label)` (`transform: log1p`), the model's output is
+    E[log1p(y) | x] and the prediction `expm1` of it: for a skewed, log-normal-like label that is
+    close to the conditional median (a geometric mean), below the mean. Without the transform,
+    squared error serves the conditional mean. A head (D2Q, ...) serves what its summary names.
+    """
+    if head:
+        return f"{head.get('head', 'head')}'s prediction"
+    if getattr(task, "transform", "none") == "log1p":
+        return "median-like (log-scale regression)"
+    return "mean (squared error)"
 
 
 def calibration_sections(
@@ -187,25 +204,30 @@ def calibration_sections(
         dur = meta["duration"].astype(np.float64)
         edges = np.unique(np.quantile(dur, np.linspace(0, 1, 11)))
         bucket = np.clip(np.searchsorted(edges, dur, side="right") - 1, 0, len(edges) - 2)
-        fig, ax = plt.subplots(figsize=(5, 4))
+        fig, ax = plt.subplots(figsize=(5.6, 4.4))
         by_dur = {}
         for name in regression:
             keys, (obs, pred, d), counts = _grouped_means(bucket, labels[name], preds[name], dur)
+            median = np.array([np.median(labels[name][bucket == k]) for k in keys])
+            serves = served_value(schema.task(name), (heads or {}).get(name))
             by_dur[name] = {
                 "mean_duration": d.tolist(),
                 "observed": obs.tolist(),
+                "observed_median": median.tolist(),
                 "predicted": pred.tolist(),
                 "rows": counts.tolist(),
+                "serves": serves,
             }
-            line = ax.plot(d, obs, "o-", label=f"{name} observed")[0]
-            ax.plot(d, pred, "s--", color=line.get_color(), label=f"{name} predicted")
+            line = ax.plot(d, obs, "o-", label=f"{name} observed mean")[0]
+            ax.plot(d, median, "^:", color=line.get_color(), label=f"{name} observed median")
+            ax.plot(d, pred, "s--", color=line.get_color(), label=f"{name} predicted: {serves}")
         ax.set(
             xscale="log",
             xlabel="duration (decile mean, s)",
-            ylabel="mean",
-            title="observed vs predicted by duration decile",
+            ylabel="watch time per row",
+            title="observed mean and median vs prediction\nby duration decile",
         )
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
         numbers["by_duration"] = by_dur
         figures["by_duration"] = fig
     return numbers, figures
@@ -281,6 +303,18 @@ def write_rank_report(
         for t, kind in (stage.get("calibrators") or {}).items()
     ]
     head_lines = [f"- `{t}`: {h.get('head', '?')}" for t, h in (heads or {}).items()]
+    serve_lines = [
+        f"- `{t}`: the prediction is {d['serves']}"
+        + (
+            ": trained with squared error on log1p of the label, the model serves expm1 of the "
+            "conditional mean of log1p, close to the conditional median and below the mean for a "
+            "skewed label (the plot shows the observed mean and median per duration decile); "
+            "train with `transform: none` to serve the mean."
+            if d["serves"].startswith("median-like")
+            else "."
+        )
+        for t, d in numbers.get("by_duration", {}).items()
+    ]
     md = [
         f"# {title}",
         "",
@@ -310,6 +344,7 @@ def write_rank_report(
             if calib_lines
             else []
         ),
+        *(["## What the regression tasks serve", "", *serve_lines, ""] if serve_lines else []),
         "## Users left out of grouped metrics",
         "",
         *left_lines,
@@ -344,7 +379,7 @@ def write_rank_report(
     )
     note = _interval_note(group_key, bootstrap_samples) if per_user_path else ""
     html_path.write_text(
-        _html(title, context, rows, oracle_note, calib_lines, left_lines, pngs, note)
+        _html(title, context, rows, oracle_note, calib_lines, left_lines, pngs, note, serve_lines)
     )
     extra = [per_user_path] if per_user_path else []
     return [md_path, html_path, json_path, *extra, *pngs.values()]
@@ -358,7 +393,9 @@ def _interval_note(group_key: str, samples: int) -> str:
     )
 
 
-def _html(title, context, rows, oracle_note, calib_lines, left_lines, pngs, note="") -> str:
+def _html(
+    title, context, rows, oracle_note, calib_lines, left_lines, pngs, note="", serve_lines=()
+) -> str:
     esc = html.escape
     with_ci = any("ci" in r for r in rows)
     table = "".join(
@@ -387,15 +424,22 @@ def _html(title, context, rows, oracle_note, calib_lines, left_lines, pngs, note
         "<table><tr><th>task</th><th>metric</th><th>model</th><th>oracle</th>"
         + ("<th>95% CI over users</th>" if with_ci else "")
         + f"</tr>{table}</table>"
-        + (f"<p>{esc(note)}</p>" if note else "")
+        + (f"<p>{inline_html(note)}</p>" if note else "")
         + (
             "<h2>Calibration</h2><table><tr><th>task</th><th>ECE before</th><th>ECE</th>"
             f"<th>predicted / observed before</th><th>predicted / observed</th></tr>{calib}</table>"
             if calib
             else ""
         )
+        + (
+            "<h2>What the regression tasks serve</h2><ul>"
+            + "".join(f"<li>{inline_html(line[2:])}</li>" for line in serve_lines)
+            + "</ul>"
+            if serve_lines
+            else ""
+        )
         + "<h2>Users left out of grouped metrics</h2><ul>"
-        + "".join(f"<li>{esc(line[2:])}</li>" for line in left_lines)
+        + "".join(f"<li>{inline_html(line[2:])}</li>" for line in left_lines)
         + "</ul>"
         + f"<h2>Plots</h2>{images}"
     )
