@@ -37,7 +37,7 @@ experiments-multitask: setup ## the multi-task tables: experiments/multitask/res
 experiments-debias: setup    ## position and duration bias tables: experiments/debias/results.md (~40 min)
 	$(BIN)/python experiments/debias/run.py $(ARGS)
 
-experiments-calibration: setup ## calibration tables: experiments/calibration/results.md (~15 min)
+experiments-calibration: setup ## calibration tables (5 seeds, compare intervals): experiments/calibration/results.md (~7 min)
 	$(BIN)/python experiments/calibration/run.py $(ARGS)
 
 experiments-retrieval: setup  ## recallers and samplers, ml-latest-small + synthetic: experiments/retrieval/README.md
