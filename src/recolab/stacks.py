@@ -3,7 +3,7 @@
 A stuck run (a DDP rank waiting on a collective, a loader worker waiting on a lock) otherwise
 says nothing about where it waits. Each task registers the handler when it starts as a program
 (`python -m recolab <task>`, and each DDP rank Lightning restarts as `python -m recolab.train`);
-DataLoader workers started by `fork` inherit it. The process goes on running after the dump.
+the streaming module's loader workers, forked from a fork server, register it as they start. The process goes on running after the dump.
 The handler is faulthandler's, which runs even while the main thread is inside a C call (a
 collective, a lock), where a Python-level handler would wait for the call to return.
 

@@ -15,18 +15,42 @@ iterating it does not move the random state that dropout uses (see `recolab.resu
 
 `StreamLoader` does the same for a stream read by loader workers (the streaming data module): its
 state is where every worker's stream stands after the batches training took, so it is exact with
-workers that read ahead too.
+workers that read ahead too. Its workers start from a fork server (`worker_context`), never by
+forking the training process.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 log = logging.getLogger(__name__)
+
+#: Modules the fork server imports once, so that each worker it forks starts without importing
+#: torch and pyarrow again.
+WORKER_PRELOAD = ["recolab.data.streaming"]
+
+
+def worker_context() -> multiprocessing.context.BaseContext:
+    """The start method of `StreamLoader`'s workers: a fork server.
+
+    The training process runs other threads when a loader starts its workers (Lightning's
+    progress bar monitor, the previous loader's queue feeders on their way out, MLflow's). Under
+    CPython 3.11 a `fork` that coincides with a Python thread starting or ending can leave the child
+    waiting forever on the interpreter's thread-list lock (`PyOS_AfterFork_Child` clears the other
+    threads' states before it re-initialises that lock): the worker never starts and the rank
+    waits for its batches, or, under DDP, every rank waits in the next collective. Seen here: a
+    DDP test stage hung in one run out of three. The fork server is a single-threaded process
+    started once per training process; every worker is forked from it, with the same seeds and
+    the same batches as under `fork`.
+    """
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(WORKER_PRELOAD)
+    return context
 
 
 class ResumableOrder(Sampler[int]):
@@ -114,6 +138,7 @@ class StreamLoader(DataLoader):
             num_workers=num_workers,
             pin_memory=pin_memory,
             generator=torch.Generator().manual_seed(seed),
+            multiprocessing_context=worker_context() if num_workers > 0 else None,
         )
         self.consumed = 0
         self.resumable = resumable  # False: a checkpoint's position is ignored (the epoch restarts)

@@ -59,6 +59,7 @@ from recolab.data.columnar import Columns, Vocabulary, resolve_pin_memory
 from recolab.data.datamodule import SPLITS, DataError, RankDataModule, _list_values
 from recolab.data.resumable import StreamLoader
 from recolab.data.synthetic_video import WorldParams, cached_world
+from recolab.stacks import dump_stacks_on_signal
 
 log = logging.getLogger(__name__)
 
@@ -238,6 +239,8 @@ class StreamingBatches(IterableDataset):
         # Not a generator itself: a resume position is taken when the iteration starts, which
         # `StreamLoader` clears once its workers hold their copies.
         info = get_worker_info()
+        if info is not None:  # a loader worker, forked from the fork server: `kill -USR2` dumps it
+            dump_stacks_on_signal()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         resume = self._resume if info is None or self._resume is None else dict(self._resume)
         if info is None:

@@ -384,3 +384,20 @@ def test_a_constant_dense_column_maps_to_zero_with_scale_one():
     stats.add(np.array([0.5]))
     mean, std = stats.result()
     assert mean == pytest.approx((12 * 0.3 + 0.5) / 13) and std > 0.01
+
+
+def test_loader_workers_start_from_a_fork_server_not_a_fork_of_the_training_process(tmp_path):
+    """A fork of the training process while another thread takes the interpreter's thread-list
+    lock (under DDP, gloo's threads entering Python) hangs the worker in CPython 3.11: a DDP test
+    stage hung in one run out of three. Workers are forked from a fork server instead, and read
+    the same rows as the training process itself does."""
+    _write(tmp_path)
+    dm = _module(tmp_path, num_workers=2)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    assert loader.multiprocessing_context.get_start_method() == "forkserver"
+    together = sorted(torch.cat(_read(loader)).tolist())
+    alone = _module(tmp_path, num_workers=0)
+    alone.setup("fit")
+    assert alone.train_dataloader().multiprocessing_context is None
+    assert together == sorted(torch.cat(_read(alone.train_dataloader())).tolist())
