@@ -31,10 +31,10 @@ bench: setup                 ## speed figures into experiments/bench/
 gpu-check:                   ## on a GPU machine: pytest -m gpu, then experiments/bench/gpu.md (ARGS=--wheels here first; ARGS=--dry-run anywhere)
 	bash benchmarks/gpu_check.sh $(ARGS)
 
-experiments-multitask: setup ## the multi-task tables: experiments/multitask/results.md (~40 min)
+experiments-multitask: setup ## the multi-task tables (5 seeds, compare intervals): experiments/multitask/results.md (~75 min on 2 shared cores)
 	$(BIN)/python experiments/multitask/run.py $(ARGS)
 
-experiments-debias: setup    ## position and duration bias tables: experiments/debias/results.md (~40 min)
+experiments-debias: setup    ## position and duration bias tables (5 seeds, compare intervals): experiments/debias/results.md (~41 min)
 	$(BIN)/python experiments/debias/run.py $(ARGS)
 
 experiments-calibration: setup ## calibration tables (5 seeds, compare intervals): experiments/calibration/results.md (~7 min)

@@ -82,7 +82,7 @@ def counted(fn) -> int:
 def measure(B: int, g: torch.Generator, peak: float) -> list[str]:
     """Table rows for one batch size: the MLP part, then the whole training step."""
     data = batch(B, g)
-    model = MMoE(SCHEMA, embedding_dim=16, num_experts=4, expert_dims=[128, 64], tower_dims=[32])
+    model = MMoE(SCHEMA, num_experts=4, expert_dims=[128, 64], tower_dims=[32])
     module = RankModule(model, SCHEMA)
     opt = module.configure_optimizers()
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from functools import partial
 
 import torch
 from _common import write
@@ -31,7 +32,10 @@ from recolab.pipelines.rank import RankModule
 
 # `+exp=mmoe`'s model (configs/model/mmoe.yaml with the experiment's input normalization).
 MODEL = dict(
-    embedding_dim=16, num_experts=4, expert_dims=[128, 64], tower_dims=[32], input_batch_norm=True
+    embedding=partial(FeatureEmbedding, embedding_dim=16, batch_norm=True),
+    num_experts=4,
+    expert_dims=[128, 64],
+    tower_dims=[32],
 )
 
 
@@ -55,9 +59,7 @@ class StandIns(MMoE):
         super().__init__(schema, **kw)
         self.free = free
         if "pooling" in free:
-            self.embed = LastIdEmbedding(
-                schema, embedding_dim=kw["embedding_dim"], batch_norm=kw["input_batch_norm"]
-            )
+            self.embed = LastIdEmbedding(schema, **kw["embedding"].keywords)
 
     def forward(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if not self.free - {"pooling"}:
@@ -83,12 +85,18 @@ VARIANTS = {
 }
 
 
+#: The options' optimizer names -> `module.optimizer._target_`.
+TORCH_OPTIMIZERS = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad}
+
+
 class Step:
     def __init__(self, schema: Schema, batches: list, free: frozenset[str]) -> None:
         torch.manual_seed(0)
         self.model = StandIns(schema, free, **MODEL)
         _, _, opt, kwargs, _, _ = OPTIONS[DEFAULT]
-        self.module = RankModule(self.model, schema, optimizer=opt, optimizer_kwargs=kwargs)
+        self.module = RankModule(
+            self.model, schema, optimizer=partial(TORCH_OPTIMIZERS[opt], **kwargs)
+        )
         self.opt = self.module.configure_optimizers()
         self.batches = batches
 

@@ -24,7 +24,8 @@ from _common import timed, write
 
 from recolab.index import FaissIndex, csr_from_pairs, exact_topk
 from recolab.models.recall import TwoTower
-from recolab.pipelines.recall import RecallModule, Sampler
+from recolab.pipelines.recall import RecallModule
+from recolab.samplers import InBatchSoftmax, MixedNegativeSoftmax
 
 
 def sampler_rows(args: argparse.Namespace) -> list[tuple[str, float]]:
@@ -46,11 +47,11 @@ def sampler_rows(args: argparse.Namespace) -> list[tuple[str, float]]:
     }
     out = []
     for name, sampler in (
-        ("in-batch", Sampler(kind="in_batch")),
-        ("in-batch + logQ", Sampler(kind="in_batch", logq=True)),
+        ("in-batch", InBatchSoftmax()),
+        ("in-batch + logQ", InBatchSoftmax(logq=True)),
         (
             f"mixed (in-batch + {args.negatives} uniform) + logQ",
-            Sampler(kind="mixed", logq=True, num_negatives=args.negatives),
+            MixedNegativeSoftmax(logq=True, num_negatives=args.negatives),
         ),
     ):
         torch.manual_seed(0)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from functools import partial
 
 import torch
 from _common import ROOT, bf16_instructions, write
@@ -63,6 +64,8 @@ OPTIONS = {
     "dense, Adam fused, bf16 autocast": ("mmoe", False, "adam", {}, True, False),
     "dense, Adam fused, torch.compile": ("mmoe", False, "adam", {}, False, True),
 }
+#: The options' optimizer names -> `module.optimizer._target_`.
+TORCH_OPTIMIZERS = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad}
 BASE = "dense, Adam (torch default)"
 DEFAULT = "dense, Adam fused (recolab's default)"
 COMPILED = "dense, Adam fused, torch.compile"
@@ -105,7 +108,9 @@ class Runner:
                 embedding_dim=self.model.embed.tables[schema.sparse[0].name].embedding_dim,
                 sparse=True,
             )
-        self.module = RankModule(self.model, schema, optimizer=opt, optimizer_kwargs=kwargs)
+        self.module = RankModule(
+            self.model, schema, optimizer=partial(TORCH_OPTIMIZERS[opt], **kwargs)
+        )
         self.opt = self.module.configure_optimizers()
         self.batches = batches
         self.compile_seconds = 0.0
@@ -188,7 +193,7 @@ def main() -> None:
     tune_malloc()  # as `python -m recolab train` does by default
 
     schema_world, batches = world_batches(args.impressions, args.batch_size, args.steps)
-    model_kw = dict(embedding_dim=16, num_experts=4, expert_dims=[128, 64], tower_dims=[32])
+    model_kw = dict(num_experts=4, expert_dims=[128, 64], tower_dims=[32])
     runners = {
         name: Runner(schema_world, batches, opt, **model_kw) for name, opt in OPTIONS.items()
     }
@@ -296,10 +301,10 @@ self CPU time, {args.steps} steps):
 |---|---:|---:|
 {prof_rows}
 
-How to choose: `module.optimizer=adam|adagrad`, `module.optimizer_kwargs={{foreach: true}}` (or
-`{{fused: false}}` for torch's default Adam), `trainer.precision=bf16-mixed`, `compile=true`;
-sparse embedding gradients are `model.sparse_embeddings=true` (every ranker) with
-`module.optimizer=adagrad`.
+How to choose: `module.optimizer._target_=torch.optim.Adam|torch.optim.Adagrad`,
+`+module.optimizer.foreach=true` (or `+module.optimizer.fused=false` for torch's default Adam),
+`trainer.precision=bf16-mixed`, `compile=true`; sparse embedding gradients are
+`model.embedding.sparse=true` (every ranker) with `module.optimizer._target_=torch.optim.Adagrad`.
 """
     write("speed", "Speed options of the MMoE training step", body)
 

@@ -84,7 +84,7 @@ def main() -> None:
     col_rate, ps_rate = n_train / t_col, args.per_sample_rows / t_ps
 
     # -- bare training loop ----------------------------------------------------------------
-    model = MMoE(dm.schema, embedding_dim=16, num_experts=4, expert_dims=[128, 64], tower_dims=[32])
+    model = MMoE(dm.schema, num_experts=4, expert_dims=[128, 64], tower_dims=[32])
     module = RankModule(model, dm.schema)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     batches = [loader.dataset[i] for i in range(min(args.steps, len(loader.dataset)))]

@@ -70,7 +70,7 @@ def export(
         },
         "dense": [f.name for f in schema.dense],
         "tasks": [{"name": t.name, "kind": t.kind} for t in schema.tasks],
-        "embedding_dim": cfg.model.embedding_dim,
+        "embedding_dim": cfg.model.embedding.embedding_dim,
         "num_experts": cfg.model.num_experts,
         "expert_dims": list(cfg.model.expert_dims),
         "tower_dims": list(cfg.model.tower_dims),
@@ -433,7 +433,7 @@ torch-rechub torch's default implementation: the same update), the batch size, a
 steps or epochs. Where they differ, by torch-rechub's design: its MLP puts BatchNorm1d after every linear
 layer (experts, gates and towers), its gates are such an MLP with a softmax, it averages the task
 losses (recolab sums them, weights 1), and its loss is BCE on probabilities (recolab: BCE on logits).
-recolab's batch normalization is what its config sets (`model.input_batch_norm`: one BatchNorm1d
+recolab's batch normalization is what its config sets (`model.embedding.batch_norm`: one BatchNorm1d
 over the input features, on in `+exp=mmoe`; `model.batch_norm`: in the experts; see each config
 below).
 The last column is torch-rechub's `DataLoader` alone (per-sample `TorchDataset` + default collate),

@@ -99,9 +99,8 @@ STAGES = {
 }
 #: The H200's dense bf16 matrix throughput by its datasheet (a lead; `env` measures the ceiling).
 H200_BF16_DATASHEET = 989e12
-MMOE = dict(
-    embedding_dim=16, num_experts=4, expert_dims=[128, 64], tower_dims=[32], input_batch_norm=True
-)
+MMOE = dict(num_experts=4, expert_dims=[128, 64], tower_dims=[32])
+EMBEDDING = dict(embedding_dim=16, batch_norm=True)  # the model's `model.embedding` node
 
 
 # --- helpers --------------------------------------------------------------------------------------
@@ -192,13 +191,17 @@ def _trainer(device, **kw):
 
 
 def _module(schema):
+    from functools import partial
+
     import torch
 
+    from recolab.models.blocks import FeatureEmbedding
     from recolab.models.rank.mmoe import MMoE
     from recolab.pipelines.rank import RankModule
 
     torch.manual_seed(0)
-    return RankModule(MMoE(schema, **MMOE), schema)
+    embedding = partial(FeatureEmbedding, **EMBEDDING)
+    return RankModule(MMoE(schema, embedding=embedding, **MMOE), schema)
 
 
 def _gib(n: float) -> float:
@@ -619,7 +622,7 @@ def stage_rechub(cfg: dict, out: Results, work: Path, device) -> None:
     out.put("version", getattr(torch_rechub, "__version__", "?"))
     dm = _world_module(cfg, work, cfg["base"], device_resident=False)
     schema, train = dm.schema, dm.data["train"]
-    dim = MMOE["embedding_dim"]
+    dim = EMBEDDING["embedding_dim"]
     features = [
         SparseFeature(f.name, vocab_size=f.vocab_size, embed_dim=dim) for f in schema.sparse
     ]

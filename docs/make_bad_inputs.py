@@ -131,8 +131,15 @@ def config_cases() -> None:
         ("a misspelled top-level key: `+seeed=3`", ["+seeed=3"]),
         ("a `_target_` that does not exist", ["model._target_=recolab.models.rank.mmoe.MMOE"]),
         ("an optimized metric for a task that does not exist", ["+optimized_metric=val/auc/clik"]),
-        ("an unknown optimizer: `module.optimizer=adamw`", ["module.optimizer=adamw"]),
-        ("a misspelled optimizer option", ["+module.optimizer_kwargs.fusd=true"]),
+        (
+            "an unknown optimizer: `module.optimizer._target_=torch.optim.Adamm`",
+            ["module.optimizer._target_=torch.optim.Adamm"],
+        ),
+        (
+            "an optimizer name where its node belongs: `module.optimizer=adam`",
+            ["module.optimizer=adam"],
+        ),
+        ("a misspelled optimizer option", ["+module.optimizer.fusd=true"]),
         ("a misspelled throughput-monitor option", ["+callbacks.throughput.window_sise=50"]),
         (
             "a misspelled DDP option",
@@ -943,7 +950,7 @@ def write(path: Path) -> None:
 
 def lifecycle_cases() -> None:
     """A run's folder and what tracking could not record (`recolab.lifecycle`)."""
-    from recolab.lifecycle import replay_unlogged
+    from recolab.run_logger import replay_unlogged
 
     held = TMP / "lifecycle" / "shared"  # a folder another run (another process) made its own
     subprocess.run(

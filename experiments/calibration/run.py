@@ -56,7 +56,7 @@ WORLD = [
     "trainer.max_epochs=4",
     # off, as in these tables' first runs (issue 5), which predate the synthetic-world
     # experiments' input normalization
-    "model.input_batch_norm=false",
+    "model.embedding.batch_norm=false",
     "data.tasks=[{name:click,kind:binary}]",
     "data.oracle={click:gt_click_prob}",
 ]

@@ -1,4 +1,4 @@
-"""Input batch normalization (`model.input_batch_norm`) for every synthetic-world ranker, and
+"""Input batch normalization (`model.embedding.batch_norm`) for every synthetic-world ranker, and
 for MMoE on Census-Income.
 
 `python experiments/multitask/input_norm.py` trains each ranker experiment (`+exp=mmoe`, `cgc`,
@@ -52,7 +52,7 @@ def run(exp: str, norm: bool, seed: int) -> dict[str, float]:
             "train",
             f"+exp={exp}",
             *EXPS[exp][0],
-            f"model.input_batch_norm={str(norm).lower()}",
+            f"model.embedding.batch_norm={str(norm).lower()}",
             f"seed={seed}",
             "logger=none",
             f"paths.data_dir={ROOT / 'data'}",
@@ -95,7 +95,7 @@ def main() -> None:
 - command: `python experiments/multitask/input_norm.py --seeds {args.seeds}`
 - date: {date}
 
-Each ranker experiment trained with `model.input_batch_norm=false` and `true` (one BatchNorm1d
+Each ranker experiment trained with `model.embedding.batch_norm=false` and `true` (one BatchNorm1d
 over the concatenated embeddings and dense values, `recolab.models.blocks.FeatureEmbedding`),
 seeds 0 to {args.seeds - 1} (initialization and batch order), on the synthetic world at
 1,000,000 impressions for 200 steps of 2,048 rows (the budget of

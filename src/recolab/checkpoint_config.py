@@ -9,9 +9,11 @@ instantiation turns into calls: a stored `_target_: pathlib.Path.write_text` wri
 and allows in the rebuilt nodes only
 
 - recolab's own classes: a `recolab.` path that leads to a class defined in recolab (not
-  `recolab.evaluate.Path`, which is pathlib's). No library class is needed there: the library
-  targets of recolab's configs (Lightning's trainer, logger and callbacks) sit in nodes evaluate
-  never builds from a checkpoint (its trainer and logger are its own);
+  `recolab.evaluate.Path`, which is pathlib's). The one library class needed there is a torch
+  optimizer (`module.optimizer: {_target_: torch.optim.Adam, _partial_: true}`, a partial that
+  evaluation never calls): a `torch.optim.` path to a `torch.optim.Optimizer` subclass. The other
+  library targets of recolab's configs (Lightning's trainer, logger and callbacks) sit in nodes
+  evaluate never builds from a checkpoint (its trainer and logger are its own);
 - `hydra.utils.get_method` (`LOOKUPS`) of a recolab class or function: Hydra does not vet the
   path a lookup is given, so this check does.
 
@@ -22,12 +24,17 @@ evaluation (evaluate logs the whole config) could build a node after this check 
 or read the environment into MLflow params (`${oc.env:...}`). The resolvers registered besides
 OmegaConf's and Hydra's (`recolab.tracking`, `recolab.lifecycle`) read, and write nothing.
 Anything else raises `CheckpointError` naming each key and value.
+
+A config stored by an older recolab names some settings as they were then: `upgrade_stored_config`
+translates those (`UPGRADES`, one function per rename) before the check, so a checkpoint written
+before a rename still rebuilds, from today's classes.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Collection, Iterator
+import logging
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +43,10 @@ from hydra._internal.utils import _locate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from recolab.pipelines.legacy import pipeline_settings
 from recolab.resume import CheckpointError
+
+log = logging.getLogger(__name__)
 
 #: The stored config's nodes `recolab evaluate` instantiates (`data` only without `data=`).
 REBUILT = ("data", "model", "module")
@@ -44,6 +54,53 @@ REBUILT = ("data", "model", "module")
 LOOKUPS = frozenset({"hydra.utils.get_method"})
 #: What Hydra reads from `_convert_` (`hydra.types.ConvertMode`).
 CONVERT_MODES = frozenset({"none", "partial", "object", "all"})
+
+
+#: The rankers' keys for their feature embedding before it became the node they are given
+#: (`model.embedding`, a `_partial_` `FeatureEmbedding`): old `model.<key>` -> its key there.
+EMBEDDING_KEYS = {
+    "embedding_dim": "embedding_dim",
+    "sparse_embeddings": "sparse",
+    "input_batch_norm": "batch_norm",
+}
+
+
+def injected_embedding(stored: dict[str, Any]) -> list[str]:
+    """A ranker's `model.embedding_dim`, `model.sparse_embeddings` and `model.input_batch_norm`
+    (recolab before the rankers were given their feature embedding) moved into the node
+    `model.embedding` that builds it; returns what moved."""
+    model = stored.get("model")
+    if not (
+        isinstance(model, dict)
+        and str(model.get("_target_", "")).startswith("recolab.models.rank.")
+        and "embedding" not in model
+        and any(k in model for k in EMBEDDING_KEYS)
+    ):
+        return []
+    node = {"_target_": "recolab.models.blocks.FeatureEmbedding", "_partial_": True}
+    node |= {new: model.pop(old) for old, new in EMBEDDING_KEYS.items() if old in model}
+    stored["model"] = {"_target_": model.pop("_target_"), "embedding": node, **model}
+    return [
+        f"model.{old} -> model.embedding.{new}"
+        for old, new in EMBEDDING_KEYS.items()
+        if new in node
+    ]
+
+
+#: Translations of a stored config's old keys to today's, oldest first; each changes the config
+#: (a plain mapping) in place and returns what it moved, `old key -> new key`.
+UPGRADES: tuple[Callable[[dict[str, Any]], list[str]], ...] = (
+    injected_embedding,
+    pipeline_settings,
+)
+
+
+def upgrade_stored_config(stored: dict[str, Any], where: str = "stored config") -> dict[str, Any]:
+    """`stored` (a plain mapping) with the keys of an older recolab translated (`UPGRADES`)."""
+    moved = [m for upgrade in UPGRADES for m in upgrade(stored)]
+    if moved:
+        log.info("%s: settings of an older recolab, read as today's: %s", where, "; ".join(moved))
+    return stored
 
 
 def _child(key: str, name: Any) -> str:
@@ -55,6 +112,8 @@ def recolab_object(path: str, *, functions: bool = False) -> str | None:
 
     Only a `recolab.` path is looked up, so the look-up imports nothing but recolab's modules.
     """
+    if path.startswith("torch.optim.") and not functions:
+        return torch_optimizer(path)
     if not path.startswith("recolab."):
         return "not a recolab path"
     try:
@@ -68,6 +127,20 @@ def recolab_object(path: str, *, functions: bool = False) -> str | None:
         wanted = "class or function" if functions else "class"
         return f"leads to a {what} of {module or 'no module'}, not a recolab {wanted}"
     return None
+
+
+def torch_optimizer(path: str) -> str | None:
+    """None if `path` names a torch optimizer class (`module.optimizer`'s target, a partial that
+    evaluation never calls); else why not."""
+    try:
+        obj = _locate(path)
+    except Exception:  # noqa: BLE001 (no such object: Hydra fails the same way, running nothing)
+        return None
+    import torch
+
+    if inspect.isclass(obj) and issubclass(obj, torch.optim.Optimizer):
+        return None
+    return "not a torch.optim optimizer class"
 
 
 def _target_problem(node: dict, key: str) -> tuple[str, Any, str] | None:
@@ -147,7 +220,8 @@ def check_stored_config(
         raise CheckpointError(
             f"{where}: its stored config is a {type(cfg).__name__}, not a mapping"
         )
-    container = OmegaConf.to_container(cfg, resolve=False)
+    container = upgrade_stored_config(OmegaConf.to_container(cfg, resolve=False), where)
+    cfg = OmegaConf.create(container)
     found = [
         p
         for name, node in container.items()

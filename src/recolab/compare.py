@@ -31,6 +31,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from recolab import tracking
+from recolab.compose import CONFIG_DIR
 from recolab.reports import per_user as PU
 from recolab.reports.compare import (
     PerUserLoader,
@@ -40,7 +41,6 @@ from recolab.reports.compare import (
     write_comparison,
 )
 from recolab.stacks import dump_stacks_on_signal
-from recolab.train import CONFIG_DIR
 
 log = logging.getLogger(__name__)
 

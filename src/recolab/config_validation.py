@@ -14,7 +14,7 @@ it first, with a message that names the full key, the value, and what was expect
 - **impossible values**: `RULES`, one small check per parameter name, applied wherever a
   constructor takes a parameter of that name, plus `cross_checks` between groups (K larger than
   the corpus, a history sharing the vocabulary of a column that is not a sparse feature, a
-  `module.optimizer_kwargs` key that the chosen optimizer does not take).
+  `module.optimizer` key that the chosen optimizer does not take).
 
 The constructors keep their own checks; this pass only makes the common mistakes fail in seconds.
 """
@@ -501,34 +501,41 @@ def _get(cfg: DictConfig, key: str) -> Any:
 
 
 def _optimizer_problems(cfg: DictConfig) -> list[str]:
-    """`module.optimizer` and `module.optimizer_kwargs` of a `RankModule`: the name one of its
-    optimizers, each key a parameter of that optimizer that the module does not set itself."""
-    if _get(cfg, "module._target_") != "recolab.pipelines.rank.RankModule":
+    """`module.optimizer` of a pipeline module: a `_partial_` node of a torch optimizer (its keys
+    are checked against the optimizer's signature with every other node), which does not set
+    what the module passes itself (`lr`, `weight_decay`)."""
+    if not str(_get(cfg, "module._target_") or "").startswith("recolab.pipelines."):
         return []
-    from recolab.pipelines.rank import OPTIMIZERS
-
-    name, kwargs = _get(cfg, "module.optimizer"), _get(cfg, "module.optimizer_kwargs")
-    if name is None:
+    node = _get(cfg, "module.optimizer")
+    if node is None:
         return []
-    if name not in OPTIMIZERS:
+    example = "module.optimizer._target_=torch.optim.Adagrad, +module.optimizer.fused=false"
+    if not isinstance(node, dict) or "_target_" not in node:
         return [
-            f"module.optimizer={name!r}: expected one of {', '.join(map(repr, sorted(OPTIMIZERS)))}"
-            f"{_suggest(str(name), OPTIMIZERS)}"
+            f"module.optimizer={node!r}: expected a torch optimizer node "
+            f"{{_target_: torch.optim.Adam, _partial_: true, ...}}, its keys the optimizer's own "
+            f"(e.g. {example})"
         ]
-    if not isinstance(kwargs, dict):
+    import torch
+
+    try:
+        cls = _locate(node["_target_"])
+    except Exception:  # noqa: BLE001 (check_node names the import error)
         return []
-    own = {"lr": "module.lr", "weight_decay": "module.weight_decay"}  # the module passes these
-    params = [p for p in accepted_parameters(OPTIMIZERS[name])[0] if p != "params"]
+    if not (inspect.isclass(cls) and issubclass(cls, torch.optim.Optimizer)):
+        names = [n for n in dir(torch.optim) if n[0].isupper()]
+        return [
+            f"module.optimizer._target_={node['_target_']!r}: expected a torch optimizer class, "
+            f"e.g. 'torch.optim.Adam'{_suggest(str(node['_target_']).rpartition('.')[2], names)}"
+        ]
     problems = []
-    for key in kwargs:
-        if key in own:
-            problems.append(f"module.optimizer_kwargs.{key}: set {own[key]} instead")
-        elif key not in params:
-            problems.append(
-                f"module.optimizer_kwargs.{key}: not a parameter of {OPTIMIZERS[name].__name__}"
-                f"{_suggest(str(key), params)} (valid keys: "
-                f"{', '.join(p for p in params if p not in own)})"
-            )
+    if node.get("_partial_") is not True:
+        problems.append(
+            "module.optimizer._partial_: expected true (the module calls the optimizer with its "
+            "parameters)"
+        )
+    own = {"lr": "module.lr", "weight_decay": "module.weight_decay"}  # the module passes these
+    problems += [f"module.optimizer.{key}: set {own[key]} instead" for key in node if key in own]
     return problems
 
 
@@ -620,10 +627,13 @@ def cross_checks(cfg: DictConfig) -> list[str]:
                 )
     problems += _optimizer_problems(cfg)
     problems += _run_problems(cfg)
-    if _get(cfg, "model.sparse_embeddings") is True and _get(cfg, "module.optimizer") == "adam":
+    if (
+        _get(cfg, "model.embedding.sparse") is True
+        and _get(cfg, "module.optimizer._target_") == "torch.optim.Adam"
+    ):
         problems.append(
-            "model.sparse_embeddings=true: Adam does not take sparse gradients; expected "
-            "module.optimizer=adagrad (or model.sparse_embeddings=false)"
+            "model.embedding.sparse=true: Adam does not take sparse gradients; expected "
+            "module.optimizer._target_=torch.optim.Adagrad (or model.embedding.sparse=false)"
         )
     return problems
 

@@ -9,7 +9,7 @@ to MLflow as a new run, nested under the training run (`mlflow.parentRunId`) and
 `recolab.kind=evaluate`.
 
 `run_id=<MLflow run id>` evaluates that training run's best checkpoint, and `ckpt_path=runs:/<run
-id>/checkpoints/last.ckpt` (or `best.ckpt`) a checkpoint the run logged (`recolab.lifecycle.
+id>/checkpoints/last.ckpt` (or `best.ckpt`) a checkpoint the run logged (`recolab.run_logger.
 RunLogger` uploads both as they are written): the file is downloaded from the tracking store into
 the evaluation's folder and goes through the same checks as a local one, so a copy of the project
 that never saw the run's `outputs/` evaluates it.
@@ -24,21 +24,11 @@ import hydra
 import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
-from pytorch_lightning.utilities import rank_zero_only
-from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from recolab import tracking
+from recolab import lifecycle, tracking
 from recolab.checkpoint_config import REBUILT, check_stored_config
+from recolab.compose import CONFIG_DIR, build
 from recolab.config_validation import ConfigError, top_level_keys, validate_config
-from recolab.lifecycle import (
-    fail_run,
-    finish_run,
-    kill_run,
-    mlflow_logger,
-    start_tracking,
-    track_extras,
-    training_process,
-)
 from recolab.resume import (
     ARTIFACT_DIR,
     BEST,
@@ -49,7 +39,6 @@ from recolab.resume import (
     tracking_uri_of,
 )
 from recolab.stacks import KeepStackDumps, dump_stacks_on_signal
-from recolab.train import CONFIG_DIR, build
 
 log = logging.getLogger(__name__)
 
@@ -112,25 +101,6 @@ def _data_here(run_cfg: DictConfig, cfg: DictConfig) -> DictConfig:
     return OmegaConf.create(data)
 
 
-def _model_and_data_tags(cfg: DictConfig, train_run_id: str) -> dict[str, str]:
-    """The training run's `recolab.model` and `recolab.data` tags, for the evaluation's run.
-
-    Its own config has no model group (the checkpoint's model is evaluated) and a data group
-    only when `data=` is given (which then names it): these come from the run that trained the
-    checkpoint, where it is in the same store.
-    """
-    if not train_run_id or not (cfg.get("logger") and "mlflow" in cfg.logger):
-        return {}
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    try:
-        tags = MlflowClient(tracking_uri=cfg.logger.mlflow.tracking_uri).get_run(train_run_id)
-    except MlflowException:  # trained into another store: the tags stay unset, as before
-        return {}
-    return {k: v for k, v in tags.data.tags.items() if k in ("recolab.model", "recolab.data")}
-
-
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Rebuild the checkpoint's model, test it on the chosen data, report and track; return the metrics."""
     validate_config(
@@ -143,36 +113,15 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     rebuilt = [k for k in REBUILT if k != "data" or not cfg.get("data")]  # `data=`: the user's
     run_cfg = check_stored_config(ckpt["recolab"]["config"], path, rebuilt=rebuilt)
     train_run_id = ckpt["recolab"].get("run_id", "")
-    if cfg.get("logger") and "mlflow" in cfg.logger:
-        tracking.check_reachable(cfg.logger.mlflow.tracking_uri)
+    lifecycle.check_tracking(cfg)
 
     with open_dict(cfg):
         cfg.exp_name = run_cfg.exp_name
         cfg.seed = run_cfg.seed
         cfg.run_name = f"evaluate-{run_cfg.exp_name}-seed{run_cfg.seed}"
-    links = (
-        {"mlflow.parentRunId": train_run_id, "recolab.train_run": train_run_id}
-        if train_run_id
-        else {}
-    )
-    # Rank zero alone tracks and reports, as in `train` (under DDP every rank runs this function).
-    inherited = _model_and_data_tags(cfg, train_run_id) if rank_zero_only.rank == 0 else {}
-    loggers = [
-        instantiate(
-            c,
-            tags={
-                **inherited,
-                **{
-                    k: str(v)
-                    for k, v in OmegaConf.to_container(c.get("tags") or {}, resolve=True).items()
-                    if v is not None
-                },
-                **links,
-            },
-        )
-        for c in (cfg.get("logger") or {}).values()
-        if rank_zero_only.rank == 0
-    ]
+    # Rank zero alone tracks and reports, as in `train` (under DDP every rank runs this function);
+    # the run is linked to the training run and takes its model and data tags.
+    loggers = lifecycle.build_loggers(cfg, trained_by=train_run_id)
     # The trainer before the data, as in `train`: what Lightning refuses fails in seconds.
     trainer: pl.Trainer = instantiate(
         cfg.trainer, logger=loggers or False, callbacks=[KeepStackDumps()]
@@ -186,57 +135,25 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     model, module = build(run_cfg, datamodule)
     module.load_state_dict(ckpt["state_dict"])
 
-    mlf = mlflow_logger(loggers) if trainer.is_global_zero else None
-    output_dir = Path(cfg.paths.output_dir)
-    try:
-        start_tracking(
-            OmegaConf.merge(
-                run_cfg,
-                {
-                    "data": data_cfg,
-                    "ckpt_path": source,
-                    # the run's tags and this evaluation's (`tags: [evaluate]`, and any given)
-                    "tags": list(
-                        dict.fromkeys([*(run_cfg.get("tags") or []), *(cfg.get("tags") or [])])
-                    ),
-                },
-            ),
-            mlf,
-            output_dir,
-            kind="evaluate",
-        )
-        track_extras(
-            mlf, datamodule, None
-        )  # OOV ids of new data under the checkpoint's vocabularies
+    # Recorded as the checkpoint's run on this data, with the run's tags and this evaluation's
+    # (`tags: [evaluate]`, and any given); data quality: OOV ids under the checkpoint's vocabularies.
+    tags = list(dict.fromkeys([*(run_cfg.get("tags") or []), *(cfg.get("tags") or [])]))
+    recorded = OmegaConf.merge(run_cfg, {"data": data_cfg, "ckpt_path": source, "tags": tags})
+    with lifecycle.tracked(
+        cfg, trainer, loggers, kind="evaluate", datamodule=datamodule, recorded=recorded
+    ) as run:
         trainer.test(module, datamodule=datamodule)
-        metrics = {
-            k: float(v)
-            for k, v in trainer.callback_metrics.items()
-            if k.startswith(("test/", "oracle/"))
-        }
-        if trainer.is_global_zero:
-            finish_run(
-                cfg,
-                title=f"recolab evaluation: {run_cfg.exp_name}",
-                datamodule=datamodule,
-                module=module,
-                mlf=mlf,
-                metrics=metrics,
-                output_dir=output_dir,
-                checkpoint=source,
-            )
-    except SIGTERMException:  # `kill`, `docker stop`: KILLED, exit 143 (Lightning's exit is 0)
-        kill_run(mlf, output_dir)
-        raise SystemExit(143) from None
-    except BaseException:
-        fail_run(mlf)
-        raise
-    return metrics
+        return run.finish(
+            module,
+            datamodule,
+            title=f"recolab evaluation: {run_cfg.exp_name}",
+            checkpoint=source,
+        )
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
 def main(cfg: DictConfig) -> None:
-    with tracking.keep_tracking_env(), training_process():
+    with tracking.keep_tracking_env(), lifecycle.training_process():
         evaluate(cfg)
 
 

@@ -1,5 +1,10 @@
 """A run from start to end: its own folder, its MLflow run, and how each way of ending is recorded.
 
+`train` and `evaluate` share it: `check_tracking` and `claim_run_dir` before any data is read,
+`build_loggers` (and `build_callbacks` for training) as the trainer is built, then the run
+itself inside `with tracked(...) as run:`, which starts its MLflow record and records how it
+ends; `Run.finish` writes, logs and prints the report.
+
 **Its own folder.** The default folder names carry the start time and an id unique to the
 launching process (`${recolab_run_id:}` in `configs/hydra/default.yaml`), so runs or sweeps
 started in the same second never share one. At start (before Hydra writes into it, through
@@ -13,7 +18,9 @@ no live process holds that folder's lock.
 that raised is FAILED (`fail_run`); one stopped by SIGTERM (`kill`, `docker stop`, Kubernetes)
 is KILLED and the process exits with status 143 (`kill_run`); a SIGKILL leaves it RUNNING.
 Lightning's `MLFlowLogger` sets the run FINISHED at the end of every `fit` and `test`; `RunLogger`
-leaves the status to the functions here.
+(`recolab.run_logger`) leaves the status to the functions here. Its name stays
+`recolab.lifecycle.RunLogger` (imported here): configs/logger/mlflow.yaml and the configs stored
+in runs and checkpoints use it, and a resumed run compares its stored config with its own.
 
 **A tracking server that stops answering** costs seconds, not MLflow's ~12 minutes of retries:
 the training process asks MLflow for few, short retries (`QUICK_REQUESTS`, where the user has
@@ -21,17 +28,17 @@ not set them), and `RunLogger` keeps what it could not send (metrics, then the r
 final status) in `<run folder>/unlogged_tracking.jsonl` while training, checkpointing and
 testing go on. The run then ends with `TrackingIncomplete` (a non-zero exit) saying what is
 missing and the command that records it once the server is back:
-`python -m recolab sync <run folder>` (`replay_unlogged`).
+`python -m recolab sync <run folder>` (`recolab.run_logger.replay_unlogged`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import logging
 import os
-import re
 import secrets
 import signal
 import socket
@@ -42,12 +49,11 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-import requests
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from mlflow.exceptions import MlflowException, RestException
+from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import MLFlowLogger
 from pytorch_lightning.utilities import rank_zero_only
@@ -55,11 +61,12 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from recolab import resume, tracking
 from recolab.console import report_curves
+from recolab.run_logger import UNLOGGED, RunLogger, is_lost, unless_lost
+from recolab.stacks import KeepStackDumps
 
 log = logging.getLogger(__name__)
 
 MARKER = "run.lock"
-UNLOGGED = "unlogged_tracking.jsonl"
 
 #: Unique to this process: the run folder's suffix (`${recolab_run_id:}`), so that two runs started
 #: in the same second get two folders.
@@ -73,10 +80,6 @@ QUICK_REQUESTS = {
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
 }
-
-#: What a tracking server that is gone (refused, timed out, reset, 5xx after retries) raises; a
-#: `RestException` is an answer (a bad request, say), not a lost server.
-UNREACHABLE = (MlflowException, requests.exceptions.RequestException, OSError)
 
 
 class RunDirError(RuntimeError):
@@ -174,162 +177,71 @@ OmegaConf.register_new_resolver("recolab_run_id", lambda: RUN_ID, replace=True)
 
 
 # ---------------------------------------------------------------------------------------------
-# The MLflow run
+# Setting a run up
 
 
-class RunLogger(MLFlowLogger):
-    """Lightning's `MLFlowLogger` for a recolab run (`configs/logger/mlflow.yaml`).
+def check_tracking(cfg: DictConfig) -> None:
+    """Fail in seconds, before any data is read, where the run's MLflow store cannot be used."""
+    if cfg.get("logger") and "mlflow" in cfg.logger:
+        tracking.check_reachable(cfg.logger.mlflow.tracking_uri)
 
-    It never ends the run (`finalize` runs at the end of each `fit` and `test`: the status is
-    `finish_run`'s, `fail_run`'s or `kill_run`'s), and when the server stops answering, metrics
-    go to `unlogged_path` instead of stopping training (`lost` says why, `None` while it answers).
+
+def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
+    """A training run's callbacks: the configured ones (one set to null,
+    `callbacks.early_stopping=null`, is left out), the random state for an exact resume
+    (`recolab.resume.RNGState`) and the stack dumps kept in the run's folder."""
+    configured = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    return configured + [resume.RNGState(), KeepStackDumps()]
+
+
+def build_loggers(cfg: DictConfig, *, trained_by: str = "") -> list[Any]:
+    """The run's loggers, their tags as strings (an MLflow server refuses a non-string tag, the
+    seed; the local store does not).
+
+    Rank zero alone builds them: under torchrun or SLURM every rank starts at once, and their
+    MLflow clients would race to create the local store (`rank_zero_only.rank` reads RANK,
+    LOCAL_RANK or SLURM_PROCID; Lightning's own launcher sets LOCAL_RANK on the ranks it starts).
+    An evaluation of a checkpoint that the MLflow run `trained_by` wrote is linked to it
+    (`mlflow.parentRunId`, `recolab.train_run`) and takes its `recolab.model` and `recolab.data`
+    tags (`_model_and_data_tags`) where its own logger config does not set them.
     """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.unlogged_path = Path(UNLOGGED)  # start_tracking: <run folder>/unlogged_tracking.jsonl
-        self.lost: str | None = None
-        self.unlogged_values = 0
-        self.ended = False  # the run's end (status) is written to unlogged_path
-        #: Upload the best and last checkpoints to the run's `checkpoints/` as they are written
-        #: (`log_checkpoints` in configs/train.yaml; set by `start_tracking` for a training run).
-        self.log_checkpoints = False
-        self._uploaded: dict[str, tuple[str, int]] = {}  # artifact name -> (file, mtime) sent
-
-    @rank_zero_only
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        if self.lost is None:
-            try:
-                return super().log_metrics(metrics, step)
-            except RestException:
-                raise
-            except UNREACHABLE as e:
-                self.lose(e, f"step {step or 0}")
-        values = {k: float(v) for k, v in metrics.items() if not isinstance(v, str)}
-        self.keep({"step": step or 0, "timestamp": int(time.time() * 1000), "metrics": values})
-        self.unlogged_values += len(values)
-
-    @rank_zero_only
-    def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
-        super().after_save_checkpoint(checkpoint_callback)
-        if self.log_checkpoints and self.lost is None:
-            self.upload_checkpoints(checkpoint_callback)
-
-    def upload_checkpoints(self, callback: Any) -> None:
-        """Send the run's best and last checkpoints as `checkpoints/best.ckpt` and
-        `checkpoints/last.ckpt`, each again whenever its file changed (the best's own name goes
-        to the tag `recolab.best_checkpoint`), so that `evaluate run_id=...` and a resume work
-        from any machine that reaches the store (`recolab.resume`)."""
-        files = {resume.LAST: callback.last_model_path, resume.BEST: callback.best_model_path}
-        for name, path in files.items():
-            if not path or not Path(path).is_file():
-                continue
-            sent = (str(path), Path(path).stat().st_mtime_ns)
-            if self._uploaded.get(name) == sent:
-                continue
-            try:
-                with _named(Path(path), name) as file:
-                    self.experiment.log_artifact(self.run_id, str(file), resume.ARTIFACT_DIR)
-                if name == resume.BEST:
-                    self.experiment.set_tag(self.run_id, resume.BEST_TAG, Path(path).name)
-            except RestException:
-                raise
-            except UNREACHABLE as e:
-                self.lose(e, f"uploading {Path(path).name}")
-                return
-            self._uploaded[name] = sent
-
-    @rank_zero_only
-    def finalize(self, status: str = "success") -> None:
-        if self._initialized and self._checkpoint_callback and self.lost is None:
-            self._scan_and_log_checkpoints(self._checkpoint_callback)  # log_model=true only
-
-    def lose(self, error: BaseException, where: str) -> None:
-        """Go on without the server: from now on, what would be sent is kept in `unlogged_path`."""
-        text = str(error)
-        cause = re.search(
-            r"\[Errno -?\d+\] [^'\")]+|Read timed out|too many \d+ error responses", text
-        )
-        self.lost = f"at {where}: {cause[0] if cause else text.splitlines()[0][:200]}"
-        log.warning(
-            "MLflow at %s stopped answering %s; training goes on, and what is not logged is "
-            "kept in %s",
-            self._tracking_uri,
-            self.lost,
-            self.unlogged_path,
-        )
-
-    def keep(self, record: dict[str, Any]) -> None:
-        """Append one record to `unlogged_path` (its first line says which run it belongs to)."""
-        new = not self.unlogged_path.exists()
-        with self.unlogged_path.open("a") as f:
-            if new:
-                header = {"run_id": self._run_id, "tracking_uri": self._tracking_uri}
-                f.write(json.dumps(header) + "\n")
-            f.write(json.dumps(record) + "\n")
-
-    def end(
-        self, status: str, artifacts: list[Path] = (), tags: dict[str, str] | None = None
-    ) -> bool:
-        """Log the artifacts and tags and set the run's status; if the server is (or goes) away,
-        keep them in `unlogged_path` and return False."""
-        if self.lost is None:
-            try:
-                for p in artifacts:
-                    self.experiment.log_artifact(self.run_id, str(p), artifact_path="report")
-                for key, value in (tags or {}).items():
-                    self.experiment.set_tag(self.run_id, key, value)
-                self.experiment.set_terminated(self.run_id, status=status)
-                return True
-            except RestException:
-                raise
-            except UNREACHABLE as e:
-                self.lose(e, f"the run's end ({status})")
-        if not self.ended:
-            record = {"artifacts": [str(Path(p).resolve()) for p in artifacts], "tags": tags or {}}
-            self.keep({"end": {**record, "status": status}})
-            self.ended = True
-        return False
-
-    def incomplete(self, output_dir: Path) -> TrackingIncomplete:
-        return TrackingIncomplete(
-            f"MLflow at {self._tracking_uri} stopped answering {self.lost}; training went on. "
-            f"Checkpoints and report: {output_dir}. Not recorded in MLflow run {self._run_id}: "
-            f"{self.unlogged_values} metric values, the report and the run's status (kept in "
-            f"{self.unlogged_path}). Once the server answers again, record them with: "
-            f"python -m recolab sync {output_dir}"
-        )
+    if rank_zero_only.rank != 0:
+        return []
+    inherited = _model_and_data_tags(cfg, trained_by)
+    links = (
+        {"mlflow.parentRunId": trained_by, "recolab.train_run": trained_by} if trained_by else {}
+    )
+    built = []
+    for node in (cfg.get("logger") or {}).values():
+        if not (node.get("tags") or inherited or links):
+            built.append(instantiate(node))
+            continue
+        own = OmegaConf.to_container(node.get("tags") or {}, resolve=True)
+        own = {k: str(v) for k, v in own.items() if v is not None}
+        built.append(instantiate(node, tags={**inherited, **own, **links}))
+    return built
 
 
-@contextlib.contextmanager
-def _named(path: Path, name: str) -> Iterator[Path]:
-    """`path` under the file name `name`: itself, or a hard link (a copy where links fail) in a
-    hidden folder beside the run's checkpoint folder, removed afterwards."""
-    if path.name == name:
-        yield path
-        return
-    import shutil
-    import tempfile
+def _model_and_data_tags(cfg: DictConfig, train_run_id: str) -> dict[str, str]:
+    """The training run's `recolab.model` and `recolab.data` tags, for the evaluation's run.
 
-    with tempfile.TemporaryDirectory(prefix=".upload-", dir=path.parent.parent) as tmp:
-        target = Path(tmp) / name
-        try:
-            os.link(path, target)
-        except OSError:
-            shutil.copyfile(path, target)
-        yield target
+    Its own config has no model group (the checkpoint's model is evaluated) and a data group
+    only when `data=` is given (which then names it): these come from the run that trained the
+    checkpoint, where it is in the same store.
+    """
+    if not train_run_id or not (cfg.get("logger") and "mlflow" in cfg.logger):
+        return {}
+    from mlflow.tracking import MlflowClient
+
+    try:
+        tags = MlflowClient(tracking_uri=cfg.logger.mlflow.tracking_uri).get_run(train_run_id)
+    except MlflowException:  # trained into another store: the tags stay unset, as before
+        return {}
+    return {k: v for k, v in tags.data.tags.items() if k in ("recolab.model", "recolab.data")}
 
 
 def mlflow_logger(loggers: list[Any]) -> MLFlowLogger | None:
     return next((lg for lg in loggers if isinstance(lg, MLFlowLogger)), None)
-
-
-def build_logger(node: DictConfig) -> Any:
-    """A logger, its tags as strings: an MLflow server refuses a non-string tag (the seed), the local store does not."""
-    if not node.get("tags"):
-        return instantiate(node)
-    tags = OmegaConf.to_container(node.tags, resolve=True)
-    return instantiate(node, tags={k: str(v) for k, v in tags.items() if v is not None})
 
 
 def run_config(cfg: DictConfig) -> DictConfig:
@@ -353,10 +265,140 @@ def flat_params(cfg: DictConfig) -> dict[str, Any]:
     return out
 
 
+#: MLflow's limit on a tag's value (characters) in the versions recolab supports.
+TAG_LIMIT = 5000
+
+
+def command_line() -> str | None:
+    """This job's Hydra overrides as a JSON list (the tag `recolab.overrides`), or None outside
+    a Hydra run or when too long for a tag (`recolab select` then reads `.hydra/overrides.yaml`)."""
+    if not HydraConfig.initialized():
+        return None
+    text = json.dumps([str(o) for o in HydraConfig.get().overrides.task])
+    return text if len(text) <= TAG_LIMIT else None
+
+
+# ---------------------------------------------------------------------------------------------
+# From start to end
+
+
+@dataclasses.dataclass
+class Run:
+    """A run between its start and its end (`tracked` yields it to `train` and `evaluate`)."""
+
+    cfg: DictConfig
+    trainer: pl.Trainer
+    mlf: MLFlowLogger | None  # rank zero's MLflow logger; None on other ranks or untracked
+    output_dir: Path
+
+    def info(self) -> dict[str, str]:
+        """What the pipeline module saves in its checkpoints (`run_info`): the run's config, from
+        which `recolab evaluate` rebuilds the run, and its MLflow run."""
+        return {
+            "config": OmegaConf.to_yaml(run_config(self.cfg), resolve=True),
+            "run_id": self.mlf.run_id if self.mlf else "",
+        }
+
+    @property
+    def best(self) -> str:
+        """The best checkpoint's file, or "" where no checkpoint was written."""
+        callback = self.trainer.checkpoint_callback
+        return callback.best_model_path if callback else ""
+
+    def logged(self, *prefixes: str) -> dict[str, float]:
+        """The metrics of the trainer's last loop whose names start with one of `prefixes`."""
+        metrics = self.trainer.callback_metrics.items()
+        return {k: float(v) for k, v in metrics if k.startswith(prefixes)}
+
+    def tested_val_metrics(
+        self, module: pl.LightningModule, datamodule: pl.LightningDataModule
+    ) -> dict[str, float]:
+        """The validation metrics of the checkpoint the run tests, logged once more at the last
+        step, so that a run's latest `val/...` values in MLflow are those of the checkpoint it
+        tested: what a sweep's `optimized_metric` and `recolab select` choose on.
+
+        They are those saved in the best checkpoint (the validation that chose it), or, without a
+        checkpoint, the module's last validation's. A best checkpoint written before recolab kept
+        them is validated again where `optimized_metric` needs them.
+        """
+        if self.best:
+            stored = resume.read_info(Path(self.best)).get("val_metrics")
+        else:
+            stored = getattr(module, "val_metrics", None)
+        selection = {k: float(v) for k, v in (stored or {}).items() if k.startswith("val/")}
+        if selection and self.mlf is not None:
+            self.mlf.log_metrics(selection, step=self.trainer.global_step)
+        if not selection and str(self.cfg.get("optimized_metric") or "").startswith("val/"):
+            best = "best" if self.best else None
+            self.trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)
+            selection = self.logged("val/")
+        return selection
+
+    def finish(
+        self,
+        module: pl.LightningModule,
+        datamodule: pl.LightningDataModule,
+        *,
+        title: str,
+        checkpoint: str,
+    ) -> dict[str, float]:
+        """The test epoch's metrics (`test/...`, `oracle/...`); on rank zero, with the report
+        written and logged and the MLflow run FINISHED (`finish_run`)."""
+        metrics = self.logged("test/", "oracle/")
+        if self.trainer.is_global_zero:
+            finish_run(
+                self.cfg,
+                title=title,
+                datamodule=datamodule,
+                module=module,
+                mlf=self.mlf,
+                metrics=metrics,
+                output_dir=self.output_dir,
+                checkpoint=checkpoint,
+            )
+        return metrics
+
+
+@contextlib.contextmanager
+def tracked(
+    cfg: DictConfig,
+    trainer: pl.Trainer,
+    loggers: list[Any],
+    *,
+    kind: str,
+    datamodule: pl.LightningDataModule,
+    resumed_from: Path | None = None,
+    recorded: DictConfig | None = None,
+) -> Iterator[Run]:
+    """Start the run's MLflow record, yield the `Run`, and record how it ends.
+
+    At the start, the params and config of `recorded` (default `cfg`: an evaluation records the
+    checkpoint's run) and the bookkeeping tags (`start_tracking`, `track_extras`). A run the block
+    ends with `Run.finish` is FINISHED; one stopped by SIGTERM is KILLED and exits with status 143
+    (Lightning's exit is 0: `kill_run`); one that raised is FAILED (`fail_run`). The run's folder
+    is released in any case.
+    """
+    mlf = mlflow_logger(loggers) if trainer.is_global_zero else None
+    run = Run(cfg, trainer, mlf, Path(cfg.paths.output_dir))
+    try:
+        start_tracking(cfg if recorded is None else recorded, mlf, run.output_dir, kind=kind)
+        track_extras(mlf, datamodule, resumed_from)
+        yield run
+    except SIGTERMException:  # `kill`, `docker stop`
+        kill_run(mlf, run.output_dir)
+        raise SystemExit(143) from None
+    except BaseException:
+        fail_run(mlf)
+        raise
+    finally:
+        release_run_dir(run.output_dir)
+
+
 def start_tracking(
     cfg: DictConfig, mlf: MLFlowLogger | None, output_dir: Path, *, kind: str
 ) -> None:
-    """Params, the config artifact and bookkeeping tags, before any training or testing."""
+    """Params, the config artifact and bookkeeping tags, before any training or testing; a
+    training run's command-line overrides as the tag `recolab.overrides` (`command_line`)."""
     if mlf is None:
         return
     if isinstance(mlf, RunLogger):
@@ -375,11 +417,14 @@ def start_tracking(
     config_path = output_dir / "config.yaml"
     config_path.write_text(OmegaConf.to_yaml(run_config(cfg), resolve=True))
     mlf.experiment.log_artifact(mlf.run_id, str(config_path))
-    for key, value in {
+    tags = {
         "recolab.kind": kind,
         "recolab.output_dir": str(output_dir),
         "recolab.tags": ",".join(map(str, cfg.get("tags") or [])),
-    }.items():
+    }
+    if kind == "train" and (overrides := command_line()) is not None:
+        tags["recolab.overrides"] = overrides
+    for key, value in tags.items():
         mlf.experiment.set_tag(mlf.run_id, key, value)
     # How the run looks in MLflow's UI: the model-training view, a name of its own (recolab.tracking).
     tracking.mark_model_training(mlf.experiment, mlf.experiment_id)
@@ -397,22 +442,16 @@ def track_extras(
     mlf: MLFlowLogger | None, datamodule: pl.LightningDataModule, resumed_from: Path | None
 ) -> None:
     """Data-quality counts (`data/dropped_rows`, `data/oov_rows/...`, as the table
-    `data/quality.json`: `recolab.tracking.log_data_quality`), the sweep tag, the resume tag."""
+    `data/quality.json`: `recolab.tracking.log_data_quality`), the sweep tag, the resume tags."""
     if mlf is None:
         return
     quality = getattr(datamodule, "quality_metrics", dict)()
-    if quality and getattr(mlf, "lost", None) is None:
-        try:
+    if quality and not is_lost(mlf):
+        with unless_lost(mlf, "logging the data's quality table"):
             tracking.log_data_quality(mlf.experiment, mlf.run_id, quality)
-        except RestException:
-            raise
-        except UNREACHABLE as e:
-            if not isinstance(mlf, RunLogger):
-                raise
-            mlf.lose(e, "logging the data's quality table")
     if sid := sweep_id():
         mlf.experiment.set_tag(mlf.run_id, "recolab.sweep", sid)
-    resume.mark_resumed(mlf, resumed_from)
+    resume.mark_resumed(mlf, resumed_from, datamodule)
 
 
 def finish_run(
@@ -478,18 +517,11 @@ def ui_view(mlf: MLFlowLogger | None, metrics: dict[str, float]) -> str | None:
     """Add the run's headline metrics to recolab's saved view of the experiment's run list
     (`recolab.tracking.preset_view`) and return the UI link that opens it; None where the run is
     not tracked or the server stopped answering."""
-    if mlf is None or getattr(mlf, "lost", None) is not None:
+    if is_lost(mlf):
         return None
-    try:
+    with unless_lost(mlf, "saving the run list's view"):
         tracking.preset_view(mlf.experiment, mlf.experiment_id, metrics)
-    except RestException:
-        raise
-    except UNREACHABLE as e:
-        if not isinstance(mlf, RunLogger):
-            raise
-        mlf.lose(e, "saving the run list's view")
-        return None
-    return tracking.ui_link(mlf._tracking_uri, mlf.experiment_id)
+    return None if is_lost(mlf) else tracking.ui_link(mlf._tracking_uri, mlf.experiment_id)
 
 
 def log_run_model(
@@ -502,12 +534,11 @@ def log_run_model(
     """Log the tested model as the run's MLflow Model (`log_model: true`, `recolab.serving`) and
     return its URI; None where the run is not tracked or the server stopped answering (what a
     server that is gone raises is handled as for metrics; anything else fails the run)."""
-    if mlf is None or not cfg.get("log_model") or getattr(mlf, "lost", None) is not None:
+    if not cfg.get("log_model") or is_lost(mlf):
         return None
     from recolab.serving import log_model  # MLflow's model code, only where a model is logged
-    from recolab.tracking import TrackingError, check_reachable
 
-    try:
+    with unless_lost(mlf, "logging the model", confirm=True):
         return log_model(
             cfg,
             module=module,
@@ -515,17 +546,7 @@ def log_run_model(
             run_id=mlf.run_id,
             tracking_uri=mlf._tracking_uri,
         )
-    except RestException:
-        raise
-    except UNREACHABLE as e:
-        if not isinstance(mlf, RunLogger):
-            raise
-        try:
-            check_reachable(mlf._tracking_uri)
-        except TrackingError:
-            mlf.lose(e, "logging the model")
-            return None
-        raise
+    return None
 
 
 def fail_run(mlf: MLFlowLogger | None, status: str = "FAILED") -> None:
@@ -582,43 +603,3 @@ def training_process() -> Iterator[None]:
         for k, v in before.items():
             if v is None:
                 os.environ.pop(k, None)
-
-
-# ---------------------------------------------------------------------------------------------
-# Recording what tracking missed
-
-
-def replay_unlogged(folder: str | Path, tracking_uri: str | None = None) -> str:
-    """Send a run folder's `unlogged_tracking.jsonl` to its MLflow run (metrics, then the report,
-    tags and status); the file is renamed `*.synced` once all of it is recorded. Returns a summary."""
-    from mlflow.entities import Metric
-    from mlflow.tracking import MlflowClient
-
-    path = Path(folder) / UNLOGGED
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path}: no such file (nothing of that run is waiting to be logged)"
-        )
-    header, *records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or header["tracking_uri"]
-    client = MlflowClient(tracking_uri=uri)
-    run_id = header["run_id"]
-    client.get_run(run_id)  # fails at once, naming the run, where the server does not have it
-    metrics = [
-        Metric(key=k, value=v, timestamp=r["timestamp"], step=r["step"])
-        for r in records
-        if "metrics" in r
-        for k, v in r["metrics"].items()
-    ]
-    for i in range(0, len(metrics), 1000):  # MLflow's limit per batch
-        client.log_batch(run_id, metrics=metrics[i : i + 1000])
-    status = "RUNNING"
-    for end in (r["end"] for r in records if "end" in r):
-        for p in end["artifacts"]:
-            client.log_artifact(run_id, p, artifact_path="report")
-        for key, value in end["tags"].items():
-            client.set_tag(run_id, key, value)
-        client.set_terminated(run_id, status=end["status"])
-        status = end["status"]
-    path.rename(path.with_name(path.name + ".synced"))
-    return f"run {run_id} at {uri}: {len(metrics)} metric values logged, status {status}"

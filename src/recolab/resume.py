@@ -29,7 +29,7 @@ settings, from its newest intact checkpoint:
 
 **From MLflow, on another machine.** A training run logs its best and last checkpoints to its
 MLflow run as they are written (`checkpoints/best.ckpt`, `checkpoints/last.ckpt`, the best's own
-file name in the tag `recolab.best_checkpoint`; `recolab.lifecycle.RunLogger`). `ckpt_path=<run
+file name in the tag `recolab.best_checkpoint`; `recolab.run_logger.RunLogger`). `ckpt_path=<run
 id>` (or `runs:/<run id>/checkpoints/last.ckpt`) downloads them from the tracking store into this
 invocation's new run folder (`fetch_for_resume`), with the best under its own name, and points
 the checkpoint's `ModelCheckpoint` state at that folder (`relocate`: otherwise Lightning forgets
@@ -117,7 +117,7 @@ MAY_DIFFER = (
     "log_checkpoints",
 )
 
-#: Where a training run's checkpoints go in its MLflow run (`recolab.lifecycle.RunLogger`).
+#: Where a training run's checkpoints go in its MLflow run (`recolab.run_logger.RunLogger`).
 ARTIFACT_DIR = "checkpoints"
 BEST, LAST = "best.ckpt", "last.ckpt"
 #: The MLflow tag holding the file name of the run's best checkpoint (`epochNN.ckpt`).
@@ -503,7 +503,13 @@ def prepare(cfg: DictConfig) -> Path | None:
                 "runs:/<run id>/checkpoints/<file>)"
             )
         info = verified_file(path)
-    stored = OmegaConf.create(info["config"]) if info.get("config") else None
+    stored = None
+    if info.get("config"):
+        # A run trained before a config key moved resumes under today's keys.
+        from recolab.checkpoint_config import upgrade_stored_config
+
+        plain = OmegaConf.to_container(OmegaConf.create(info["config"]))
+        stored = OmegaConf.create(upgrade_stored_config(plain, where=str(path)))
     run_id = info.get("run_id") or None
     with open_dict(cfg):
         if path.parent.name == "checkpoints":
@@ -658,12 +664,35 @@ def check_run_exists(tracking_uri: str, run_id: str, path: Path) -> None:
         ) from e
 
 
-def mark_resumed(mlf: Any, checkpoint: Path | None) -> None:
-    """Tag the continued MLflow run with the checkpoint it resumed from, and set it RUNNING again."""
+def inexact_consent(cfg: DictConfig) -> bool:
+    """Whether this invocation lets a stream resume without its position (`resume_inexact=true`).
+
+    The consent is the invocation's, not a setting of the run: it is taken out of `cfg`, so the
+    run's params keep false, and the MLflow tag `recolab.resume_exact` says what happened.
+    """
+    allow = bool(cfg.get("resume_inexact"))
+    if allow:
+        cfg.resume_inexact = False
+    return allow
+
+
+def check_data(path: Path, datamodule: Any, *, allow_inexact: bool) -> None:
+    """The resumed run's own data (`check_same_data`), and a stream's position: it resumes where
+    it stopped, or refuses (the data module's `check_resume`); a clear error before any step."""
+    check_same_data(path, datamodule.state_dict())
+    if hasattr(datamodule, "check_resume"):
+        datamodule.check_resume(path, allow_inexact=allow_inexact)
+
+
+def mark_resumed(mlf: Any, checkpoint: Path | None, datamodule: Any = None) -> None:
+    """Tag the continued MLflow run with the checkpoint it resumed from and whether it resumed
+    exactly (`recolab.resume_exact`, the data module's `resume_exact`), and set it RUNNING again."""
     if mlf is None or checkpoint is None:
         return
     mlf.experiment.update_run(mlf.run_id, status="RUNNING")
     mlf.experiment.set_tag(mlf.run_id, "recolab.resumed_from", str(checkpoint))
+    exact = str(getattr(datamodule, "resume_exact", True)).lower()
+    mlf.experiment.set_tag(mlf.run_id, "recolab.resume_exact", exact)
 
 
 class RNGState(pl.Callback):

@@ -37,36 +37,23 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger(__name__)
 
 
-#: Metrics (the name's second part, `_at_K` and `_raw` removed) that are better lower / higher.
-LOWER_IS_BETTER = frozenset({"loss", "logloss", "ece", "mae", "rmse"})
-HIGHER_IS_BETTER = frozenset(
-    {
-        "auc",
-        "gauc",
-        "xauc",
-        "xgauc",
-        "truth_xauc",
-        "truth_xgauc",
-        "recall",
-        "ndcg",
-        "hit_rate",
-        "mrr",
-    }
-)
+#: The logged metrics that are not `recolab.metrics.registry` entries, and their better side.
+OTHER_DIRECTIONS = {"loss": "min", "truth_xauc": "max", "truth_xgauc": "max", "index_recall": "max"}
 #: Prefixes of the metrics the test epoch logs: none of them may choose anything.
 TEST_EPOCH = ("test/", "oracle/", "baseline_")
 
 
 def metric_direction(name: str) -> str | None:
-    """`min` or `max`: which side of the metric `name` (`split/metric[/task]`) is better, or None
-    where recolab does not know (`train/samples_per_sec`, `val/retrieved_popularity_at_50`)."""
+    """`min` or `max`: which side of the metric `name` (`split/metric[/task]`) is better (the
+    registry's `higher_is_better`), or None where recolab does not know
+    (`train/samples_per_sec`, `val/retrieved_popularity_at_50`)."""
     parts = str(name).split("/")
     if len(parts) < 2:
         return None
+    from recolab.metrics.registry import direction
+
     metric = re.sub(r"_at_\d+$", "", parts[1]).removesuffix("_raw")
-    if metric in LOWER_IS_BETTER:
-        return "min"
-    return "max" if metric in HIGHER_IS_BETTER else None
+    return OTHER_DIRECTIONS.get(metric) or direction(metric)
 
 
 def selection_problem(key: str, value: str, val_names: list[str] | None = None) -> str | None:

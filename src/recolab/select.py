@@ -53,12 +53,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from recolab import tracking
 from recolab.compare import compare, fetch_runs
+from recolab.compose import CONFIG_DIR
 from recolab.lifecycle import RUN_ID
 from recolab.reports import stats as S
 from recolab.reports.compare import SEED_KEYS, Config, RunRecord, group_runs
 from recolab.run_checks import metric_direction, selection_problem
 from recolab.stacks import dump_stacks_on_signal
-from recolab.train import CONFIG_DIR
 
 log = logging.getLogger(__name__)
 

@@ -132,6 +132,8 @@ def _schema(d: Mapping[str, Any]) -> Schema:
         tasks=tuple(Task(**t) for t in d["tasks"]),
         meta=tuple(d["meta"]),
         oracle=dict(d["oracle"]),
+        user=tuple(d.get("user", ())),
+        item=tuple(d.get("item", ())),
     )
 
 
@@ -146,7 +148,7 @@ def _restore(value: Any) -> Any:
 
 
 class _Inputs:
-    """What `recolab.train.build` asks a data module for, from the stored values."""
+    """What `recolab.compose.build` asks a data module for, from the stored values."""
 
     def __init__(self, model: dict[str, Any], module: dict[str, Any]) -> None:
         self._model, self._module = model, module
@@ -398,7 +400,7 @@ class ServedRecaller(_Served):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, D) or (B, K, D) user vectors, (B, max(ks)) item codes and their scores."""
         module = self.module
-        users = module._scored(module.model.user_embeddings(features).float())
+        users = module.sampler.scored(module.model.user_embeddings(features).float())
         ids = module.retrieve(features, seen)  # (B, N), -1 padded
         items = module._corpus()  # (I, D)
         vectors = items[ids.clamp_min(0)]  # (B, N, D)
@@ -598,7 +600,7 @@ def _item_vectors(module: Any) -> np.ndarray:
     module.eval()
     try:
         with torch.no_grad():
-            return module._scored(module.model.all_item_embeddings().float()).cpu().numpy()
+            return module.sampler.scored(module.model.all_item_embeddings().float()).cpu().numpy()
     finally:
         module.train(training)
 
@@ -620,7 +622,7 @@ def load(folder: str | Path) -> ServedRanker | ServedRecaller:
     )
     weights = load_weights_only(folder / "weights.pt")
     inputs = _Inputs(_restore(weights["model_inputs"]), _restore(weights["module_inputs"]))
-    from recolab.train import build  # the same construction as training and `evaluate`
+    from recolab.compose import build  # the same construction as training and `evaluate`
 
     _, module = build(cfg, inputs)
     module.load_state_dict(weights["state_dict"])

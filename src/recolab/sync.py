@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from recolab.lifecycle import replay_unlogged
+from recolab.run_logger import replay_unlogged
 
 USAGE = "usage: python -m recolab sync <run folder> [<run folder> ...]"
 

@@ -7,6 +7,7 @@ Marked `gpu`; skipped without CUDA (see conftest.py). Their CPU twins are in tes
 from __future__ import annotations
 
 from collections import Counter
+from functools import partial
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from recolab import metrics as M
 from recolab.data.columnar import ColumnarBatches
 from recolab.index import FaissIndex, csr_from_pairs, exact_topk, recall_against_exact
 from recolab.metrics import device as D
+from recolab.models.blocks import FeatureEmbedding
 from recolab.models.rank.mmoe import MMoE
 from recolab.pipelines.rank import RankModule
 from tests.unit.data.test_datamodule import _dm, _write
@@ -179,7 +181,14 @@ def test_bf16_training_on_the_device_columns(tmp_path, dev):
     dm.setup()
     torch.manual_seed(0)
     module = RankModule(
-        MMoE(dm.schema, embedding_dim=8, num_experts=2, expert_dims=[16], tower_dims=[8]), dm.schema
+        MMoE(
+            dm.schema,
+            embedding=partial(FeatureEmbedding, embedding_dim=8),
+            num_experts=2,
+            expert_dims=[16],
+            tower_dims=[8],
+        ),
+        dm.schema,
     )
     trainer = _trainer(dev, precision="bf16-mixed", max_epochs=1, num_sanity_val_steps=0)
     trainer.fit(module, datamodule=dm)

@@ -305,7 +305,7 @@ def test_a_recallers_model_retrieves_what_the_pipeline_retrieves(
     assert [list(r) for r in got["item_ids"]] == [
         [items[c - 1].item() for c in row if c > 0] for row in want.tolist()
     ]
-    emb = module._scored(module.model.user_embeddings(batch["features"]).float()).detach()
+    emb = module.sampler.scored(module.model.user_embeddings(batch["features"]).float()).detach()
     np.testing.assert_allclose(np.stack(got["user_embedding"]), emb.numpy(), rtol=1e-5, atol=1e-6)
     # The item vectors and the faiss index the model searches are artifacts of the model.
     local = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model"))

@@ -68,7 +68,8 @@ def test_two_tower_logq_on_ml_latest_small(tmp_path: Path) -> None:
     ckpt = next((tmp_path / "out" / "checkpoints").glob("epoch*.ckpt"))
     state = torch.load(ckpt, weights_only=True)
     assert (
-        "frequency.interval" in state["state_dict"] and "vocabs" in state["recolab"]["data_state"]
+        "sampler.frequency.interval" in state["state_dict"]
+        and "vocabs" in state["recolab"]["data_state"]
     )
     again = evaluate(
         compose_train(tmp_path, [f"ckpt_path={ckpt}"], config_name="evaluate", out="eval")

@@ -18,15 +18,8 @@ import pytest
 import pytorch_lightning as pl
 from mlflow.tracking import MlflowClient
 
-from recolab.lifecycle import (
-    MARKER,
-    UNLOGGED,
-    RunDirError,
-    TrackingIncomplete,
-    claim_run_dir,
-    replay_unlogged,
-    training_process,
-)
+from recolab.lifecycle import MARKER, RunDirError, claim_run_dir, training_process
+from recolab.run_logger import UNLOGGED, TrackingIncomplete, replay_unlogged
 from recolab.train import train
 from tests.conftest import ROOT, TINY_WORLD, compose_train
 from tests.integration.probe import ONE_THREAD_ENV, one_torch_thread  # noqa: F401 (a fixture)

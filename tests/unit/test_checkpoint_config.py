@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 import recolab.train  # noqa: F401  (registers the resolvers the configs use, as a run does)
-from recolab.checkpoint_config import REBUILT, check_stored_config, problems, recolab_object
+from recolab.checkpoint_config import (
+    REBUILT,
+    check_stored_config,
+    problems,
+    recolab_object,
+    upgrade_stored_config,
+)
+from recolab.data.schema import DenseFeature, Schema, SequenceFeature, SparseFeature, Task
 from recolab.resume import CheckpointError
 from tests.conftest import CONFIGS, compose_train
 
@@ -194,3 +207,123 @@ def test_a_stored_config_that_is_not_a_mapping_is_refused(text: Any, why: str) -
     with pytest.raises(CheckpointError, match=r"ckpt_path=a\.ckpt: its stored config is") as e:
         check_stored_config(text, "a.ckpt")
     assert why in str(e.value)
+
+
+# -- configs stored by an older recolab ----------------------------------------------------------
+
+#: Checkpoints recolab wrote at de8d598, before the rankers were given their feature embedding
+#: (`model.embedding`) and the recallers' user features became `EmbeddingTables`; the README
+#: there gives the commands, `<exp>_de8d598.metrics.json` the test metrics those runs reported.
+OLD_CHECKPOINTS = Path(__file__).parents[1] / "fixtures" / "checkpoints"
+FEATURE_EMBEDDING = {"_target_": "recolab.models.blocks.FeatureEmbedding", "_partial_": True}
+
+
+def test_a_rankers_old_embedding_keys_become_the_node_it_is_given() -> None:
+    old = {
+        "_target_": "recolab.models.rank.cgc.PLE",
+        "embedding_dim": 8,
+        "num_levels": 2,
+        "dropout": 0.1,
+        "sparse_embeddings": False,
+        "input_batch_norm": True,
+    }
+    text = OmegaConf.to_yaml(OmegaConf.create({**stored(), "model": old}))
+    cfg = check_stored_config(text, "a.ckpt")
+    assert OmegaConf.to_container(cfg.model) == {
+        "_target_": "recolab.models.rank.cgc.PLE",
+        "embedding": {**FEATURE_EMBEDDING, "embedding_dim": 8, "sparse": False, "batch_norm": True},
+        "num_levels": 2,
+        "dropout": 0.1,
+    }
+    assert cfg.data == stored()["data"] and cfg.module == stored()["module"]
+
+
+@pytest.mark.parametrize("path", sorted((CONFIGS / "model").glob("*.yaml")), ids=lambda p: p.stem)
+def test_todays_model_configs_are_read_as_they_are(path: Path) -> None:
+    node = yaml.safe_load(path.read_text())
+    assert upgrade_stored_config({"model": yaml.safe_load(path.read_text())}) == {"model": node}
+
+
+def old_checkpoint(name: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    ckpt = torch.load(OLD_CHECKPOINTS / f"{name}_de8d598.ckpt", weights_only=True)
+    state = ckpt["state_dict"]
+    return ckpt["recolab"], {k[len("model.") :]: v for k, v in state.items() if k[:6] == "model."}
+
+
+def model_inputs(data: Any, state: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """What the data module gave the model, from the stored data config and the weights' shapes."""
+    if "user_id.weight" in state:  # a recaller: sizes and feature tables
+        return {
+            "num_users": len(state["user_id.weight"]) - 1,
+            "num_items": len(state["item.ids.weight"]) - 1,
+            "history_len": data.history_len,
+            "user_features": {
+                n: len(state[f"user_features.tables.{n}.weight"]) for n in ["user_age"]
+            },
+            "item_features": {
+                n: (state[f"item.table_{n}"], len(state[f"item.features.{n}.weight"]))
+                for n in data.item_features
+            },
+        }
+    vocab = {n: len(state[f"embed.tables.{n}.weight"]) for n in data.sparse}
+    return {
+        "schema": Schema(
+            sparse=tuple(SparseFeature(n, vocab[n]) for n in data.sparse),
+            dense=tuple(DenseFeature(n) for n in data.dense),
+            sequences=tuple(
+                SequenceFeature(n, vocab[s.vocab_of], s.max_len, vocab_of=s.vocab_of)
+                for n, s in data.sequences.items()
+            ),
+            tasks=tuple(Task(**t) for t in OmegaConf.to_container(data.tasks)),
+        )
+    }
+
+
+@pytest.mark.parametrize("name", ["mmoe", "two_tower"])
+def test_an_old_checkpoints_model_is_rebuilt_and_takes_its_weights(name: str) -> None:
+    info, state = old_checkpoint(name)
+    cfg = check_stored_config(info["config"], f"{name}.ckpt")
+    model = instantiate(cfg.model, _partial_=True)(**model_inputs(cfg.data, state))
+    model.load_state_dict(state)  # strict: every stored weight has its place, and every place one
+    if name == "mmoe":
+        assert OmegaConf.to_container(cfg.model.embedding) == {
+            **FEATURE_EMBEDDING,
+            "embedding_dim": 4,
+            "sparse": False,
+            "batch_norm": True,
+        }
+        assert model.embed.norm is not None and model.embed.tables["item_id"].embedding_dim == 4
+    else:  # its user features' tables, saved one level down (`user_features.tables.<name>`)
+        assert "user_features.tables.user_age.weight" in state
+        assert torch.equal(
+            model.user_features["user_age"].weight, state["user_features.tables.user_age.weight"]
+        )
+
+
+@pytest.mark.parametrize("name", ["mmoe", "two_tower"])
+def test_an_old_checkpoint_evaluates_to_the_metrics_it_was_tested_at(
+    name: str, tmp_path: Path
+) -> None:
+    """`python -m recolab evaluate ckpt_path=<a checkpoint written at de8d598>` rebuilds its model,
+    its module and its (seeded, synthetic) data, and reports the metrics that run reported."""
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "recolab",
+            "evaluate",
+            f"ckpt_path={OLD_CHECKPOINTS / f'{name}_de8d598.ckpt'}",
+            "logger=none",
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(Path(recolab.train.__file__).parents[1])},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "settings of an older recolab" in run.stdout + run.stderr or name == "two_tower"
+    (report,) = tmp_path.glob("outputs/runs/evaluate/*/report/metrics.json")
+    metrics = json.loads(report.read_text())["metrics"]
+    expected = json.loads((OLD_CHECKPOINTS / f"{name}_de8d598.metrics.json").read_text())
+    assert {k: metrics.get(k) for k in expected} == pytest.approx(expected, rel=1e-6, nan_ok=True)

@@ -101,18 +101,42 @@ def test_every_experiment_config_is_valid(exp: str, tmp_path: Path) -> None:
             "callbacks.throughput.window_sise: unknown key for WindowThroughputMonitor; did you mean 'window_size'?",
         ),
         (
-            ["module.optimizer=adamw"],
-            "module.optimizer='adamw': expected one of 'adagrad', 'adam'; did you mean 'adam'?",
+            ["module.optimizer._target_=torch.optim.Adamm"],
+            "module.optimizer._target_='torch.optim.Adamm': cannot be imported (ImportError); did you mean 'Adam'?",
         ),
         (
-            ["+module.optimizer_kwargs.fusd=true"],
-            "module.optimizer_kwargs.fusd: not a parameter of Adam; did you mean 'fused'?",
+            ["module.optimizer=adam"],
+            "module.optimizer='adam': expected a torch optimizer node {_target_: torch.optim.Adam, _partial_: true, ...}",
         ),
         (
-            ["module.optimizer=adagrad", "+module.optimizer_kwargs.betas=[0.9,0.99]"],
-            "module.optimizer_kwargs.betas: not a parameter of Adagrad",
+            ["module.optimizer._target_=recolab.pipelines.rank.RankModule"],
+            "module.optimizer._target_='recolab.pipelines.rank.RankModule': expected a torch optimizer class",
         ),
-        (["+module.optimizer_kwargs.lr=0.1"], "module.optimizer_kwargs.lr: set module.lr instead"),
+        (
+            ["+module.optimizer.fusd=true"],
+            "module.optimizer.fusd: unknown key for Adam; did you mean 'fused'?",
+        ),
+        (
+            ["module.optimizer._target_=torch.optim.Adagrad", "+module.optimizer.betas=[0.9,0.99]"],
+            "module.optimizer.betas: unknown key for Adagrad",
+        ),
+        (["+module.optimizer.lr=0.1"], "module.optimizer.lr: set module.lr instead"),
+        (
+            [
+                "+exp=two_tower",
+                "module.optimizer._target_=torch.optim.SGD",
+                "+module.optimizer.lr=1",
+            ],
+            "module.optimizer.lr: set module.lr instead",
+        ),
+        (
+            ["+exp=two_tower", "module.sampler.similarity=l2"],
+            "module.sampler.similarity='l2': expected",
+        ),
+        (
+            ["+exp=two_tower_mns", "+module.sampler.num_negativs=3"],
+            "module.sampler.num_negativs: unknown key for MixedNegativeSoftmax; did you mean 'num_negatives'?",
+        ),
         (["+seeed=3"], "seeed: unknown top-level key; did you mean 'seed'?"),
         (
             ["model._target_=recolab.models.rank.mmoe.MMOE"],
@@ -340,7 +364,7 @@ def test_a_trainer_lightning_refuses_fails_before_reading_data(tmp_path: Path) -
 
 POSITIVE_INTS = [
     "model.num_experts",
-    "model.embedding_dim",
+    "model.embedding.embedding_dim",
     "data.batch_size",
     "data.eval_batch_size",
     "data.num_items",
@@ -393,7 +417,11 @@ def test_valid_configs_pass(
     dims: list[int],
 ) -> None:
     fractions = [w / sum(weights) for w in weights]
-    cfg = with_value(mmoe, "module.optimizer_kwargs", {"fused": False, "amsgrad": True})
+    cfg = with_value(
+        mmoe,
+        "module.optimizer",
+        {"_target_": "torch.optim.Adam", "_partial_": True, "fused": False, "amsgrad": True},
+    )
     for key, value in {
         "model.num_experts": num_experts,
         "module.lr": lr,
@@ -412,7 +440,7 @@ def test_a_one_letter_typo_of_a_model_key_is_caught_with_a_suggestion(
     mmoe: DictConfig, data: st.DataObject
 ) -> None:
     key = data.draw(
-        st.sampled_from(["num_experts", "embedding_dim", "expert_dims", "tower_dims", "dropout"])
+        st.sampled_from(["num_experts", "embedding", "expert_dims", "tower_dims", "dropout"])
     )
     i = data.draw(st.integers(0, len(key) - 1))
     typo = key[:i] + key[i + 1 :]  # one letter left out
@@ -428,6 +456,7 @@ def test_rules_are_keyed_by_real_constructor_parameters() -> None:
 
     targets = {
         "recolab.models.rank.mmoe.MMoE",
+        "recolab.models.blocks.FeatureEmbedding",
         "recolab.models.rank.cgc.PLE",
         "recolab.pipelines.rank.RankModule",
         "recolab.data.synthetic_video.SyntheticVideoDataModule",
@@ -435,7 +464,7 @@ def test_rules_are_keyed_by_real_constructor_parameters() -> None:
         "pytorch_lightning.callbacks.EarlyStopping",
         "pytorch_lightning.callbacks.ModelCheckpoint",
         "recolab.pipelines.recall.RecallModule",
-        "recolab.pipelines.recall.Sampler",
+        "recolab.samplers.MixedNegativeSoftmax",
         "recolab.data.retrieval.SyntheticRetrievalDataModule",
         "recolab.models.recall.mind.MIND",
         "recolab.models.rank.shared_bottom.SharedBottom",
@@ -448,8 +477,8 @@ def test_rules_are_keyed_by_real_constructor_parameters() -> None:
 
 
 def test_the_readmes_optimizer_override_composes(tmp_path: Path) -> None:
-    # `module.optimizer_kwargs={fused: false}` (README, experiments/bench/speed.md): an empty
-    # mapping in the config refused it under Hydra's strict mode; null takes it.
-    cfg = compose_train(tmp_path, ["+exp=mmoe", "module.optimizer_kwargs={fused: false}"])
+    # `+module.optimizer.fused=false` (README, experiments/bench/speed.md): the optimizer's own
+    # keys go into its node.
+    cfg = compose_train(tmp_path, ["+exp=mmoe", "+module.optimizer.fused=false"])
     validate_config(cfg, known_top_level=KNOWN)
-    assert dict(cfg.module.optimizer_kwargs) == {"fused": False}
+    assert cfg.module.optimizer.fused is False

@@ -23,14 +23,13 @@ Columns (names from SOURCE.md):
   a feature nor a loss or metric weight: the models and metrics treat rows equally, as the
   papers' code does. It stays in the cached parquet file for analyses that need it.
 
-The file is parsed once and cached as parquet under `cache_dir`, keyed by the source file's name,
-size and modification time (a changed file is converted again).
+The file is parsed once and cached as parquet under `cache_dir` (`recolab.data.source`: a changed
+file is converted again).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recolab.data.datamodule import DataError, RankDataModule
+from recolab.data.source import cached_parquet, check_max_rows, require, select, split_column
 
 log = logging.getLogger(__name__)
 
@@ -154,21 +154,54 @@ def read_census_csv(path: Path) -> pd.DataFrame:
 
 
 def cached_census(source: Path, cache_dir: str | Path) -> Path:
-    """The source file converted to parquet under `cache_dir`, once per (name, size, mtime)."""
-    stat = source.stat()
-    stem = source.name.split(".")[0]
-    path = (
-        Path(cache_dir) / f"{stem}-{stat.st_size}-{stat.st_mtime_ns}-v{CONVERTER_VERSION}.parquet"
+    """The source file converted to parquet under `cache_dir` (`recolab.data.source`)."""
+    return cached_parquet(
+        source.name.split(".")[0],
+        lambda: pa.Table.from_pandas(read_census_csv(source), preserve_index=False),
+        cache_dir=cache_dir,
+        files=[source],
+        version=CONVERTER_VERSION,
     )
-    if path.exists():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    log.info("converting %s -> %s", source, path)
-    table = pa.Table.from_pandas(read_census_csv(source), preserve_index=False)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    pq.write_table(table, tmp)
-    tmp.replace(path)  # atomic: a killed conversion never leaves a half-written cache
-    return path
+
+
+class CensusSource:
+    """The file's rows (the first `max_rows`, if set) with a `split` column: train / val / test
+    by a permutation seeded with `split_seed`, cut at `fractions` (see `CensusDataModule`)."""
+
+    def __init__(
+        self,
+        *,
+        path: str,
+        file: str,
+        cache_dir: str,
+        fractions: list[float],
+        split_seed: int,
+        max_rows: int | None,
+    ) -> None:
+        self.path, self.file, self.cache_dir = path, file, cache_dir
+        self.fractions, self.split_seed, self.max_rows = fractions, split_seed, max_rows
+
+    def raw_file(self) -> Path:
+        folder = require(
+            self.path,
+            "folder",
+            hint=". The Census-Income (KDD) data set is read from ../shared/data/census-income-kdd "
+            "beside the project; see that folder's SOURCE.md",
+        )
+        holds = sorted(p.name for p in folder.iterdir())
+        return require(folder / self.file, "file", "data.file", f" in {folder}; it holds {holds}")
+
+    def prepare(self) -> None:
+        cached_census(self.raw_file(), self.cache_dir)
+
+    def load(self, columns: list[str]) -> tuple[str, pa.Table]:
+        source = self.raw_file()
+        table = pq.read_table(cached_census(source, self.cache_dir))
+        if self.max_rows is not None:
+            table = table.slice(0, self.max_rows)
+        split = split_column(table.num_rows, self.fractions, self.split_seed)
+        table = table.append_column(SPLIT_COLUMN, split)
+        return str(source), select(str(source), table, columns)
 
 
 class CensusDataModule(RankDataModule):
@@ -222,46 +255,15 @@ class CensusDataModule(RankDataModule):
             raise ValueError(
                 f"data.fractions must be 3 shares (train, val, test) >= 0 summing to 1, with train and test > 0; got {fractions}"
             )
-        if max_rows is not None and max_rows < 10:
-            raise ValueError(f"data.max_rows must be >= 10 or null, got {max_rows}")
-        self.path = str(DEFAULT_PATH) if path is None else path
-        self.file = file
-        self.cache_dir = cache_dir
         self.fractions = fractions
-        self.split_seed = split_seed
-        self.max_rows = max_rows
-
-    def _source(self) -> Path:
-        folder = Path(self.path)
-        if not folder.is_dir():
-            raise DataError(
-                f"{folder}: no such folder (data.path). The Census-Income (KDD) data set is read from "
-                "../shared/data/census-income-kdd beside the project; see that folder's SOURCE.md"
-            )
-        source = folder / self.file
-        if not source.is_file():
-            raise DataError(
-                f"{source}: no such file (data.file) in {folder}; it holds {sorted(p.name for p in folder.iterdir())}"
-            )
-        return source
-
-    def prepare_data(self) -> None:
-        cached_census(self._source(), self.cache_dir)
-
-    def _load(self) -> tuple[str, pa.Table]:
-        source = self._source()
-        table = pq.read_table(cached_census(source, self.cache_dir))
-        if self.max_rows is not None:
-            table = table.slice(0, self.max_rows)
-        n = table.num_rows
-        order = np.random.default_rng(self.split_seed).permutation(n)
-        cuts = np.round(np.cumsum(self.fractions)[:2] * n).astype(int)
-        split = np.empty(n, dtype=object)
-        for name, rows in zip(("train", "val", "test"), np.split(order, cuts)):
-            split[rows] = name
-        table = table.append_column(SPLIT_COLUMN, pa.array(split, pa.string()))
-        self._check_columns(str(source), table.column_names)
-        return str(source), table.select(self.required_columns)
+        self.source = CensusSource(
+            path=str(DEFAULT_PATH) if path is None else path,
+            file=file,
+            cache_dir=cache_dir,
+            fractions=fractions,
+            split_seed=split_seed,
+            max_rows=check_max_rows(max_rows),
+        )
 
     def _split(self, table: pa.Table) -> dict[str, pa.Table]:
         if self.fractions[1] > 0:

@@ -23,9 +23,9 @@ drop with `drop_bad_rows` and report the count). Policies:
   as the values they encode (`decode_dictionaries`). A column named twice is refused
   (`duplicate_names`), and so is a parquet file that cannot be read (`open_parquet`).
 
-One validation path: the data modules (in memory and streamed, through
-`RankDataModule._validate`), the retrieval module and `recolab data import` all build their
-messages from these checks; a row problem is a `RowProblem` (what, the bad rows, their values), and
+One validation path: the data modules (in memory, streamed and retrieval) run
+`recolab.data.validation.validate`, and `recolab data import` settles its bad rows with the same
+`recolab.data.validation.settle`; all build their messages from these checks; a row problem is a `RowProblem` (what, the bad rows, their values), and
 `describe` names the first rows and their values.
 """
 

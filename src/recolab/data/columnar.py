@@ -12,6 +12,7 @@ with unequal lengths, and the pipeline gathers them.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +45,47 @@ class Vocabulary:
         pos_clipped = np.minimum(pos, len(self.values) - 1)
         found = self.values[pos_clipped] == raw
         return np.where(found, pos_clipped + 1, 0).astype(np.int64)
+
+
+class DenseStats:
+    """A dense column's mean and std (population), fitted in one pass or chunk by chunk.
+
+    Count, mean and sum of squared deviations merge by Chan, Golub and LeVeque's pairwise update,
+    in float64; the first chunk is taken as it is, so one chunk gives exactly numpy's
+    `x.mean()` and `x.std()`. A constant column (its range is 0) maps to 0 with scale 1: its
+    computed std would be a rounding residue (5.6e-17 for 0.3), not 0, blowing other splits'
+    values up to ~1e15. A zero std reads as scale 1 too.
+    """
+
+    def __init__(self) -> None:
+        self.n, self.mean, self.m2 = 0, 0.0, 0.0
+        self.lo, self.hi = math.inf, -math.inf
+
+    def add(self, x: np.ndarray) -> DenseStats:
+        """Merge the values `x` (N,) in; returns self."""
+        x = np.asarray(x, dtype=np.float64)
+        n_b = len(x)
+        if n_b == 0:
+            return self
+        self.lo, self.hi = min(self.lo, float(x.min())), max(self.hi, float(x.max()))
+        mean_b = float(x.mean())
+        m2_b = float(((x - mean_b) ** 2).sum())
+        if self.n == 0:
+            self.n, self.mean, self.m2 = n_b, mean_b, m2_b
+            return self
+        n = self.n + n_b
+        delta = mean_b - self.mean
+        self.mean += delta * n_b / n
+        self.m2 += m2_b + delta**2 * self.n * n_b / n
+        self.n = n
+        return self
+
+    def result(self) -> tuple[float, float]:
+        """(mean, std) to standardize with: `(x - mean) / std`."""
+        if self.n and self.hi == self.lo:
+            return self.lo, 1.0
+        std = math.sqrt(self.m2 / self.n) if self.n else 0.0
+        return self.mean, std if std > 0 else 1.0
 
 
 def pad_left(offsets: np.ndarray, values: np.ndarray, max_len: int) -> np.ndarray:
@@ -89,12 +131,8 @@ class ColumnarBatches(Dataset):
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.columns = columns
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.seed = seed
-        self.rank = rank
-        self.world_size = world_size
+        self.columns, self.batch_size, self.shuffle, self.seed = columns, batch_size, shuffle, seed
+        self.rank, self.world_size = rank, world_size
         lengths = {len(t) for group in columns.values() for t in group.values()}
         if len(lengths) != 1:
             raise ValueError(f"columns have different lengths: {sorted(lengths)}")
@@ -170,3 +208,25 @@ def resolve_pin_memory(setting: bool | str, trainer: Any) -> bool:
     if setting == "auto":
         return trainer is not None and trainer.strategy.root_device.type == "cuda"
     return bool(setting)
+
+
+def shard_of(trainer: Any) -> tuple[int, int]:
+    """(this process's rank, the number of ranks): (0, 1) without a trainer."""
+    return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+
+def vocabs_state(vocabs: dict[str, Vocabulary]) -> dict[str, torch.Tensor | list]:
+    """Vocabularies as tensors (numeric ids) or plain lists (string ids): checkpoints load with
+    `torch.load(weights_only=True)`."""
+    return {
+        k: torch.from_numpy(v.values) if v.values.dtype.kind in "iuf" else v.values.tolist()
+        for k, v in vocabs.items()
+    }
+
+
+def vocabs_from_state(state: dict[str, torch.Tensor | list]) -> dict[str, Vocabulary]:
+    """The inverse of `vocabs_state`."""
+    return {
+        k: Vocabulary(v.numpy() if isinstance(v, torch.Tensor) else np.asarray(v))
+        for k, v in state.items()
+    }

@@ -1,8 +1,9 @@
 """The ranking data module: a parquet table -> validated, split, encoded column tensors.
 
-Subclasses say where the table comes from (`_load`); everything else is shared: column checks,
-the split, vocabularies fitted on the training split, dense standardization, and columnar
-batches (`recolab.data.columnar`).
+A source (`recolab.data.source.Source`) says where the table comes from; the module composes it
+(`self.source`, set by the per-data-set constructors) and does the rest: validation
+(`recolab.data.validation`), the split, vocabularies fitted on the training split, dense
+standardization (`DenseStats`), and columnar batches (`recolab.data.columnar`).
 """
 
 from __future__ import annotations
@@ -13,36 +14,40 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from recolab.data import checks, device
+from recolab.data import checks, device, validation
 from recolab.data.checks import DataError
 from recolab.data.columnar import (
     ColumnarBatches,
     Columns,
+    DenseStats,
     Vocabulary,
     pad_left,
     resolve_pin_memory,
+    shard_of,
+    vocabs_from_state,
+    vocabs_state,
 )
 from recolab.data.resumable import ResumableLoader
 from recolab.data.schema import (
+    ITEM_ID,
+    USER_ID,
     DenseFeature,
     Schema,
     SequenceFeature,
     SparseFeature,
     Task,
 )
+from recolab.data.source import SPLITS, Sourced, no_such, split_rows
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
 
-
-class RankDataModule(pl.LightningDataModule):
+class RankDataModule(Sourced, pl.LightningDataModule):
     """Shared machinery of the tabular data sets (see the module docstring).
 
     Args:
@@ -119,12 +124,6 @@ class RankDataModule(pl.LightningDataModule):
         self.negative_downsampling = _check_downsampling(negative_downsampling, self.tasks)
         self.downsampled_rows = 0
 
-    # -- where the table comes from ---------------------------------------------------------
-
-    def _load(self) -> tuple[str, pa.Table]:
-        """Return (path for messages, table). Subclasses implement it."""
-        raise NotImplementedError(f"{type(self).__name__} must implement _load()")
-
     # -- Lightning hooks --------------------------------------------------------------------
 
     def setup(self, stage: str | None = None) -> None:
@@ -156,20 +155,10 @@ class RankDataModule(pl.LightningDataModule):
         return self._loader("test", shuffle=False, batch_size=self.eval_batch_size)
 
     def state_dict(self) -> dict[str, Any]:
-        # Tensors and plain lists only: checkpoints load with torch.load(weights_only=True).
-        def portable(values: np.ndarray) -> torch.Tensor | list:
-            return torch.from_numpy(values) if values.dtype.kind in "iuf" else values.tolist()
-
-        return {
-            "vocabs": {k: portable(v.values) for k, v in self.vocabs.items()},
-            "dense_stats": dict(self.dense_stats),
-        }
+        return {"vocabs": vocabs_state(self.vocabs), "dense_stats": dict(self.dense_stats)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        def array(values: torch.Tensor | list) -> np.ndarray:
-            return values.numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
-
-        self.vocabs = {k: Vocabulary(array(v)) for k, v in state["vocabs"].items()}
+        self.vocabs = vocabs_from_state(state["vocabs"])
         self.dense_stats = dict(state["dense_stats"])
         self.restored = True
 
@@ -195,6 +184,11 @@ class RankDataModule(pl.LightningDataModule):
         rates = {d["task"]: d["rate"] for d in [self.negative_downsampling] if d}
         return {"schema": self.schema, "negative_downsampling": rates}
 
+    def training_columns(self) -> dict[str, Any] | None:
+        """The training split's `labels` and `meta` columns, or None where it is not held in
+        memory (`recolab.pipelines.rank.TrainingColumns`: heads fit on them)."""
+        return self.data.get("train")
+
     # -- internals --------------------------------------------------------------------------
 
     @property
@@ -217,172 +211,33 @@ class RankDataModule(pl.LightningDataModule):
         return [t.name for t in self.tasks]
 
     def _check_columns(self, path: str, names: list[str]) -> None:
-        missing = [c for c in self.required_columns if c not in names]
-        if missing:
-            raise DataError(f"{path}: missing column(s) {missing}; the table has {list(names)}")
-        if twice := checks.duplicate_names(names, self.required_columns):
-            raise DataError(f"{path}: {twice}")
+        validation.check_columns(path, names, self.required_columns)
 
     def _validate(self, table: pa.Table) -> pa.Table:
-        """Fail (or, with drop_bad_rows, drop and count) before any training starts.
-
-        Wrong types fail whatever `drop_bad_rows` says; row problems name their first rows
-        (counted from 0) and values. Returns the table as the rest reads it: dictionaries decoded,
-        unsigned ids as int64 (`recolab.data.checks`).
-        """
-        self._check_columns(self.source_path, table.column_names)
+        """`validate` on the whole table (`source_path`); sets `dropped_rows`. A table left
+        without rows fails: there is nothing to train on."""
+        table, self.dropped_rows = self.validate(table, self.source_path)
         if table.num_rows == 0:
-            raise DataError(f"{self.source_path}: the table has no rows")
-        table = checks.decode_dictionaries(table)
-        wrong_types = self._type_problems(
-            table
-        )  # types no row can fix (checks states the policies)
-        if wrong_types:
-            raise DataError(f"{self.source_path}: " + "; ".join(wrong_types))
-        found: list[checks.RowProblem] = []
+            raise DataError(f"{self.source_path}: no rows left after dropping bad rows")
+        return table
 
-        def flag(name: str, wrong: np.ndarray, what: str) -> None:
-            if wrong.any():
-                found.append(
-                    checks.RowProblem(
-                        f"column {name!r}: {int(wrong.sum())} {what}", wrong, table.column(name)
-                    )
-                )
+    def validate(self, table: pa.Table, where: str) -> tuple[pa.Table, int]:
+        """`recolab.data.validation.validate` with this module's columns: (the table as the rest
+        reads it, how many bad rows were dropped); messages start with `where`."""
+        return validation.validate(table, self.table_spec, where, drop_bad_rows=self.drop_bad_rows)
 
-        for name in [*self.task_names, *self.dense_names]:
-            values = checks.as_numbers(table.column(name))
-            flag(name, ~np.isfinite(values), "non-finite value(s) (NaN, inf or null)")
-            if p := checks.beyond_float32(name, table.column(name), values):
-                found.append(p)
-        for task in self.tasks:
-            values = checks.as_numbers(table.column(task.name))
-            if task.kind == "binary":
-                wrong = np.isfinite(values) & (values != 0) & (values != 1)
-                flag(task.name, wrong, "binary label(s) not 0 or 1")
-            elif task.transform == "log1p":
-                flag(
-                    task.name,
-                    np.isfinite(values) & (values < 0),
-                    "negative value(s) (log1p target)",
-                )
-        for name in self.sparse_names:
-            flag(name, table.column(name).is_null().to_numpy(zero_copy_only=False), "null id(s)")
-        for name in self.sequence_specs:
-            found += self._sequence_problems(name, table.column(name))
-        for name in dict.fromkeys([*self.sparse_names, *self.sequence_specs, *self.meta_names]):
-            if p := checks.beyond_int64(name, table.column(name)):
-                found.append(p)
-        oracle = set(self.oracle.values())
-        for name in self.meta_names:
-            col = table.column(name)
-            if name in oracle:
-                flag(
-                    name, ~np.isfinite(checks.as_numbers(col)), "non-finite or null truth value(s)"
-                )
-            elif name not in (
-                *checks.NON_NEGATIVE,
-                checks.POSITION,
-                checks.TIMESTAMP,
-                *self.sparse_names,
-            ):
-                flag(name, col.is_null().to_numpy(zero_copy_only=False), "null value(s)")
-        log1p = frozenset(t.name for t in self.tasks if t.transform == "log1p")
-        found += checks.special_column_problems(
-            table,
-            finite_checked=frozenset([*self.task_names, *self.dense_names]),
-            sign_checked=log1p,
+    @property
+    def table_spec(self) -> validation.TableSpec:
+        """What each column is for, as `validate` reads it."""
+        return validation.TableSpec(
+            required=self.required_columns,
+            sparse=self.sparse_names,
+            dense=self.dense_names,
+            sequences={n: s.get("vocab_of") for n, s in self.sequence_specs.items()},
+            tasks=self.tasks,
+            meta=self.meta_names,
+            oracle=list(self.oracle.values()),
         )
-        duplicates = checks.duplicate_rows(table)
-        if duplicates.any():
-            found.append(
-                checks.RowProblem(
-                    f"{int(duplicates.sum())} duplicate row(s) (equal to an earlier row in every column used: {table.column_names})",
-                    duplicates,
-                )
-            )
-        if found:
-            problems = checks.describe(found)
-            if not self.drop_bad_rows:
-                raise DataError(
-                    f"{self.source_path}: {problems} (rows counted from 0). "
-                    "Fix the data, or set data.drop_bad_rows=true to drop these rows."
-                )
-            bad = np.logical_or.reduce([p.mask for p in found])
-            self.dropped_rows = int(bad.sum())
-            log.warning(
-                "%s: dropping %d bad row(s): %s (rows counted from 0)",
-                self.source_path,
-                self.dropped_rows,
-                problems,
-            )
-            table = table.filter(pa.array(~bad))
-            if table.num_rows == 0:
-                raise DataError(f"{self.source_path}: no rows left after dropping bad rows")
-        return checks.to_int64(table, [*self.sparse_names, *self.sequence_specs, *self.meta_names])
-
-    def _type_problems(self, table: pa.Table) -> list[str]:
-        """Columns whose type cannot hold what the config uses them for."""
-        out = [
-            *(
-                p
-                for n in self.sparse_names
-                if (p := checks.id_type_problem(n, table.column(n).type))
-            ),
-            *(
-                p
-                for n in self.sequence_specs
-                if (p := checks.sequence_type_problem(n, table.column(n).type))
-            ),
-            *checks.special_type_problems(table),
-            *(
-                p
-                for n in [*self.task_names, *self.dense_names]
-                if (p := checks.number_type_problem(n, table.column(n)))
-            ),
-        ]
-        for name, spec in self.sequence_specs.items():
-            shared = spec.get("vocab_of")
-            if out or not shared or shared not in table.column_names:
-                continue
-            element = table.column(name).type.value_type
-            if _id_kind(element) != _id_kind(table.column(shared).type):
-                out.append(
-                    f"column {name!r} shares the vocabulary of {shared!r} (data.sequences.{name}.vocab_of), "
-                    f"so it must hold the same kind of ids: {shared!r} holds {table.column(shared).type}, "
-                    f"{name!r} holds lists of {element}"
-                )
-        for name in self.meta_names:
-            type_ = table.column(name).type
-            if checks._is_number(type_) or name in (*checks.NON_NEGATIVE, checks.POSITION):
-                continue  # the special columns' types are checked above
-            if name not in self.sparse_names or not checks._is_text(type_):
-                out.append(
-                    f"column {name!r} (data.meta) must be numeric (evaluation columns become "
-                    f"tensors), got {type_}"
-                )
-            else:
-                out.append(
-                    f"column {name!r} holds {type_} ids, and data.meta lists it: evaluation columns "
-                    "become tensors, so they must be numeric. Import the log with `python -m "
-                    "recolab data import` (it turns string ids into integer codes), or leave "
-                    f"{name!r} out of data.meta"
-                )
-        return out
-
-    def _sequence_problems(self, name: str, col: pa.ChunkedArray) -> list[checks.RowProblem]:
-        """Rows whose list of ids holds a missing id (it would silently read as padding)."""
-        arr = col.combine_chunks()
-        flat = pc.list_flatten(arr)
-        if not flat.null_count:
-            return []
-        rows = pc.list_parent_indices(arr).to_numpy(zero_copy_only=False)
-        mask = np.zeros(len(arr), dtype=bool)
-        mask[rows[flat.is_null().to_numpy(zero_copy_only=False)]] = True
-        return [
-            checks.RowProblem(
-                f"column {name!r}: {int(mask.sum())} list(s) holding a null id", mask, col
-            )
-        ]
 
     def _split(self, table: pa.Table) -> dict[str, pa.Table]:
         kind = self.split_cfg["kind"]
@@ -424,8 +279,9 @@ class RankDataModule(pl.LightningDataModule):
                 order = np.random.default_rng(self.seed).permutation(n)
             else:
                 raise ValueError(f"data.split.kind must be time, random or column, got {kind!r}")
-            cuts = np.round(np.cumsum(fractions)[:2] * n).astype(int)
-            parts = {s: table.take(pa.array(idx)) for s, idx in zip(SPLITS, np.split(order, cuts))}
+            parts = {
+                s: table.take(pa.array(idx)) for s, idx in split_rows(order, fractions).items()
+            }
         for s, part in parts.items():
             if part.num_rows == 0:
                 raise DataError(
@@ -458,14 +314,8 @@ class RankDataModule(pl.LightningDataModule):
                 values = _list_values(train.column(name))
                 self.vocabs[name] = Vocabulary.fit(values[values != 0])
         for name in self.dense_names:
-            values = train.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
-            if len(values) and np.ptp(values) == 0:
-                # Constant: its computed std would be a rounding residue (5.6e-17 for 0.3), not
-                # 0, blowing other splits' values up to ~1e15. Its value maps to 0, scale 1.
-                self.dense_stats[name] = (float(values[0]), 1.0)
-                continue
-            std = float(values.std())
-            self.dense_stats[name] = (float(values.mean()), std if std > 0 else 1.0)
+            values = train.column(name).to_numpy(zero_copy_only=False)
+            self.dense_stats[name] = DenseStats().add(values).result()
 
     def _encode(self, part: pa.Table) -> Columns:
         def col(name: str) -> np.ndarray:
@@ -505,12 +355,12 @@ class RankDataModule(pl.LightningDataModule):
             tasks=self.tasks,
             meta=tuple(self.meta_names),
             oracle=self.oracle,
+            user=tuple(n for n in (USER_ID,) if n in self.sparse_names),
+            item=tuple(n for n in (ITEM_ID,) if n in self.sparse_names),
         )
 
     def _loader(self, split: str, *, shuffle: bool, batch_size: int) -> DataLoader:
-        rank, world = 0, 1
-        if self.trainer is not None:
-            rank, world = self.trainer.global_rank, self.trainer.world_size
+        rank, world = shard_of(self.trainer)
         columns = self.data[split]
         pin = resolve_pin_memory(self.pin_memory, self.trainer)
         if split == "train" and (to := device.resolve(self.device_resident, self.trainer, columns)):
@@ -530,25 +380,27 @@ class RankDataModule(pl.LightningDataModule):
         return ResumableLoader(dataset, pin_memory=bool(pin), seed=self.seed)
 
 
-class ParquetDataModule(RankDataModule):
-    """A ranking data set stored as one parquet file (or a folder of them) at `path`."""
+class ParquetSource:
+    """One parquet file (or a folder of them) at `path`, read column by column."""
 
-    def __init__(self, *, path: str, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, path: str) -> None:
         self.path = path
 
-    def _load(self) -> tuple[str, pa.Table]:
+    def prepare(self) -> None:
+        pass
+
+    def load(self, columns: list[str]) -> tuple[str, pa.Table]:
         path = Path(self.path)
         if not path.exists():
-            raise DataError(f"{path}: no such file or folder (data.path)")
+            raise no_such(path)
         try:
             dataset = pq.ParquetDataset(path)
             names = dataset.schema.names
         except checks.PARQUET_ERRORS as e:
             raise self._unreadable(path, e) from e
-        self._check_columns(str(path), names)
+        validation.check_columns(str(path), names, columns)
         try:
-            return str(path), dataset.read(columns=self.required_columns)
+            return str(path), dataset.read(columns=columns)
         except checks.PARQUET_ERRORS as e:
             raise self._unreadable(path, e) from e
 
@@ -560,6 +412,14 @@ class ParquetDataModule(RankDataModule):
             if path.is_dir()
             else checks.unreadable(path, error)
         )
+
+
+class ParquetDataModule(RankDataModule):
+    """A ranking data set stored as one parquet file (or a folder of them) at `path`."""
+
+    def __init__(self, *, path: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.source = ParquetSource(path)
 
 
 def _check_downsampling(
@@ -581,11 +441,6 @@ def _check_downsampling(
     if not 0.0 < rate <= 1.0:
         raise ValueError(f"data.negative_downsampling.rate must lie in (0, 1], got {spec['rate']}")
     return {"task": str(spec["task"]), "rate": rate}
-
-
-def _id_kind(type_: pa.DataType) -> str:
-    """`integer` or `string`: ids of different kinds never match (1 is not "1")."""
-    return "integer" if pa.types.is_integer(type_) else "string"
 
 
 def _list_offsets_values(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:

@@ -57,7 +57,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import yaml
 
-from recolab.data import checks
+from recolab.data import checks, validation
 
 log = logging.getLogger(__name__)
 
@@ -421,35 +421,46 @@ def _when(seconds: float) -> str:
 def unit_warnings(table: pa.Table, schema: LogSchema) -> list[str]:
     """Warnings for numeric timestamp and duration columns whose median says another unit than
     the schema's `timestamp_unit` / `duration_unit` (see the module docstring)."""
-    found = []
+    # (role, column, declared unit, plausible seconds, the values that count, how seconds read)
+    checked = []
     if schema.timestamp:
-        col = table.column(schema.timestamp)
-        if pa.types.is_integer(col.type) or pa.types.is_floating(col.type):
-            values = _as_float(col)
-            values = values[np.isfinite(values)]
-            if len(values):
-                median, unit = float(np.median(values)), schema.timestamp_unit
-                if likely := _likely_unit(median, unit, PLAUSIBLE_TIME):
-                    found.append(
-                        f"column {schema.timestamp!r} (timestamp): median {median:.6g} read as "
-                        f"{UNIT_NAMES[unit]} (timestamp_unit: {unit}) is "
-                        f"{_when(median / SECOND_PARTS[unit])}; as {UNIT_NAMES[likely[0]]} it is "
-                        f"{_when(likely[1])}: likely unit {likely[0]} (set timestamp_unit: "
-                        f"{likely[0]} in the schema if so)"
-                    )
-    if schema.duration:
-        values = _as_float(table.column(schema.duration))
-        values = values[np.isfinite(values) & (values > 0)]
-        if len(values):
-            median, unit = float(np.median(values)), schema.duration_unit
-            if likely := _likely_unit(median, unit, PLAUSIBLE_DURATION):
-                found.append(
-                    f"column {schema.duration!r} (duration): median {median:.6g} read as "
-                    f"{UNIT_NAMES[unit]} (duration_unit: {unit}) is "
-                    f"{median / SECOND_PARTS[unit]:.4g} s; as {UNIT_NAMES[likely[0]]} it is "
-                    f"{likely[1]:.4g} s: likely unit {likely[0]} (set duration_unit: "
-                    f"{likely[0]} in the schema if so)"
+        type_ = table.column(schema.timestamp).type
+        if pa.types.is_integer(type_) or pa.types.is_floating(type_):
+            checked.append(
+                (
+                    "timestamp",
+                    schema.timestamp,
+                    schema.timestamp_unit,
+                    PLAUSIBLE_TIME,
+                    np.isfinite,
+                    _when,
                 )
+            )
+    if schema.duration:
+        checked.append(
+            (
+                "duration",
+                schema.duration,
+                schema.duration_unit,
+                PLAUSIBLE_DURATION,
+                lambda v: np.isfinite(v) & (v > 0),
+                lambda seconds: f"{seconds:.4g} s",
+            )
+        )
+    found = []
+    for role, column, unit, plausible, counts, show in checked:
+        values = _as_float(table.column(column))
+        values = values[counts(values)]
+        if not len(values):
+            continue
+        median = float(np.median(values))
+        if likely := _likely_unit(median, unit, plausible):
+            found.append(
+                f"column {column!r} ({role}): median {median:.6g} read as {UNIT_NAMES[unit]} "
+                f"({role}_unit: {unit}) is {show(median / SECOND_PARTS[unit])}; as "
+                f"{UNIT_NAMES[likely[0]]} it is {show(likely[1])}: likely unit {likely[0]} (set "
+                f"{role}_unit: {likely[0]} in the schema if so)"
+            )
     return found
 
 
@@ -819,21 +830,22 @@ def import_log(
     found, fatal = check_log(table, schema)
     if fatal:
         raise LogImportError(f"{source}: " + "; ".join(fatal))
+    table, bad = validation.settle(
+        table,
+        found,
+        source,
+        drop_bad_rows=drop_bad_rows,
+        fix="Fix the file, or import with drop_bad_rows=true to drop these rows.",
+        first=1,
+        counted="data rows counted from 1, the header not counted",
+        error=LogImportError,
+    )
     dropped: dict[str, Any] = {"total": 0}
-    if found:
-        problems = checks.describe(found, first=1)
-        if not drop_bad_rows:
-            raise LogImportError(
-                f"{source}: {problems} (data rows counted from 1, the header not counted). "
-                "Fix the file, or import with drop_bad_rows=true to drop these rows."
-            )
-        bad = np.logical_or.reduce([p.mask for p in found])
+    if bad is not None:
         dropped = {
             "total": int(bad.sum()),
             "reasons": {p.what: int(p.mask.sum()) for p in found},
         }
-        log.warning("%s: dropping %d bad row(s): %s", source, dropped["total"], problems)
-        table = table.filter(pa.array(~bad))
         if table.num_rows == 0:
             raise LogImportError(f"{source}: no rows left after dropping bad rows")
     warnings = unit_warnings(table, schema)

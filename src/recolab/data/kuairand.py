@@ -6,7 +6,7 @@ Exposed Videos", CIKM 2022): a Kuaishou short-video log with watch time and vide
 standard-log columns `user_id, video_id, time_ms, hourmin, is_click, long_view, play_time_ms,
 duration_ms` (the shared `kuairand-27k-likehate-subset` is such a file: see its SOURCE.md for how
 it was filtered, which inflates click and watch rates). It is converted once to parquet under
-`cache_dir` (keyed by the file's path, size and modification time). Columns of the cached table:
+`cache_dir` (`recolab.data.source`: a changed file is converted again). Columns of the cached table:
 
 - `user_id`, `item_id` (the video id), `timestamp` (`time_ms`), `hour` (0-23, from `hourmin`);
 - `click` (`is_click`), `long_view` (0/1), `like` (the file's `label` when present: 1 like, 0 hate);
@@ -21,10 +21,7 @@ every column (one event written twice); both are counted in the cache's JSON sid
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +31,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recolab.data.datamodule import DataError, RankDataModule
+from recolab.data.source import cached_parquet, check_max_rows, read_csv, require, take_earliest
+from recolab.data.validation import check_columns
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +57,7 @@ DEFAULT_PATH = (
 
 def log_file(path: str | Path) -> Path:
     """The log named by `data.path`: the file itself, or the single `*.tsv` in the folder."""
-    p = Path(path)
+    p = require(path)
     if p.is_dir():
         found = sorted(p.glob("*.tsv"))
         if len(found) != 1:
@@ -66,24 +65,12 @@ def log_file(path: str | Path) -> Path:
                 f"{p} (data.path): expected one .tsv log in the folder, found {[f.name for f in found]}"
             )
         return found[0]
-    if not p.is_file():
-        raise DataError(f"{p} (data.path): no such file or folder")
     return p
 
 
 def read_log(path: Path) -> tuple[pd.DataFrame, int]:
     """The checked log as the cached columns, and how many rows had no positive duration."""
-    try:
-        frame = pd.read_csv(path, sep="\t", dtype=str)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot parse the tab-separated log ({e})") from e
-    missing = [c for c in REQUIRED if c not in frame.columns]
-    if missing:
-        raise DataError(
-            f"{path}: missing column(s) {missing}; the header has {list(frame.columns)}"
-        )
-    if len(frame) == 0:
-        raise DataError(f"{path}: the file holds no rows")
+    frame = read_csv(path, REQUIRED, what="the tab-separated log", sep="\t", dtype=str)
     values = {name: _integers(path, frame, name) for name in REQUIRED}
     for name in BINARY:
         bad = ~np.isin(values[name], (0, 1))
@@ -142,43 +129,31 @@ def _integers(path: Path, frame: pd.DataFrame, name: str) -> np.ndarray:
     return numeric.to_numpy(dtype=np.int64)
 
 
-def cached_kuairand(path: str | Path, cache_dir: str | Path) -> Path:
-    """The parquet conversion of the log under `cache_dir`, converting on first use."""
-    src = log_file(path)
-    st = src.stat()
-    key = hashlib.sha1(
-        f"v{LOADER_VERSION}|{src.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()
-    ).hexdigest()[:12]
-    out = Path(cache_dir) / f"kuairand-{src.stem}-{key}.parquet"
-    if out.exists():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
+def convert(src: Path) -> tuple[pa.Table, dict[str, int]]:
+    """The cached table (see the module docstring) from the log, and how many rows were left out."""
     frame, no_duration = read_log(src)
     frame, duplicates = drop_duplicates(frame, src)
     log.info(
-        "converting %s -> %s: %d rows, %d left out for a duration <= 0, %d repeated rows",
+        "%s: %d rows, %d left out for a duration <= 0, %d repeated rows",
         src,
-        out,
         len(frame),
         no_duration,
         duplicates,
     )
-    tmp = out.with_suffix(f".tmp{os.getpid()}")
-    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp)
-    tmp.replace(out)  # atomic: a killed conversion never leaves a half-written cache
-    out.with_suffix(".json").write_text(
-        json.dumps(
-            {
-                "source": str(src.resolve()),
-                "rows": len(frame),
-                "rows_without_duration_left_out": no_duration,
-                "repeated_rows_left_out": duplicates,
-                "version": LOADER_VERSION,
-            },
-            indent=2,
-        )
+    facts = {"rows_without_duration_left_out": no_duration, "repeated_rows_left_out": duplicates}
+    return pa.Table.from_pandas(frame, preserve_index=False), facts
+
+
+def cached_kuairand(path: str | Path, cache_dir: str | Path) -> Path:
+    """The parquet conversion of the log under `cache_dir`, converting on first use."""
+    src = log_file(path)
+    return cached_parquet(
+        f"kuairand-{src.stem}",
+        lambda: convert(src),
+        cache_dir=cache_dir,
+        files=[src],
+        version=LOADER_VERSION,
     )
-    return out
 
 
 class KuaiRandDataModule(RankDataModule):
@@ -195,23 +170,22 @@ class KuaiRandDataModule(RankDataModule):
         self, *, path: str | None = None, cache_dir: str, max_rows: int | None = None, **kwargs: Any
     ) -> None:
         super().__init__(**kwargs)
-        if max_rows is not None and max_rows < 10:
-            raise ValueError(f"data.max_rows must be >= 10 (or null for every row), got {max_rows}")
-        self.path = str(DEFAULT_PATH) if path is None else path
-        self.cache_dir = cache_dir
-        self.max_rows = max_rows
+        path = str(DEFAULT_PATH) if path is None else path
+        self.source = KuaiRandSource(path, cache_dir, check_max_rows(max_rows))
 
-    def prepare_data(self) -> None:
+
+class KuaiRandSource:
+    """The cached log's columns, the earliest `max_rows` rows by time (all if None)."""
+
+    def __init__(self, path: str, cache_dir: str, max_rows: int | None) -> None:
+        self.path, self.cache_dir, self.max_rows = path, cache_dir, max_rows
+
+    def prepare(self) -> None:
         cached_kuairand(self.path, self.cache_dir)
 
-    def _load(self) -> tuple[str, pa.Table]:
+    def load(self, columns: list[str]) -> tuple[str, pa.Table]:
         out = cached_kuairand(self.path, self.cache_dir)
-        names = pq.read_schema(out).names
-        self._check_columns(str(out), names)
-        table = pq.read_table(
-            out, columns=list(dict.fromkeys([*self.required_columns, "timestamp"]))
-        )
-        if self.max_rows is not None and table.num_rows > self.max_rows:
-            order = np.argsort(table.column("timestamp").to_numpy(), kind="stable")[: self.max_rows]
-            table = table.take(pa.array(np.sort(order)))
-        return str(log_file(self.path)), table.select(self.required_columns)
+        check_columns(str(out), pq.read_schema(out).names, columns)
+        table = pq.read_table(out, columns=list(dict.fromkeys([*columns, "timestamp"])))
+        table = take_earliest(table, self.max_rows)
+        return str(log_file(self.path)), table.select(columns)

@@ -30,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 
 from recolab.data.datamodule import RankDataModule
+from recolab.data.source import split_column
 
 SPLIT_COLUMN = "split"
 
@@ -140,7 +141,7 @@ class MMoESyntheticDataModule(RankDataModule):
         kwargs.setdefault("meta", ["gt_y1", "gt_y2"])
         kwargs.setdefault("oracle", {"y1": "gt_y1", "y2": "gt_y2"})
         super().__init__(split={"kind": "column", "column": SPLIT_COLUMN}, **kwargs)
-        self.world = {
+        world = {
             "num_rows": int(num_rows),
             "dim": int(dim),
             "correlation": float(correlation),
@@ -150,23 +151,27 @@ class MMoESyntheticDataModule(RankDataModule):
             "world_seed": int(world_seed),
             "row_seed": int(row_seed),
         }
-        self.fractions = fractions
-        self.split_seed = split_seed
+        self.source = MMoESyntheticSource(world, fractions, split_seed)
 
-    def _load(self) -> tuple[str, pa.Table]:
+
+class MMoESyntheticSource:
+    """The world's columns (`make_tables(**world)`) with a `split` column (`split_column`)."""
+
+    def __init__(self, world: dict[str, Any], fractions: list[float], split_seed: int) -> None:
+        self.world, self.fractions, self.split_seed = world, fractions, split_seed
+
+    def prepare(self) -> None:
+        pass  # generated in memory, in a second or two
+
+    def load(self, required: list[str]) -> tuple[str, pa.Table]:
         columns = make_tables(**self.world)
-        n = self.world["num_rows"]
-        order = np.random.default_rng(self.split_seed).permutation(n)
-        cuts = np.round(np.cumsum(self.fractions)[:2] * n).astype(int)
-        split = np.empty(n, dtype=object)
-        for name, rows in zip(("train", "val", "test"), np.split(order, cuts)):
-            split[rows] = name
-        table = pa.table({**columns, SPLIT_COLUMN: pa.array(split, pa.string())})
+        split = split_column(self.world["num_rows"], self.fractions, self.split_seed)
+        table = pa.table({**columns, SPLIT_COLUMN: split})
         where = "<mmoe synthetic " + ", ".join(f"{k}={v}" for k, v in self.world.items()) + ">"
-        missing = [c for c in self.required_columns if c not in table.column_names]
+        missing = [c for c in required if c not in table.column_names]
         if missing:
             raise ValueError(
                 f"{where}: data lists column(s) {missing} that this world does not have; it has "
                 f"x0..x{self.world['dim'] - 1}, y1, y2, gt_y1, gt_y2"
             )
-        return where, table.select(self.required_columns)
+        return where, table.select(required)

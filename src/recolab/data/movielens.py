@@ -7,9 +7,8 @@
 - `ratings.dat` (ml-1m): lines `UserID::MovieID::Rating::Timestamp`; genres from `movies.dat`
   (`MovieID::Title::Genres`, latin-1) beside it, if present.
 
-The ratings are converted once to parquet (pyarrow) under `cache_dir`, in a file keyed by the
-source files' resolved paths, sizes and modification times, so an edited or replaced file is
-converted again. The cached table keeps every rating, in the source's row order, with columns
+The ratings are converted once to parquet (pyarrow) under `cache_dir` (`recolab.data.source`:
+an edited or replaced file is converted again). The cached table keeps every rating, in the source's row order, with columns
 `user_id`, `item_id` (the movie id), `rating`, `timestamp`, `genres` (the source's `A|B|C`) and
 `genre` (the first listed genre). Without a movies file both genre columns read `(unknown)`.
 
@@ -20,10 +19,7 @@ used by most sequential and retrieval papers); `data.min_rating=4` keeps the lik
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +32,7 @@ import pyarrow.parquet as pq
 
 from recolab.data.datamodule import DataError
 from recolab.data.retrieval import RetrievalDataModule
+from recolab.data.source import cached_parquet, require
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +44,12 @@ UNKNOWN_GENRE = "(unknown)"
 
 def ratings_file(path: str | Path) -> Path:
     """The ratings file named by `data.path` (the file itself, or the one in the folder)."""
-    p = Path(path)
+    p = require(path)
     if p.is_dir():
         for name in ("ratings.csv", "ratings.dat"):
             if (p / name).is_file():
                 return p / name
         raise DataError(f"{p} (data.path): the folder holds neither ratings.csv nor ratings.dat")
-    if not p.is_file():
-        raise DataError(f"{p} (data.path): no such file or folder")
     if p.suffix not in (".csv", ".dat"):
         raise DataError(f"{p} (data.path): expected a ratings .csv or .dat file")
     return p
@@ -63,16 +58,6 @@ def ratings_file(path: str | Path) -> Path:
 def movies_file(ratings: Path) -> Path | None:
     candidate = ratings.with_name("movies" + ratings.suffix)
     return candidate if candidate.is_file() else None
-
-
-def cache_key(*files: Path | None) -> str:
-    """Hash of each file's resolved path, size and modification time (and the loader version)."""
-    parts = [f"v{LOADER_VERSION}"]
-    for f in files:
-        if f is not None:
-            st = f.stat()
-            parts.append(f"{f.resolve()}:{st.st_size}:{st.st_mtime_ns}")
-    return hashlib.sha1("|".join(parts).encode()).hexdigest()[:12]
 
 
 def _first_bad_value(
@@ -214,25 +199,12 @@ def cached_movielens(path: str | Path, cache_dir: str | Path) -> tuple[Path, Pat
     """(the ratings file, its parquet conversion under `cache_dir`), converting on first use."""
     ratings = ratings_file(path)
     movies = movies_file(ratings)
-    out = Path(cache_dir) / f"movielens-{ratings.parent.name}-{cache_key(ratings, movies)}.parquet"
-    if out.exists():
-        return ratings, out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    log.info("converting %s (genres from %s) -> %s", ratings, movies, out)
-    table = convert(ratings, movies)
-    tmp = out.with_suffix(f".tmp{os.getpid()}")
-    pq.write_table(table, tmp)
-    tmp.replace(out)  # atomic: a killed conversion never leaves a half-written cache
-    out.with_suffix(".json").write_text(
-        json.dumps(
-            {
-                "ratings": str(ratings.resolve()),
-                "movies": str(movies.resolve()) if movies else None,
-                "rows": table.num_rows,
-                "version": LOADER_VERSION,
-            },
-            indent=2,
-        )
+    out = cached_parquet(
+        f"movielens-{ratings.parent.name}",
+        lambda: convert(ratings, movies),
+        cache_dir=cache_dir,
+        files=[f for f in (ratings, movies) if f is not None],
+        version=LOADER_VERSION,
     )
     return ratings, out
 
@@ -252,17 +224,22 @@ class MovieLensDataModule(RetrievalDataModule):
         self, *, path: str, cache_dir: str, min_rating: float = 0.0, **kwargs: Any
     ) -> None:
         super().__init__(**kwargs)
-        self.path = path
-        self.cache_dir = cache_dir
-        self.min_rating = float(min_rating)
+        self.source = MovieLensSource(path, cache_dir, float(min_rating))
 
-    def prepare_data(self) -> None:
+
+class MovieLensSource:
+    """The cached ratings that count as positives (a rating >= `min_rating`)."""
+
+    def __init__(self, path: str, cache_dir: str, min_rating: float) -> None:
+        self.path, self.cache_dir, self.min_rating = path, cache_dir, min_rating
+
+    def prepare(self) -> None:
         cached_movielens(self.path, self.cache_dir)
 
-    def _load(self) -> tuple[str, pa.Table]:
+    def load(self, columns: list[str]) -> tuple[str, pa.Table]:
         ratings, cached = cached_movielens(self.path, self.cache_dir)
         table = pq.read_table(cached)
-        missing = [c for c in self.required_columns if c not in table.column_names]
+        missing = [c for c in columns if c not in table.column_names]
         if missing:
             raise DataError(
                 f"{ratings}: no column(s) {missing} for data.item_features/user_features; MovieLens has {table.column_names}"

@@ -10,8 +10,8 @@ drawn uniformly at random). Models train on the `bts` log and are tested on the 
 where the position carries no information about the item: the test a position-bias head must
 pass. The last `val_fraction` of the `bts` log (by time) is the validation split.
 
-The logs are converted once to parquet under `cache_dir` (keyed by the source files' paths,
-sizes and modification times). Columns of the cached table:
+The logs are converted once to parquet under `cache_dir` (`recolab.data.source`: a changed
+file is converted again). Columns of the cached table:
 
 - `policy`, `campaign` (strings); `timestamp` (int64 microseconds since the epoch);
 - `item_id` (int64, `campaign index * 1000 + item id`: items of different campaigns stay
@@ -27,10 +27,7 @@ sizes and modification times). Columns of the cached table:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +37,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recolab.data.datamodule import DataError, RankDataModule
+from recolab.data.source import cached_parquet, check_max_rows, read_csv, require
+from recolab.data.validation import check_columns
 
 log = logging.getLogger(__name__)
 
@@ -59,45 +58,17 @@ DEFAULT_PATH = (
 
 def source_files(root: Path, campaigns: list[str]) -> list[tuple[str, str, Path, Path]]:
     """(policy, campaign, log csv, item_context csv) for each log, or a DataError naming what is missing."""
-    if not root.is_dir():
-        raise DataError(
-            f"{root} (data.path): no such folder; expected the Open Bandit Dataset with bts/ and random/"
-        )
+    hint = "; expected the Open Bandit Dataset with bts/ and random/"
+    require(root, "folder", hint=hint)
     out = []
     for policy in POLICIES:
         for campaign in campaigns:
             folder = root / policy / campaign
             log_csv, items_csv = folder / f"{campaign}.csv", folder / "item_context.csv"
             for f in (log_csv, items_csv):
-                if not f.is_file():
-                    raise DataError(
-                        f"{f}: no such file (data.path={root}, data.campaigns={campaigns})"
-                    )
+                require(f, "file", f"data.path={root}, data.campaigns={campaigns}")
             out.append((policy, campaign, log_csv, items_csv))
     return out
-
-
-def cache_key(files: list[Path], campaigns: list[str]) -> str:
-    parts = [f"v{LOADER_VERSION}", ",".join(campaigns)]
-    for f in files:
-        st = f.stat()
-        parts.append(f"{f.resolve()}:{st.st_size}:{st.st_mtime_ns}")
-    return hashlib.sha1("|".join(parts).encode()).hexdigest()[:12]
-
-
-def _read_csv(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
-    try:
-        frame = pd.read_csv(path, index_col=0)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot parse the CSV ({e})") from e
-    missing = [c for c in required if c not in frame.columns]
-    if missing:
-        raise DataError(
-            f"{path}: missing column(s) {missing}; the header has {list(frame.columns)[:12]}{' ...' if frame.shape[1] > 12 else ''}"
-        )
-    if len(frame) == 0:
-        raise DataError(f"{path}: the file holds no rows")
-    return frame
 
 
 def _numeric(
@@ -120,8 +91,8 @@ def _numeric(
 
 def read_log(path: Path, items_path: Path, campaign_index: int) -> pd.DataFrame:
     """One (policy, campaign) log joined with its item features, checked column by column."""
-    frame = _read_csv(path, LOG_COLUMNS)
-    items = _read_csv(items_path, ITEM_COLUMNS)
+    frame = read_csv(path, LOG_COLUMNS, what="the CSV", shown=12, index_col=0)
+    items = read_csv(items_path, ITEM_COLUMNS, what="the CSV", shown=12, index_col=0)
     item = _numeric(path, frame, "item_id").astype(np.int64)
     item_ids = _numeric(items_path, items, "item_id").astype(np.int64)
     unknown = ~np.isin(item, item_ids)
@@ -192,28 +163,14 @@ def convert(files: list[tuple[str, str, Path, Path]]) -> pa.Table:
 def cached_open_bandit(path: str | Path, campaigns: list[str], cache_dir: str | Path) -> Path:
     """The parquet conversion of the logs under `cache_dir`, converting on first use."""
     files = source_files(Path(path), campaigns)
-    key = cache_key([f for _, _, a, b in files for f in (a, b)], campaigns)
-    out = Path(cache_dir) / f"open_bandit-{'_'.join(campaigns)}-{key}.parquet"
-    if out.exists():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    log.info("converting the Open Bandit logs %s -> %s", [str(f[2]) for f in files], out)
-    table = convert(files)
-    tmp = out.with_suffix(f".tmp{os.getpid()}")
-    pq.write_table(table, tmp)
-    tmp.replace(out)  # atomic: a killed conversion never leaves a half-written cache
-    out.with_suffix(".json").write_text(
-        json.dumps(
-            {
-                "source": str(Path(path).resolve()),
-                "campaigns": campaigns,
-                "rows": table.num_rows,
-                "version": LOADER_VERSION,
-            },
-            indent=2,
-        )
+    return cached_parquet(
+        f"open_bandit-{'_'.join(campaigns)}",
+        lambda: convert(files),
+        cache_dir=cache_dir,
+        files=[f for _, _, a, b in files for f in (a, b)],
+        params={"campaigns": list(campaigns)},
+        version=LOADER_VERSION,
     )
-    return out
 
 
 class OpenBanditDataModule(RankDataModule):
@@ -253,23 +210,37 @@ class OpenBanditDataModule(RankDataModule):
             )
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(f"data.val_fraction must lie in (0, 1), got {val_fraction}")
-        if max_rows is not None and max_rows < 10:
-            raise ValueError(f"data.max_rows must be >= 10 (or null for every row), got {max_rows}")
-        self.path = str(DEFAULT_PATH) if path is None else path
-        self.cache_dir = cache_dir
-        self.val_fraction = val_fraction
-        self.max_rows = max_rows
+        path = str(DEFAULT_PATH) if path is None else path
+        max_rows = check_max_rows(max_rows)
+        self.source = OpenBanditSource(path, self.campaigns, cache_dir, val_fraction, max_rows)
 
-    def prepare_data(self) -> None:
+
+class OpenBanditSource:
+    """The cached logs with a `split` column: test is the `random` log, validation the last
+    `val_fraction` of each campaign's `bts` log by time, training the rest of it; at most
+    `max_rows` (the earliest) of each (policy, campaign) log."""
+
+    def __init__(
+        self,
+        path: str,
+        campaigns: list[str],
+        cache_dir: str,
+        val_fraction: float,
+        max_rows: int | None,
+    ) -> None:
+        self.path, self.campaigns, self.cache_dir = path, campaigns, cache_dir
+        self.val_fraction, self.max_rows = val_fraction, max_rows
+
+    def prepare(self) -> None:
         cached_open_bandit(self.path, self.campaigns, self.cache_dir)
 
-    def _load(self) -> tuple[str, pa.Table]:
+    def load(self, required: list[str]) -> tuple[str, pa.Table]:
         out = cached_open_bandit(self.path, self.campaigns, self.cache_dir)
-        columns = [c for c in self.required_columns if c != "split"]
+        columns = [c for c in required if c != "split"]
         table = pq.read_table(
             out, columns=list(dict.fromkeys([*columns, "policy", "campaign", "timestamp"]))
         )
-        self._check_columns(str(out), [*table.column_names, "split"])
+        check_columns(str(out), [*table.column_names, "split"], required)
         frame = table.to_pandas()
         frame = frame.sort_values(["policy", "campaign", "timestamp"], kind="stable")
         if self.max_rows is not None:
@@ -283,5 +254,5 @@ class OpenBanditDataModule(RankDataModule):
         )
         frame = frame.assign(split=split)
         # The timestamp stays: two impressions alike in every feature are still two events.
-        keep = list(dict.fromkeys([*self.required_columns, "timestamp"]))
+        keep = list(dict.fromkeys([*required, "timestamp"]))
         return str(self.path), pa.Table.from_pandas(frame[keep], preserve_index=False)

@@ -1,10 +1,12 @@
 """Retrieval data: interactions -> (user, positive item, the history before it), split in time.
 
-A source (`_load`) gives one row per positive interaction with `user_id`, `item_id` and
-`timestamp` (plus any user or item feature columns). Everything else is shared:
+A source (`recolab.data.source.Source`, composed as `self.source`) gives one row per positive
+interaction with `user_id`, `item_id` and `timestamp` (plus any user or item feature columns).
+Everything else is shared:
 
-1. validation: the columns exist, ids and timestamps are integers without nulls (a `DataError`
-   names the source and the column);
+1. validation (`recolab.data.validation`, as the ranking modules run it): the columns exist, ids
+   and timestamps are integers without nulls, within int64 (a `DataError` names the source, the
+   column and the first bad rows);
 2. each user's interactions are ordered by time, ties kept in the source's row order; a repeated
    (user, item) pair keeps its first occurrence only, so a held-out item is never also a
    training item;
@@ -42,15 +44,24 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from recolab.data import checks
+from recolab.data import validation
 from recolab.data.checks import DataError
-from recolab.data.columnar import ColumnarBatches, Columns, Vocabulary, resolve_pin_memory
-from recolab.data.synthetic_video import WorldParams, cached_world
+from recolab.data.columnar import (
+    ColumnarBatches,
+    Columns,
+    Vocabulary,
+    resolve_pin_memory,
+    shard_of,
+    vocabs_from_state,
+    vocabs_state,
+)
+from recolab.data.schema import Schema, SequenceFeature, SparseFeature
+from recolab.data.source import Sourced
+from recolab.data.synthetic_video import WorldParams, WorldSource
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +124,7 @@ class SequenceBatches(ColumnarBatches):
         return batch
 
 
-class RetrievalDataModule(pl.LightningDataModule):
+class RetrievalDataModule(Sourced, pl.LightningDataModule):
     """Shared machinery of the retrieval data sets (see the module docstring).
 
     Args:
@@ -149,27 +160,19 @@ class RetrievalDataModule(pl.LightningDataModule):
                 f"data.min_interactions must be >= 3 (one test, one validation and one training "
                 f"interaction per user), got {min_interactions}"
             )
-        self.history_len = history_len
-        self.min_interactions = min_interactions
+        self.history_len, self.min_interactions = history_len, min_interactions
         self.user_feature_names = list(user_features)
         self.item_feature_names = list(item_features)
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size
-        self.pin_memory = pin_memory
-        self.seed = seed
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.pin_memory, self.seed = pin_memory, seed
         self.vocabs: dict[str, Vocabulary] = {}
         self.data: dict[str, Columns] = {}
         self.sequence: tuple[torch.Tensor, torch.Tensor] | None = None
         self.item_feature_tables: dict[str, torch.Tensor] = {}
         self.item_counts: torch.Tensor | None = None
         self.summary: dict[str, Any] = {}
+        self.schema: Schema | None = None
         self.source_path = "<unset>"
-
-    # -- where the interactions come from -----------------------------------------------------
-
-    def _load(self) -> tuple[str, pa.Table]:
-        """Return (path for messages, one row per positive interaction). Subclasses implement it."""
-        raise NotImplementedError(f"{type(self).__name__} must implement _load()")
 
     @property
     def required_columns(self) -> list[str]:
@@ -195,17 +198,10 @@ class RetrievalDataModule(pl.LightningDataModule):
         return self._eval_loader("test")
 
     def state_dict(self) -> dict[str, Any]:
-        # Tensors and plain lists only: checkpoints load with torch.load(weights_only=True).
-        def portable(values: np.ndarray) -> torch.Tensor | list:
-            return torch.from_numpy(values) if values.dtype.kind in "iuf" else values.tolist()
-
-        return {"vocabs": {k: portable(v.values) for k, v in self.vocabs.items()}}
+        return {"vocabs": vocabs_state(self.vocabs)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        def array(values: torch.Tensor | list) -> np.ndarray:
-            return values.numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
-
-        self.vocabs = {k: Vocabulary(array(v)) for k, v in state["vocabs"].items()}
+        self.vocabs = vocabs_from_state(state["vocabs"])
 
     def model_inputs(self) -> dict[str, Any]:
         """What a recaller may take (see `recolab.train.build` and `recolab.models.recall`)."""
@@ -234,37 +230,21 @@ class RetrievalDataModule(pl.LightningDataModule):
     # -- internals ----------------------------------------------------------------------------
 
     def _validate(self, table: pa.Table) -> pa.Table:
-        """The checks of `recolab.data.checks` for ids: the messages name the column, the first
-        rows (counted from 0) and their values. Returns the table with dictionaries decoded."""
-        missing = [c for c in self.required_columns if c not in table.column_names]
-        if missing:
-            raise DataError(
-                f"{self.source_path}: missing column(s) {missing}; the table has {table.column_names}"
-            )
-        if twice := checks.duplicate_names(table.column_names, self.required_columns):
-            raise DataError(f"{self.source_path}: {twice}")
+        """`recolab.data.validation.validate`, as the ranking modules run it: ids (and the
+        timestamp) are integers, without nulls, within int64; the special columns' checks. A
+        repeated interaction is no bad row here: `_build` keeps its first occurrence. Returns
+        the table with dictionaries decoded."""
+        validation.check_columns(self.source_path, table.column_names, self.required_columns)
         if table.num_rows == 0:
             raise DataError(f"{self.source_path}: no interactions (after selecting the positives)")
-        table = checks.decode_dictionaries(table)
-        for name in [*ID_COLUMNS, *self.user_feature_names, *self.item_feature_names]:
-            col = table.column(name)
-            if name in ID_COLUMNS and not pa.types.is_integer(col.type):
-                raise DataError(
-                    f"{self.source_path}: column {name!r} must hold integers, got {col.type}"
-                )
-            if name not in ID_COLUMNS and (problem := checks.id_type_problem(name, col.type)):
-                raise DataError(f"{self.source_path}: {problem}")
-            if col.null_count:
-                null = col.is_null().to_numpy(zero_copy_only=False)
-                raise DataError(
-                    f"{self.source_path}: column {name!r} holds {col.null_count} null value(s): "
-                    f"{checks.rows_text(null)} (rows counted from 0)"
-                )
-            if problem := checks.beyond_int64(name, col):
-                raise DataError(
-                    f"{self.source_path}: {checks.describe([problem])} (rows counted from 0)"
-                )
-        return table
+        spec = validation.TableSpec(
+            required=self.required_columns,
+            sparse=[c for c in self.required_columns if c != "timestamp"],
+            integers=ID_COLUMNS,
+            duplicates=False,
+            fix="Fix the data.",
+        )
+        return validation.validate(table, spec, self.source_path)[0]
 
     def _build(self, table: pa.Table) -> None:
         col = {
@@ -355,6 +335,7 @@ class RetrievalDataModule(pl.LightningDataModule):
                 group["targets"] = {"item_id": torch.from_numpy(item_ids[rows][:, None])}  # (U, 1)
             group["position"] = {"row": torch.from_numpy(rows.astype(np.int64))}
             self.data[name] = group
+        self.schema = self._schema()
         oov_val = int((item_ids[split == 1] == 0).sum())
         oov_test = int((item_ids[split == 2] == 0).sum())
         self.summary.update(
@@ -376,15 +357,27 @@ class RetrievalDataModule(pl.LightningDataModule):
             oov_test,
         )
 
+    def _schema(self) -> Schema:
+        """The features as specs with their roles: the user tower's (`user_id`, the user
+        features, the history of items) and the item tower's (`item_id`, the item features)."""
+        user = list(dict.fromkeys(["user_id", *self.user_feature_names]))
+        item = [n for n in dict.fromkeys(["item_id", *self.item_feature_names]) if n not in user]
+        return Schema(
+            sparse=tuple(SparseFeature(n, self.vocabs[n].size) for n in [*user, *item]),
+            sequences=(
+                SequenceFeature(
+                    "hist_items", self.vocabs["item_id"].size, self.history_len, "item_id"
+                ),
+            ),
+            user=(*user, "hist_items"),
+            item=tuple(item),
+        )
+
     def _eval_loader(self, split: str) -> DataLoader:
         return self._loader(split, shuffle=False, batch_size=self.eval_batch_size, with_seen=True)
 
     def _loader(self, split: str, *, shuffle: bool, batch_size: int, with_seen: bool) -> DataLoader:
-        rank, world = (
-            (self.trainer.global_rank, self.trainer.world_size)
-            if self.trainer is not None
-            else (0, 1)
-        )
+        rank, world = shard_of(self.trainer)
         items, start = self.sequence
         dataset = SequenceBatches(
             self.data[split],
@@ -426,22 +419,23 @@ class SyntheticRetrievalDataModule(RetrievalDataModule):
         super().__init__(**kwargs)
         if not 0.0 <= min_watch_ratio <= 1.0:
             raise ValueError(f"data.min_watch_ratio must be in [0, 1], got {min_watch_ratio}")
-        self.cache_dir = cache_dir
+        self.source = WorldPositives(self.params, cache_dir, min_watch_ratio)
+
+
+class WorldPositives(WorldSource):
+    """The world's positives: clicks watched for at least `min_watch_ratio` of the video."""
+
+    def __init__(self, params: WorldParams, cache_dir: str, min_watch_ratio: float) -> None:
+        super().__init__(params, cache_dir)
         self.min_watch_ratio = min_watch_ratio
 
-    def prepare_data(self) -> None:
-        cached_world(self.params, self.cache_dir)
-
-    def _load(self) -> tuple[str, pa.Table]:
-        path = cached_world(self.params, self.cache_dir)
-        extra = [c for c in self.required_columns if c not in ID_COLUMNS]
-        table = pq.read_table(
-            path, columns=[*ID_COLUMNS, "click", "watch_time", "duration", *extra]
-        )
+    def load(self, columns: list[str]) -> tuple[str, pa.Table]:
+        extra = [c for c in columns if c not in ID_COLUMNS]
+        path, table = super().load([*ID_COLUMNS, "click", "watch_time", "duration", *extra])
         ratio = pc.divide(
             pc.cast(table["watch_time"], pa.float64()), pc.cast(table["duration"], pa.float64())
         )
         positive = pc.and_(
             pc.equal(table["click"], 1.0), pc.greater_equal(ratio, self.min_watch_ratio)
         )
-        return str(path), table.filter(positive).select([*ID_COLUMNS, *extra])
+        return path, table.filter(positive).select([*ID_COLUMNS, *extra])

@@ -64,6 +64,9 @@ class SequenceFeature:
     vocab_of: str | None = None
 
 
+Feature = SparseFeature | DenseFeature | SequenceFeature
+
+
 @dataclass(frozen=True)
 class Task:
     """One prediction target.
@@ -105,6 +108,20 @@ class Schema:
     meta: tuple[str, ...] = ()
     #: task name -> meta column holding the true probability / expectation (synthetic data only).
     oracle: dict[str, str] = field(default_factory=dict)
+    #: Roles: the features that describe the user (a recaller's user tower reads them) and the
+    #: item (its item tower); `user_id` and `item_id` first where the data has them. Features in
+    #: neither are context (e.g. the hour, the position).
+    user: tuple[str, ...] = ()
+    item: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        names = self.feature_names
+        for role in ("user", "item"):
+            unknown = [n for n in getattr(self, role) if n not in names]
+            if unknown:
+                raise ValueError(f"schema {role} role names {unknown}, which are not features")
+        if both := set(self.user) & set(self.item):
+            raise ValueError(f"features {sorted(both)} have both the user and the item role")
 
     @property
     def feature_names(self) -> list[str]:
@@ -113,6 +130,11 @@ class Schema:
     @property
     def task_names(self) -> list[str]:
         return [t.name for t in self.tasks]
+
+    def features_of(self, role: Literal["user", "item"]) -> tuple[Feature, ...]:
+        """The specs of the features with `role`, in the role's order."""
+        specs = {f.name: f for f in (*self.sparse, *self.dense, *self.sequences)}
+        return tuple(specs[n] for n in getattr(self, role))
 
     def sparse_by_name(self, name: str) -> SparseFeature:
         for f in self.sparse:

@@ -5,7 +5,7 @@ Layout: a folder with one sub-folder per split, each a folder of parquet files w
     <path>/train/part-00000.parquet ...   <path>/val/...   <path>/test/...
 
 `setup` makes one streaming pass (`_scan`) over every split before any training starts: it
-validates each row group with `RankDataModule._validate` (failing, or dropping and counting bad
+validates each row group with `RankDataModule.validate` (failing, or dropping and counting bad
 rows, as the in-memory module does; every file must hold each column in the same kind of values),
 counts each row group's good rows, and on the training split
 fits the vocabularies (a running union of each row group's distinct ids) and the dense mean and
@@ -55,9 +55,16 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from recolab.data.checks import TIMESTAMP, open_parquet, read_row_group
-from recolab.data.columnar import Columns, Vocabulary, resolve_pin_memory
+from recolab.data.columnar import (
+    Columns,
+    DenseStats,
+    Vocabulary,
+    resolve_pin_memory,
+    shard_of,
+)
 from recolab.data.datamodule import SPLITS, DataError, RankDataModule, _list_values
 from recolab.data.resumable import StreamLoader
+from recolab.data.source import split_cuts
 from recolab.data.synthetic_video import WorldParams, cached_world
 from recolab.stacks import dump_stacks_on_signal
 
@@ -187,12 +194,8 @@ class StreamingBatches(IterableDataset):
         read_ahead: bool = False,
     ) -> None:
         super().__init__()
-        self.read_ahead = read_ahead
-        self.shard = shard
-        self.read = read
-        self.shuffle_buffer = shuffle_buffer
-        self.shuffle = shuffle
-        self.epoch = epoch
+        self.shard, self.read, self.epoch, self.read_ahead = shard, read, epoch, read_ahead
+        self.shuffle, self.shuffle_buffer = shuffle, shuffle_buffer
         #: A checkpoint's position (`position`), used by the next iteration only.
         self._resume: dict[str, Any] | None = None
 
@@ -259,13 +262,21 @@ class StreamingBatches(IterableDataset):
                 rest=self._rows(pieces, saved["rest"]),
                 final=bool(saved["final"]),
             )
-        shuffle, capacity, keep = self._buffer()
 
         def read(i: int) -> Columns:
             return self.read(pieces[i])
 
+        return self._stream(
+            _ReadAhead(read, len(pieces)) if self.read_ahead else read, pieces, g, cursor
+        )
+
+    def _stream(
+        self, read: Any, pieces: list[Piece], g: torch.Generator, cursor: _Cursor
+    ) -> Iterator[Columns]:
+        """`_stream` over `pieces` (`read(i)` reads the i-th) with this dataset's batches and buffer."""
+        shuffle, capacity, keep = self._buffer()
         return _stream(
-            _ReadAhead(read, len(pieces)) if self.read_ahead else read,
+            read,
             len(pieces),
             batch=self.shard.batch_size,
             capacity=capacity,
@@ -308,22 +319,18 @@ class StreamingBatches(IterableDataset):
         Found by replaying the stream on row positions instead of rows: the random draws depend
         only on the row counts, so this is the state the worker itself had, without reading data.
         """
-        shuffle, capacity, keep = self._buffer()
+        shuffle = self._buffer()[0]
         taken, first = self.delivered(self.worker_counts(workers), batches)
         streams = []
         for w in range(workers):
             pieces, g, _ = self._worker_stream(w, workers)
             starts = np.cumsum([0] + [p.stop - p.start for p in pieces]).tolist()
             cursor = _Cursor()
-            rows = _stream(
+            rows = self._stream(
                 lambda i, starts=starts: {"row": {"id": torch.arange(starts[i], starts[i + 1])}},
-                len(pieces),
-                batch=self.shard.batch_size,
-                capacity=capacity,
-                keep=keep,
-                shuffle=shuffle,
-                g=g,
-                cursor=cursor,
+                pieces,
+                g,
+                cursor,
             )
             for _ in range(taken[w]):
                 next(rows)
@@ -534,35 +541,6 @@ def _slice(cols: Columns, a: int, b: int) -> Columns:
     return {grp: {k: t[a:b] for k, t in ts.items()} for grp, ts in cols.items()}
 
 
-class _DenseStats:
-    """Running count, mean and sum of squared deviations (Chan, Golub and LeVeque's pairwise
-    update), and the range: a constant column maps to 0 with scale 1, as in `RankDataModule` (its
-    computed std would be a rounding residue, not 0)."""
-
-    def __init__(self) -> None:
-        self.n, self.mean, self.m2 = 0, 0.0, 0.0
-        self.lo, self.hi = math.inf, -math.inf
-
-    def add(self, x: np.ndarray) -> None:
-        n_b = len(x)
-        if n_b == 0:
-            return
-        self.lo, self.hi = min(self.lo, float(x.min())), max(self.hi, float(x.max()))
-        mean_b = float(x.mean())
-        m2_b = float(((x - mean_b) ** 2).sum())
-        n = self.n + n_b
-        delta = mean_b - self.mean
-        self.mean += delta * n_b / n
-        self.m2 += m2_b + delta**2 * self.n * n_b / n
-        self.n = n
-
-    def result(self) -> tuple[float, float]:
-        if self.n and self.hi == self.lo:
-            return self.lo, 1.0
-        std = math.sqrt(self.m2 / self.n) if self.n else 0.0
-        return self.mean, std if std > 0 else 1.0
-
-
 def _kind(type_: pa.DataType) -> str:
     """A column type's kind of values, for comparing files: integer, float, string, a list of a
     kind, or the type itself (dictionary encoding and widths set aside)."""
@@ -696,7 +674,7 @@ class StreamingParquetDataModule(RankDataModule):
     def _scan(self, split: str, *, fit: bool) -> list[RowGroup]:
         """Validate and count every row group of a split; fit vocabularies and dense stats on it if asked."""
         ids: dict[str, np.ndarray] = {}
-        stats = {name: _DenseStats() for name in self.dense_names}
+        stats = {name: DenseStats() for name in self.dense_names}
         fit_sequences = [n for n, s in self.sequence_specs.items() if s.get("vocab_of") is None]
         groups = []
         for file in self._files(split):
@@ -724,7 +702,7 @@ class StreamingParquetDataModule(RankDataModule):
         self,
         table: pa.Table,
         ids: dict[str, np.ndarray],
-        stats: dict[str, _DenseStats],
+        stats: dict[str, DenseStats],
         fit_sequences: list[str],
     ) -> None:
         """Adds one training row group to the running vocabularies and dense statistics."""
@@ -756,34 +734,19 @@ class StreamingParquetDataModule(RankDataModule):
                 )
 
     def _validated(self, table: pa.Table, where: str) -> pa.Table:
-        """`RankDataModule._validate` on one row group, its messages naming the file and row group."""
+        """`RankDataModule.validate` on one row group, its messages naming the file and row
+        group; adds its dropped rows to `dropped_rows` (a row group of bad rows only is empty)."""
         if table.num_rows == 0:
             return table
-        self.source_path, before, self.dropped_rows = where, self.dropped_rows, 0
-        try:
-            table = self._validate(table)  # sets dropped_rows to this row group's count
-        except DataError as e:
-            if not (self.drop_bad_rows and "no rows left" in str(e)):
-                raise
-            self.dropped_rows, table = (
-                table.num_rows,
-                table.slice(0, 0),
-            )  # a row group of bad rows only
-        finally:
-            self.source_path = str(self.path)
-        self.dropped_rows += before
+        table, dropped = self.validate(table, where)
+        self.dropped_rows += dropped
         return table
 
     # -- reading ----------------------------------------------------------------------------
 
     def _loader(self, split: str, *, shuffle: bool, batch_size: int) -> StreamLoader:
-        rank, world, epoch = 0, 1, 0
-        if self.trainer is not None:
-            rank, world, epoch = (
-                self.trainer.global_rank,
-                self.trainer.world_size,
-                self.trainer.current_epoch,
-            )
+        rank, world = shard_of(self.trainer)
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
         shard = Shard(
             tuple(self.groups[split]),
             batch_size,
@@ -938,7 +901,7 @@ def write_parquet_folder(
     source, out = Path(source), Path(out)
     pf = pq.ParquetFile(source)
     n = pf.metadata.num_rows
-    cuts = [0, *np.round(np.cumsum(fractions)[:2] * n).astype(int).tolist(), n]
+    cuts = [0, *split_cuts(n, fractions).tolist(), n]
     tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     writer: pq.ParquetWriter | None = None

@@ -27,10 +27,7 @@ Everything is vectorized numpy: a million impressions generate in a few seconds.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recolab.data.datamodule import RankDataModule
+from recolab.data.source import cache_key, cached_parquet
 
 log = logging.getLogger(__name__)
 
@@ -50,32 +48,32 @@ DAY = 86_400
 
 @dataclass(frozen=True)
 class WorldParams:
+    """The world's parameters (the fields' order is the config's; see the module docstring)."""
+
+    # Size: users, items, impressions (rows), positions per slate.
     num_users: int = 20_000
     num_items: int = 5_000
     num_impressions: int = 1_000_000
     slate_size: int = 10
+    # Items: latent dimension, categories, Zipf popularity skew.
     latent_dim: int = 16
     num_categories: int = 20
     zipf_exponent: float = 1.1
-    popularity_weight: float = 1.0  # logging policy: weight of log popularity
-    policy_relevance_weight: float = 0.5  # logging policy: weight of the relevance logit
+    # The logging policy: weights of log popularity and of the relevance logit.
+    popularity_weight: float = 1.0
+    policy_relevance_weight: float = 0.5
+    # Behaviour: position bias, like-vs-taste correlation, watch-time duration bias.
     examination_power: float = 0.8
     task_correlation: float = 0.7
     duration_bias: float = 0.5
+    # The log: clicked items in `hist_items`, days spanned, the generator's seed.
     history_len: int = 20
     days: int = 30
     world_seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in (
-            "num_users",
-            "num_items",
-            "num_impressions",
-            "slate_size",
-            "latent_dim",
-            "num_categories",
-            "days",
-        ):
+        positive = "num_users num_items num_impressions slate_size latent_dim num_categories days"
+        for name in positive.split():
             if getattr(self, name) < 1:
                 raise ValueError(f"data.{name} must be >= 1, got {getattr(self, name)}")
         if not -1.0 <= self.task_correlation <= 1.0:
@@ -84,8 +82,8 @@ class WorldParams:
             )
 
     def key(self) -> str:
-        blob = json.dumps({**asdict(self), "version": GENERATOR_VERSION}, sort_keys=True)
-        return hashlib.sha1(blob.encode()).hexdigest()[:12]
+        """The world's cache key (`recolab.data.source.cache_key` of these parameters)."""
+        return cache_key([], asdict(self), GENERATOR_VERSION)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -229,19 +227,14 @@ def _click_history(
 
 def cached_world(params: WorldParams, cache_dir: str | Path) -> Path:
     """The world's parquet file under `cache_dir`, generated once per parameter set."""
-    path = Path(cache_dir) / f"synthetic_video-{params.key()}.parquet"
-    if path.exists():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    log.info("generating the synthetic world %s -> %s", asdict(params), path)
-    table = generate(params)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    pq.write_table(table, tmp, row_group_size=256_000)
-    tmp.replace(path)  # atomic: a killed generator never leaves a half-written cache
-    (path.with_suffix(".json")).write_text(
-        json.dumps({**asdict(params), "version": GENERATOR_VERSION}, indent=2)
+    return cached_parquet(
+        "synthetic_video",
+        lambda: generate(params),
+        cache_dir=cache_dir,
+        params=asdict(params),
+        version=GENERATOR_VERSION,
+        row_group_size=256_000,
     )
-    return path
 
 
 class SyntheticVideoDataModule(RankDataModule):
@@ -257,11 +250,18 @@ class SyntheticVideoDataModule(RankDataModule):
         fields = WorldParams.__dataclass_fields__
         self.params = WorldParams(**{k: kwargs.pop(k) for k in list(kwargs) if k in fields})
         super().__init__(**kwargs)
-        self.cache_dir = cache_dir
+        self.source = WorldSource(self.params, cache_dir)
 
-    def prepare_data(self) -> None:
+
+class WorldSource:
+    """The generated world's impressions (one cached parquet file per parameter set)."""
+
+    def __init__(self, params: WorldParams, cache_dir: str) -> None:
+        self.params, self.cache_dir = params, cache_dir
+
+    def prepare(self) -> None:
         cached_world(self.params, self.cache_dir)
 
-    def _load(self) -> tuple[str, pa.Table]:
+    def load(self, columns: list[str]) -> tuple[str, pa.Table]:
         path = cached_world(self.params, self.cache_dir)
-        return str(path), pq.read_table(path, columns=self.required_columns)
+        return str(path), pq.read_table(path, columns=columns)

@@ -250,3 +250,13 @@ def tied_pairs(new: np.ndarray, pos: np.ndarray | None = None) -> int:
         return 0
     lengths = np.diff(np.flatnonzero(new[pos]), append=pos.size)  # runs of two or more
     return int(np.sum(lengths * (lengths - 1) // 2))
+
+
+def finite_pair(names: tuple[str, str], a: Any, b: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Two 1-D arrays of one length without NaN or inf (`as_1d`, `same_length`, `check_finite`),
+    the inputs of every pointwise metric; ValueError naming the offending input."""
+    x, y = as_1d(names[0], a), as_1d(names[1], b)
+    same_length(names, (x, y))
+    check_finite(names[0], x)
+    check_finite(names[1], y)
+    return x, y

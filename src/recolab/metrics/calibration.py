@@ -19,18 +19,19 @@ import numpy as np
 
 from recolab.metrics import _checks as C
 
+#: The equal-mass bins of every ECE and reliability table recolab logs or reports.
+ECE_BINS = 15
+
 
 def _check_inputs(labels: Any, probs: Any) -> tuple[np.ndarray, np.ndarray]:
-    y = C.as_1d("labels", labels)
-    p = C.as_1d("probs", probs)
-    C.same_length(("labels", "probs"), (y, p))
-    C.check_finite("labels", y)
-    C.check_finite("probs", p)
+    y, p = C.finite_pair(("labels", "probs"), labels, probs)
     C.check_unit_interval("probs", p)
     return C.check_binary("labels", y), p.astype(np.float64)
 
 
-def reliability_table(labels: Any, probs: Any, *, num_bins: int = 15) -> dict[str, np.ndarray]:
+def reliability_table(
+    labels: Any, probs: Any, *, num_bins: int = ECE_BINS
+) -> dict[str, np.ndarray]:
     """Per equal-mass bin: the probability range, mean probability, observed rate and count.
 
     Args:
@@ -68,7 +69,7 @@ def reliability_table(labels: Any, probs: Any, *, num_bins: int = 15) -> dict[st
     }
 
 
-def ece(labels: Any, probs: Any, *, num_bins: int = 15) -> float:
+def ece(labels: Any, probs: Any, *, num_bins: int = ECE_BINS) -> float:
     """Expected calibration error with equal-mass bins.
 
     `sum_b (n_b / N) |observed_rate_b - mean_prob_b|` over the bins of `reliability_table`;

@@ -74,14 +74,36 @@ def weighted_mean(values: np.ndarray, weights: np.ndarray) -> float:
     return float(np.dot(w, values[used]) / w.sum()) if w.size else float("nan")
 
 
+def grouped_metric(
+    values: np.ndarray,
+    usable: np.ndarray,
+    weights: np.ndarray,
+    *,
+    weight: str,
+    groups: np.ndarray,
+    rows: np.ndarray,
+    positives: np.ndarray | None = None,
+) -> GroupedMetric:
+    """The `GroupedMetric` of per-group `values` (G,) (nan where not `usable`), each usable group
+    weighing `weights` (G,) (`weight` names them), with the groups' labels, rows and positives:
+    the one assembly of GAUC, XGAUC and their device twins (`recolab.metrics.device`)."""
+    w = np.where(usable, weights, 0).astype(np.float64)  # (G,)
+    used = int(np.count_nonzero(usable))
+    return GroupedMetric(
+        value=weighted_mean(values, w),
+        weight=weight,
+        num_groups=int(rows.shape[0]),
+        num_groups_used=used,
+        num_groups_left_out=int(rows.shape[0]) - used,
+        rows_left_out=int(rows[~usable].sum()),
+        per_group=PerGroup(groups=groups, rows=rows, positives=positives, values=values, weights=w),
+    )
+
+
 def _check_inputs(
     labels: Any, scores: Any, score_name: str = "scores"
 ) -> tuple[np.ndarray, np.ndarray]:
-    y = C.as_1d("labels", labels)
-    s = C.as_1d(score_name, scores)
-    C.same_length(("labels", score_name), (y, s))
-    C.check_finite("labels", y)
-    C.check_finite(score_name, s)
+    y, s = C.finite_pair(("labels", score_name), labels, scores)
     return C.check_binary("labels", y), s
 
 
@@ -213,22 +235,15 @@ def gauc_details(
     usable = (positives > 0) & (positives < rows)
     values = np.where(usable, _auc_from_parts(rows, positives, trs), np.nan)  # (G,)
     w = {"impressions": rows, "positives": positives, "uniform": np.ones_like(rows)}[weight]
-    w = np.where(usable, w, 0).astype(np.float64)  # (G,)
     first_row = order[pos[np.flatnonzero(new_group)]]  # (G,) a row of each group
-    return GroupedMetric(
-        value=weighted_mean(values, w),
+    return grouped_metric(
+        values,
+        usable,
+        w,
         weight=weight,
-        num_groups=int(rows.shape[0]),
-        num_groups_used=int(np.count_nonzero(usable)),
-        num_groups_left_out=int(rows.shape[0] - np.count_nonzero(usable)),
-        rows_left_out=int(rows[~usable].sum()),
-        per_group=PerGroup(
-            groups=C.to_numpy(groups)[first_row],
-            rows=rows,
-            positives=positives,
-            values=values,
-            weights=w,
-        ),
+        groups=C.to_numpy(groups)[first_row],
+        rows=rows,
+        positives=positives,
     )
 
 

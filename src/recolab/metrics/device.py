@@ -39,7 +39,7 @@ from torch import Tensor
 
 from recolab.metrics import classification as _cls
 from recolab.metrics import regression as _reg
-from recolab.metrics.classification import WEIGHTS, GroupedMetric, PerGroup, weighted_mean
+from recolab.metrics.classification import WEIGHTS, GroupedMetric, grouped_metric
 
 #: Rows from which `ExactMetrics` computes on the device (below it the numpy functions are as fast).
 MIN_ROWS = 1 << 20
@@ -277,17 +277,8 @@ def gauc_details(
     with np.errstate(divide="ignore", invalid="ignore"):
         values = np.where(usable, _cls._auc_from_parts(rows, positives, trs), np.nan)
     w = {"impressions": rows, "positives": positives, "uniform": np.ones_like(rows)}[weight]
-    w = np.where(usable, w, 0).astype(np.float64)
-    return GroupedMetric(
-        value=weighted_mean(values, w),
-        weight=weight,
-        num_groups=int(rows.shape[0]),
-        num_groups_used=int(np.count_nonzero(usable)),
-        num_groups_left_out=int(rows.shape[0] - np.count_nonzero(usable)),
-        rows_left_out=int(rows[~usable].sum()),
-        per_group=PerGroup(
-            groups=group_labels, rows=rows, positives=positives, values=values, weights=w
-        ),
+    return grouped_metric(
+        values, usable, w, weight=weight, groups=group_labels, rows=rows, positives=positives
     )
 
 
@@ -363,17 +354,8 @@ def xgauc_details(
     concordant = pairs - tied - discordant
     with np.errstate(divide="ignore", invalid="ignore"):
         values = np.where(usable, (2 * concordant + tied) / (2.0 * pairs), np.nan)
-    w = np.where(usable, rows, 0).astype(np.float64)
-    return GroupedMetric(
-        value=weighted_mean(values, w),
-        weight="impressions",
-        num_groups=num_groups,
-        num_groups_used=int(np.count_nonzero(usable)),
-        num_groups_left_out=num_groups - int(np.count_nonzero(usable)),
-        rows_left_out=int(rows[~usable].sum()),
-        per_group=PerGroup(
-            groups=group_labels, rows=rows, positives=None, values=values, weights=w
-        ),
+    return grouped_metric(
+        values, usable, rows, weight="impressions", groups=group_labels, rows=rows
     )
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from recolab.metrics import _checks as C
-from recolab.metrics.classification import GroupedMetric, PerGroup, weighted_mean
+from recolab.metrics.classification import GroupedMetric, grouped_metric
 
 _BRUTE_WIDTH = 64  # rows this wide or narrower are counted pair by pair
 _CHUNK = 1 << 20  # sampled pairs drawn per batch (fixes the random stream for a seed)
@@ -31,12 +31,7 @@ _HEAVY_TIES = 4
 
 
 def _check_inputs(targets: Any, preds: Any) -> tuple[np.ndarray, np.ndarray]:
-    t = C.as_1d("targets", targets)
-    p = C.as_1d("preds", preds)
-    C.same_length(("targets", "preds"), (t, p))
-    C.check_finite("targets", t)
-    C.check_finite("preds", p)
-    return t, p
+    return C.finite_pair(("targets", "preds"), targets, preds)
 
 
 # --- inversion counting -------------------------------------------------------------------------
@@ -381,21 +376,13 @@ def xgauc_details(targets: Any, preds: Any, groups: Any) -> GroupedMetric:
     concordant = pairs - tied - discordant
     with np.errstate(divide="ignore", invalid="ignore"):
         values = np.where(usable, (2 * concordant + tied) / (2.0 * pairs), np.nan)  # (G,)
-    w = np.where(usable, rows, 0).astype(np.float64)  # (G,)
-    return GroupedMetric(
-        value=weighted_mean(values, w),
+    return grouped_metric(
+        values,
+        usable,
+        rows,
         weight="impressions",
-        num_groups=num_groups,
-        num_groups_used=int(np.count_nonzero(usable)),
-        num_groups_left_out=num_groups - int(np.count_nonzero(usable)),
-        rows_left_out=int(rows[~usable].sum()),
-        per_group=PerGroup(
-            groups=C.to_numpy(groups)[by_gp[group_start]],
-            rows=rows,
-            positives=None,
-            values=values,
-            weights=w,
-        ),
+        groups=C.to_numpy(groups)[by_gp[group_start]],
+        rows=rows,
     )
 
 
@@ -463,36 +450,24 @@ def xgauc(targets: Any, preds: Any, groups: Any) -> float:
     return xgauc_details(targets, preds, groups).value
 
 
-def mae(targets: Any, preds: Any) -> float:
-    """Mean absolute error `mean(|targets - preds|)`, every row weighing the same.
-
-    Args:
-        targets: (N,) real targets.
-        preds: (N,) real predictions.
-
-    Returns:
-        The MAE, in the targets' unit.
+def _errors(targets: Any, preds: Any) -> np.ndarray:
+    """(N,) float64 `targets - preds`, every row weighing the same in the means below.
 
     Raises:
         ValueError: on mismatched or non-1-D shapes, empty input, or NaN or inf.
     """
     t, p = _check_inputs(targets, preds)
-    return float(np.mean(np.abs(t.astype(np.float64) - p.astype(np.float64))))
+    return t.astype(np.float64) - p.astype(np.float64)
+
+
+def mae(targets: Any, preds: Any) -> float:
+    """Mean absolute error `mean(|targets - preds|)` of (N,) real targets and predictions, in the
+    targets' unit; ValueError as `_errors`."""
+    return float(np.mean(np.abs(_errors(targets, preds))))
 
 
 def rmse(targets: Any, preds: Any) -> float:
-    """Root mean squared error `sqrt(mean((targets - preds)^2))`, every row weighing the same.
-
-    Args:
-        targets: (N,) real targets.
-        preds: (N,) real predictions.
-
-    Returns:
-        The RMSE, in the targets' unit.
-
-    Raises:
-        ValueError: on mismatched or non-1-D shapes, empty input, or NaN or inf.
-    """
-    t, p = _check_inputs(targets, preds)
-    d = t.astype(np.float64) - p.astype(np.float64)
+    """Root mean squared error `sqrt(mean((targets - preds)^2))` of (N,) real targets and
+    predictions, in the targets' unit; ValueError as `_errors`."""
+    d = _errors(targets, preds)
     return float(np.sqrt(np.mean(d * d)))

@@ -227,17 +227,8 @@ def retrieval_details(topk: Any, targets: Any, *, k: int) -> RetrievalMetrics:
 def recall_at_k(topk: Any, targets: Any, *, k: int) -> float:
     """Recall@K: mean over users of |targets in top K| / |targets| (not / min(|targets|, K)).
 
-    Args:
-        topk: (U, K') retrieved item ids per user, best first, K' >= k; negative ids are padding.
-        targets: (U, M) held-out item ids per user, padded with -1; repeats count once.
-        k: the cut-off K.
-
-    Returns:
-        The mean over users with at least one target (each weighing the same); nan if none.
-        `retrieval_details` reports how many users were left out.
-
-    Raises:
-        ValueError: as `retrieval_details`.
+    Arguments, the users averaged (those with a target, each weighing the same; nan if none) and
+    the ValueErrors as `retrieval_details`, which also reports how many users were left out.
     """
     return retrieval_details(topk, targets, k=k).recall
 
@@ -246,17 +237,7 @@ def ndcg_at_k(topk: Any, targets: Any, *, k: int) -> float:
     """NDCG@K with binary gains: DCG = sum over hits in the top K of 1 / log2(rank + 1), over
     IDCG = the same for min(|targets|, K) hits at ranks 1, 2, ...
 
-    Args:
-        topk: (U, K') retrieved item ids per user, best first, K' >= k; negative ids are padding.
-        targets: (U, M) held-out item ids per user, padded with -1; repeats count once.
-        k: the cut-off K.
-
-    Returns:
-        The mean over users with at least one target (each weighing the same); nan if none.
-        `retrieval_details` reports how many users were left out.
-
-    Raises:
-        ValueError: as `retrieval_details`.
+    Arguments, users and ValueErrors as `recall_at_k`.
     """
     return retrieval_details(topk, targets, k=k).ndcg
 
@@ -264,17 +245,7 @@ def ndcg_at_k(topk: Any, targets: Any, *, k: int) -> float:
 def hit_rate_at_k(topk: Any, targets: Any, *, k: int) -> float:
     """Hit rate@K: share of users with at least one target in the top K.
 
-    Args:
-        topk: (U, K') retrieved item ids per user, best first, K' >= k; negative ids are padding.
-        targets: (U, M) held-out item ids per user, padded with -1; repeats count once.
-        k: the cut-off K.
-
-    Returns:
-        The mean over users with at least one target (each weighing the same); nan if none.
-        `retrieval_details` reports how many users were left out.
-
-    Raises:
-        ValueError: as `retrieval_details`.
+    Arguments, users and ValueErrors as `recall_at_k`.
     """
     return retrieval_details(topk, targets, k=k).hit_rate
 

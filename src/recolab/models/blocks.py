@@ -1,12 +1,22 @@
-"""Blocks shared by the rankers: an MLP, E same-shaped MLPs run as one (the experts of MMoE, CGC
-and PLE), and the feature embedding layer."""
+"""The block library every model builds on.
+
+- `MLP`, the one MLP (rankers' towers and bottoms, recallers' towers and ReLU layers, heads);
+  `TaskTowers`, one MLP per task, the end of every ranker; `BatchedMLPs`, E same-shaped MLPs run
+  as one (the experts of MMoE, CGC and PLE);
+- `EmbeddingTables`, the one set of id embedding tables (one `nn.Embedding` per named feature),
+  with `masked_mean` to pool a padded sequence of them; `FeatureEmbedding`, a schema's features
+  as one vector per row, the collaborator every ranker is given (`EmbeddingFactory`).
+
+Shapes: B batch, L sequence, D embedding, F features, H hidden, E experts, T tasks.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from recolab.data.schema import Schema
 
@@ -24,22 +34,24 @@ def softmax_last(x: torch.Tensor) -> torch.Tensor:
 
 
 class MLP(nn.Sequential):
-    """Linear -> ReLU (-> Dropout) for each hidden size; the last layer has no activation if `out_dim` is set.
+    """Linear -> ReLU (-> Dropout) for each hidden width, then an optional output layer.
 
     Args:
         in_dim: input width.
-        dims: hidden widths, in order.
+        dims: hidden widths, in order; empty for the output layer alone.
         dropout: dropout after each hidden activation.
-        out_dim: a final linear layer's width (no activation), or None.
+        out_dim: a final linear layer's width, or None.
+        final_activation: a ReLU after that output layer too (MIND's "several ReLU layers").
     """
 
     def __init__(
         self,
         in_dim: int,
-        dims: list[int] | tuple[int, ...],
+        dims: Sequence[int],
         *,
         dropout: float = 0.0,
         out_dim: int | None = None,
+        final_activation: bool = False,
     ) -> None:
         layers: list[nn.Module] = []
         for h in dims:
@@ -50,8 +62,31 @@ class MLP(nn.Sequential):
         if out_dim is not None:
             layers.append(nn.Linear(in_dim, out_dim))
             in_dim = out_dim
+            if final_activation:
+                layers.append(nn.ReLU())
         super().__init__(*layers)
         self.output_dim = in_dim
+
+
+class TaskTowers(nn.ModuleDict):
+    """One tower per task, `MLP(in_dim, dims, out_dim=1)`: the output end of every ranker.
+
+    Args:
+        tasks: task names, T of them (the towers' keys, in order).
+        in_dim: width of each tower's input.
+        dims: hidden widths of each tower (a final linear layer gives the output).
+        dropout: dropout after each hidden activation.
+    """
+
+    def __init__(
+        self, tasks: Sequence[str], in_dim: int, dims: Sequence[int], *, dropout: float = 0.0
+    ) -> None:
+        super().__init__({t: MLP(in_dim, dims, dropout=dropout, out_dim=1) for t in tasks})
+
+    def forward(self, inputs: Tensor | Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """(B, in_dim) read by every tower, or {task: (B, in_dim)} -> {task: (B,)}."""
+        shared = isinstance(inputs, Tensor)
+        return {t: tower(inputs if shared else inputs[t]).squeeze(-1) for t, tower in self.items()}
 
 
 class BatchedMLPs(nn.Module):
@@ -281,8 +316,65 @@ class _BatchedMLPsFunction(torch.autograd.Function):
         return (grad_x, None, *grad_w, *grad_b)
 
 
+def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """Mean over the sequence axis of the unmasked positions (zeros for an empty row).
+
+    Args:
+        values: (B, L, D).
+        mask: (B, L) bool, True where a position counts.
+
+    Returns:
+        (B, D).
+    """
+    weights = mask.to(values.dtype).unsqueeze(-1)  # (B, L, 1)
+    total = (values * weights).sum(dim=1)  # (B, D)
+    return total / weights.sum(dim=1).clamp_min(1.0)  # (B, D)
+
+
+class EmbeddingTables(nn.ModuleDict):
+    """One `nn.Embedding` table per categorical feature, by name: how every model embeds ids.
+
+    Args:
+        vocab_sizes: feature name -> vocabulary size (rows, the OOV bucket 0 included, as
+            `recolab.data.schema.SparseFeature.vocab_size`).
+        dim: D, the width of every table.
+        sparse: sparse gradients (only the rows a batch touched; see `FeatureEmbedding`).
+        padding: the names whose row 0 is padding (`nn.Embedding`'s `padding_idx=0`).
+    """
+
+    def __init__(
+        self,
+        vocab_sizes: Mapping[str, int],
+        dim: int,
+        *,
+        sparse: bool = False,
+        padding: Collection[str] = (),
+    ) -> None:
+        super().__init__(
+            {
+                name: nn.Embedding(
+                    size, dim, padding_idx=0 if name in padding else None, sparse=sparse
+                )
+                for name, size in vocab_sizes.items()
+            }
+        )
+
+    def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
+        """(B, F, D): the F tables' rows for `batch[name]`, each (B,) long."""
+        return torch.stack([table(batch[name]) for name, table in self.items()], dim=1)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        """Also load a state saved when the tables sat one level down, `<prefix>tables.<name>`
+        (the recallers' user features before this class: `SparseFeatureEmbeddings.tables`)."""
+        for name in self:
+            old = f"{prefix}tables.{name}.weight"
+            if f"{prefix}{name}.weight" not in state_dict and old in state_dict:
+                state_dict[f"{prefix}{name}.weight"] = state_dict.pop(old)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
 class FeatureEmbedding(nn.Module):
-    """Concatenates the schema's features into one vector per row.
+    """Concatenates the schema's features into one vector per row: the input of every ranker.
 
     Sparse ids -> an embedding each; sequences -> the masked mean of their ids' embeddings (a
     sequence with `vocab_of` shares that feature's table, e.g. a history of item ids); dense
@@ -292,11 +384,14 @@ class FeatureEmbedding(nn.Module):
     embeddings, which start small, and the standardized dense values enter the first layer at
     one scale.
 
+    Rankers are given it (`EmbeddingFactory`, the config's `model.embedding` node) rather than
+    each building its own: `model.embedding.embedding_dim=8`, `model.embedding.batch_norm=true`.
+
     Args:
         schema: the features to read; anything else in the batch is ignored.
         embedding_dim: D, the width of every embedding.
         sparse: sparse gradients for the tables (only the rows a batch touched), which need an
-            optimizer that takes them (`module.optimizer=adagrad`). Dense by default: as fast with
+            optimizer that takes them (`module.optimizer._target_=torch.optim.Adagrad`). Dense by default: as fast with
             tables of tens of thousands of ids; sparse pays off with tables of millions, where a
             batch touches few rows (experiments/bench/speed.md).
         batch_norm: batch normalization of the concatenated features (`norm`); a training batch
@@ -315,17 +410,13 @@ class FeatureEmbedding(nn.Module):
         if embedding_dim < 1:
             raise ValueError(f"embedding_dim must be >= 1, got {embedding_dim}")
         self.schema = schema
-        self.tables = nn.ModuleDict(
-            {
-                f.name: nn.Embedding(f.vocab_size, embedding_dim, sparse=sparse)
-                for f in schema.sparse
-            }
+        own = [f for f in schema.sequences if f.vocab_of is None]  # the others share a table
+        self.tables = EmbeddingTables(
+            {f.name: f.vocab_size for f in (*schema.sparse, *own)},
+            embedding_dim,
+            sparse=sparse,
+            padding={f.name for f in own},
         )
-        for f in schema.sequences:
-            if f.vocab_of is None:
-                self.tables[f.name] = nn.Embedding(
-                    f.vocab_size, embedding_dim, padding_idx=0, sparse=sparse
-                )
         for table in self.tables.values():
             nn.init.normal_(table.weight, std=0.05)
         self.output_dim = embedding_dim * (len(schema.sparse) + len(schema.sequences)) + len(
@@ -346,7 +437,8 @@ class FeatureEmbedding(nn.Module):
             return table(ids)
         return table.weight.index_select(0, ids.reshape(-1)).view(*ids.shape, -1)
 
-    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward(self, features: Mapping[str, Tensor]) -> Tensor:
+        """{name: (B,) ids, (B, L) sequences, (B,) dense values} -> (B, output_dim)."""
         parts = [
             self._lookup(self.tables[f.name], features[f.name]) for f in self.schema.sparse
         ]  # each (B, D)
@@ -355,8 +447,7 @@ class FeatureEmbedding(nn.Module):
             table = self.tables[f.vocab_of or f.name]
             emb = self._lookup(table, ids)  # (B, L, D)
             if table.sparse:  # a sparse gradient cannot take the dense correction below
-                mask = (ids > 0).unsqueeze(-1).to(emb.dtype)  # (B, L, 1)
-                parts.append((emb * mask).sum(1) / mask.sum(1).clamp_min(1.0))  # (B, D)
+                parts.append(masked_mean(emb, ids > 0))  # (B, D)
                 continue
             # The masked mean without a (B, L, D) product: sum every position, then take the
             # padding positions' rows (row 0, `pad` times) out again. Forward and gradients are
@@ -371,3 +462,8 @@ class FeatureEmbedding(nn.Module):
             )  # (B, F_dense)
         x = torch.cat(parts, dim=1)  # (B, output_dim)
         return x if self.norm is None else self.norm(x)
+
+
+#: What a ranker is given to embed its input: the schema -> a `FeatureEmbedding` (the class
+#: itself with its defaults, or the config's `_partial_` node `model.embedding`).
+EmbeddingFactory = Callable[[Schema], FeatureEmbedding]

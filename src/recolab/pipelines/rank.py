@@ -1,12 +1,15 @@
 """The ranking pipeline: a multi-task ranker trained with per-task losses, evaluated on every row.
 
-Validation and test outputs are accumulated per rank, gathered from all ranks at the epoch's end
-(`gather_rows`), and only then turned into metrics, so GAUC and XAUC are exact under DDP (never
-an average of per-rank values). Metric names follow `split/metric/task`.
+Validation and test outputs are accumulated per rank, gathered from all ranks at the epoch's end,
+and only then turned into metrics (`recolab.pipelines.base.PipelineModule`), so GAUC and XAUC are
+exact under DDP (never an average of per-rank values). Metric names follow `split/metric/task`.
+The heads that fit on the training split get it from the data module through `TrainingColumns`.
 
-Every validation epoch logs the same per-task metrics as the test epoch (`rank_metrics`): AUC,
-GAUC, logloss and ECE per binary task, MAE, RMSE, XAUC and XGAUC per regression task (GAUC and
-XGAUC grouped by `group_key`, a `meta` column), on the model's own predictions (the calibrator is
+Every validation epoch logs the same per-task metrics as the test epoch (`rank_metrics`): the
+declared set of each task kind (`module.metrics`, names of `recolab.metrics.registry`; by default,
+`configs/module/rank.yaml`: AUC, logloss, ECE and GAUC per binary task, MAE, RMSE, XAUC and XGAUC
+per regression task, GAUC and XGAUC grouped by `group_key`, a `meta` column), on the model's own
+predictions (the calibrator is
 fitted on them), so a checkpoint, early stopping, a sweep or `recolab select` can choose on any of
 them (`val/gauc/click`, say). The test epoch adds what no choice may read: the calibrated figures'
 raw twins, the truth metrics and the oracle's. The last validation's values are kept in every
@@ -35,31 +38,40 @@ Three optional stages compose with any ranker:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from recolab import calibration as C
-from recolab import metrics as M
 from recolab.data.columnar import batch_rows
 from recolab.data.schema import Schema, Task
 from recolab.heads import Head
 from recolab.metrics.device import ExactMetrics
-from recolab.pipelines.distributed import gather_columns, log_gathered
-from recolab.pipelines.flops import TrainingFlops
+from recolab.metrics.registry import METRICS, Metric, metric_set
+from recolab.pipelines.base import OptimizerFactory, PipelineModule
 from recolab.reports.rank_report import metric_table, to_markdown, write_rank_report
 from recolab.run_checks import check_finite_loss
 
 log = logging.getLogger(__name__)
 
 Batch = dict[str, dict[str, torch.Tensor]]
-ECE_BINS = 15
+#: The metric sets by task kind (`module.metrics`), as registered metrics.
+MetricSets = dict[str, tuple[Metric, ...]]
+
+
+@runtime_checkable
+class TrainingColumns(Protocol):
+    """What `RankModule` asks of its data module: the training split's label and meta columns,
+    `{"labels": {task: (N,)}, "meta": {column: (N,)}}`, or None where the split is not held in
+    memory (streaming). Heads that estimate something from the training split (D2Q's duration
+    groups) are fitted on them when fitting starts."""
+
+    def training_columns(self) -> Mapping[str, Mapping[str, np.ndarray]] | None: ...
 
 
 def task_loss(task: Task, output: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
@@ -81,42 +93,34 @@ def to_prediction(task: Task, output: torch.Tensor) -> torch.Tensor:
 
 def rank_metrics(
     schema: Schema,
+    metrics: MetricSets,
     preds: dict[str, np.ndarray],
     labels: dict[str, np.ndarray],
     groups: np.ndarray | None,
     *,
-    full: bool,
     device: torch.device | None = None,
 ) -> tuple[dict[str, float], dict[str, Any]]:
-    """Metrics per task (keys `metric/task`) and details (groups left out of GAUC and XGAUC).
+    """The declared metrics of each task (keys `metric/task`) and the grouped ones' details.
 
-    Binary tasks: AUC, logloss and ECE (15 equal-mass bins), plus GAUC by impressions when
-    `full` and `groups` is given; regression tasks: MAE, RMSE and exact XAUC, plus XGAUC when
-    `full` and `groups` is given.
+    `metrics` holds each task kind's set (`RankModule.metrics`); the grouped metrics (GAUC,
+    XGAUC) are computed where `groups` is given, and their `GroupedMetric`s (with the groups left
+    out) returned as details. AUC, GAUC, XAUC, XGAUC and logloss are sorted by torch on `device`
+    (a GPU) when the rows are many, by numpy otherwise: the same exact values
+    (`recolab.metrics.device`).
     """
     out: dict[str, float] = {}
     details: dict[str, Any] = {}
-    # AUC, GAUC, XAUC, XGAUC and logloss sorted by torch on `device` (a GPU) when the rows are
-    # many, by numpy otherwise: the same exact values (recolab.metrics.device).
     E = ExactMetrics(device)
     for task in schema.tasks:
         y, p = labels[task.name], preds[task.name]
-        if task.kind == "binary":
-            out[f"auc/{task.name}"] = E.auc(y, p) if 0 < y.sum() < len(y) else float("nan")
-            out[f"logloss/{task.name}"] = E.logloss(y, p)
-            out[f"ece/{task.name}"] = M.ece(y, p, num_bins=ECE_BINS)
-            if full and groups is not None:
-                g = E.gauc_details(y, p, groups)
-                out[f"gauc/{task.name}"] = g.value
-                details[f"gauc/{task.name}"] = g
-        else:
-            out[f"mae/{task.name}"] = M.mae(y, p)
-            out[f"rmse/{task.name}"] = M.rmse(y, p)
-            out[f"xauc/{task.name}"] = E.xauc(y, p) if np.ptp(y) > 0 else float("nan")
-            if full and groups is not None:
-                g = E.xgauc_details(y, p, groups)
-                out[f"xgauc/{task.name}"] = g.value
-                details[f"xgauc/{task.name}"] = g
+        for m in metrics[task.kind]:
+            if m.grouped and groups is None:
+                continue
+            key = f"{m.name}/{task.name}"
+            value = m.compute(E, y, p, groups)
+            if m.grouped:
+                details[key], value = value, value.value
+            out[key] = value
     return out, details
 
 
@@ -181,20 +185,14 @@ class CalibrationStage(nn.Module):
         self.calibrators = {t: C.from_state(s) for t, s in state.get("calibrators", {}).items()}
 
 
-#: `module.optimizer` -> the torch optimizer.
-OPTIMIZERS = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad}
-#: Adam options that choose (or rule out) an implementation: given any, Adam is not made fused.
-FUSED_OFF = {"fused", "foreach", "differentiable"}
-
-
-class RankModule(TrainingFlops, pl.LightningModule):
+class RankModule(PipelineModule):
     """Trains a multi-task ranker; evaluates it on all rows of each evaluation split.
 
     Args:
         model: a ranker (`recolab.models.rank`): features -> {task: output (B,)}.
         schema: the data's schema (tasks, meta columns, oracle columns).
-        lr: Adam learning rate.
-        weight_decay: Adam weight decay.
+        lr: the optimizer's learning rate.
+        weight_decay: the optimizer's weight decay.
         group_key: meta column that GAUC and XGAUC group by.
         heads: `{task: Head}` (see `recolab.heads`); tasks without one use `task_loss` and
             `to_prediction`.
@@ -202,11 +200,14 @@ class RankModule(TrainingFlops, pl.LightningModule):
         truth: `{task: meta column}` with the debiased truth (synthetic data), for the truth metrics.
         negative_downsampling: `{task: w}` from the data module: the share of negatives it kept
             in the training split (`recolab.data.datamodule.RankDataModule`).
-        optimizer: `adam` or `adagrad` (which also takes sparse embedding gradients).
-        optimizer_kwargs: passed on to the torch optimizer, e.g. `{foreach: true}` or
-            `{fused: false}` (experiments/bench/speed.md measures them). Adam is fused unless
-            these choose its implementation, where the torch build has fused Adam for the
-            parameters' device.
+        optimizer: the torch optimizer factory (`module.optimizer: {_target_: torch.optim.Adam,
+            _partial_: true, ...}`; Adagrad also takes sparse embedding gradients), called with
+            the parameters, `lr` and `weight_decay`. Adam is fused unless its node chooses an
+            implementation (`fused`, `foreach`), where the torch build has fused Adam for the
+            parameters' device (experiments/bench/speed.md). None: Adam.
+        metrics: the metric set per task kind, `{binary: [...], regression: [...]}`, names of
+            `recolab.metrics.registry` (`configs/module/rank.yaml` declares the default); a kind
+            left out: every registered metric of that kind.
         report_bootstrap: resamples B of the report's 95% intervals over users (GAUC, XGAUC;
             `recolab.reports.per_user`); 0 for none.
     """
@@ -223,24 +224,30 @@ class RankModule(TrainingFlops, pl.LightningModule):
         calibration: Callable[[], Any] | None = None,
         truth: dict[str, str] | None = None,
         negative_downsampling: dict[str, float] | None = None,
-        optimizer: str = "adam",
-        optimizer_kwargs: dict[str, Any] | None = None,
+        optimizer: OptimizerFactory | None = None,
+        metrics: Mapping[str, Sequence[str]] | None = None,
         report_bootstrap: int = 2000,
     ) -> None:
-        super().__init__()
-        self.report_bootstrap = int(report_bootstrap)
-        if not lr > 0:
-            raise ValueError(f"module.lr must be > 0, got {lr}")
-        if optimizer not in OPTIMIZERS:
+        super().__init__(
+            lr=lr, weight_decay=weight_decay, optimizer=optimizer, report_bootstrap=report_bootstrap
+        )
+        declared = dict(metrics or {})
+        unknown_kinds = sorted(set(declared) - {"binary", "regression"})
+        if unknown_kinds:
             raise ValueError(
-                f"module.optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}"
+                f"module.metrics: no task kind(s) {unknown_kinds}; expected binary and regression"
             )
-        self.optimizer_name = optimizer
-        self.optimizer_kwargs = dict(optimizer_kwargs or {})
+        #: The declared metric set of each task kind (`module.metrics`).
+        self.metrics: MetricSets = {
+            kind: metric_set(
+                declared.get(kind, [m.name for m in METRICS.values() if m.kind == kind]),
+                kind,
+                key=f"module.metrics.{kind}",
+            )
+            for kind in ("binary", "regression")
+        }
         self.model = model
         self.schema = schema
-        self.lr = lr
-        self.weight_decay = weight_decay
         self.group_key = group_key
         heads = dict(heads or {})
         unknown = [k for k in heads if k not in schema.task_names]
@@ -273,31 +280,16 @@ class RankModule(TrainingFlops, pl.LightningModule):
                 )
         binary = [t.name for t in schema.tasks if t.kind == "binary"]
         self.calibration = CalibrationStage(calibration or None, rates, binary)
-        self._outputs: list[dict[str, torch.Tensor]] = []
         #: The last test split's predictions, labels and meta, gathered (for reports).
         self.test_results: dict[str, dict[str, np.ndarray]] | None = None
         self.test_details: dict[str, Any] = {}
-        #: The last validation epoch's metrics (`val/...`; not the sanity check's), saved in checkpoints.
-        self.val_metrics: dict[str, float] = {}
-        #: Set by `recolab.train`: saved in checkpoints so `recolab evaluate` can rebuild the run.
-        self.run_info: dict[str, Any] = {}
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Plain strings and tensors only: checkpoints load with torch.load(weights_only=True).
-        info = dict(self.run_info)
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is not None:
-            info["data_state"] = datamodule.state_dict()
-        # The validation that chose this checkpoint (ModelCheckpoint saves after it): plain floats.
-        info["val_metrics"] = dict(self.val_metrics)
-        checkpoint["recolab"] = info
 
     def setup(self, stage: str) -> None:
         """Fit the heads that estimate something from the training split (e.g. D2Q's groups)."""
         if stage != "fit" or not len(self.heads):
             return
         datamodule = getattr(self.trainer, "datamodule", None)
-        train = getattr(datamodule, "data", {}).get("train") if datamodule is not None else None
+        train = datamodule.training_columns() if isinstance(datamodule, TrainingColumns) else None
         if train is None:
             raise ValueError(
                 "module.heads need the training split's columns: use a recolab.data RankDataModule"
@@ -369,19 +361,13 @@ class RankModule(TrainingFlops, pl.LightningModule):
             raise ValueError(
                 f"the training split ({dataset.shard_rows} rows on this process) ends in a batch of "
                 f"one row at data.batch_size={dataset.batch_size}, and the model's batch "
-                "normalization (model.input_batch_norm / model.batch_norm) needs at least two: "
+                "normalization (model.embedding.batch_norm / model.batch_norm) needs at least two: "
                 "choose another data.batch_size"
             )
 
-    def on_train_epoch_start(self) -> None:
-        # Reshuffle the columnar batches (they are not driven by a sampler, see data.columnar).
-        dataset = getattr(self.trainer.train_dataloader, "dataset", None)
-        if hasattr(dataset, "set_epoch"):
-            dataset.set_epoch(self.current_epoch)
+    # -- evaluation: collect, gather, compute (`PipelineModule`) -------------------------------
 
-    # -- evaluation: accumulate, gather, compute ---------------------------------------------
-
-    def _collect(self, batch: Batch) -> None:
+    def collect(self, batch: Batch, *, test: bool) -> dict[str, torch.Tensor]:
         # Scored in float32 even under `trainer.precision=bf16-mixed`, whose autocast Lightning
         # also applies to evaluation steps: its bf16 outputs keep 8 significant bits, so nearby
         # scores would tie and the ranking metrics (AUC, GAUC, XAUC) would measure the rounding.
@@ -391,27 +377,10 @@ class RankModule(TrainingFlops, pl.LightningModule):
         row = {f"out/{k}": v.detach().float() for k, v in outputs.items()}
         row.update({f"label/{k}": v for k, v in batch["labels"].items()})
         row.update({f"meta/{k}": v for k, v in batch["meta"].items()})
-        self._outputs.append(row)
+        return row
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self._collect(batch)
-
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self._collect(batch)
-
-    def on_validation_epoch_start(self) -> None:
-        self._outputs = []
-
-    on_test_epoch_start = on_validation_epoch_start
-
-    def _gathered(self) -> dict[str, torch.Tensor]:
-        rows, self._outputs = self._outputs, []
-        return gather_columns(rows, self.device)
-
-    def _evaluate(self, split: str, *, full: bool) -> dict[str, np.ndarray]:
-        rows = self._gathered()
-        if not rows:
-            return {}
+    def compute(self, split: str, rows: dict[str, torch.Tensor]) -> dict[str, float]:
+        full = split == "test"
         outputs = {t.name: rows[f"out/{t.name}"] for t in self.schema.tasks}
         labels = {t.name: rows[f"label/{t.name}"] for t in self.schema.tasks}
         meta_t = {k[5:]: v for k, v in rows.items() if k.startswith("meta/")}
@@ -431,20 +400,18 @@ class RankModule(TrainingFlops, pl.LightningModule):
         preds = dict(raw)
         if split == "val" and not self.trainer.sanity_checking:
             self.calibration.fit(raw, y)
-        calibrated = (
-            [t for t in self.calibration.tasks if self.calibration.applies_to(t)]
-            if split == "test"
-            else []
-        )
+        calibrated = self._calibrated() if full else []
         for t in calibrated:
             preds[t] = self.calibration(t, raw[t])
 
         # Validation and test alike: the grouped metrics too, wherever the group key is a meta column.
-        found, details = rank_metrics(self.schema, preds, y, groups, full=True, device=self.device)
+        found, details = rank_metrics(
+            self.schema, self.metrics, preds, y, groups, device=self.device
+        )
         values |= {f"{split}/{k}": v for k, v in found.items()}
         if calibrated:
             raw_schema = Schema(tasks=tuple(self.schema.task(t) for t in calibrated))
-            found_raw, _ = rank_metrics(raw_schema, raw, y, None, full=False, device=self.device)
+            found_raw, _ = rank_metrics(raw_schema, self.metrics, raw, y, None, device=self.device)
             for key, value in found_raw.items():
                 metric, task = key.split("/")
                 values[f"{split}/{metric}_raw/{task}"] = value
@@ -465,28 +432,32 @@ class RankModule(TrainingFlops, pl.LightningModule):
                         g = ExactMetrics(self.device).xgauc_details(truth, score, groups)
                         values[f"{split}/truth_xgauc/{t}"] = g.value
         if full and self.schema.oracle:
-            oracle_schema = Schema(
-                tasks=tuple(t for t in self.schema.tasks if t.name in self.schema.oracle)
-            )
             oracle_preds = {t: meta[col] for t, col in self.schema.oracle.items()}
             found, _ = rank_metrics(
-                oracle_schema, oracle_preds, y, groups, full=True, device=self.device
+                self._oracle_schema(), self.metrics, oracle_preds, y, groups, device=self.device
             )
             values |= {f"oracle/{k}": v for k, v in found.items()}
-        log_gathered(self, values)  # every rank holds the same gathered rows
         if full:
             self.test_details = details
-        return {
-            "preds": preds,
-            "raw_preds": {t: raw[t] for t in calibrated},
-            "labels": y,
-            "meta": meta,
-            "metrics": values,
-        }
+            self.test_results = {
+                "preds": preds,
+                "raw_preds": {t: raw[t] for t in calibrated},
+                "labels": y,
+                "meta": meta,
+                "metrics": values,
+            }
+        return values
+
+    def _calibrated(self) -> list[str]:
+        """The binary tasks whose test predictions the calibration stage changes."""
+        return [t for t in self.calibration.tasks if self.calibration.applies_to(t)]
+
+    def _oracle_schema(self) -> Schema:
+        return Schema(tasks=tuple(t for t in self.schema.tasks if t.name in self.schema.oracle))
 
     def logged_metric_names(self, split: str) -> list[str]:
         """The metric names this module logs for `split` ("train", "val" or "test"; the test
-        epoch's `oracle/...` included), as `_evaluate` builds them for this schema.
+        epoch's `oracle/...` included), as `compute` builds them for this schema.
 
         `recolab.run_checks` checks a checkpoint's or early stopping's `monitor` and the
         `optimized_metric` against them before training starts.
@@ -495,44 +466,36 @@ class RankModule(TrainingFlops, pl.LightningModule):
         names = [f"{split}/loss", *(f"{split}/loss/{t.name}" for t in tasks)]
         if split == "train":
             return names
-        full = split == "test"
         grouped = self.group_key in self.schema.meta
 
-        def per_task(prefix: str, chosen: tuple[Task, ...], *, groups: bool) -> list[str]:
-            out = []
-            for t in chosen:
-                kind = ["auc", "logloss", "ece"] if t.kind == "binary" else ["mae", "rmse", "xauc"]
-                kind += (["gauc"] if t.kind == "binary" else ["xgauc"]) if groups else []
-                out += [f"{prefix}/{m}/{t.name}" for m in kind]
-            return out
+        def per_task(
+            prefix: str, chosen: tuple[Task, ...], *, groups: bool, suffix=""
+        ) -> list[str]:
+            return [
+                f"{prefix}/{m.name}{suffix}/{t.name}"
+                for t in chosen
+                for m in self.metrics[t.kind]
+                if groups or not m.grouped
+            ]
 
         names += per_task(split, tasks, groups=grouped)
-        if not full:
+        if split != "test":
             return names
         calibrated = [
-            t
+            self.schema.task(t)
             for t in self.calibration.tasks
             if self.calibration.factory is not None or t in self.calibration.rates
         ]
-        names += [f"test/{m}_raw/{t}" for t in calibrated for m in ("auc", "logloss", "ece")]
+        names += per_task("test", tuple(calibrated), groups=False, suffix="_raw")
         for t in self.truth:
             names += [f"test/truth_xauc/{t}"] + ([f"test/truth_xgauc/{t}"] if grouped else [])
-        oracle = tuple(t for t in tasks if t.name in self.schema.oracle)
-        return names + per_task("oracle", oracle, groups=grouped)
+        return names + per_task("oracle", self._oracle_schema().tasks, groups=grouped)
 
-    def on_validation_epoch_end(self) -> None:
-        found = self._evaluate("val", full=False)
-        if not self.trainer.sanity_checking:
-            self.val_metrics = dict(found.get("metrics", {}))
-
-    def on_test_epoch_end(self) -> None:
-        self.test_results = self._evaluate("test", full=True)
-
-    # -- reporting (rank zero, after testing) -------------------------------------------------
+    # -- reporting (`Reporting`: rank zero, after testing) ---------------------------------------
 
     def write_report(
-        self, out_dir, *, title: str, metrics: dict[str, float], context: dict[str, Any]
-    ) -> list:
+        self, out_dir: str | Path, *, title: str, metrics: dict[str, float], context: dict[str, Any]
+    ) -> list[Path]:
         """The offline report files for the last test run (see `recolab.reports.rank_report`)."""
         paths = write_rank_report(
             out_dir,
@@ -560,21 +523,3 @@ class RankModule(TrainingFlops, pl.LightningModule):
 
     def metrics_markdown(self, metrics: dict[str, float]) -> str:
         return to_markdown(metric_table(metrics, self.schema))
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        sparse = [n for n, m in self.named_modules() if isinstance(m, nn.Embedding) and m.sparse]
-        if sparse and self.optimizer_name == "adam":
-            raise ValueError(
-                f"embeddings {sparse} have sparse gradients, which Adam does not take: set module.optimizer=adagrad"
-            )
-        cls = OPTIMIZERS[self.optimizer_name]
-        kwargs = dict(lr=self.lr, weight_decay=self.weight_decay, **self.optimizer_kwargs)
-        if self.optimizer_name == "adam" and not FUSED_OFF & kwargs.keys():
-            # Fused Adam (one kernel per parameter for the whole update) is the default where the
-            # build has it for these parameters' device; the update is Adam's either way
-            # (experiments/bench/speed.md). `module.optimizer_kwargs={fused: false}` turns it off.
-            try:
-                return cls(self.parameters(), fused=True, **kwargs)
-            except (RuntimeError, ValueError) as e:
-                log.info("fused Adam unavailable here (%s); using torch's default Adam", e)
-        return cls(self.parameters(), **kwargs)

@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recolab import metrics as M
+from recolab.metrics.registry import at_k
 from recolab.reports.stats import bootstrap_interval
 
 FILE = "per_user.parquet"
@@ -105,8 +106,6 @@ def recall_per_user(
         users: (U,) the users' ids, in the rows' order.
         id_kind: `raw` or `encoded`.
     """
-    from recolab.reports.recall_report import at_k  # recall_report writes this module's files
-
     table: dict[str, Any] = {ID: users, "id_kind": id_kind}
     weights: dict[str, Any] = {}
     for name, prefix in (

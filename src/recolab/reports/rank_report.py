@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +27,10 @@ import numpy as np  # noqa: E402
 
 from recolab import metrics as M  # noqa: E402
 from recolab.data.schema import Schema  # noqa: E402
-from recolab.reports import fmt, inline_html  # noqa: E402
+from recolab.metrics.calibration import ECE_BINS  # noqa: E402
+from recolab.reports import fmt, fmt_interval, inline_html, report_header, write_json  # noqa: E402
 from recolab.reports import per_user as PU  # noqa: E402
 from recolab.reports.stats import BOOTSTRAP_SAMPLES  # noqa: E402
-
-NUM_BINS = 15
 
 
 def metric_table(
@@ -58,13 +56,6 @@ def metric_table(
                     row["ci"] = intervals.get(f"{parts[1]}/{task.name}")
                 rows.append(row)
     return rows
-
-
-def fmt_interval(ci: tuple[float, float] | None) -> str:
-    """`[low, high]`, or `-` where there is no interval."""
-    if ci is None or any(np.isnan(ci)):
-        return "-"
-    return f"[{ci[0]:.4f}, {ci[1]:.4f}]"
 
 
 def to_markdown(rows: list[dict[str, Any]]) -> str:
@@ -118,9 +109,9 @@ def calibration_sections(
     raw_preds = results.get("raw_preds") or {}
     for name in binary:
         y, p = labels[name], preds[name]
-        table = M.reliability_table(y, p, num_bins=NUM_BINS)
+        table = M.reliability_table(y, p, num_bins=ECE_BINS)
         entry = {
-            "ece": M.ece(y, p, num_bins=NUM_BINS),
+            "ece": M.ece(y, p, num_bins=ECE_BINS),
             "predicted_observed_ratio": M.predicted_observed_ratio(y, p)
             if y.sum() > 0
             else float("nan"),
@@ -128,8 +119,8 @@ def calibration_sections(
         }
         curves = [("model", table)]
         if name in raw_preds:  # the calibration stage changed this task's predictions
-            raw_table = M.reliability_table(y, raw_preds[name], num_bins=NUM_BINS)
-            entry["ece_raw"] = M.ece(y, raw_preds[name], num_bins=NUM_BINS)
+            raw_table = M.reliability_table(y, raw_preds[name], num_bins=ECE_BINS)
+            entry["ece_raw"] = M.ece(y, raw_preds[name], num_bins=ECE_BINS)
             entry["predicted_observed_ratio_raw"] = (
                 M.predicted_observed_ratio(y, raw_preds[name]) if y.sum() > 0 else float("nan")
             )
@@ -316,12 +307,7 @@ def write_rank_report(
         for t, d in numbers.get("by_duration", {}).items()
     ]
     md = [
-        f"# {title}",
-        "",
-        *[f"- {k}: `{v}`" for k, v in context.items()],
-        "",
-        "## Test metrics",
-        "",
+        *report_header(title, context),
         oracle_note,
         "",
         to_markdown(rows),
@@ -334,7 +320,7 @@ def write_rank_report(
                 "",
                 *stage_lines,
                 *([""] if stage_lines else []),
-                "ECE over 15 equal-mass bins; `before` is the model's own prediction, `-` where no calibration stage applies.",
+                f"ECE over {ECE_BINS} equal-mass bins; `before` is the model's own prediction, `-` where no calibration stage applies.",
                 "",
                 "| task | ECE before | ECE | predicted / observed before | predicted / observed |",
                 "|---|---:|---:|---:|---:|",
@@ -354,28 +340,25 @@ def write_rank_report(
     ]
     md_path, html_path, json_path = out / "report.md", out / "report.html", out / "metrics.json"
     md_path.write_text("\n".join(md))
-    json_path.write_text(
-        json.dumps(
-            {
-                "metrics": metrics,
-                "left_out": left_out,
-                "context": context,
-                "heads": heads or {},
-                "calibration_stage": calibration or {},
-                "intervals_over_users": {
-                    k: {
-                        "ci_low": lo,
-                        "ci_high": hi,
-                        "level": 0.95,
-                        "bootstrap_samples": bootstrap_samples,
-                    }
-                    for k, (lo, hi) in intervals.items()
-                },
-                **numbers,
+    write_json(
+        json_path,
+        {
+            "metrics": metrics,
+            "left_out": left_out,
+            "context": context,
+            "heads": heads or {},
+            "calibration_stage": calibration or {},
+            "intervals_over_users": {
+                k: {
+                    "ci_low": lo,
+                    "ci_high": hi,
+                    "level": 0.95,
+                    "bootstrap_samples": bootstrap_samples,
+                }
+                for k, (lo, hi) in intervals.items()
             },
-            indent=2,
-            default=str,
-        )
+            **numbers,
+        },
     )
     note = _interval_note(group_key, bootstrap_samples) if per_user_path else ""
     html_path.write_text(

@@ -9,28 +9,14 @@ percentile bootstrap over users, `bootstrap_samples` resamples, seed 0).
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 from typing import Any
 
-from recolab.reports import fmt
+from recolab.metrics.registry import METRICS, POPULARITY_K, popularity_k, retrieval_names
+from recolab.reports import fmt, fmt_interval, report_header, write_json
 from recolab.reports.stats import BOOTSTRAP_SAMPLES
 
-#: The cut-off of `retrieved_popularity@K` and `index_recall@K` (or max(ks) where that is smaller).
-POPULARITY_K = 50
-
 COLUMNS = (("model", "test"), ("most popular", "baseline_popular"), ("random", "baseline_random"))
-
-
-def at_k(metric: str, k: int) -> str:
-    """The logged name of a metric at cut-off K: `recall_at_50` for recall@50.
-
-    MLflow metric names may not contain `@` (Lightning's MLflow logger silently strips it, so
-    `test/recall@50` would be stored as `test/recall50`); `_at_` keeps the names the same in
-    Lightning, MLflow, the reports and `recolab compare`.
-    """
-    return f"{metric}_at_{k}"
 
 
 def display(name: str) -> str:
@@ -38,9 +24,9 @@ def display(name: str) -> str:
     return name.replace("_at_", "@")
 
 
-def _metric_names(ks: list[int]) -> list[str]:
-    names = [at_k(m, k) for m in ("recall", "ndcg", "hit_rate") for k in ks]
-    return [*names, "mrr", at_k("retrieved_popularity", min(POPULARITY_K, max(ks)))]
+def _metric_names(metrics: list[str], ks: list[int]) -> list[str]:
+    """The table's rows: the run's declared metric set, each over the cut-offs."""
+    return [n for m in metrics for n in retrieval_names([METRICS[m]], ks, max(ks))]
 
 
 def metric_rows(metrics: dict[str, float], summary: dict[str, Any]) -> list[dict[str, Any]]:
@@ -48,14 +34,16 @@ def metric_rows(metrics: dict[str, float], summary: dict[str, Any]) -> list[dict
 
     `metrics` holds the run's `test/...` values (what `recolab.train` tracks); the baselines come
     from `summary["values"]` (the test epoch's logged values), which also fills in any model value
-    missing from `metrics`.
+    missing from `metrics`. The rows are the run's declared metric set (`summary["metrics"]`,
+    `module.metrics`).
     """
     values = {**summary.get("values", {}), **metrics}
     ks = summary.get("ks") or sorted(
         {int(k.rsplit("_", 1)[1]) for k in values if k.startswith("test/recall_at_")}
     )
+    declared = summary.get("metrics") or [m.name for m in METRICS.values() if m.kind == "retrieval"]
     rows = []
-    for name in _metric_names(ks):
+    for name in _metric_names(declared, ks):
         row: dict[str, Any] = {"metric": display(name)}
         for column, prefix in COLUMNS:
             row[column] = values.get(f"{prefix}/{name}")
@@ -74,16 +62,10 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
         f"| {r['metric']} | "
         + " | ".join(fmt(r[c]) for c, _ in COLUMNS)
         + " |"
-        + (f" {_fmt_interval(r.get('ci'))} |" if with_ci else "")
+        + (f" {fmt_interval(r.get('ci'))} |" if with_ci else "")
         for r in rows
     ]
     return "\n".join(lines)
-
-
-def _fmt_interval(ci: tuple[float, float] | None) -> str:
-    if ci is None or any(math.isnan(x) for x in ci):
-        return "-"
-    return f"[{ci[0]:.4f}, {ci[1]:.4f}]"
 
 
 def write_recall_report(
@@ -115,7 +97,7 @@ def write_recall_report(
     data = summary.get("data", {})
     values = summary.get("values", {})
     index_recall = {k: v for k, v in {**values, **metrics}.items() if "index_recall" in k}
-    pop_k = min(POPULARITY_K, max(summary.get("ks") or [POPULARITY_K]))
+    pop_k = popularity_k(max(summary.get("ks") or [POPULARITY_K]))
     protocol = [
         f"- users evaluated: {summary.get('users', '?')} (one held-out item each: the user's last interaction)",
         f"- corpus: all {data.get('items', '?')} training items, ranked in full (no sampled negatives); each user's "
@@ -135,12 +117,7 @@ def write_recall_report(
     ]
     sampler = summary.get("sampler", {})
     md = [
-        f"# {title}",
-        "",
-        *[f"- {k}: `{v}`" for k, v in context.items()],
-        "",
-        "## Test metrics",
-        "",
+        *report_header(title, context),
         "The model next to the most-popular baseline (the most frequent training items the user has not seen) and "
         "a random baseline, on the same users with the same exclusions.",
         "",
@@ -186,17 +163,14 @@ def write_recall_report(
     ]
     md_path, json_path = out / "report.md", out / "metrics.json"
     md_path.write_text("\n".join(md))
-    json_path.write_text(
-        json.dumps(
-            {
-                "metrics": metrics,
-                "table": rows,
-                "summary": summary,
-                "context": context,
-                "bootstrap_samples": bootstrap_samples,
-            },
-            indent=2,
-            default=str,
-        )
+    write_json(
+        json_path,
+        {
+            "metrics": metrics,
+            "table": rows,
+            "summary": summary,
+            "context": context,
+            "bootstrap_samples": bootstrap_samples,
+        },
     )
     return [md_path, json_path, *([per_user_path] if per_user_path else [])]

@@ -41,7 +41,7 @@ class StreamingFrequencyEstimator(nn.Module):
     Yi et al.'s Algorithm 1):
 
         estimator.update(batch["item_id"])
-        loss = in_batch_softmax_loss(u, v, batch["item_id"], log_q=estimator.log_q(batch["item_id"]))
+        loss = InBatchSoftmax().loss(u, v, batch["item_id"], log_q=estimator.log_q(batch["item_id"]))
 
     Duplicates: an item that occurs twice in one batch is counted once at that step, because
     `p_j` is the probability that the item *appears* in a batch; every distinct bucket is updated

@@ -11,22 +11,27 @@ negative far more often than a rare one; subtracting `log p_j` undoes that bias)
 row `i` is column `i`. A column `j != i` holding the same item id as row `i`'s positive is an
 *accidental hit*: it is the positive again, not a negative, and is masked out of the softmax.
 
-Under DDP (`in_batch_softmax_loss(sync_distributed=True)`, the default) the candidate set is the
-global batch, every rank's positives, on which the streaming `p_j` is estimated: W ranks of
-batch B compute the loss and gradient of one process of batch W * B.
+`InBatchSoftmax` is the sampler object a recall pipeline is given (`configs/sampler/in_batch.yaml`):
+it owns the temperature, the similarity, the masking and, with `logq=True`, the streaming estimate
+of `p_j` (`StreamingFrequencyEstimator`). Under DDP (`sync_distributed=True`, the default) the
+candidate set is the global batch, every rank's positives, on which the streaming `p_j` is
+estimated: W ranks of batch B compute the loss and gradient of one process of batch W * B.
 
 Shapes: B batch, D embedding, N corpus negatives.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import math
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from recolab.samplers.distributed import GlobalPositives, global_positives
+from recolab.samplers.frequency import StreamingFrequencyEstimator
 
 Similarity = Literal["dot", "cosine"]
 
@@ -85,46 +90,6 @@ def accidental_hits(row_ids: Tensor, col_ids: Tensor, *, exclude_diagonal: bool)
     return hits
 
 
-def in_batch_logits(
-    user_emb: Tensor,
-    item_emb: Tensor,
-    item_ids: Tensor,
-    *,
-    temperature: float = 0.05,
-    similarity: Similarity = "dot",
-    log_q: Tensor | None = None,
-    mask_accidental_hits: bool = True,
-) -> Tensor:
-    """The corrected, masked in-batch logits whose diagonal holds each row's target.
-
-    Args:
-        user_emb: (B, D) user (query) embeddings.
-        item_emb: (B, D) embeddings of each row's positive item.
-        item_ids: (B,) long, the positive item ids (used to find accidental hits).
-        temperature: softmax temperature `tau`; scores are divided by it.
-        similarity: "dot" or "cosine".
-        log_q: (B,) log of the probability that each row's item appears in a batch, e.g.
-            `StreamingFrequencyEstimator.log_q(item_ids)`; subtracted from its column (the
-            diagonal included, as in Yi et al.). None: no correction.
-        mask_accidental_hits: replace `logit[i, j]` by `mask_value` where `j != i` and
-            `item_ids[j] == item_ids[i]`.
-
-    Returns:
-        (B, B) logits; row `i`'s target is column `i`.
-    """
-    check_positives(user_emb, item_emb, item_ids, log_q)
-    return positive_logits(
-        user_emb,
-        item_emb,
-        item_ids,
-        log_q,
-        offset=0,
-        temperature=temperature,
-        similarity=similarity,
-        mask_accidental_hits=mask_accidental_hits,
-    )
-
-
 def positive_logits(
     user_emb: Tensor,
     item_emb: Tensor,
@@ -139,7 +104,7 @@ def positive_logits(
     """In-batch logits of `B` rows against `M >= B` positives, row `i`'s own at `offset + i`.
 
     `M > B` under DDP: the columns are the global batch's positives (`global_positives`) and the
-    rows this rank's; `in_batch_logits` is the one-process case, `M == B`, `offset == 0`.
+    rows this rank's; `InBatchSoftmax.logits` is the one-process case, `M == B`, `offset == 0`.
 
     Returns:
         (B, M) logits, corrected by `log_q` (M,) when given, accidental hits masked.
@@ -153,46 +118,6 @@ def positive_logits(
         hits[rows, offset + rows] = False  # each row's target is not a hit
         logits = logits.masked_fill(hits, mask_value(logits.dtype))
     return logits
-
-
-def in_batch_softmax_loss(
-    user_emb: Tensor,
-    item_emb: Tensor,
-    item_ids: Tensor,
-    *,
-    temperature: float = 0.05,
-    similarity: Similarity = "dot",
-    log_q: Tensor | None = None,
-    mask_accidental_hits: bool = True,
-    sync_distributed: bool = True,
-) -> Tensor:
-    """Mean cross-entropy of the in-batch softmax, each row's own item as its target.
-
-    Arguments as in `in_batch_logits`, and:
-        sync_distributed: under an initialized `torch.distributed` group, each rank's rows run
-            their softmax over every rank's positives (gathered with their gradients), the batch
-            on which the streaming `p_j` is estimated; the loss is then scaled so that DDP's
-            gradient average is the gradient of one process holding the global batch, and does
-            not depend on the number of ranks (see `recolab.samplers.distributed`). False: each
-            rank's local batch alone.
-
-    Returns:
-        Scalar loss, `mean_i -log softmax(logits[i])[i]` (under DDP: this rank's share of the
-        global mean; the ranks' values average to it).
-    """
-    check_positives(user_emb, item_emb, item_ids, log_q)
-    pos = global_positives(item_emb, item_ids, log_q, sync_distributed=sync_distributed)
-    logits = positive_logits(
-        user_emb,
-        pos.emb,
-        pos.ids,
-        pos.log_q,
-        offset=pos.offset,
-        temperature=temperature,
-        similarity=similarity,
-        mask_accidental_hits=mask_accidental_hits,
-    )  # (B, M)
-    return global_cross_entropy(logits, pos)
 
 
 def global_cross_entropy(logits: Tensor, pos: GlobalPositives) -> Tensor:
@@ -221,3 +146,169 @@ def check_positives(
         )
     if log_q is not None and log_q.shape != (batch,):
         raise ValueError(f"expected {names[2]} ({batch},), got {tuple(log_q.shape)}")
+
+
+#: `embed_items(ids (N,)) -> (N, D)`: the item tower, for negatives a sampler draws itself.
+ItemTower = Callable[[Tensor], Tensor]
+#: Corpus negatives: `(neg_emb (N, D), neg_ids (N,), neg_log_q (N,) or None)`, the draws and
+#: their log per-draw probability (None: no correction).
+Negatives = tuple[Tensor, Tensor, Tensor | None]
+
+
+class InBatchSoftmax(nn.Module):
+    """The in-batch sampled softmax: the batch's other positives are each row's negatives.
+
+    A recall pipeline is given one (`module.sampler`, `configs/sampler/`), binds it to the data
+    (`bind`) and calls it once per training step: `loss = sampler(u, v, ids, item_tower)`. It
+    owns everything the softmax is: the temperature, the similarity (which the pipeline's
+    retrieval scores with too, `scored`), accidental-hit masking and, with `logq`, the streaming
+    estimate of `p_j` (a submodule: checkpointed, and synced across DDP ranks).
+
+    Args:
+        temperature: softmax temperature `tau`; scores are divided by it.
+        similarity: "dot" (inner product) or "cosine" (of L2-normalized vectors).
+        mask_accidental_hits: replace `logit[i, j]` by `mask_value` where `j != i` holds row
+            `i`'s own positive item.
+        logq: subtract each candidate's log sampling probability, the streaming estimate of
+            `p_j` (Yi et al.'s correction).
+        alpha: the estimator's moving-average rate (Yi et al. use 0.01 over millions of steps;
+            a short run needs a faster one).
+        num_hashes: the estimator's hash functions.
+        num_buckets: the estimator's buckets per hash; None: the next power of two >= 4 x items.
+        sync_distributed: under an initialized `torch.distributed` group, each rank's rows run
+            their softmax over every rank's positives (gathered with their gradients), the batch
+            on which the streaming `p_j` is estimated; the loss is then scaled so that DDP's
+            gradient average is the gradient of one process holding the global batch (see
+            `recolab.samplers.distributed`). False: each rank's local batch alone.
+    """
+
+    kind = "in_batch"
+
+    def __init__(
+        self,
+        *,
+        temperature: float = 0.05,
+        similarity: Similarity = "dot",
+        mask_accidental_hits: bool = True,
+        logq: bool = False,
+        alpha: float = 0.05,
+        num_hashes: int = 2,
+        num_buckets: int | None = None,
+        sync_distributed: bool = True,
+    ) -> None:
+        super().__init__()
+        if not temperature > 0:
+            raise ValueError(f"module.sampler.temperature must be > 0, got {temperature}")
+        if similarity not in ("dot", "cosine"):
+            raise ValueError(
+                f"module.sampler.similarity must be 'dot' or 'cosine', got {similarity!r}"
+            )
+        self.temperature = float(temperature)
+        self.similarity: Similarity = similarity
+        self.mask_accidental_hits = bool(mask_accidental_hits)
+        self.logq = bool(logq)
+        self.alpha = alpha
+        self.num_hashes = num_hashes
+        self.num_buckets = num_buckets
+        self.sync_distributed = sync_distributed
+        #: The streaming estimate of p_j, made by `bind` when `logq`.
+        self.frequency: StreamingFrequencyEstimator | None = None
+
+    def bind(self, *, num_items: int, item_counts: Tensor, seed: int = 0) -> InBatchSoftmax:
+        """Size what depends on the data: the estimator's buckets (items 1..num_items)."""
+        if self.logq:
+            buckets = self.num_buckets or max(1024, 1 << math.ceil(math.log2(4 * (num_items + 1))))
+            self.frequency = StreamingFrequencyEstimator(
+                num_buckets=buckets,
+                num_hashes=self.num_hashes,
+                alpha=self.alpha,
+                seed=seed,
+                sync_distributed=self.sync_distributed,
+            )
+        return self
+
+    def scored(self, emb: Tensor) -> Tensor:
+        """Vectors whose inner product is the training score: L2-normalized for `cosine`."""
+        return F.normalize(emb, dim=-1) if self.similarity == "cosine" else emb
+
+    def batch_log_q(self, item_ids: Tensor) -> Tensor | None:
+        """(B,) this step's `log p_j` of the positives, the estimate updated with the batch first
+        (Yi et al., Algorithm 1); None without `logq`."""
+        if self.frequency is None:
+            return None
+        self.frequency.update(item_ids)
+        return self.frequency.log_q(item_ids)
+
+    def forward(
+        self, user_emb: Tensor, item_emb: Tensor, item_ids: Tensor, item_tower: ItemTower
+    ) -> Tensor:
+        """One training step's loss: (B, D) users, (B, D) their positives, (B,) ids."""
+        return self.loss(user_emb, item_emb, item_ids, log_q=self.batch_log_q(item_ids))
+
+    def loss(
+        self,
+        user_emb: Tensor,
+        item_emb: Tensor,
+        item_ids: Tensor,
+        *,
+        log_q: Tensor | None = None,
+        negatives: Negatives | None = None,
+    ) -> Tensor:
+        """Mean cross-entropy, each row's own item its target (under DDP: this rank's share of
+        the global batch's mean; the ranks' values average to it).
+
+        Args:
+            user_emb: (B, D) user (query) embeddings.
+            item_emb: (B, D) embeddings of each row's positive item.
+            item_ids: (B,) long, the positive item ids (accidental hits are found by id).
+            log_q: (B,) each positive's log probability of appearing in a batch, subtracted from
+                its column (the diagonal included, as in Yi et al.); None: no correction.
+            negatives: the corpus draws of a sampler that has them (`MixedNegativeSoftmax`),
+                appended as columns.
+        """
+        check_positives(user_emb, item_emb, item_ids, log_q)
+        pos = global_positives(item_emb, item_ids, log_q, sync_distributed=self.sync_distributed)
+        return global_cross_entropy(self._logits(user_emb, pos, negatives), pos)
+
+    def logits(self, user_emb: Tensor, item_emb: Tensor, item_ids: Tensor, **inputs: Any) -> Tensor:
+        """(B, B [+ N]) one process's corrected, masked logits of `loss`'s softmax (no DDP
+        gather); row `i`'s target is column `i`. Arguments (`log_q`, `negatives`) as in `loss`."""
+        if unknown := sorted(set(inputs) - {"log_q", "negatives"}):
+            raise TypeError(f"logits() got unexpected keyword arguments {unknown}")
+        log_q, negatives = inputs.get("log_q"), inputs.get("negatives")
+        check_positives(user_emb, item_emb, item_ids, log_q)
+        local = GlobalPositives(item_emb, item_ids, log_q, offset=0, total=len(item_ids), world=1)
+        return self._logits(user_emb, local, negatives)
+
+    def _logits(
+        self, user_emb: Tensor, pos: GlobalPositives, negatives: Negatives | None
+    ) -> Tensor:
+        """(B, M [+ N]): this rank's rows against the (global) positives [then the corpus]."""
+        if negatives is not None:
+            raise ValueError(f"{type(self).__name__} draws no corpus negatives; got some")
+        return positive_logits(
+            user_emb,
+            pos.emb,
+            pos.ids,
+            pos.log_q,
+            offset=pos.offset,
+            temperature=self.temperature,
+            similarity=self.similarity,
+            mask_accidental_hits=self.mask_accidental_hits,
+        )  # (B, M)
+
+    def summary(self) -> Mapping[str, Any]:
+        """The settings, for reports."""
+        return {
+            "kind": self.kind,
+            "temperature": self.temperature,
+            "similarity": self.similarity,
+            "logq": self.logq,
+            "mask_accidental_hits": self.mask_accidental_hits,
+            "alpha": self.alpha,
+            "num_hashes": self.num_hashes,
+            "num_buckets": self.num_buckets,
+        }
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.summary().items())

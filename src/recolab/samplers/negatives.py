@@ -1,4 +1,5 @@
-"""Negatives drawn from the item corpus, and the mixed-negative softmax that uses them.
+"""Negatives drawn from the item corpus, and the mixed-negative softmax that uses them
+(`MixedNegativeSoftmax`, `configs/sampler/mixed.yaml`).
 
 Mixed Negative Sampling (MNS): Yang et al., "Mixed Negative Sampling for Learning Two-tower
 Neural Networks in Recommendations", WWW 2020 (companion). In-batch negatives follow the
@@ -16,20 +17,20 @@ Shapes: B batch, D embedding, N corpus negatives, I items.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from recolab.samplers.distributed import GlobalPositives, distributed_world, global_positives
+from recolab.samplers.distributed import GlobalPositives, distributed_world
 from recolab.samplers.in_batch import (
-    Similarity,
+    InBatchSoftmax,
+    ItemTower,
+    Negatives,
     accidental_hits,
-    check_positives,
-    global_cross_entropy,
     mask_value,
-    positive_logits,
     similarity_matrix,
 )
 
@@ -44,7 +45,7 @@ class CorpusNegativeSampler(nn.Module):
 
     Distributed training: when `torch.distributed` is initialized (and `sync_distributed`),
     `sample` hands every rank rank zero's draw, so all ranks share one set of corpus negatives,
-    as one process holding the global batch would (`mixed_negative_softmax_loss`); every rank
+    as one process holding the global batch would (`MixedNegativeSoftmax`); every rank
     still draws, so the ranks' random streams stay in step.
 
     Args:
@@ -136,20 +137,9 @@ class CorpusNegativeSampler(nn.Module):
         return f"num_items={self.num_items}, distribution={self.distribution!r}, power={self.power}"
 
 
-def mixed_negative_logits(
-    user_emb: Tensor,
-    pos_emb: Tensor,
-    pos_ids: Tensor,
-    neg_emb: Tensor,
-    neg_ids: Tensor,
-    *,
-    pos_log_q: Tensor | None = None,
-    neg_log_q: Tensor | None = None,
-    temperature: float = 0.05,
-    similarity: Similarity = "dot",
-    mask_accidental_hits: bool = True,
-) -> Tensor:
-    """Corrected, masked logits over the `B` in-batch items followed by the `N` corpus items.
+class MixedNegativeSoftmax(InBatchSoftmax):
+    """The mixed-negative softmax (Yang et al., WWW 2020): the in-batch negatives plus
+    `num_negatives` items drawn from the corpus, shared by every row (and, under DDP, every rank).
 
     For row `i`, with `s` the similarity and `tau` the temperature:
 
@@ -160,128 +150,103 @@ def mixed_negative_logits(
     its own source: `pos_log_q` is the log probability of appearing in a batch (the streaming
     estimate, about `B * q_batch(j)` for all but the head items), and `N` draws with per-draw
     probability `q(n)` offer item `n` `N * q(n)` times in expectation, hence `+ log N`, which puts
-    the two sources on one scale. Accidental hits, a column holding row `i`'s own positive item
-    (another row's identical positive, or a corpus draw of it), are set to `mask_value`.
+    the two sources on one scale; both apply with `logq=True`. Accidental hits, a column holding
+    row `i`'s own positive item (another row's identical positive, or a corpus draw of it), are
+    set to `mask_value`.
 
-    These are one process's logits. Under DDP the estimate behind `pos_log_q` is the probability
-    of appearing in the *global* batch (every rank's rows), so the in-batch columns must be that
-    batch's: `mixed_negative_softmax_loss` gathers them (the corrections of both kinds then keep
-    the meaning above, whatever the number of ranks).
+    Under DDP the estimate behind `pos_log_q` is the probability of appearing in the *global*
+    batch, so the in-batch columns are every rank's positives (gathered with their gradients): a
+    rank-local softmax would over-correct its in-batch columns by about `log W` against the
+    corpus columns. The corpus negatives are the same on every rank
+    (`CorpusNegativeSampler.sample` broadcasts rank zero's draw), so W ranks of batch B compute
+    the loss of one process with batch W * B and the same `N` negatives.
 
     Args:
-        user_emb: (B, D) user embeddings.
-        pos_emb: (B, D) embeddings of each row's positive item.
-        pos_ids: (B,) long positive item ids.
-        neg_emb: (N, D) embeddings of the corpus negatives, shared by all rows.
-        neg_ids: (N,) long ids of the corpus negatives.
-        pos_log_q: (B,) log probability that each positive appears in a batch
-            (`StreamingFrequencyEstimator.log_q`); None: no correction of in-batch columns.
-        neg_log_q: (N,) log per-draw probability of each negative (`CorpusNegativeSampler.sample`'s
-            second output); None: no correction of corpus columns.
-        temperature: softmax temperature `tau`.
-        similarity: "dot" or "cosine".
-        mask_accidental_hits: mask the accidental hits described above.
-
-    Returns:
-        (B, B + N) logits; row `i`'s target is column `i`.
+        num_negatives: corpus negatives `N` per batch, shared by every row.
+        distribution: corpus draws "uniform" or by "popularity" (training counts ** power).
+        power: the popularity exponent.
+        **kwargs: as `InBatchSoftmax` (temperature, similarity, logq, the estimator's settings).
     """
-    check_positives(
-        user_emb, pos_emb, pos_ids, pos_log_q, names=("pos_emb", "pos_ids", "pos_log_q")
-    )
-    return _mixed_logits(
-        user_emb,
-        GlobalPositives(pos_emb, pos_ids, pos_log_q, offset=0, total=pos_emb.shape[0], world=1),
-        neg_emb,
-        neg_ids,
-        neg_log_q=neg_log_q,
-        temperature=temperature,
-        similarity=similarity,
-        mask_accidental_hits=mask_accidental_hits,
-    )
 
+    kind = "mixed"
 
-def _mixed_logits(
-    user_emb: Tensor,
-    pos: GlobalPositives,
-    neg_emb: Tensor,
-    neg_ids: Tensor,
-    *,
-    neg_log_q: Tensor | None,
-    temperature: float,
-    similarity: Similarity,
-    mask_accidental_hits: bool,
-) -> Tensor:
-    """(B, M + N) logits: this rank's rows against the (global) positives, then the corpus."""
-    num_neg = neg_emb.shape[0]
-    if neg_ids.shape != (num_neg,):
-        raise ValueError(f"expected neg_ids ({num_neg},), got {tuple(neg_ids.shape)}")
-    if neg_log_q is not None and neg_log_q.shape != (num_neg,):
-        raise ValueError(f"expected neg_log_q ({num_neg},), got {tuple(neg_log_q.shape)}")
-    in_batch = positive_logits(
-        user_emb,
-        pos.emb,
-        pos.ids,
-        pos.log_q,
-        offset=pos.offset,
-        temperature=temperature,
-        similarity=similarity,
-        mask_accidental_hits=mask_accidental_hits,
-    )  # (B, M)
-    corpus = similarity_matrix(user_emb, neg_emb, similarity=similarity) / temperature  # (B, N)
-    if neg_log_q is not None:
-        correction = neg_log_q.float() + math.log(num_neg)  # (N,)
-        corpus = corpus - correction.to(corpus.dtype).unsqueeze(0)
-    if mask_accidental_hits:
-        rows = torch.arange(user_emb.shape[0], device=corpus.device)  # (B,)
-        own = pos.ids[pos.offset + rows]  # (B,) each row's positive
-        hits = accidental_hits(own, neg_ids, exclude_diagonal=False)  # (B, N)
-        corpus = corpus.masked_fill(hits, mask_value(corpus.dtype))
-    return torch.cat([in_batch, corpus], dim=1)  # (B, M + N)
+    def __init__(
+        self,
+        *,
+        num_negatives: int = 512,
+        distribution: Literal["uniform", "popularity"] = "uniform",
+        power: float = 0.75,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if num_negatives < 1:
+            raise ValueError(
+                f"module.sampler.num_negatives must be >= 1 for kind=mixed, got {num_negatives}"
+            )
+        if distribution not in ("uniform", "popularity"):
+            raise ValueError(
+                f"module.sampler.distribution must be 'uniform' or 'popularity', got {distribution!r}"
+            )
+        self.num_negatives = int(num_negatives)
+        self.distribution = distribution
+        self.power = power
+        #: The corpus draws, made by `bind`.
+        self.corpus: CorpusNegativeSampler | None = None
 
+    def bind(self, *, num_items: int, item_counts: Tensor, seed: int = 0) -> MixedNegativeSoftmax:
+        super().bind(num_items=num_items, item_counts=item_counts, seed=seed)
+        self.corpus = CorpusNegativeSampler(
+            num_items=num_items,
+            distribution=self.distribution,
+            power=self.power,
+            item_counts=item_counts if self.distribution == "popularity" else None,
+            sync_distributed=self.sync_distributed,
+        )
+        return self
 
-def mixed_negative_softmax_loss(
-    user_emb: Tensor,
-    pos_emb: Tensor,
-    pos_ids: Tensor,
-    neg_emb: Tensor,
-    neg_ids: Tensor,
-    *,
-    pos_log_q: Tensor | None = None,
-    neg_log_q: Tensor | None = None,
-    temperature: float = 0.05,
-    similarity: Similarity = "dot",
-    mask_accidental_hits: bool = True,
-    sync_distributed: bool = True,
-) -> Tensor:
-    """Mean cross-entropy of the mixed-negative softmax (Yang et al., WWW 2020).
+    def forward(
+        self, user_emb: Tensor, item_emb: Tensor, item_ids: Tensor, item_tower: ItemTower
+    ) -> Tensor:
+        log_q = self.batch_log_q(item_ids)
+        neg_ids, neg_log_q = self.corpus.sample(self.num_negatives)  # (N,), (N,)
+        neg_emb = item_tower(neg_ids)  # (N, D)
+        return self.loss(
+            user_emb,
+            item_emb,
+            item_ids,
+            log_q=log_q,
+            negatives=(neg_emb, neg_ids, neg_log_q if self.logq else None),
+        )
 
-    Arguments as in `mixed_negative_logits`, and:
-        sync_distributed: under an initialized `torch.distributed` group, the in-batch columns
-            are every rank's positives (gathered with their gradients): `pos_log_q`, the
-            streaming estimate, is the probability of appearing in that *global* batch, and a
-            rank-local softmax would over-correct its in-batch columns by about `log W` against
-            the corpus columns. The corpus negatives must be the same on every rank
-            (`CorpusNegativeSampler.sample` broadcasts rank zero's draw), so W ranks of batch B
-            compute the loss of one process with batch W * B and the same `N` negatives; the
-            loss is scaled so that DDP's gradient average is that process's gradient. False:
-            each rank's local batch alone.
+    def _logits(
+        self, user_emb: Tensor, pos: GlobalPositives, negatives: Negatives | None
+    ) -> Tensor:
+        """(B, M + N): the (B, M) in-batch logits followed by the corpus columns."""
+        in_batch = super()._logits(user_emb, pos, None)  # (B, M)
+        if negatives is None:
+            return in_batch
+        neg_emb, neg_ids, neg_log_q = negatives
+        num_neg = neg_emb.shape[0]
+        if neg_ids.shape != (num_neg,):
+            raise ValueError(f"expected neg_ids ({num_neg},), got {tuple(neg_ids.shape)}")
+        if neg_log_q is not None and neg_log_q.shape != (num_neg,):
+            raise ValueError(f"expected neg_log_q ({num_neg},), got {tuple(neg_log_q.shape)}")
+        corpus = similarity_matrix(user_emb, neg_emb, similarity=self.similarity)
+        corpus = corpus / self.temperature  # (B, N)
+        if neg_log_q is not None:
+            correction = neg_log_q.float() + math.log(num_neg)  # (N,)
+            corpus = corpus - correction.to(corpus.dtype).unsqueeze(0)
+        if self.mask_accidental_hits:
+            rows = torch.arange(user_emb.shape[0], device=corpus.device)  # (B,)
+            own = pos.ids[pos.offset + rows]  # (B,) each row's positive
+            hits = accidental_hits(own, neg_ids, exclude_diagonal=False)  # (B, N)
+            corpus = corpus.masked_fill(hits, mask_value(corpus.dtype))
+        return torch.cat([in_batch, corpus], dim=1)  # (B, M + N)
 
-    Returns:
-        Scalar loss, `mean_i -log softmax(logits[i])[i]` (under DDP: this rank's share of the
-        global mean; the ranks' values average to it).
-    """
-    check_positives(
-        user_emb, pos_emb, pos_ids, pos_log_q, names=("pos_emb", "pos_ids", "pos_log_q")
-    )
-    pos = global_positives(pos_emb, pos_ids, pos_log_q, sync_distributed=sync_distributed)
-    logits = _mixed_logits(
-        user_emb,
-        pos,
-        neg_emb,
-        neg_ids,
-        neg_log_q=neg_log_q,
-        temperature=temperature,
-        similarity=similarity,
-        mask_accidental_hits=mask_accidental_hits,
-    )  # (B, M + N)
-    return global_cross_entropy(logits, pos)
+    def summary(self) -> Mapping[str, Any]:
+        return {
+            **super().summary(),
+            "num_negatives": self.num_negatives,
+            "distribution": self.distribution,
+            "power": self.power,
+        }

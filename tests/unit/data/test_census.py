@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 from pathlib import Path
 
 import numpy as np
@@ -138,7 +139,8 @@ def test_cache_is_reused_and_keyed_by_the_source_file(census, cache):
     path, _ = census
     (cached,) = cache.glob("*.parquet")
     stat = (path / "census-income.test.gz").stat()
-    assert f"-{stat.st_size}-{stat.st_mtime_ns}-" in cached.name
+    (source,) = json.loads(cached.with_suffix(".json").read_text())["sources"]
+    assert (source["size"], source["mtime_ns"]) == (stat.st_size, stat.st_mtime_ns)
     written = cached.stat().st_mtime_ns
     module(path, cache).setup()
     assert [p.stat().st_mtime_ns for p in cache.glob("*.parquet")] == [written]

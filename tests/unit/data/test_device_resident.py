@@ -4,6 +4,7 @@ Lightning fit; and the streaming module's read-ahead, which must not change a ba
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,6 +14,7 @@ import torch
 
 from recolab.data import device as D
 from recolab.data.resumable import ResumableLoader
+from recolab.models.blocks import FeatureEmbedding
 from recolab.models.rank.mmoe import MMoE
 from recolab.pipelines.rank import RankModule
 from tests.unit.data.test_datamodule import _dm, _write
@@ -131,7 +133,14 @@ def test_a_lightning_fit_trains_on_the_device_columns(tmp_path):
     dm = _dm(_write(tmp_path, n=300), device_resident=True, meta=["user_id"])
     dm.setup()
     module = RankModule(
-        MMoE(dm.schema, embedding_dim=4, num_experts=2, expert_dims=[8], tower_dims=[4]), dm.schema
+        MMoE(
+            dm.schema,
+            embedding=partial(FeatureEmbedding, embedding_dim=4),
+            num_experts=2,
+            expert_dims=[8],
+            tower_dims=[4],
+        ),
+        dm.schema,
     )
     trainer = pl.Trainer(
         accelerator="cpu",

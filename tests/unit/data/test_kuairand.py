@@ -110,7 +110,7 @@ def test_repeated_rows_are_kept_once_and_counted(tmp_path: Path) -> None:
 
 
 def test_missing_path_and_bad_settings_fail_clearly(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match=r"nowhere \(data.path\): no such file or folder"):
+    with pytest.raises(DataError, match=r"nowhere: no such file or folder \(data.path\)"):
         module(tmp_path / "nowhere", tmp_path / "cache").prepare_data()
     with pytest.raises(DataError, match=r"expected one .tsv log in the folder, found \[\]"):
         module(tmp_path, tmp_path / "cache").prepare_data()

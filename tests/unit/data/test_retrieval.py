@@ -157,7 +157,7 @@ def test_errors_name_the_source_and_column():
                 1, "item_id", pa.array([str(i) for i in good.column("item_id").to_pylist()])
             )
         )
-    with pytest.raises(DataError, match=r"memory\.parquet: column 'user_id' holds 1 null"):
+    with pytest.raises(DataError, match=r"memory\.parquet: column 'user_id': 1 null id\(s\)"):
         _setup(
             good.set_column(
                 0, "user_id", pa.array([None, *good.column("user_id").to_pylist()[1:]], pa.int64())
@@ -208,4 +208,22 @@ def test_synthetic_view_positives_are_clicks_watched_enough(tmp_path):
         "category"
     }
     assert inputs["history_len"] == 50  # the retrieval history, not the world's
+    # The schema's roles: what the user tower and the item tower read, as feature specs.
+    assert [f.name for f in dm.schema.features_of("user")] == ["user_id", "user_age", "hist_items"]
+    assert [f.name for f in dm.schema.features_of("item")] == ["item_id", "category"]
+    assert dm.schema.sparse_by_name("item_id").vocab_size == inputs["num_items"] + 1
     assert dm.params == WorldParams(**kw)  # the same cached world as the ranking view
+
+
+def test_interactions_pass_the_ranking_modules_validation():
+    """One validation (`recolab.data.validation`): a null timestamp, a float timestamp and an
+    out-of-range position are refused here as in the ranking modules; a repeated interaction
+    is not a bad row (its first occurrence is kept)."""
+    good = _random_log()
+    ts = good.column("timestamp").to_pylist()
+    with pytest.raises(DataError, match=r"memory\.parquet: column 'timestamp'.*null"):
+        _setup(good.set_column(2, "timestamp", pa.array([None, *ts[1:]], pa.int64())))
+    with pytest.raises(DataError, match=r"column 'timestamp' must hold integers, got double"):
+        _setup(good.set_column(2, "timestamp", pa.array([float(t) for t in ts])))
+    repeated = pa.concat_tables([good, good.slice(0, 3)])
+    assert _setup(repeated).summary["duplicate_interactions_dropped"] >= 3

@@ -33,3 +33,24 @@ def test_schema_lists_features_in_order_and_finds_by_name():
 def test_impossible_specs_are_refused(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+def test_user_and_item_roles_give_each_tower_its_feature_specs():
+    s = Schema(
+        sparse=(
+            SparseFeature("user_id", 5),
+            SparseFeature("item_id", 9),
+            SparseFeature("hour", 25),
+        ),
+        dense=(DenseFeature("age"),),
+        sequences=(SequenceFeature("hist", 9, 4, vocab_of="item_id"),),
+        user=("user_id", "age", "hist"),
+        item=("item_id",),
+    )
+    assert [f.name for f in s.features_of("user")] == ["user_id", "age", "hist"]
+    assert s.features_of("item") == (SparseFeature("item_id", 9),)
+    assert Schema().features_of("user") == ()  # no roles: every feature is context
+    with pytest.raises(ValueError, match=r"user role names \['nope'\], which are not features"):
+        Schema(sparse=s.sparse, user=("nope",))
+    with pytest.raises(ValueError, match="both the user and the item role"):
+        Schema(sparse=s.sparse, user=("hour",), item=("hour",))

@@ -375,9 +375,9 @@ def test_evaluation_with_a_checkpoints_vocabularies_reads_only_its_split(tmp_pat
 
 def test_a_constant_dense_column_maps_to_zero_with_scale_one():
     # Its running std is a rounding residue (not 0) for values like 0.3, across chunks too.
-    from recolab.data.streaming import _DenseStats
+    from recolab.data.columnar import DenseStats
 
-    stats = _DenseStats()
+    stats = DenseStats()
     for chunk in (np.full(7, 0.3), np.full(5, 0.3)):
         stats.add(chunk)
     assert stats.result() == (0.3, 1.0)

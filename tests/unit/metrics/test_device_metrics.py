@@ -7,6 +7,8 @@ left out must match too. On CPU here; tests/gpu repeats them on a CUDA device.
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pytest
 import torch
@@ -128,6 +130,7 @@ def test_the_rank_pipeline_logs_the_same_metrics_through_the_torch_path(tmp_path
     """`RankModule`'s evaluation with the torch path forced on (a CPU here): every metric equal."""
     import pytorch_lightning as pl
 
+    from recolab.models.blocks import FeatureEmbedding
     from recolab.models.rank.mmoe import MMoE
     from recolab.pipelines.rank import RankModule
     from tests.unit.data.test_datamodule import _dm, _write
@@ -136,7 +139,13 @@ def test_the_rank_pipeline_logs_the_same_metrics_through_the_torch_path(tmp_path
     dm.setup()
     torch.manual_seed(0)
     module = RankModule(
-        MMoE(dm.schema, embedding_dim=4, num_experts=2, expert_dims=[8], tower_dims=[4]),
+        MMoE(
+            dm.schema,
+            embedding=partial(FeatureEmbedding, embedding_dim=4),
+            num_experts=2,
+            expert_dims=[8],
+            tower_dims=[4],
+        ),
         dm.schema,
         group_key="user_id",
     )

@@ -1,4 +1,5 @@
-"""BatchedMLPs against E separate nn.Linear/ReLU stacks, and FeatureEmbedding's CPU lookup."""
+"""The block library: the MLP and task towers, BatchedMLPs against E separate nn.Linear/ReLU
+stacks, the embedding tables and FeatureEmbedding's CPU lookup."""
 
 import math
 
@@ -6,7 +7,14 @@ import pytest
 import torch
 from torch import nn
 
-from recolab.models.blocks import MLP, BatchedMLPs, FeatureEmbedding
+from recolab.models.blocks import (
+    MLP,
+    BatchedMLPs,
+    EmbeddingTables,
+    FeatureEmbedding,
+    TaskTowers,
+    masked_mean,
+)
 
 from .rank.helpers import SCHEMA, tiny_batch
 
@@ -271,3 +279,46 @@ def test_batched_mlps_with_batch_norm_match_linear_batchnorm_relu_stacks(shared)
         torch.testing.assert_close(block(x), expected)
     with pytest.raises(ValueError, match="batch_norm"):
         block.expert(0)
+
+
+def test_mlp_layers_in_order_with_an_optional_output_layer_and_final_relu() -> None:
+    kinds = lambda m: [type(x).__name__ for x in m]  # noqa: E731
+    assert kinds(MLP(4, [8, 6], dropout=0.1)) == ["Linear", "ReLU", "Dropout"] * 2
+    assert kinds(MLP(4, [8], out_dim=2)) == ["Linear", "ReLU", "Linear"]
+    assert kinds(MLP(4, [], out_dim=2, final_activation=True)) == ["Linear", "ReLU"]
+    assert MLP(4, [8, 6]).output_dim == 6 and MLP(4, [8], out_dim=2).output_dim == 2
+    out = MLP(4, [8], out_dim=3, final_activation=True)(torch.randn(5, 4))  # (B, 3)
+    assert out.shape == (5, 3) and (out >= 0).all()
+
+
+def test_task_towers_read_one_shared_input_or_one_input_per_task() -> None:
+    torch.manual_seed(0)
+    towers = TaskTowers(["click", "like"], 4, [8], dropout=0.0)
+    x, y = torch.randn(5, 4), torch.randn(5, 4)
+    shared = towers(x)
+    assert list(shared) == ["click", "like"] and shared["click"].shape == (5,)
+    per_task = towers({"click": x, "like": y})
+    torch.testing.assert_close(per_task["click"], shared["click"])
+    torch.testing.assert_close(per_task["like"], towers["like"](y).squeeze(-1))
+    # the same weights, in the same order, as one MLP per task built one after another
+    torch.manual_seed(0)
+    mlps = [MLP(4, [8], out_dim=1) for _ in range(2)]
+    for tower, mlp in zip(towers.values(), mlps):
+        for a, b in zip(tower.parameters(), mlp.parameters()):
+            assert torch.equal(a, b)
+
+
+def test_embedding_tables_stack_the_named_features_and_pad_where_asked() -> None:
+    tables = EmbeddingTables({"age": 5, "hist": 7}, 3, padding={"hist"})
+    assert tables["hist"].padding_idx == 0 and tables["age"].padding_idx is None
+    batch = {"age": torch.tensor([1, 4]), "hist": torch.tensor([0, 6]), "other": torch.zeros(2)}
+    out = tables(batch)  # (B, F, D)
+    assert out.shape == (2, 2, 3)
+    torch.testing.assert_close(out[:, 1], tables["hist"](batch["hist"]))
+    assert not out[0, 1].any()  # the padding row
+
+
+def test_masked_mean_skips_masked_positions_and_gives_zeros_for_an_empty_row() -> None:
+    values = torch.arange(12.0).view(2, 3, 2)  # (B, L, D)
+    mask = torch.tensor([[True, False, True], [False, False, False]])
+    torch.testing.assert_close(masked_mean(values, mask), torch.tensor([[2.0, 3.0], [0.0, 0.0]]))

@@ -1,8 +1,9 @@
-"""Batch normalization of the input features (`model.input_batch_norm`): what it computes, every
+"""Batch normalization of the input features (`model.embedding.batch_norm`): what it computes, every
 ranker taking it, and the one batch size it cannot train on."""
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -20,12 +21,17 @@ from recolab.train import train
 from tests.conftest import TINY_WORLD, compose_train
 from tests.unit.models.rank.helpers import SCHEMA, check_model, tiny_batch
 
+
+def embed4(**kw: bool) -> partial[FeatureEmbedding]:  # the rankers' `model.embedding` node
+    return partial(FeatureEmbedding, embedding_dim=4, **kw)
+
+
 RANKERS = {
-    "mmoe": lambda s, **kw: MMoE(s, embedding_dim=4, num_experts=2, expert_dims=[8], **kw),
-    "cgc": lambda s, **kw: CGC(s, embedding_dim=4, expert_dims=[8], **kw),
-    "ple": lambda s, **kw: PLE(s, embedding_dim=4, expert_dims=[8], **kw),
-    "shared_bottom": lambda s, **kw: SharedBottom(s, embedding_dim=4, bottom_dims=[8], **kw),
-    "single_task": lambda s, **kw: SingleTask(s, embedding_dim=4, hidden_dims=[8], **kw),
+    "mmoe": lambda s, **kw: MMoE(s, embedding=embed4(**kw), num_experts=2, expert_dims=[8]),
+    "cgc": lambda s, **kw: CGC(s, embedding=embed4(**kw), expert_dims=[8]),
+    "ple": lambda s, **kw: PLE(s, embedding=embed4(**kw), expert_dims=[8]),
+    "shared_bottom": lambda s, **kw: SharedBottom(s, embedding=embed4(**kw), bottom_dims=[8]),
+    "single_task": lambda s, **kw: SingleTask(s, embedding=embed4(**kw), hidden_dims=[8]),
 }
 
 
@@ -64,9 +70,9 @@ def test_features_are_normalized_over_the_batch_as_batchnorm1d_does() -> None:
 @pytest.mark.parametrize("name", sorted(RANKERS))
 def test_every_ranker_takes_input_batch_norm(name: str) -> None:
     make = RANKERS[name]
-    check_model(lambda s: make(s, input_batch_norm=True))
+    check_model(lambda s: make(s, batch_norm=True))
     torch.manual_seed(0)
-    model = make(SCHEMA, input_batch_norm=True)
+    model = make(SCHEMA, batch_norm=True)
     norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm1d)]
     assert norms and all(m.num_features == 4 * 3 + 1 for m in norms)  # 3 embeddings + price
     assert not any(isinstance(m, nn.BatchNorm1d) for m in make(SCHEMA).modules())
@@ -93,7 +99,7 @@ def test_a_one_row_training_batch_is_refused_before_the_first_step(
         "experiment_name=bn",
     ]
     cfg = compose_train(tmp_path, overrides)
-    assert cfg.model.input_batch_norm  # the synthetic-world experiment normalizes its inputs
+    assert cfg.model.embedding.batch_norm  # the synthetic-world experiment normalizes its inputs
     dm = instantiate(cfg.data)
     dm.prepare_data(), dm.setup("fit")
     rows = dm.train_dataloader().dataset.shard_rows

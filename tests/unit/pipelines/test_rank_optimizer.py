@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -22,17 +23,17 @@ def module(**kwargs) -> RankModule:
 
 def test_adam_is_fused_by_default_and_the_user_can_turn_it_off() -> None:
     assert module().configure_optimizers().defaults["fused"] is True
-    off = module(optimizer_kwargs={"fused": False}).configure_optimizers()
+    off = module(optimizer=partial(torch.optim.Adam, fused=False)).configure_optimizers()
     assert isinstance(off, torch.optim.Adam) and not off.defaults["fused"]
-    foreach = module(optimizer_kwargs={"foreach": True}).configure_optimizers()
+    foreach = module(optimizer=partial(torch.optim.Adam, foreach=True)).configure_optimizers()
     assert foreach.defaults["foreach"] is True and not foreach.defaults["fused"]
-    adagrad = module(optimizer="adagrad").configure_optimizers()
-    assert isinstance(adagrad, torch.optim.Adagrad)
+    adagrad = module(optimizer=partial(torch.optim.Adagrad), lr=0.1).configure_optimizers()
+    assert isinstance(adagrad, torch.optim.Adagrad) and adagrad.defaults["lr"] == 0.1
 
 
 def test_fused_and_plain_adam_take_the_same_steps() -> None:
     torch.manual_seed(0)
-    a = module(optimizer_kwargs={"fused": False})
+    a = module(optimizer=partial(torch.optim.Adam, fused=False))
     b = module()
     b.load_state_dict(a.state_dict())
     opts = [m.configure_optimizers() for m in (a, b)]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 
+from recolab.models.blocks import FeatureEmbedding
 from recolab.models.rank.mmoe import MMoE
 from recolab.pipelines.rank import RankModule
 from tests.unit.models.rank.helpers import SCHEMA, tiny_batch
@@ -14,7 +17,13 @@ def test_evaluation_scores_in_float32_inside_lightnings_bf16_autocast() -> None:
     # outputs keep 8 significant bits: nearby scores would tie and AUC would measure the
     # rounding. The collected outputs must be the float32 model's, bit for bit.
     torch.manual_seed(0)
-    model = MMoE(SCHEMA, embedding_dim=4, num_experts=2, expert_dims=[16], tower_dims=[8])
+    model = MMoE(
+        SCHEMA,
+        embedding=partial(FeatureEmbedding, embedding_dim=4),
+        num_experts=2,
+        expert_dims=[16],
+        tower_dims=[8],
+    )
     module = RankModule(model, SCHEMA).eval()
     features = tiny_batch(batch=256)
     batch = {
@@ -28,7 +37,7 @@ def test_evaluation_scores_in_float32_inside_lightnings_bf16_autocast() -> None:
             rounded = model(features)
             module.on_validation_epoch_start()
             module.validation_step(batch, 0)
-    collected = module._outputs[0]
+    collected = module._rows[0]
     for task in SCHEMA.task_names:
         assert rounded[task].dtype == torch.bfloat16
         assert not torch.equal(rounded[task].float(), exact[task])  # the rounding is real

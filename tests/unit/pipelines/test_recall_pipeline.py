@@ -13,8 +13,17 @@ import torch
 
 from recolab.data.retrieval import RetrievalDataModule
 from recolab.index import exact_topk
+from recolab.metrics.registry import METRICS, RetrievalInputs, metric_set, retrieval_values
 from recolab.models.recall import MIND, TwoTower, merge_interest_topk
-from recolab.pipelines.recall import RecallModule, Sampler, repeat_rows_csr, retrieval_metrics
+from recolab.pipelines.recall import RecallModule, repeat_rows_csr
+from recolab.samplers import InBatchSoftmax, MixedNegativeSoftmax
+
+
+def retrieval_metrics(topk, targets, *, ks, item_counts, names=None) -> dict[str, float]:
+    """The recall pipeline's metric set (every registered retrieval metric by default)."""
+    names = names or [m.name for m in METRICS.values() if m.kind == "retrieval"]
+    metrics = metric_set(names, "retrieval", key="module.metrics")
+    return retrieval_values(metrics, RetrievalInputs(topk, targets, item_counts), ks)
 
 
 class TableModule(RetrievalDataModule):
@@ -87,10 +96,10 @@ def _trainer(**kw) -> pl.Trainer:
 @pytest.mark.parametrize(
     "sampler",
     [
-        Sampler(),
-        Sampler(logq=True),
-        Sampler(kind="mixed", num_negatives=16, logq=True),
-        Sampler(similarity="cosine", temperature=0.1),
+        InBatchSoftmax(),
+        InBatchSoftmax(logq=True),
+        MixedNegativeSoftmax(num_negatives=16, logq=True),
+        InBatchSoftmax(similarity="cosine", temperature=0.1),
     ],
     ids=["in_batch", "logq", "mixed", "cosine"],
 )
@@ -113,16 +122,16 @@ def test_training_steps_learn_and_update_the_estimator(data, sampler):
     assert np.mean(losses[-len(batches) :]) < np.mean(losses[: len(batches)])
     if sampler.logq:
         # updated once per training step, and part of the state dict (so of checkpoints)
-        assert int(module.frequency.step) == 4 * len(batches)
-        assert "frequency.interval" in module.state_dict()
+        assert int(module.sampler.frequency.step) == 4 * len(batches)
+        assert "sampler.frequency.interval" in module.state_dict()
     else:
-        assert module.frequency is None
+        assert module.sampler.frequency is None
 
 
 def test_training_items_are_excluded_from_rankings(data):
     module = _module(data).eval()
     for split, loader in (("val", data.val_dataloader()), ("test", data.test_dataloader())):
-        module._reset()
+        module.reset()
         for batch in loader:
             seen = (batch["seen"]["indptr"], batch["seen"]["indices"])
             with torch.no_grad():
@@ -242,7 +251,7 @@ def test_repeat_rows_csr():
 
 
 def test_checkpoint_state_loads_weights_only(data):
-    module = _module(data, sampler=Sampler(logq=True))
+    module = _module(data, sampler=InBatchSoftmax(logq=True))
     module.run_info = {"config": "exp_name: x", "run_id": ""}
     trainer = _trainer(max_epochs=1)
     trainer.fit(module, datamodule=data)
@@ -255,16 +264,29 @@ def test_checkpoint_state_loads_weights_only(data):
     assert (
         loaded["recolab"]["config"] == "exp_name: x" and "vocabs" in loaded["recolab"]["data_state"]
     )
-    fresh = _module(data, sampler=Sampler(logq=True), seed=9)
+    fresh = _module(data, sampler=InBatchSoftmax(logq=True), seed=9)
     fresh.load_state_dict(loaded["state_dict"])
-    assert int(fresh.frequency.step) == int(module.frequency.step) > 0
+    assert int(fresh.sampler.frequency.step) == int(module.sampler.frequency.step) > 0
+    # A checkpoint written before samplers were objects holds the estimate at `frequency.`.
+    old = {
+        (k.removeprefix("sampler.") if k.startswith("sampler.frequency.") else k): v
+        for k, v in loaded["state_dict"].items()
+    }
+    assert "frequency.step" in old
+    older = _module(data, sampler=InBatchSoftmax(logq=True), seed=9)
+    older.load_state_dict(old)
+    assert int(older.sampler.frequency.step) == int(module.sampler.frequency.step)
 
 
 def test_bad_settings_fail_with_the_key():
-    with pytest.raises(ValueError, match="module.sampler.kind"):
-        Sampler(kind="hard")
+    with pytest.raises(ValueError, match="module.sampler.similarity"):
+        InBatchSoftmax(similarity="l2")
+    with pytest.raises(ValueError, match="module.sampler.temperature"):
+        InBatchSoftmax(temperature=0)
     with pytest.raises(ValueError, match="module.sampler.num_negatives"):
-        Sampler(kind="mixed", num_negatives=0)
+        MixedNegativeSoftmax(num_negatives=0)
+    with pytest.raises(ValueError, match="module.sampler.distribution"):
+        MixedNegativeSoftmax(distribution="zipf")
     model = TwoTower(num_users=3, num_items=4, dim=4)
     with pytest.raises(ValueError, match="module.index"):
         RecallModule(model, num_items=4, item_counts=torch.ones(5, dtype=torch.long), index="annoy")
@@ -331,7 +353,7 @@ def test_bf16_mixed_evaluation_ranks_as_float32_does():
             **dm.module_inputs(),
             ks=(50,),
             index="flat",
-            sampler=Sampler(similarity="cosine"),
+            sampler=InBatchSoftmax(similarity="cosine"),
         )
         _trainer(precision=precision).test(module, datamodule=dm, verbose=False)
         results[precision] = module.test_summary["values"]
@@ -353,3 +375,12 @@ def test_retrieved_popularity_is_named_after_the_cut_off_it_measured():
     assert m["retrieved_popularity_at_50"] == pytest.approx(
         np.log1p(counts[wide[:, :50]]).mean(1).mean()
     )
+
+
+def test_the_declared_metric_set_is_what_is_logged(data):
+    module = _module(data, metrics=["mrr", "recall"])
+    assert module.logged_metric_names("val") == ["val/recall_at_5", "val/recall_at_10", "val/mrr"]
+    with pytest.raises(ValueError, match=r"module.metrics: 'recal' is not a retrieval metric"):
+        _module(data, metrics=["recal"])
+    with pytest.raises(ValueError, match="did you mean 'recall'"):
+        _module(data, metrics=["recal"])

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,6 +14,7 @@ from mlflow.tracking import MlflowClient
 from pytorch_lightning.trainer.states import RunningStage, TrainerFn
 from torch.utils.data import DataLoader
 
+from recolab.models.blocks import FeatureEmbedding
 from recolab.models.rank.single_task import SingleTask
 from recolab.pipelines.rank import RankModule
 from recolab.throughput import EpochThroughput, WindowThroughputMonitor
@@ -51,7 +53,9 @@ def test_a_steps_flops_are_its_matrix_products_forward_and_backward() -> None:
     weight gradient and input gradient (the input needs one: it holds the embeddings) each cost
     2 * rows * d_in * d_out, and nothing else in the step is a matrix product."""
     torch.manual_seed(0)
-    model = SingleTask(SCHEMA, embedding_dim=4, hidden_dims=HIDDEN)
+    model = SingleTask(
+        SCHEMA, embedding=partial(FeatureEmbedding, embedding_dim=4), hidden_dims=HIDDEN
+    )
     module = RankModule(model, SCHEMA)
     seen = Seen()
     sizes = [16, 16, 5]
@@ -106,7 +110,12 @@ def test_epoch_throughput_needs_no_flops() -> None:
 def test_a_step_that_fails_while_counted_leaves_no_counter_behind() -> None:
     """The counter wraps the step's forward and backward; a step that raises still closes it,
     so no later computation in the process runs under a leftover counter."""
-    module = RankModule(SingleTask(SCHEMA, embedding_dim=4, hidden_dims=HIDDEN), SCHEMA)
+    module = RankModule(
+        SingleTask(
+            SCHEMA, embedding=partial(FeatureEmbedding, embedding_dim=4), hidden_dims=HIDDEN
+        ),
+        SCHEMA,
+    )
     broken = batches([8])
     del broken[0]["labels"]["like"]
     trainer = quiet_trainer(max_epochs=1, limit_val_batches=0)

@@ -5,12 +5,7 @@ import math
 import pytest
 import torch
 
-from recolab.samplers import (
-    CorpusNegativeSampler,
-    mask_value,
-    mixed_negative_logits,
-    mixed_negative_softmax_loss,
-)
+from recolab.samplers import CorpusNegativeSampler, MixedNegativeSoftmax, mask_value
 
 # 99.9% quantile of chi-square with 19 degrees of freedom.
 CHI2_19_999 = 43.82
@@ -86,15 +81,12 @@ def test_mixed_loss_equals_hand_computed_value():
         expected += math.log(sum(math.exp(z) for z in logits)) - logits[i]
     expected /= 3
 
-    loss = mixed_negative_softmax_loss(
+    loss = MixedNegativeSoftmax(temperature=tau, num_negatives=2).loss(
         torch.tensor(user),
         torch.tensor(pos),
         torch.tensor(pos_ids),
-        torch.tensor(neg),
-        torch.tensor(neg_ids),
-        pos_log_q=torch.tensor(pos_log_q),
-        neg_log_q=torch.tensor(neg_log_q),
-        temperature=tau,
+        log_q=torch.tensor(pos_log_q),
+        negatives=(torch.tensor(neg), torch.tensor(neg_ids), torch.tensor(neg_log_q)),
     )
     assert loss.item() == pytest.approx(expected, rel=1e-5)
 
@@ -103,8 +95,12 @@ def test_mixed_masking_covers_both_sources():
     pos_ids = torch.tensor([4, 8, 4])
     neg_ids = torch.tensor([8, 1, 4, 4])
     user, pos, neg = torch.randn(3, 5), torch.randn(3, 5), torch.randn(4, 5)
-    raw = mixed_negative_logits(user, pos, pos_ids, neg, neg_ids, mask_accidental_hits=False)
-    masked = mixed_negative_logits(user, pos, pos_ids, neg, neg_ids)
+    raw = MixedNegativeSoftmax(num_negatives=4, mask_accidental_hits=False).logits(
+        user, pos, pos_ids, negatives=(neg, neg_ids, None)
+    )
+    masked = MixedNegativeSoftmax(num_negatives=4).logits(
+        user, pos, pos_ids, negatives=(neg, neg_ids, None)
+    )
     got = {tuple(x) for x in (masked == mask_value(torch.float32)).nonzero().tolist()}
     # in-batch: rows 0 and 2 (item 4); corpus: item 8 at column 3 + 0, item 4 at 3 + 2, 3 + 3
     assert got == {(0, 2), (2, 0), (1, 3), (0, 5), (0, 6), (2, 5), (2, 6)}

@@ -15,9 +15,9 @@ import torch
 
 from recolab.samplers import (
     CorpusNegativeSampler,
+    InBatchSoftmax,
+    MixedNegativeSoftmax,
     StreamingFrequencyEstimator,
-    in_batch_softmax_loss,
-    mixed_negative_softmax_loss,
 )
 
 NUM_ITEMS, DIM, NUM_NEG = 30, 4, 6
@@ -49,9 +49,9 @@ def _losses(rows: slice, rank_seed: int) -> tuple[list[torch.Tensor], dict[str, 
     u, v = user_tower(USERS[rows]), item_tower(ids)
     neg_ids, neg_log_q = sampler.sample(NUM_NEG)
     w = item_tower(neg_ids)
-    common = dict(temperature=0.5, pos_log_q=log_q, neg_log_q=neg_log_q)
-    losses.append(mixed_negative_softmax_loss(u, v, ids, w, neg_ids, **common))
-    losses.append(in_batch_softmax_loss(u, v, ids, log_q=log_q, temperature=0.5))
+    mixed = MixedNegativeSoftmax(temperature=0.5, num_negatives=NUM_NEG)
+    losses.append(mixed.loss(u, v, ids, log_q=log_q, negatives=(w, neg_ids, neg_log_q)))
+    losses.append(InBatchSoftmax(temperature=0.5).loss(u, v, ids, log_q=log_q))
     sum(losses).backward()
     grads = {"user": user_tower.weight.grad, "item": item_tower.weight.grad}
     return [loss.detach() for loss in losses], grads

@@ -19,13 +19,19 @@ task. PLE with one level is CGC.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
 from recolab.data.schema import Schema
-from recolab.models.blocks import MLP, BatchedMLPs, FeatureEmbedding, softmax_last
+from recolab.models.blocks import (
+    BatchedMLPs,
+    EmbeddingFactory,
+    FeatureEmbedding,
+    TaskTowers,
+    softmax_last,
+)
 
 
 class LevelGates(NamedTuple):
@@ -103,33 +109,24 @@ def mix(gate: torch.Tensor, groups: list[torch.Tensor]) -> torch.Tensor:
 
 class PLE(nn.Module):
     """Args:
-    schema: features and tasks.
-    embedding_dim: width of each id embedding.
+    schema, embedding, tower_dims, dropout: as every ranker takes them (`recolab.models.rank`).
     num_levels: extraction layers; 1 is CGC.
     num_task_experts: experts owned by each task, per layer.
     num_shared_experts: experts shared by all tasks, per layer.
-    expert_dims: hidden widths of each expert MLP (the last is the expert's output width).
-    tower_dims: hidden widths of each task tower (a final linear layer gives the output).
-    dropout: dropout after hidden layers.
-    sparse_embeddings: sparse gradients for the id tables (only the rows a batch touched; pays off
-        with tables of millions of ids, experiments/bench/speed.md); needs `module.optimizer=adagrad`.
-    input_batch_norm: BatchNorm1d over the concatenated input features (`FeatureEmbedding`'s
-        `batch_norm`); on in the synthetic-world experiments (experiments/bench/vs_rechub.md).
+    expert_dims: hidden widths of each expert MLP (the last is the expert's output width H).
     """
 
     def __init__(
         self,
         schema: Schema,
         *,
-        embedding_dim: int = 16,
+        embedding: EmbeddingFactory = FeatureEmbedding,
         num_levels: int = 2,
         num_task_experts: int = 2,
         num_shared_experts: int = 2,
         expert_dims: list[int] = (128, 64),
         tower_dims: list[int] = (32,),
         dropout: float = 0.0,
-        sparse_embeddings: bool = False,
-        input_batch_norm: bool = False,
     ) -> None:
         super().__init__()
         if num_levels < 1:
@@ -151,12 +148,7 @@ class PLE(nn.Module):
         if not expert_dims:
             raise ValueError("expert_dims must name at least one layer")
         self.tasks = schema.task_names
-        self.embed = FeatureEmbedding(
-            schema,
-            embedding_dim=embedding_dim,
-            sparse=sparse_embeddings,
-            batch_norm=input_batch_norm,
-        )
+        self.embed = embedding(schema)
         dims = [self.embed.output_dim] + [expert_dims[-1]] * (num_levels - 1)
         self.levels = nn.ModuleList(
             [
@@ -172,9 +164,7 @@ class PLE(nn.Module):
                 for level, d_in in enumerate(dims)
             ]
         )
-        self.towers = nn.ModuleDict(
-            {t: MLP(expert_dims[-1], tower_dims, dropout=dropout, out_dim=1) for t in self.tasks}
-        )
+        self.towers = TaskTowers(self.tasks, expert_dims[-1], tower_dims, dropout=dropout)
 
     def _extract(
         self, features: dict[str, torch.Tensor]
@@ -190,8 +180,8 @@ class PLE(nn.Module):
         return task_inputs, gates
 
     def forward(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        task_outputs, _ = self._extract(features)
-        return {t: self.towers[t](task_outputs[t]).squeeze(-1) for t in self.tasks}  # each (B,)
+        task_outputs, _ = self._extract(features)  # {task: (B, H)}
+        return self.towers(task_outputs)  # {task: (B,)}
 
     def gate_weights(self, features: dict[str, torch.Tensor]) -> list[LevelGates]:
         """Each layer's gate weights, for inspecting how tasks share experts (see `LevelGates`)."""
@@ -199,30 +189,12 @@ class PLE(nn.Module):
 
 
 class CGC(PLE):
-    """PLE with a single extraction layer: task gates over own and shared experts, no shared gate."""
+    """PLE with a single extraction layer: task gates over own and shared experts, no shared gate.
 
-    def __init__(
-        self,
-        schema: Schema,
-        *,
-        embedding_dim: int = 16,
-        num_task_experts: int = 2,
-        num_shared_experts: int = 2,
-        expert_dims: list[int] = (128, 64),
-        tower_dims: list[int] = (32,),
-        dropout: float = 0.0,
-        sparse_embeddings: bool = False,
-        input_batch_norm: bool = False,
-    ) -> None:
-        super().__init__(
-            schema,
-            embedding_dim=embedding_dim,
-            num_levels=1,
-            num_task_experts=num_task_experts,
-            num_shared_experts=num_shared_experts,
-            expert_dims=expert_dims,
-            tower_dims=tower_dims,
-            dropout=dropout,
-            sparse_embeddings=sparse_embeddings,
-            input_batch_norm=input_batch_norm,
-        )
+    Takes PLE's arguments but `num_levels`.
+    """
+
+    def __init__(self, schema: Schema, **kwargs: Any) -> None:
+        if "num_levels" in kwargs:
+            raise TypeError("CGC has one extraction layer; for more, use PLE(num_levels=...)")
+        super().__init__(schema, num_levels=1, **kwargs)

@@ -17,21 +17,20 @@ import torch
 from torch import nn
 
 from recolab.data.schema import Schema
-from recolab.models.blocks import MLP, BatchedMLPs, FeatureEmbedding, softmax_last
+from recolab.models.blocks import (
+    BatchedMLPs,
+    EmbeddingFactory,
+    FeatureEmbedding,
+    TaskTowers,
+    softmax_last,
+)
 
 
 class MMoE(nn.Module):
     """Args:
-    schema: features and tasks.
-    embedding_dim: width of each id embedding.
+    schema, embedding, tower_dims, dropout: as every ranker takes them (`recolab.models.rank`).
     num_experts: E.
-    expert_dims: hidden widths of each expert MLP (the last is the expert's output width).
-    tower_dims: hidden widths of each task tower (a final linear layer gives the output).
-    dropout: dropout after hidden layers.
-    sparse_embeddings: sparse gradients for the id tables (only the rows a batch touched; pays off
-        with tables of millions of ids, experiments/bench/speed.md); needs `module.optimizer=adagrad`.
-    input_batch_norm: BatchNorm1d over the concatenated input features (`FeatureEmbedding`'s
-        `batch_norm`); on in the synthetic-world experiments (experiments/bench/vs_rechub.md).
+    expert_dims: hidden widths of each expert MLP (the last is the expert's output width H).
     batch_norm: BatchNorm1d between each expert layer and its ReLU, as torch-rechub's experts
         have (`BatchedMLPs`); off by default (the experts then run as one faster autograd
         Function). experiments/bench/vs_rechub_bn.md measures both AUC and speed with it.
@@ -41,13 +40,11 @@ class MMoE(nn.Module):
         self,
         schema: Schema,
         *,
-        embedding_dim: int = 16,
+        embedding: EmbeddingFactory = FeatureEmbedding,
         num_experts: int = 4,
         expert_dims: list[int] = (128, 64),
         tower_dims: list[int] = (32,),
         dropout: float = 0.0,
-        sparse_embeddings: bool = False,
-        input_batch_norm: bool = False,
         batch_norm: bool = False,
     ) -> None:
         super().__init__()
@@ -56,21 +53,14 @@ class MMoE(nn.Module):
         if not expert_dims:
             raise ValueError("expert_dims must name at least one layer")
         self.tasks = schema.task_names
-        self.embed = FeatureEmbedding(
-            schema,
-            embedding_dim=embedding_dim,
-            sparse=sparse_embeddings,
-            batch_norm=input_batch_norm,
-        )
+        self.embed = embedding(schema)
         d_in = self.embed.output_dim
         # The E experts as one block (each is an MLP(d_in, expert_dims); `experts.expert(e)`).
         self.experts = BatchedMLPs(
             num_experts, d_in, expert_dims, dropout=dropout, batch_norm=batch_norm
         )
         self.gates = nn.ModuleDict({t: nn.Linear(d_in, num_experts) for t in self.tasks})
-        self.towers = nn.ModuleDict(
-            {t: MLP(expert_dims[-1], tower_dims, dropout=dropout, out_dim=1) for t in self.tasks}
-        )
+        self.towers = TaskTowers(self.tasks, expert_dims[-1], tower_dims, dropout=dropout)
 
     def _gates(self, x: torch.Tensor) -> torch.Tensor:
         """(B, F) -> every task's softmax gate, (B, T, E): the T linear maps as one product."""
@@ -89,9 +79,7 @@ class MMoE(nn.Module):
         # without autocast the casts return the tensors themselves.
         with torch.autocast(x.device.type, enabled=False):
             mixed = torch.bmm(gates.float(), experts.float().transpose(0, 1))  # (B, T, H)
-        return {
-            t: self.towers[t](m).squeeze(-1) for t, m in zip(self.tasks, mixed.unbind(1))
-        }  # each (B,)
+        return self.towers(dict(zip(self.tasks, mixed.unbind(1))))  # {task: (B,)}
 
     def gate_weights(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Each task's expert weights, (B, E) per task: for inspecting how tasks share experts."""

@@ -17,52 +17,30 @@ import torch
 from torch import nn
 
 from recolab.data.schema import Schema
-from recolab.models.blocks import MLP, FeatureEmbedding
+from recolab.models.blocks import EmbeddingFactory, FeatureEmbedding, TaskTowers
 
 
 class SingleTask(nn.Module):
     """Args:
-    schema: features and tasks.
-    embedding_dim: width of each id embedding (every task has its own tables).
-    hidden_dims: hidden widths of each task's MLP (a final linear layer gives the output).
-    dropout: dropout after hidden layers.
-    sparse_embeddings: sparse gradients for the id tables (only the rows a batch touched; pays off
-        with tables of millions of ids, experiments/bench/speed.md); needs `module.optimizer=adagrad`.
-    input_batch_norm: BatchNorm1d over the concatenated input features (`FeatureEmbedding`'s
-        `batch_norm`); on in the synthetic-world experiments (experiments/bench/vs_rechub.md).
+    schema, embedding, dropout: as every ranker takes them (`recolab.models.rank`); `embedding`
+        is called once per task: every task has its own tables.
+    hidden_dims: hidden widths of each task's MLP (a final linear layer gives the output), its
+        tower over its own embedding.
     """
 
     def __init__(
         self,
         schema: Schema,
         *,
-        embedding_dim: int = 16,
+        embedding: EmbeddingFactory = FeatureEmbedding,
         hidden_dims: list[int] = (128, 64, 32),
         dropout: float = 0.0,
-        sparse_embeddings: bool = False,
-        input_batch_norm: bool = False,
     ) -> None:
         super().__init__()
         self.tasks = schema.task_names
-        self.embeds = nn.ModuleDict(
-            {
-                t: FeatureEmbedding(
-                    schema,
-                    embedding_dim=embedding_dim,
-                    sparse=sparse_embeddings,
-                    batch_norm=input_batch_norm,
-                )
-                for t in self.tasks
-            }
-        )
-        self.mlps = nn.ModuleDict(
-            {
-                t: MLP(self.embeds[t].output_dim, hidden_dims, dropout=dropout, out_dim=1)
-                for t in self.tasks
-            }
-        )
+        self.embeds = nn.ModuleDict({t: embedding(schema) for t in self.tasks})
+        width = self.embeds[self.tasks[0]].output_dim
+        self.mlps = TaskTowers(self.tasks, width, hidden_dims, dropout=dropout)
 
     def forward(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {
-            t: self.mlps[t](self.embeds[t](features)).squeeze(-1) for t in self.tasks
-        }  # each (B,)
+        return self.mlps({t: self.embeds[t](features) for t in self.tasks})  # {task: (B,)}

@@ -16,11 +16,14 @@ Every recaller is a plain `nn.Module` with this interface (the recall pipeline r
   `batch["item_id"]`. Two-tower: its serving vector; MIND: label-aware attention over the
   interests with power p; ComiRec: the interest with the largest inner product with the target.
 
-A training step (`recolab.samplers`):
+`recall._blocks.Recaller` holds what the three share (items embedded by `ItemEmbedding`, every
+item's vector in chunks, `forward`); a new recaller subclasses it and defines `user_embeddings`.
+
+A training step (`sampler`: a `recolab.samplers` softmax the pipeline is given):
 
     v = model.item_embeddings(batch["item_id"])                         # (B, D)
     u = model.training_user_embeddings(batch, v)                        # (B, D)
-    loss = in_batch_softmax_loss(u, v, batch["item_id"], log_q=...)
+    loss = sampler(u, v, batch["item_id"], model.item_embeddings)
 
 Multi-interest serving: each of the K vectors retrieves its top-N, then `merge_interest_topk`
 (best score, de-duplicated) or ComiRec's `aggregate` (diversity-controlled) makes one list.

@@ -1,4 +1,5 @@
-"""Blocks shared by the recallers: MLP, embeddings, history pooling, capsule routing, readouts.
+"""What the recallers share beyond `recolab.models.blocks`: the recaller base, item embeddings,
+the recent history, capsule routing, the training readouts and the multi-interest merge.
 
 Capsule routing lives here once and serves both MIND (Li et al., CIKM 2019) and ComiRec-DR (Cen
 et al., KDD 2020); the models differ only in the arguments they pass (how behaviors are mapped to
@@ -9,43 +10,12 @@ Shapes: B batch, L history length, D embedding, H hidden, K interests, N retriev
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
 
-
-class MLP(nn.Sequential):
-    """Linear layers with ReLU between them (and after the last one if `final_activation`).
-
-    Args:
-        in_dim: input width.
-        hidden_dims: widths of the hidden layers; empty for a single linear map.
-        out_dim: output width.
-        dropout: dropout after each hidden activation.
-        final_activation: also apply ReLU to the output (MIND's "several ReLU layers").
-    """
-
-    def __init__(
-        self,
-        in_dim: int,
-        hidden_dims: Sequence[int],
-        out_dim: int,
-        *,
-        dropout: float = 0.0,
-        final_activation: bool = False,
-    ) -> None:
-        layers: list[nn.Module] = []
-        width = in_dim
-        for hidden in hidden_dims:
-            layers += [nn.Linear(width, hidden), nn.ReLU()]
-            if dropout > 0:
-                layers.append(nn.Dropout(dropout))
-            width = hidden
-        layers.append(nn.Linear(width, out_dim))
-        if final_activation:
-            layers.append(nn.ReLU())
-        super().__init__(*layers)
+from recolab.models.blocks import EmbeddingTables
 
 
 def recent_history(batch: Mapping[str, Tensor], history_len: int) -> tuple[Tensor, Tensor]:
@@ -61,42 +31,6 @@ def recent_history(batch: Mapping[str, Tensor], history_len: int) -> tuple[Tenso
     """
     items = batch["hist_items"][:, -history_len:]  # (B, L)
     return items, items > 0
-
-
-def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
-    """Mean over the sequence axis of the unmasked positions (zeros for an empty row).
-
-    Args:
-        values: (B, L, D).
-        mask: (B, L) bool, True where a position counts.
-
-    Returns:
-        (B, D).
-    """
-    weights = mask.to(values.dtype).unsqueeze(-1)  # (B, L, 1)
-    total = (values * weights).sum(dim=1)  # (B, D)
-    return total / weights.sum(dim=1).clamp_min(1.0)  # (B, D)
-
-
-class SparseFeatureEmbeddings(nn.Module):
-    """One embedding table per categorical feature, looked up from a batch by name.
-
-    Args:
-        features: feature name -> vocabulary size (embedding rows, the OOV bucket 0 included,
-            as `recolab.data.schema.SparseFeature.vocab_size`).
-        dim: embedding width `D`.
-    """
-
-    def __init__(self, features: Mapping[str, int], dim: int) -> None:
-        super().__init__()
-        self.names = list(features)
-        self.tables = nn.ModuleDict(
-            {name: nn.Embedding(size, dim) for name, size in features.items()}
-        )
-
-    def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
-        """(B, F, D) embeddings of the F features in `batch`, each (B,) long."""
-        return torch.stack([self.tables[name](batch[name]) for name in self.names], dim=1)
 
 
 class ItemEmbedding(nn.Module):
@@ -123,28 +57,70 @@ class ItemEmbedding(nn.Module):
         item_features = dict(item_features or {})
         self.num_items = num_items
         self.ids = nn.Embedding(num_items + 1, dim)
-        self.feature_names = list(item_features)
-        self.features = nn.ModuleDict()
-        for name, (table, vocab_size) in item_features.items():
+        for name, (table, _) in item_features.items():
             if table.shape != (num_items + 1,):
                 raise ValueError(
                     f"item feature {name!r}: expected a table of shape ({num_items + 1},), "
                     f"got {tuple(table.shape)}"
                 )
             self.register_buffer(f"table_{name}", table.detach().long().clone())
-            self.features[name] = nn.Embedding(vocab_size, dim)
+        self.features = EmbeddingTables({n: size for n, (_, size) in item_features.items()}, dim)
 
     @property
     def num_fields(self) -> int:
         """The id plus each feature."""
-        return 1 + len(self.feature_names)
+        return 1 + len(self.features)
 
     def forward(self, item_ids: Tensor) -> Tensor:
         """(..., 1 + F, D): the id embedding, then each feature's, for ids of any shape."""
-        fields = [self.ids(item_ids)]
-        for name in self.feature_names:
-            fields.append(self.features[name](getattr(self, f"table_{name}")[item_ids]))
-        return torch.stack(fields, dim=-2)
+        fields = [self.ids(item_ids)]  # each (..., D)
+        for name, table in self.features.items():
+            fields.append(table(getattr(self, f"table_{name}")[item_ids]))
+        return torch.stack(fields, dim=-2)  # (..., 1 + F, D)
+
+
+class Recaller(nn.Module):
+    """The recaller interface (`recolab.models.recall`) with what every recaller shares.
+
+    A subclass sets `num_items`, `num_interests` (1 by default), `history_len` and `item` (its
+    `ItemEmbedding`) and defines `user_embeddings`; it overrides `training_user_embeddings` when
+    it has several interests, and `item_embeddings` when items go through more than their
+    embeddings.
+    """
+
+    num_items: int
+    num_interests: int = 1
+    history_len: int
+    item: ItemEmbedding
+
+    def behaviors(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """(B, L, D) item vectors of the most recent behaviors and their (B, L) mask."""
+        hist, mask = recent_history(batch, self.history_len)  # (B, L), (B, L)
+        return self.item_embeddings(hist), mask  # (B, L, D), (B, L)
+
+    def user_embeddings(self, batch: Mapping[str, Tensor]) -> Tensor:
+        """(B, D) or (B, K, D) serving vectors."""
+        raise NotImplementedError
+
+    def training_user_embeddings(
+        self, batch: Mapping[str, Tensor], target_item_emb: Tensor
+    ) -> Tensor:
+        """(B, D): a single-interest model's training vector is its serving vector."""
+        return self.user_embeddings(batch)
+
+    def item_embeddings(self, item_ids: Tensor) -> Tensor:
+        """(N, D): mean of the id and feature embeddings of ids (N,)."""
+        return self.item(item_ids).mean(dim=-2)
+
+    @torch.no_grad()
+    def all_item_embeddings(self, *, chunk_size: int = 65536) -> Tensor:
+        """(num_items + 1, D) vectors of every id; row 0 is padding (never retrieved)."""
+        ids = torch.arange(self.num_items + 1, device=self.item.ids.weight.device)
+        return torch.cat([self.item_embeddings(chunk) for chunk in ids.split(chunk_size)])
+
+    def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
+        """Same as `user_embeddings`."""
+        return self.user_embeddings(batch)
 
 
 def squash(z: Tensor, eps: float = 1e-9) -> Tensor:

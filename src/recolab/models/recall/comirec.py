@@ -4,6 +4,11 @@ Cen et al., KDD 2020. Two multi-interest extractors over the behavior sequence, 
 (dynamic routing) and ComiRec-SA (multi-head self-attention), trained by reading out the
 interest closest to the target item, and served through a controllable aggregation that trades
 accuracy for diversity (`aggregate`).
+
+Both take `num_items` (item ids run 1..num_items, 0 is padding), `dim` (the embedding and
+interest width D), `num_interests` (K), `history_len` (the most recent behaviors read) and
+`item_features` (static item features, name -> ((num_items + 1,) index table, vocabulary size),
+mean-pooled with the id embedding; the paper uses ids only).
 """
 
 from __future__ import annotations
@@ -16,42 +21,35 @@ from torch import Tensor, nn
 
 from recolab.models.recall._blocks import (
     ItemEmbedding,
+    Recaller,
     capsule_routing,
     dedup_interest_candidates,
     hard_interest_readout,
-    recent_history,
 )
 
 
-class _ComiRec(nn.Module):
-    """The recaller interface shared by both extractors; subclasses define `user_embeddings`."""
+class _ComiRec(Recaller):
+    """What both extractors share: K interests over the item embeddings of the recent history,
+    trained on the interest closest to the target. Subclasses define `user_embeddings`."""
 
-    num_items: int
-    num_interests: int
-    item: ItemEmbedding
-
-    def user_embeddings(self, batch: Mapping[str, Tensor]) -> Tensor:
-        raise NotImplementedError
+    def __init__(
+        self,
+        num_items: int,
+        dim: int,
+        num_interests: int,
+        history_len: int,
+        item_features: Mapping[str, tuple[Tensor, int]] | None,
+    ) -> None:
+        super().__init__()
+        self.num_items, self.dim = num_items, dim
+        self.num_interests, self.history_len = num_interests, history_len
+        self.item = ItemEmbedding(num_items, dim, item_features)
 
     def training_user_embeddings(
         self, batch: Mapping[str, Tensor], target_item_emb: Tensor
     ) -> Tensor:
         """(B, D): the interest with the largest inner product with the (B, D) target (argmax)."""
         return hard_interest_readout(self.user_embeddings(batch), target_item_emb)
-
-    def item_embeddings(self, item_ids: Tensor) -> Tensor:
-        """(N, D): mean of the id and feature embeddings of ids (N,) (the id alone by default)."""
-        return self.item(item_ids).mean(dim=-2)
-
-    @torch.no_grad()
-    def all_item_embeddings(self, *, chunk_size: int = 65536) -> Tensor:
-        """(num_items + 1, D) vectors of every id; row 0 is padding (never retrieved)."""
-        ids = torch.arange(self.num_items + 1, device=self.item.ids.weight.device)
-        return torch.cat([self.item_embeddings(chunk) for chunk in ids.split(chunk_size)])
-
-    def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
-        """Same as `user_embeddings`."""
-        return self.user_embeddings(batch)
 
 
 class ComiRecDR(_ComiRec):
@@ -64,14 +62,10 @@ class ComiRecDR(_ComiRec):
     that MIND's random logits break); softmax over the interests; always K interests; no ReLU
     layers. `W` is initialized N(0, 1 / D), which keeps `W e` at the scale of `e`.
 
-    Args:
-        num_items: item ids run 1..num_items, 0 is padding.
-        dim: embedding and interest width `D`.
-        num_interests: K.
+    Args (besides those of both, in the module's docstring):
         routing_iters: routing iterations (capsule computations), 3 by default.
-        history_len: the most recent behaviors routed, one transform per position.
-        item_features: static item features, name -> ((num_items + 1,) index table, vocab size),
-            mean-pooled with the id embedding (the paper uses ids only).
+
+    `history_len` is also the number of per-position transforms.
     """
 
     def __init__(
@@ -84,23 +78,17 @@ class ComiRecDR(_ComiRec):
         history_len: int = 50,
         item_features: Mapping[str, tuple[Tensor, int]] | None = None,
     ) -> None:
-        super().__init__()
-        self.num_items = num_items
-        self.dim = dim
-        self.num_interests = num_interests
+        super().__init__(num_items, dim, num_interests, history_len, item_features)
         self.routing_iters = routing_iters
-        self.history_len = history_len
-        self.item = ItemEmbedding(num_items, dim, item_features)
         weights = torch.randn(history_len, num_interests, dim, dim) / math.sqrt(dim)
         self.transforms = nn.Parameter(weights)  # (L, K, D, D)
 
     def user_embeddings(self, batch: Mapping[str, Tensor]) -> Tensor:
         """(B, K, D) interest capsules."""
-        hist, mask = recent_history(batch, self.history_len)  # (B, L), (B, L)
-        behaviors = self.item(hist).mean(dim=-2)  # (B, L, D)
-        transforms = self.transforms[-hist.shape[1] :]  # (L, K, D, D)
+        behaviors, mask = self.behaviors(batch)  # (B, L, D), (B, L)
+        transforms = self.transforms[-mask.shape[1] :]  # (L, K, D, D)
         predictions = torch.einsum("lkde,ble->bkld", transforms, behaviors)  # (B, K, L, D)
-        init = predictions.new_zeros(self.num_interests, hist.shape[1])  # (K, L)
+        init = predictions.new_zeros(self.num_interests, mask.shape[1])  # (K, L)
         return capsule_routing(predictions, mask, init, iterations=self.routing_iters)  # (B, K, D)
 
 
@@ -114,15 +102,9 @@ class ComiRecSA(_ComiRec):
     authors' reference implementation. A user with no behavior at all attends uniformly to the
     padding rows (no NaN).
 
-    Args:
-        num_items: item ids run 1..num_items, 0 is padding.
-        dim: embedding and interest width `D`.
-        num_interests: K, the number of heads.
-        history_len: the most recent behaviors attended to.
+    Args (besides those of both, in the module's docstring; K is the number of heads):
         attention_dim: `d_a`, 4 * dim when None (the paper's choice).
         add_positions: add trainable position embeddings before the attention.
-        item_features: static item features, name -> ((num_items + 1,) index table, vocab size),
-            mean-pooled with the id embedding (the paper uses ids only).
     """
 
     def __init__(
@@ -136,12 +118,7 @@ class ComiRecSA(_ComiRec):
         add_positions: bool = True,
         item_features: Mapping[str, tuple[Tensor, int]] | None = None,
     ) -> None:
-        super().__init__()
-        self.num_items = num_items
-        self.dim = dim
-        self.num_interests = num_interests
-        self.history_len = history_len
-        self.item = ItemEmbedding(num_items, dim, item_features)
+        super().__init__(num_items, dim, num_interests, history_len, item_features)
         hidden = attention_dim or 4 * dim
         self.positions = (
             nn.Parameter(torch.randn(history_len, dim) * 0.02) if add_positions else None
@@ -156,11 +133,10 @@ class ComiRecSA(_ComiRec):
             weights: (B, K, L), each row sums to 1 over the real (non-padding) behaviors.
             behaviors: (B, L, D) the behavior embeddings they weight.
         """
-        hist, mask = recent_history(batch, self.history_len)  # (B, L), (B, L)
-        behaviors = self.item(hist).mean(dim=-2)  # (B, L, D)
+        behaviors, mask = self.behaviors(batch)  # (B, L, D), (B, L)
         keys = behaviors
         if self.positions is not None:
-            keys = behaviors + self.positions[-hist.shape[1] :]  # (B, L, D)
+            keys = behaviors + self.positions[-mask.shape[1] :]  # (B, L, D)
         logits = self.w2(torch.tanh(self.w1(keys))).transpose(1, 2)  # (B, K, L)
         logits = logits.masked_fill(~mask.unsqueeze(1), torch.finfo(logits.dtype).min / 2)
         return logits.softmax(dim=-1), behaviors  # softmax over the sequence axis

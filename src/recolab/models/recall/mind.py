@@ -13,17 +13,16 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from recolab.models.blocks import MLP, EmbeddingTables
 from recolab.models.recall._blocks import (
-    MLP,
     ItemEmbedding,
-    SparseFeatureEmbeddings,
+    Recaller,
     capsule_routing,
     label_aware_attention,
-    recent_history,
 )
 
 
-class MIND(nn.Module):
+class MIND(Recaller):
     """Multi-interest extractor with B2I dynamic routing, ReLU layers and label-aware attention.
 
     - Embedding & pooling: an item is the mean of its id and static feature embeddings; the
@@ -91,9 +90,9 @@ class MIND(nn.Module):
         self.item = ItemEmbedding(num_items, dim, item_features)
         self.bilinear = nn.Linear(dim, dim, bias=False)  # S, shared by every (behavior, interest)
         self.register_buffer("routing_logits", torch.randn(num_interests, history_len))  # (K, L)
-        self.user_features = SparseFeatureEmbeddings(user_features, dim)
+        self.user_features = EmbeddingTables(user_features, dim)
         width = (1 + len(user_features)) * dim
-        self.mlp = MLP(width, hidden_dims, dim, final_activation=True)
+        self.mlp = MLP(width, hidden_dims, out_dim=dim, final_activation=True)
 
     def num_active_interests(self, mask: Tensor) -> Tensor:
         """(B,) long `K'_u` from the (B, L) behavior mask."""
@@ -109,16 +108,15 @@ class MIND(nn.Module):
             capsules: (B, K, D), zeros for switched-off interests.
             active: (B, K) bool.
         """
-        hist, mask = recent_history(batch, self.history_len)  # (B, L), (B, L)
-        behaviors = self.item(hist).mean(dim=-2)  # (B, L, D)
+        behaviors, mask = self.behaviors(batch)  # (B, L, D), (B, L)
         shared = self.bilinear(behaviors)  # (B, L, D)
         predictions = shared.unsqueeze(1).expand(-1, self.num_interests, -1, -1)  # (B, K, L, D)
-        ranks = torch.arange(self.num_interests, device=hist.device)  # (K,)
+        ranks = torch.arange(self.num_interests, device=mask.device)  # (K,)
         active = ranks.unsqueeze(0) < self.num_active_interests(mask).unsqueeze(1)  # (B, K)
         capsules = capsule_routing(
             predictions,
             mask,
-            self.routing_logits[:, -hist.shape[1] :],
+            self.routing_logits[:, -mask.shape[1] :],
             iterations=self.routing_iters,
             interest_mask=active,
         )  # (B, K, D)
@@ -127,7 +125,7 @@ class MIND(nn.Module):
     def _interests(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
         capsules, active = self.interest_capsules(batch)  # (B, K, D), (B, K)
         parts = [capsules]
-        if self.user_features.names:
+        if len(self.user_features):
             profile = self.user_features(batch).flatten(1)  # (B, F*D)
             parts.append(profile.unsqueeze(1).expand(-1, self.num_interests, -1))  # (B, K, F*D)
         return self.mlp(torch.cat(parts, dim=-1)), active  # (B, K, D), (B, K)
@@ -145,17 +143,3 @@ class MIND(nn.Module):
         return label_aware_attention(
             interests, target_item_emb, pow_p=self.pow_p, interest_mask=active
         )  # (B, D)
-
-    def item_embeddings(self, item_ids: Tensor) -> Tensor:
-        """(N, D): mean of the id and feature embeddings of ids (N,)."""
-        return self.item(item_ids).mean(dim=-2)
-
-    @torch.no_grad()
-    def all_item_embeddings(self, *, chunk_size: int = 65536) -> Tensor:
-        """(num_items + 1, D) vectors of every id; row 0 is padding (never retrieved)."""
-        ids = torch.arange(self.num_items + 1, device=self.item.ids.weight.device)
-        return torch.cat([self.item_embeddings(chunk) for chunk in ids.split(chunk_size)])
-
-    def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
-        """Same as `user_embeddings`."""
-        return self.user_embeddings(batch)

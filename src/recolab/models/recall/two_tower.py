@@ -4,7 +4,7 @@ Yi et al., "Sampling-bias-corrected neural modeling for large corpus item recomm
 RecSys 2019 (the towers of Covington et al., "Deep neural networks for YouTube
 recommendations", RecSys 2016). A user tower and an item tower map their features to one space;
 the score is their inner product, so items are served from a nearest-neighbour index. Train it
-with `recolab.samplers.in_batch_softmax_loss` (logQ-corrected in-batch negatives).
+with `recolab.samplers.InBatchSoftmax` (logQ-corrected in-batch negatives).
 """
 
 from __future__ import annotations
@@ -15,16 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from recolab.models.recall._blocks import (
-    MLP,
-    ItemEmbedding,
-    SparseFeatureEmbeddings,
-    masked_mean,
-    recent_history,
-)
+from recolab.models.blocks import MLP, EmbeddingTables, masked_mean
+from recolab.models.recall._blocks import ItemEmbedding, Recaller, recent_history
 
 
-class TwoTower(nn.Module):
+class TwoTower(Recaller):
     """User tower over user id, user features and pooled history; item tower over id and features.
 
     User tower: `[e(user_id), e(f) for each user feature, mean of e(h) over the history]`,
@@ -68,18 +63,18 @@ class TwoTower(nn.Module):
         self.history_len = history_len
         self.normalize = normalize
         self.user_id = nn.Embedding(num_users + 1, dim)
-        self.user_features = SparseFeatureEmbeddings(user_features, dim)
+        self.user_features = EmbeddingTables(user_features, dim)
         self.item = ItemEmbedding(num_items, dim, item_features)
         user_width = (2 + len(user_features)) * dim  # id, features, pooled history
-        self.user_tower = MLP(user_width, hidden_dims, dim, dropout=dropout)
-        self.item_tower = MLP(self.item.num_fields * dim, hidden_dims, dim, dropout=dropout)
+        self.user_tower = MLP(user_width, hidden_dims, out_dim=dim, dropout=dropout)
+        self.item_tower = MLP(self.item.num_fields * dim, hidden_dims, out_dim=dim, dropout=dropout)
 
     def user_embeddings(self, batch: Mapping[str, Tensor]) -> Tensor:
         """(B, D) user vectors from `user_id` (B,), `hist_items` (B, L) and the user features."""
         hist, mask = recent_history(batch, self.history_len)  # (B, L), (B, L)
         history = masked_mean(self.item.ids(hist), mask)  # (B, D)
         parts = [self.user_id(batch["user_id"]), history]  # 2 x (B, D)
-        if self.user_features.names:
+        if len(self.user_features):
             parts.append(self.user_features(batch).flatten(1))  # (B, F*D)
         out = self.user_tower(torch.cat(parts, dim=-1))  # (B, D)
         return F.normalize(out, dim=-1) if self.normalize else out
@@ -89,19 +84,3 @@ class TwoTower(nn.Module):
         fields = self.item(item_ids)  # (N, 1 + F, D)
         out = self.item_tower(fields.flatten(-2))  # (N, D)
         return F.normalize(out, dim=-1) if self.normalize else out
-
-    @torch.no_grad()
-    def all_item_embeddings(self, *, chunk_size: int = 65536) -> Tensor:
-        """(num_items + 1, D) vectors of every id; row 0 is padding (never retrieved)."""
-        ids = torch.arange(self.num_items + 1, device=self.item.ids.weight.device)
-        return torch.cat([self.item_embeddings(chunk) for chunk in ids.split(chunk_size)])
-
-    def training_user_embeddings(
-        self, batch: Mapping[str, Tensor], target_item_emb: Tensor
-    ) -> Tensor:
-        """(B, D): a single-interest model's training vector is its serving vector."""
-        return self.user_embeddings(batch)
-
-    def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
-        """Same as `user_embeddings`."""
-        return self.user_embeddings(batch)

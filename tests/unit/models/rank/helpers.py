@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 
 from recolab.data.schema import DenseFeature, Schema, SequenceFeature, SparseFeature, Task
+from recolab.models.blocks import FeatureEmbedding
 
 SCHEMA = Schema(
     sparse=(SparseFeature("user_id", 10), SparseFeature("item_id", 20)),
@@ -12,6 +15,9 @@ SCHEMA = Schema(
     sequences=(SequenceFeature("hist", 20, 5, vocab_of="item_id"),),
     tasks=(Task("click"), Task("like"), Task("watch_time", kind="regression", transform="log1p")),
 )
+
+#: The feature embedding the tests give the rankers (the config's `model.embedding` node).
+EMBED8 = partial(FeatureEmbedding, embedding_dim=8)
 
 
 def tiny_batch(schema: Schema = SCHEMA, batch: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -6,14 +6,14 @@ import torch
 from recolab.models.rank.cgc import CGC, PLE
 from recolab.models.rank.mmoe import MMoE
 
-from .helpers import SCHEMA, check_model, tiny_batch
+from .helpers import EMBED8, SCHEMA, check_model, tiny_batch
 
 T = len(SCHEMA.tasks)
 
 
 def cgc(**kw) -> CGC:
     args = dict(
-        embedding_dim=8,
+        embedding=EMBED8,
         num_task_experts=2,
         num_shared_experts=3,
         expert_dims=[16, 8],
@@ -24,7 +24,7 @@ def cgc(**kw) -> CGC:
 
 def ple(**kw) -> PLE:
     args = dict(
-        embedding_dim=8,
+        embedding=EMBED8,
         num_levels=2,
         num_task_experts=2,
         num_shared_experts=3,
@@ -49,7 +49,7 @@ def test_cgc():
     check_model(
         lambda s: CGC(
             s,
-            embedding_dim=8,
+            embedding=EMBED8,
             num_task_experts=2,
             num_shared_experts=1,
             expert_dims=[16, 8],
@@ -62,7 +62,7 @@ def test_ple():
     check_model(
         lambda s: PLE(
             s,
-            embedding_dim=8,
+            embedding=EMBED8,
             num_levels=3,
             num_task_experts=1,
             num_shared_experts=2,
@@ -129,7 +129,7 @@ def test_cgc_without_task_experts_is_mmoe():
     # structure CGC extends with task-specific experts.
     torch.manual_seed(0)
     model = cgc(num_task_experts=0, num_shared_experts=3)
-    mmoe = MMoE(SCHEMA, embedding_dim=8, num_experts=3, expert_dims=[16, 8], tower_dims=[8])
+    mmoe = MMoE(SCHEMA, embedding=EMBED8, num_experts=3, expert_dims=[16, 8], tower_dims=[8])
     mmoe.embed.load_state_dict(model.embed.state_dict())
     mmoe.experts.load_state_dict(model.levels[0].shared_experts.state_dict())
     mmoe.gates.load_state_dict(model.levels[0].task_gates.state_dict())

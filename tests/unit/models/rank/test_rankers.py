@@ -5,29 +5,29 @@ from recolab.models.blocks import FeatureEmbedding
 from recolab.models.rank.mmoe import MMoE
 from recolab.models.rank.shared_bottom import SharedBottom
 
-from .helpers import SCHEMA, check_model, tiny_batch
+from .helpers import EMBED8, SCHEMA, check_model, tiny_batch
 
 
 def test_shared_bottom():
-    check_model(lambda s: SharedBottom(s, embedding_dim=8, bottom_dims=[16], tower_dims=[8]))
+    check_model(lambda s: SharedBottom(s, embedding=EMBED8, bottom_dims=[16], tower_dims=[8]))
 
 
 def test_mmoe():
     check_model(
-        lambda s: MMoE(s, embedding_dim=8, num_experts=2, expert_dims=[16, 8], tower_dims=[8])
+        lambda s: MMoE(s, embedding=EMBED8, num_experts=2, expert_dims=[16, 8], tower_dims=[8])
     )
 
 
 def test_mmoe_with_batch_norm_in_the_experts():
     check_model(
         lambda s: MMoE(
-            s, embedding_dim=8, num_experts=3, expert_dims=[16, 8], tower_dims=[4], batch_norm=True
+            s, embedding=EMBED8, num_experts=3, expert_dims=[16, 8], tower_dims=[4], batch_norm=True
         )
     )
 
 
 def test_mmoe_gates_are_per_task_softmax():
-    model = MMoE(SCHEMA, embedding_dim=8, num_experts=3, expert_dims=[8])
+    model = MMoE(SCHEMA, embedding=EMBED8, num_experts=3, expert_dims=[8])
     gates = model.gate_weights(tiny_batch())
     for g in gates.values():
         assert g.shape == (4, 3)
@@ -39,7 +39,7 @@ def test_mmoe_computes_the_papers_formula():
     # Ma et al., KDD 2018: y_k = h^k(f^k(x)), f^k(x) = sum_e g^k(x)_e f_e(x) (eq. 4),
     # g^k(x) = softmax(W_gk x) (eq. 5), computed here expert by expert from the parameters.
     torch.manual_seed(0)
-    model = MMoE(SCHEMA, embedding_dim=8, num_experts=3, expert_dims=[16, 8], tower_dims=[8])
+    model = MMoE(SCHEMA, embedding=EMBED8, num_experts=3, expert_dims=[16, 8], tower_dims=[8])
     batch = tiny_batch()
     x = model.embed(batch)  # (B, F)
 
@@ -61,8 +61,8 @@ def test_mmoe_computes_the_papers_formula():
 def test_mmoe_with_one_expert_is_a_shared_bottom():
     # E = 1: every gate is 1, so each task reads the single expert, as a shared bottom does.
     torch.manual_seed(0)
-    mmoe = MMoE(SCHEMA, embedding_dim=8, num_experts=1, expert_dims=[16], tower_dims=[8])
-    sb = SharedBottom(SCHEMA, embedding_dim=8, bottom_dims=[16], tower_dims=[8])
+    mmoe = MMoE(SCHEMA, embedding=EMBED8, num_experts=1, expert_dims=[16], tower_dims=[8])
+    sb = SharedBottom(SCHEMA, embedding=EMBED8, bottom_dims=[16], tower_dims=[8])
     sb.embed.load_state_dict(mmoe.embed.state_dict())
     sb.bottom.load_state_dict(mmoe.experts.expert(0).state_dict())
     sb.towers.load_state_dict(mmoe.towers.state_dict())

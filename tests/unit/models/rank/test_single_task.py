@@ -4,11 +4,11 @@ import torch
 
 from recolab.models.rank.single_task import SingleTask
 
-from .helpers import SCHEMA, check_model, tiny_batch
+from .helpers import EMBED8, SCHEMA, check_model, tiny_batch
 
 
 def make(schema=SCHEMA) -> SingleTask:
-    return SingleTask(schema, embedding_dim=8, hidden_dims=[16, 8])
+    return SingleTask(schema, embedding=EMBED8, hidden_dims=[16, 8])
 
 
 def test_single_task():

@@ -7,7 +7,7 @@ from collections.abc import Callable, Collection
 import torch
 from torch import Tensor, nn
 
-from recolab.samplers import in_batch_softmax_loss
+from recolab.samplers import InBatchSoftmax
 
 NUM_USERS, NUM_ITEMS, HISTORY_LEN = 6, 20, 6
 
@@ -77,7 +77,7 @@ def check_model(
     items = model.item_embeddings(batch["item_id"])
     trained = model.training_user_embeddings(batch, items)
     assert trained.shape == (batch_size, dim)
-    loss = in_batch_softmax_loss(trained, items, batch["item_id"], temperature=1.0)
+    loss = InBatchSoftmax(temperature=1.0).loss(trained, items, batch["item_id"])
     loss.backward()
     for name, parameter in model.named_parameters():
         assert parameter.grad is not None, f"{name} gets no gradient"
