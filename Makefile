@@ -40,7 +40,7 @@ experiments-debias: setup    ## position and duration bias tables (5 seeds, comp
 experiments-calibration: setup ## calibration tables (5 seeds, compare intervals): experiments/calibration/results.md (~7 min)
 	$(BIN)/python experiments/calibration/run.py $(ARGS)
 
-experiments-retrieval: setup  ## recallers and samplers, ml-latest-small + synthetic: experiments/retrieval/README.md
+experiments-retrieval: setup  ## recallers and samplers, ml-latest-small + synthetic, 5 seeds, compared with intervals: experiments/retrieval/README.md (~75 min)
 	$(BIN)/python experiments/retrieval/run.py $(ARGS)
 
 lint: setup

@@ -338,3 +338,35 @@ def test_a_truncated_last_ckpt_resumes_from_the_runs_newest_intact_checkpoint(
     ) in caplog.text
     assert _epoch_and_step(last) == (1, 6)
     assert sorted(p.name for p in folder.iterdir()) == ["epoch00.ckpt", "last.ckpt"]
+
+
+def test_a_checkpoint_of_an_older_recolab_resumes_under_todays_keys(tmp_path: Path) -> None:
+    """A run trained before the rankers' embedding became a node (`model.embedding.*`), the
+    optimizer a node and the metric sets config (`tests/fixtures/checkpoints`, commit de8d598)
+    resumes with today's spelling of its settings: its stored config is translated
+    (`recolab.checkpoint_config.UPGRADES`) before resume compares it with the run's."""
+    from tests.integration.test_cli import run_cli
+
+    ckpt = tmp_path / "old.ckpt"
+    ckpt.write_bytes((ROOT / "tests/fixtures/checkpoints/mmoe_de8d598.ckpt").read_bytes())
+    settings = [
+        "train",
+        "+exp=mmoe",
+        "data.num_users=50",
+        "data.num_items=40",
+        "data.num_impressions=2000",
+        "data.batch_size=256",
+        "model.embedding.embedding_dim=4",
+        "model.num_experts=2",
+        "model.expert_dims=[8]",
+        "model.tower_dims=[4]",
+        "logger=none",
+        f"ckpt_path={ckpt}",
+    ]
+    r = run_cli([*settings, "trainer.max_epochs=1"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "settings of an older recolab" in r.stdout + r.stderr
+    assert f"resuming from {ckpt}" in r.stdout + r.stderr
+    # a setting that does differ is still named
+    r = run_cli([*settings, "trainer.max_epochs=1", "model.num_experts=3"], tmp_path)
+    assert r.returncode != 0 and "model.num_experts: 2 -> 3" in r.stderr, r.stderr[-3000:]

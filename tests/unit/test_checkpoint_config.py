@@ -42,6 +42,7 @@ def stored(**nodes: Any) -> dict[str, Any]:
         "module": {
             "_target_": "recolab.pipelines.rank.RankModule",
             "heads": {"click": {"_target_": "recolab.heads.position.PAL", "num_positions": 10}},
+            "metrics": {"binary": ["auc", "gauc"], "regression": ["xauc"]},
         },
         "trainer": {"_target_": "pytorch_lightning.Trainer", "max_epochs": 1},
         "callbacks": {

@@ -19,6 +19,7 @@ Imports nothing but the standard library.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 #: The old `module.optimizer` names.
@@ -35,6 +36,15 @@ SAMPLERS = {
     ),
 }
 RECALL = "recolab.pipelines.recall.RecallModule"
+RANK = "recolab.pipelines.rank.RankModule"
+#: The metric sets each pipeline computed before they were declared by config (`module.metrics`).
+OLD_METRICS = {
+    RANK: {
+        "binary": ["auc", "logloss", "ece", "gauc"],
+        "regression": ["mae", "rmse", "xauc", "xgauc"],
+    },
+    RECALL: ["recall", "ndcg", "hit_rate", "mrr", "retrieved_popularity"],
+}
 
 
 def pipeline_settings(stored: dict[str, Any]) -> list[str]:
@@ -61,6 +71,9 @@ def pipeline_settings(stored: dict[str, Any]) -> list[str]:
         # The recall pipeline's Adam was torch's default implementation, never fused.
         module["optimizer"] = {"_target_": "torch.optim.Adam", "_partial_": True, "foreach": None}
         moved.append("(no module.optimizer) -> module.optimizer._target_=torch.optim.Adam")
+    if "metrics" not in module and module.get("_target_") in OLD_METRICS:
+        module["metrics"] = copy.deepcopy(OLD_METRICS[module["_target_"]])
+        moved.append(f"(no module.metrics) -> module.metrics={module['metrics']}")
     sampler = module.get("sampler")
     if isinstance(sampler, dict) and sampler.get("_target_", OLD_SAMPLER) == OLD_SAMPLER:
         kind = sampler.get("kind", "in_batch")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from omegaconf import OmegaConf
 
 from recolab.checkpoint_config import check_stored_config, problems
@@ -108,9 +110,34 @@ def test_an_old_recall_config_builds_its_sampler_and_torchs_default_adam() -> No
     assert in_batch[-1].endswith("recolab.samplers.InBatchSoftmax")
 
 
+def test_an_old_config_computes_the_metric_sets_its_pipeline_computed_then() -> None:
+    rank = {"module": {**OLD_RANK}}
+    recall = {"module": {**OLD_RECALL, "sampler": {**OLD_SAMPLER, "kind": "in_batch"}}}
+    pipeline_settings(rank)
+    pipeline_settings(recall)
+    assert rank["module"]["metrics"] == {
+        "binary": ["auc", "logloss", "ece", "gauc"],
+        "regression": ["mae", "rmse", "xauc", "xgauc"],
+    }
+    assert recall["module"]["metrics"] == [
+        "recall",
+        "ndcg",
+        "hit_rate",
+        "mrr",
+        "retrieved_popularity",
+    ]
+    # and they are today's defaults: an old run and a new one compute the same set
+    root = Path(__file__).parents[3] / "configs" / "module"
+    assert yaml.safe_load((root / "rank.yaml").read_text())["metrics"] == rank["module"]["metrics"]
+    assert (
+        yaml.safe_load((root / "recall.yaml").read_text())["metrics"] == recall["module"]["metrics"]
+    )
+
+
 def test_a_config_of_today_is_left_alone() -> None:
     module = {**OLD_RANK, "optimizer": {"_target_": "torch.optim.Adam", "_partial_": True}}
     module.pop("optimizer_kwargs")
+    module["metrics"] = {"binary": ["auc"], "regression": ["mae"]}
     config = {"module": module}
     assert pipeline_settings(config) == [] and config["module"] == module
 
