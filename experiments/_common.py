@@ -6,6 +6,7 @@ The scripts (`experiments/<name>/run.py`) import it after putting this folder on
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -94,3 +95,84 @@ def cell(values) -> str:
     if len(values) == 1:
         return f"{values.iloc[0]:.4f} (1)"
     return f"{values.mean():.4f} +- {values.std(ddof=1):.4f} ({len(values)})"
+
+
+# -- each experiment's own MLflow store, and `recolab compare` per comparison --
+
+
+def store(folder: str) -> tuple[str, str | None]:
+    """(tracking URI, artifact location): MLFLOW_TRACKING_URI where set, else a sqlite store in
+    `folder` (relative to the repository) with its artifacts beside it."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"], None
+    where = (ROOT / folder).resolve()
+    where.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{where}/mlflow.db", str(where / "mlartifacts")
+
+
+def compare_command(
+    *,
+    uri: str,
+    experiment: str,
+    settings: list[str],
+    baseline: str,
+    metrics: list[str],
+    out_dir: Path,
+    title: str,
+) -> list[str]:
+    """`python -m recolab compare` of `settings` (exp_name) against `baseline`, into `out_dir`."""
+    return [
+        sys.executable,
+        "-m",
+        "recolab",
+        "compare",
+        f"tracking_uri={uri}",
+        f"experiment_name={experiment}",
+        f"exps=[{','.join(settings)}]",
+        f"baseline={baseline}",
+        f"metrics=[{','.join(metrics)}]",
+        "epoch_means=[]",
+        f"out_dir={out_dir}",
+        f"title='{title}'",
+    ]
+
+
+def run_compare(cmd: list[str], log_path: Path) -> None:
+    """Run a `compare_command`, its output in `log_path`; exits the script if it fails."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    print("$", " ".join(cmd), f"> {log_path.relative_to(ROOT)}", flush=True)
+    with open(log_path, "w") as out:
+        done = subprocess.run(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    if done.returncode:
+        sys.exit(f"recolab compare failed: see {log_path}")
+
+
+# -- the results pages, from comparison.json --
+
+
+def load_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def num(x, digits: int = 4) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def p_value(x) -> str:
+    return "-" if x is None else f"{x:.2g}"
+
+
+def ci(low, high, digits: int = 4) -> str:
+    return "-" if low is None else f"[{num(low, digits)}, {num(high, digits)}]"
+
+
+def verdict(within, p_holm=None) -> str:
+    """compare's verdict (the 95% interval covers 0 or not), and where Holm's p is 0.05 or more
+    across the settings compared, that the difference does not survive the correction."""
+    if within is None:
+        return "-"
+    if within:
+        return "within noise"
+    if p_holm is not None and p_holm >= 0.05:
+        return "significant, not after Holm"
+    return "**significant**"

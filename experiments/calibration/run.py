@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -38,7 +36,32 @@ import numpy as np
 from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # experiments/_common.py
-from _common import ROOT, run_sweep  # noqa: E402
+from _common import (  # noqa: E402
+    ROOT,
+    run_sweep,
+    store,
+)
+from _common import (
+    ci as _ci,
+)
+from _common import (
+    compare_command as _compare_command,
+)
+from _common import (
+    load_json as _load,
+)
+from _common import (
+    num as _num,
+)
+from _common import (
+    p_value as _p,
+)
+from _common import (
+    run_compare as _run_compare,
+)
+from _common import (
+    verdict as _verdict,
+)
 
 from recolab.compare import fetch_runs  # noqa: E402
 from recolab.reports import stats as S  # noqa: E402
@@ -180,15 +203,6 @@ PARTS = {
 }
 
 
-def store(args: argparse.Namespace) -> tuple[str, str | None]:
-    """(tracking URI, artifact location): MLFLOW_TRACKING_URI where set, else `--store`'s sqlite."""
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"], None
-    folder = (ROOT / args.store).resolve()
-    folder.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{folder}/mlflow.db", str(folder / "mlartifacts")
-
-
 def sweep(part: str, experiment: str, s: Setting, uri: str, artifacts: str | None) -> None:
     run_sweep(
         "calibration",
@@ -207,31 +221,20 @@ def sweep(part: str, experiment: str, s: Setting, uri: str, artifacts: str | Non
 
 
 def compare_command(part: str, experiment: str, c: Comparison, uri: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "recolab",
-        "compare",
-        f"tracking_uri={uri}",
-        f"experiment_name={experiment}",
-        f"exps=[{','.join(c.settings)}]",
-        f"baseline={c.baseline}",
-        f"metrics=[{','.join(METRICS)}]",
-        "epoch_means=[]",
-        f"out_dir={OUT / f'{part}-{c.name}'}",
-        f"title='{c.title}'",
-    ]
+    return _compare_command(
+        uri=uri,
+        experiment=experiment,
+        settings=c.settings,
+        baseline=c.baseline,
+        metrics=METRICS,
+        out_dir=OUT / f"{part}-{c.name}",
+        title=c.title,
+    )
 
 
 def run_compare(part: str, experiment: str, c: Comparison, uri: str) -> None:
-    cmd = compare_command(part, experiment, c, uri)
     log_path = ROOT / "outputs" / "calibration" / f"compare-{part}-{c.name}.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    print("$", " ".join(cmd), f"> {log_path.relative_to(ROOT)}", flush=True)
-    with open(log_path, "w") as out:
-        done = subprocess.run(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-    if done.returncode:
-        sys.exit(f"recolab compare failed: see {log_path}")
+    _run_compare(compare_command(part, experiment, c, uri), log_path)
 
 
 def before_after(part: str, experiment: str, uri: str) -> Path:
@@ -299,34 +302,6 @@ def before_after(part: str, experiment: str, uri: str) -> Path:
 
 
 # ---- results.md, from the files above ----
-
-
-def _load(path: Path) -> dict:
-    return json.loads(path.read_text())
-
-
-def _num(x) -> str:
-    return "-" if x is None else f"{x:.4f}"
-
-
-def _p(x) -> str:
-    return "-" if x is None else f"{x:.2g}"
-
-
-def _ci(low, high) -> str:
-    return "-" if low is None else f"[{_num(low)}, {_num(high)}]"
-
-
-def _verdict(within, p_holm=None) -> str:
-    """compare's verdict (the 95% interval covers 0 or not), and where Holm's p is 0.05 or more
-    across the settings compared, that the difference does not survive the correction."""
-    if within is None:
-        return "-"
-    if within:
-        return "within noise"
-    if p_holm is not None and p_holm >= 0.05:
-        return "significant, not after Holm"
-    return "**significant**"
 
 
 def _summary_cell(r: dict) -> str:
@@ -459,7 +434,7 @@ def main() -> None:
         "the repository; MLFLOW_TRACKING_URI wins where set",
     )
     args = ap.parse_args()
-    uri, artifacts = store(args)
+    uri, artifacts = store(args.store)
     start = time.time()
     timings = {}
     for part in args.parts:  # every sweep first: a failing comparison loses no training

@@ -36,7 +36,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,7 +46,33 @@ import numpy as np
 from mlflow.tracking import MlflowClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # experiments/_common.py
-from _common import COMPLETE_TRAIN_RUNS, ROOT, run_sweep  # noqa: E402
+from _common import (  # noqa: E402
+    COMPLETE_TRAIN_RUNS,
+    ROOT,
+    run_sweep,
+    store,
+)
+from _common import (
+    ci as _ci,
+)
+from _common import (
+    compare_command as _compare_command,
+)
+from _common import (
+    load_json as _load,
+)
+from _common import (
+    num as _num,
+)
+from _common import (
+    p_value as _p,
+)
+from _common import (
+    run_compare as _run_compare,
+)
+from _common import (
+    verdict as _verdict,
+)
 
 from recolab.reports import stats as S  # noqa: E402
 
@@ -223,15 +248,6 @@ PARTS = {
 }
 
 
-def store(args: argparse.Namespace) -> tuple[str, str | None]:
-    """(tracking URI, artifact location): MLFLOW_TRACKING_URI where set, else `--store`'s sqlite."""
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"], None
-    folder = (ROOT / args.store).resolve()
-    folder.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{folder}/mlflow.db", str(folder / "mlartifacts")
-
-
 def latest_runs(uri: str, experiment: str, key: str, seeds: list[int]) -> dict[int, str]:
     """seed -> run id of the newest complete training run of `key` (its exp_name) in the store."""
     client = MlflowClient(tracking_uri=uri)
@@ -274,62 +290,23 @@ def sweep(part: str, m: Method, seeds: list[int], uri: str, artifacts: str | Non
 
 def compare_command(part: str, c: Comparison, uri: str) -> list[str]:
     spec = PARTS[part]
-    return [
-        sys.executable,
-        "-m",
-        "recolab",
-        "compare",
-        f"tracking_uri={uri}",
-        f"experiment_name={spec.experiment}",
-        f"exps=[{','.join(c.methods)}]",
-        f"baseline={c.baseline}",
-        f"metrics=[{','.join(spec.metrics)}]",
-        "epoch_means=[]",
-        f"out_dir={OUT / f'{part}-{c.name}'}",
-        f"title='{c.title}'",
-    ]
+    return _compare_command(
+        uri=uri,
+        experiment=spec.experiment,
+        settings=c.methods,
+        baseline=c.baseline,
+        metrics=spec.metrics,
+        out_dir=OUT / f"{part}-{c.name}",
+        title=c.title,
+    )
 
 
 def run_compare(part: str, c: Comparison, uri: str) -> None:
-    cmd = compare_command(part, c, uri)
     log_path = ROOT / "outputs" / "debias" / f"compare-{part}-{c.name}.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    print("$", " ".join(cmd), f"> {log_path.relative_to(ROOT)}", flush=True)
-    with open(log_path, "w") as out:
-        done = subprocess.run(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-    if done.returncode:
-        sys.exit(f"recolab compare failed: see {log_path}")
+    _run_compare(compare_command(part, c, uri), log_path)
 
 
 # ---- results.md, from the comparison files (and, for two tables, the runs) ----
-
-
-def _load(path: Path) -> dict:
-    return json.loads(path.read_text())
-
-
-def _num(x) -> str:
-    return "-" if x is None else f"{x:.4f}"
-
-
-def _p(x) -> str:
-    return "-" if x is None else f"{x:.2g}"
-
-
-def _ci(low, high) -> str:
-    return "-" if low is None else f"[{_num(low)}, {_num(high)}]"
-
-
-def _verdict(within, p_holm=None) -> str:
-    """compare's verdict (the 95% interval covers 0 or not), and where Holm's p is 0.05 or more
-    across the methods compared, that the difference does not survive the correction."""
-    if within is None:
-        return "-"
-    if within:
-        return "within noise"
-    if p_holm is not None and p_holm >= 0.05:
-        return "significant, not after Holm"
-    return "**significant**"
 
 
 def _shell(arg: str) -> str:
@@ -481,10 +458,10 @@ def served_zeros(uri: str, part: str = "duration") -> str:
     does and predicts the test split."""
     import torch
     from hydra.utils import instantiate
-    from omegaconf import OmegaConf
 
+    from recolab.checkpoint_config import check_stored_config
+    from recolab.compose import build
     from recolab.evaluate import load_checkpoint
-    from recolab.train import build
 
     spec = PARTS[part]
     client = MlflowClient(tracking_uri=uri)
@@ -501,7 +478,8 @@ def served_zeros(uri: str, part: str = "duration") -> str:
             if ckpt_path is None:
                 continue
             ckpt = load_checkpoint(str(ckpt_path))
-            cfg = OmegaConf.create(ckpt["recolab"]["config"])
+            # as `recolab evaluate` reads it: checked, and an older recolab's keys translated
+            cfg = check_stored_config(ckpt["recolab"]["config"], ckpt_path)
             dm = instantiate(cfg.data)
             dm.load_state_dict(ckpt["recolab"]["data_state"])
             dm.setup("test")
@@ -631,7 +609,7 @@ def main() -> None:
     )
     args = ap.parse_args()
     SEEDS[:] = args.seeds
-    uri, artifacts = store(args)
+    uri, artifacts = store(args.store)
     start = time.time()
     command = "python experiments/debias/run.py" + (
         f" {' '.join(sys.argv[1:])}" if sys.argv[1:] else ""
