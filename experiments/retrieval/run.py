@@ -13,6 +13,14 @@ Parts:
   seeds=[1,2,3,4,5]`: it reads each candidate's validation recall@50 alone, picks the best, and
   re-runs the choice on seeds 1-5, which are the MIND row of the ml-latest-small table
   (selection output: `selection/`).
+- shared: the settings every model shares and ComiRec's dimension, chosen on ml-latest-small
+  validation only (choose, not re-run: the table rows keep today's configs). One run per candidate
+  at candidate seed 11, MLflow experiment `retrieval_ml_shared`: `+exp=two_tower_logq` over
+  (similarity, temperature) {(cosine, 0.05), (cosine, 0.1), (cosine, 0.2), (dot, 0.05), (dot, 0.5)}
+  x `module.lr` {0.001, 0.005} x `data.batch_size` {512, 1024}; then `data.history_len` {20, 50} at
+  that choice; then `model.dim` {32, 64} for comirec_sa and comirec_dr; each step chosen by
+  `python -m recolab select ... metric=val/recall_at_50 rerun=false` (output:
+  `selection/shared/<step>/`). README.md says whether each choice is today's setting.
 - ml, synthetic: the six retrieval experiments (two_tower, two_tower_logq, two_tower_mns, mind,
   comirec_dr, comirec_sa; `QUEUE` orders them) at seeds 1-5 on ml-latest-small and on the
   synthetic retrieval world. The baselines (most popular, random) are scored inside every run
@@ -70,6 +78,29 @@ TEMPERATURE = "module.sampler.temperature"
 CANDIDATES = [(2, 0.05), (2, 0.1), (4, 0.05), (4, 0.1)]
 #: MIND's ml-latest-small settings as configs/ have them today (chosen on test, seed 0).
 TODAY = {"model.num_interests": "2", "module.sampler.temperature": "0.1"}
+#: The settings every model shares, re-chosen on ml-latest-small validation (the `shared` part):
+#: two_tower_logq (the shared logQ-corrected in-batch softmax) at candidate seed 11, one run per
+#: candidate, `recolab select ... rerun=false` on val/recall_at_50 (choose only: the table rows
+#: are not retrained).
+SHARED_EXPERIMENT = "retrieval_ml_shared"
+SHARED_EXP = "two_tower_logq"
+#: (module.sampler.similarity, module.sampler.temperature) x module.lr x data.batch_size.
+SHARED_SCORES = [("cosine", 0.05), ("cosine", 0.1), ("cosine", 0.2), ("dot", 0.05), ("dot", 0.5)]
+SHARED_LRS = [0.001, 0.005]
+SHARED_BATCHES = [512, 1024]
+#: data.history_len, at the grid's choice.
+SHARED_HISTORIES = [20, 50]
+#: ComiRec's model.dim, at today's shared settings (those its table rows use).
+COMIREC_DIMS = [32, 64]
+#: The shared settings as configs/ have them today (chosen on test, seed 0).
+SHARED_TODAY = {
+    "module.sampler.similarity": "cosine",
+    "module.sampler.temperature": "0.1",
+    "module.lr": "0.005",
+    "data.batch_size": "512",
+}
+HISTORY_TODAY = "20"
+DIM_TODAY = "32"
 SKEWED_ZIPF = 1.6
 LEAN = ["log_model=false", "log_checkpoints=false"]
 EXPS = ["two_tower", "two_tower_logq", "two_tower_mns", "mind", "comirec_dr", "comirec_sa"]
@@ -159,7 +190,7 @@ PARTS = {
 INDEX_EXPERIMENT = "retrieval_index"
 INDEX_KINDS = ["flat", "ivf", "hnsw"]
 INDEX_DATA = {"ml": ("ml-latest-small", ML), "synthetic": ("synthetic retrieval world", [])}
-ALL_PARTS = ["select", "ml", "synthetic", "skewed", "index"]
+ALL_PARTS = ["select", "shared", "ml", "synthetic", "skewed", "index"]
 DEFAULT_PARTS = ALL_PARTS
 
 
@@ -328,6 +359,170 @@ def select_command(uri: str) -> list[str]:
         "title='MIND on ml-latest-small, chosen on val/recall_at_50'",
         f"out_dir={SELECTION}",
     ]
+
+
+# ---- the shared settings, chosen on validation (the `shared` part) ----
+
+
+def _shared_runs(uri: str, exp: str) -> list:
+    """The complete candidate runs of `exp` in the shared experiment (candidate seeds only)."""
+    out = []
+    for seed in CANDIDATE_SEEDS:
+        out += done_seeds(uri, SHARED_EXPERIMENT, exp, f"params.seed = '{seed}'").get(seed, [])
+    return out
+
+
+def _has(runs: list, want: dict[str, str]) -> bool:
+    return any(all(_same(r.data.params.get(k, ""), str(v)) for k, v in want.items()) for r in runs)
+
+
+def _shared_sweep(name: str, exp: str, settings: list[str], seed: int, uri: str, artifacts) -> None:
+    sweep(
+        name,
+        [
+            f"+exp={exp}",
+            *ML,
+            *settings,
+            f"seed={seed}",
+            f"exp_name={exp}",
+            f"tags=[retrieval,ml_shared,{exp},shared_candidate]",
+            *tracking(uri, artifacts, SHARED_EXPERIMENT),
+        ],
+    )
+
+
+def _eq(key: str, value: str) -> str:
+    return f"params.`{key}` = '{value}'"
+
+
+def shared_filter(extra: dict[str, str]) -> str:
+    seeds = " or ".join(f"params.seed = '{s}'" for s in CANDIDATE_SEEDS)
+    clauses = [seeds if len(CANDIDATE_SEEDS) == 1 else f"({seeds})"]
+    return " and ".join(clauses + [_eq(k, v) for k, v in extra.items()])
+
+
+def shared_select(name: str, exp: str, extra: dict[str, str], title: str, uri: str) -> dict:
+    """`recolab select exps=[exp] filter=<candidate seeds + extra> metric=val/recall_at_50
+    rerun=false` into selection/shared/<name>/; returns selection.json's content."""
+    out = SELECTION / "shared" / name
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "recolab",
+        "select",
+        f"tracking_uri={uri}",
+        f"experiment_name={SHARED_EXPERIMENT}",
+        f"exps=[{exp}]",
+        f'filter="{shared_filter(extra)}"',
+        "metric=val/recall_at_50",
+        "rerun=false",
+        f"title='{title}'",
+        f"out_dir={out}",
+    ]
+    log_path = ROOT / "outputs" / "retrieval" / f"select-shared-{name}.log"
+    print("$", " ".join(cmd[1:]), f"> {log_path.relative_to(ROOT)}", flush=True)
+    with open(log_path, "w") as f:
+        done = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+    if done.returncode:
+        sys.exit(f"recolab select failed: see {log_path}")
+    result = _load(out / "selection.json")
+    (out / "command.txt").write_text(_command(cmd) + "\n")
+    return result
+
+
+def _chosen_params(uri: str, selection: dict) -> dict[str, str]:
+    run = MlflowClient(tracking_uri=uri).get_run(selection["chosen"]["run_ids"][0])
+    return dict(run.data.params)
+
+
+def run_shared(uri: str, artifacts: str | None) -> None:
+    """The shared settings on ml-latest-small, chosen on validation: the grid (score x lr x
+    batch) with two_tower_logq, then the history length at the grid's choice, then ComiRec's
+    dimension (each one run per candidate at the candidate seed; tracked candidates are not
+    trained again), each chosen by `recolab select ... rerun=false`."""
+    for seed in CANDIDATE_SEEDS:
+        for sim, tau in SHARED_SCORES:
+            for batch in SHARED_BATCHES:
+                runs = _shared_runs(uri, SHARED_EXP)
+                want = {
+                    "seed": str(seed),
+                    "module.sampler.similarity": sim,
+                    "module.sampler.temperature": str(tau),
+                    "data.batch_size": str(batch),
+                    "data.history_len": HISTORY_TODAY,
+                }
+                lrs = [lr for lr in SHARED_LRS if not _has(runs, {**want, "module.lr": str(lr)})]
+                if not lrs:
+                    print(f"[shared] {sim} {tau} batch {batch} seed {seed}: already tracked")
+                    continue
+                _shared_sweep(
+                    f"shared-{SHARED_EXP}-{sim}-t{tau}-b{batch}-s{seed}",
+                    SHARED_EXP,
+                    [
+                        f"module.sampler.similarity={sim}",
+                        f"{TEMPERATURE}={tau}",
+                        f"module.lr={','.join(map(str, lrs))}",
+                        f"data.batch_size={batch}",
+                    ],
+                    seed,
+                    uri,
+                    artifacts,
+                )
+    grid = shared_select(
+        "grid",
+        SHARED_EXP,
+        {"data.history_len": HISTORY_TODAY},
+        "two_tower_logq on ml-latest-small: similarity, temperature, lr, batch on val/recall_at_50",
+        uri,
+    )
+    chosen = _chosen_params(uri, grid)
+    fixed = {k: chosen[k] for k in SHARED_TODAY}
+    for seed in CANDIDATE_SEEDS:
+        for h in SHARED_HISTORIES:
+            want = {**fixed, "seed": str(seed), "data.history_len": str(h)}
+            if _has(_shared_runs(uri, SHARED_EXP), want):
+                print(f"[shared] history {h} seed {seed}: already tracked")
+                continue
+            _shared_sweep(
+                f"shared-{SHARED_EXP}-history{h}-s{seed}",
+                SHARED_EXP,
+                [f"{k}={v}" for k, v in fixed.items()] + [f"data.history_len={h}"],
+                seed,
+                uri,
+                artifacts,
+            )
+    shared_select(
+        "history",
+        SHARED_EXP,
+        fixed,
+        "two_tower_logq on ml-latest-small: history length at the grid choice, on val/recall_at_50",
+        uri,
+    )
+    for exp in ("comirec_sa", "comirec_dr"):
+        for seed in CANDIDATE_SEEDS:
+            runs = _shared_runs(uri, exp)
+            dims = [
+                d for d in COMIREC_DIMS if not _has(runs, {"seed": str(seed), "model.dim": str(d)})
+            ]
+            if not dims:
+                print(f"[shared] {exp} dims seed {seed}: already tracked")
+                continue
+            _shared_sweep(
+                f"shared-{exp}-dim-s{seed}",
+                exp,
+                [f"model.dim={','.join(map(str, dims))}"],
+                seed,
+                uri,
+                artifacts,
+            )
+        shared_select(
+            f"{exp}-dim",
+            exp,
+            {},
+            f"{exp} on ml-latest-small: model.dim on val/recall_at_50",
+            uri,
+        )
 
 
 def train_index(uri: str, artifacts: str | None) -> None:
@@ -499,7 +694,10 @@ def run_times(uri: str) -> Path:
     (start to end of each run), across every invocation of this script that trained them."""
     client = MlflowClient(tracking_uri=uri)
     rows = []
-    for experiment in [p.experiment for p in PARTS.values()] + [INDEX_EXPERIMENT]:
+    for experiment in [p.experiment for p in PARTS.values()] + [
+        INDEX_EXPERIMENT,
+        SHARED_EXPERIMENT,
+    ]:
         found = client.get_experiment_by_name(experiment)
         if found is None:
             continue
@@ -781,6 +979,212 @@ Re-run command (`recolab select`'s):
 ```"""
 
 
+# The shared settings' selection, read from selection/shared/<step>/selection.json.
+SHARED_KEYS = {
+    "module.sampler.similarity": "similarity",
+    "module.sampler.temperature": "temperature",
+    "module.lr": "lr",
+    "data.batch_size": "batch",
+}
+#: step -> (what it chooses, the keys it chooses, today's values).
+SHARED_CHOICES = {
+    "grid": ("the shared scores and optimisation", list(SHARED_KEYS), SHARED_TODAY),
+    "history": ("the history length", ["data.history_len"], {"data.history_len": HISTORY_TODAY}),
+    "comirec_sa-dim": ("ComiRec-SA's dimension", ["model.dim"], {"model.dim": DIM_TODAY}),
+    "comirec_dr-dim": ("ComiRec-DR's dimension", ["model.dim"], {"model.dim": DIM_TODAY}),
+}
+
+
+def _short(params: dict, keys: list[str]) -> str:
+    return ", ".join(f"{SHARED_KEYS.get(k, k)} {params.get(k, '?')}" for k in keys)
+
+
+def shared_results() -> dict[str, dict]:
+    """step -> {selection, chosen, today, same, today_mean, keys} for the steps that ran."""
+    out = {}
+    for step, (what, keys, today) in SHARED_CHOICES.items():
+        path = SELECTION / "shared" / step / "selection.json"
+        if not path.exists():
+            continue
+        s = _load(path)
+        # the candidates' params hold only the keys that differ among them; the others are fixed
+        cands = [{**today, **c["params"]} | {"_mean": c["mean"]} for c in s["candidates"]]
+        chosen = cands[0]
+        match = [c for c in cands if all(_same(str(c.get(k)), v) for k, v in today.items())]
+        out[step] = {
+            "what": what,
+            "keys": keys,
+            "selection": s,
+            "candidates": cands,
+            "chosen": chosen,
+            "today": today,
+            "same": all(_same(str(chosen.get(k)), v) for k, v in today.items()),
+            "today_mean": match[0]["_mean"] if match else None,
+        }
+    return out
+
+
+#: ml-latest-small's validation users (one target each): a recall difference of 1/610 is one user.
+ML_USERS = 610
+
+
+def _users(diff: float) -> str:
+    n = round(abs(diff) * ML_USERS)
+    return f"{n} of the {ML_USERS} validation users"
+
+
+def shared_verdict(step: str, r: dict) -> str:
+    chosen, today = r["chosen"], r["today"]
+    where = ""
+    if step == "history":
+        grid = shared_results().get("grid")
+        if grid is not None and not grid["same"]:
+            where = (
+                f"; both candidates at the grid's choice ({_short(grid['chosen'], grid['keys'])}), "
+                "not at today's shared settings"
+            )
+    if r["same"]:
+        return (
+            f"{r['what']}: chosen on validation: the same as today's ({_short(chosen, r['keys'])}; "
+            f"val/recall@50 {_num(chosen['_mean'])}){where}"
+        )
+    margin = (
+        f", {_sgn(chosen['_mean'] - r['today_mean'])} over today's {_short(today, r['keys'])} "
+        f"({_num(r['today_mean'])}), a margin of "
+        f"{_users(chosen['_mean'] - r['today_mean'])} at one seed"
+        if r["today_mean"] is not None
+        else f" (today's {_short(today, r['keys'])} was not among the candidates)"
+    )
+    return (
+        f"{r['what']}: validation prefers {_short(chosen, r['keys'])} (val/recall@50 "
+        f"{_num(chosen['_mean'])}{margin}), not today's{where}"
+    )
+
+
+#: step -> the ml-latest-small rows that use the setting it chooses.
+SHARED_ROWS = {
+    "grid": "every ml-latest-small model row (MIND's too: it shares the similarity, lr, batch "
+    "and history length)",
+    "history": "every ml-latest-small model row (MIND's too: it shares the similarity, lr, batch "
+    "and history length)",
+    "comirec_sa-dim": "the ml-latest-small `comirec_sa` row",
+    "comirec_dr-dim": "the ml-latest-small `comirec_dr` row",
+}
+
+
+def still_on_test() -> str:
+    """The paragraph on what is still chosen on test, from the selections that ran."""
+    res = shared_results()
+    differ = [s for s, r in res.items() if not r["same"]]
+    missing = [s for s in SHARED_CHOICES if s not in res]
+    text = (
+        "**What is chosen on validation, what is still chosen on test.** MIND's ml-latest-small "
+        "interests and temperature were chosen again on validation (below)"
+    )
+    if res:
+        text += (
+            ", and so were the settings every model shares and ComiRec's dimension, each on "
+            f"`val/recall_at_50` at candidate seed {', '.join(map(str, CANDIDATE_SEEDS))} with "
+            '`recolab select ... rerun=false` (section "The shared settings on ml-latest-small, '
+            'chosen on validation"):\n\n'
+            + "\n".join(f"- {_cap(shared_verdict(s, r))}." for s, r in res.items())
+            + "\n\n"
+        )
+    else:
+        text += ". "
+    if res and not differ:
+        text += (
+            "Validation chose today's settings throughout: the settings chosen on test stand, now "
+            "chosen on validation, and the rows no longer carry a bias from choosing on test. "
+        )
+    elif res:
+        text += (
+            "Where validation agrees, the setting chosen on test stands, now chosen on validation. "
+            "Where it prefers another setting, the table rows were not retrained (time budget): "
+            "they use the setting chosen on ml-latest-small test recall@50 at seed 0 (today's "
+            "configs), so "
+            + " and ".join(dict.fromkeys(SHARED_ROWS[s] for s in differ))
+            + " may still be biased upwards, a bias these intervals do not measure. "
+        )
+    if missing:
+        text += (
+            "Not re-chosen yet: "
+            + ", ".join(SHARED_CHOICES[s][0] for s in missing)
+            + "; still chosen on ml-latest-small test recall@50 at seed 0 (the tuning history at "
+            "the end of this page), so "
+            + " and ".join(SHARED_ROWS[s] for s in missing)
+            + " may still be biased upwards. "
+        )
+    text += (
+        "Epochs are early-stopped on `val/recall_at_50` inside every run (the cap of 8 comes from "
+        "the tuning history). The synthetic world's rows were not tuned on it."
+    )
+    return text
+
+
+def _cap(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def shared_section() -> str:
+    res = shared_results()
+    title = "## The shared settings on ml-latest-small, chosen on validation"
+    if not res:
+        return f"{title}\n\nNot run yet (`python experiments/retrieval/run.py --parts shared`)."
+    parts = [
+        f"""{title}
+
+The earlier page chose the settings every model shares and ComiRec's dimension on ml-latest-small
+test recall@50 at seed 0 (tuning history at the end of this page). Here they are chosen on
+validation alone, in MLflow experiment `{SHARED_EXPERIMENT}`: one run per candidate at candidate
+seed(s) {", ".join(map(str, CANDIDATE_SEEDS))} (none of them a table seed), then `recolab select ...
+metric=val/recall_at_50 rerun=false` (it reads each candidate run's `val/recall_at_50` alone, the
+validation value of the checkpoint the run tested, drops every test metric before the choice, and
+re-runs nothing). Three steps: (1) `+exp={SHARED_EXP}` (the logQ-corrected in-batch softmax every
+multi-interest model shares) over (similarity, temperature) in
+{{{", ".join(f"({a}, {b})" for a, b in SHARED_SCORES)}}} x lr {{{", ".join(map(str, SHARED_LRS))}}} x
+batch {{{", ".join(map(str, SHARED_BATCHES))}}}, history 20; (2) history length
+{{{", ".join(map(str, SHARED_HISTORIES))}}} at (1)'s choice; (3) `model.dim`
+{{{", ".join(map(str, COMIREC_DIMS))}}} for `comirec_sa` and `comirec_dr` at today's shared settings
+(those their table rows use). One seed per candidate: `select` cannot test a margin, so a small one
+may be seed noise. Files: `selection/shared/<step>/selection.{{json,md}}` and the `select` command
+in `command.txt` beside them."""
+    ]
+    for step, r in res.items():
+        keys = r["keys"]
+        head = [SHARED_KEYS.get(k, k) for k in keys]
+        lines = [
+            "| " + " | ".join(head) + " | val/recall@50 | |",
+            "|" + "---|" * len(head) + "---:|---|",
+        ]
+        for i, c in enumerate(r["candidates"]):
+            mark = []
+            if i == 0:
+                mark.append("**chosen**")
+            if all(_same(str(c.get(k)), v) for k, v in r["today"].items()):
+                mark.append("today's")
+            lines.append(
+                "| "
+                + " | ".join(str(c.get(k)) for k in keys)
+                + f" | {_num(c['_mean'])} | {', '.join(mark)} |"
+            )
+        ru = r["selection"].get("runner_up") or {}
+        margin = (
+            f" Margin over the runner-up: {_sgn(ru.get('diff'))} ({_users(ru['diff'])}; one seed "
+            "per candidate, not tested)."
+            if ru
+            else ""
+        )
+        cmd = SELECTION / "shared" / step / "command.txt"
+        parts.append(
+            f"### {r['what'][0].upper() + r['what'][1:]} (`selection/shared/{step}/`)\n\n"
+            + "\n".join(lines)
+            + f"\n\n{_cap(shared_verdict(step, r))}.{margin}"
+            + (f"\n\n```\n{cmd.read_text().strip()}\n```" if cmd.exists() else "")
+        )
+    return "\n\n".join(parts)
+
+
 def section(part: str, p: Part, uri: str) -> tuple[str, list[dict], dict]:
     ptable, precords = popular_table(part)
     mtable, mfound = models_table(part)
@@ -1022,7 +1426,7 @@ intervals or a paired t over seeds). Written by `{command}` ({took}; machine: {m
 with other experiments, one torch thread per process; {time.strftime("%Y-%m-%d")}) from the files
 under `comparisons/` and `selection/` alone. {invocations_text()} {times_text()} The runs are in the experiment's own MLflow store,
 `{rel_uri}` (experiments `retrieval_ml`, `retrieval_synthetic`, `retrieval_skewed`,
-`retrieval_index`; look at them with `mlflow ui --backend-store-uri {rel_uri}`). Rebuild this page
+`retrieval_index`, `{SHARED_EXPERIMENT}`; look at them with `mlflow ui --backend-store-uri {rel_uri}`). Rebuild this page
 from the tracked runs with `python experiments/retrieval/run.py --tables-only`; a run that stopped
 resumes with the same command as the first (a (setting, seed) pair already tracked is not trained
 again).
@@ -1049,12 +1453,7 @@ interests and temperature as chosen below. Data: `data=movielens data.path=../sh
 (`data=synthetic_retrieval`: 5,000 users, 2,000 items, 1,000,000 impressions; a positive is a click
 watched for >= 30% of the video).
 
-**What is still chosen on test.** Only MIND's ml-latest-small settings were chosen again, on
-validation. The settings every model shares (cosine similarity, temperature 0.1, lr 0.005, batch 512,
-history 20, 8 epochs) and ComiRec's dimension 32 were chosen on ml-latest-small test recall@50 at
-seed 0 (the tuning history at the end of this page), so the ml-latest-small rows of the other
-models may still be biased upwards, a bias these intervals do not measure. The synthetic world's
-rows were not tuned on it.
+{still_on_test()}
 
 {cut_note() + chr(10) + chr(10) if cut_note() else ""}## Findings
 
@@ -1065,6 +1464,8 @@ Claims of the earlier page (3 seeds, means only):
 {chr(10).join(old_claims(results)) if results else "-"}
 
 {selection_section()}
+
+{shared_section()}
 """
     for part, title in (("ml", "ml-latest-small"), ("synthetic", "Synthetic world")):
         if part in results:
@@ -1091,8 +1492,9 @@ The earlier settings came from single tuning runs on ml-latest-small, seed 0, te
 most-popular baseline: 0.1082), each `python -m recolab train +exp=<exp> data=movielens
 data.path=../shared/data/ml-latest-small <overrides>` (relative to the configs at that time; the last
 column is the change kept). They were not tracked with the table's runs. Choosing on test biases the
-ml-latest-small model rows upwards; MIND's interests and temperature are chosen on validation above,
-the rest stand as they were.
+ml-latest-small model rows upwards; MIND's interests and temperature, the shared settings and
+ComiRec's dimension are chosen again on validation above (the sections there say where validation
+agrees with these choices).
 
 | exp | settings | recall@50 | kept |
 |---|---|---:|---|
@@ -1137,14 +1539,16 @@ def main() -> None:
     ap.add_argument(
         "--smoke",
         action="store_true",
-        help="a quick end-to-end check: seeds 1,2, one epoch, MIND's K grid only, three ml models; "
+        help="a quick end-to-end check: seeds 1,2, one epoch, MIND's K grid only, two shared "
+        "candidates, three ml models; "
         "use with --store elsewhere",
     )
     args = ap.parse_args()
     if args.smoke:
-        global SEEDS, CANDIDATES
+        global SEEDS, CANDIDATES, SHARED_SCORES, SHARED_LRS, SHARED_BATCHES
         SEEDS = [1, 2]
         CANDIDATES = CANDIDATES[:2]
+        SHARED_SCORES, SHARED_LRS, SHARED_BATCHES = SHARED_SCORES[:2], SHARED_LRS[-1:], [512]
         LEAN.append("trainer.max_epochs=1")
         for p in PARTS.values():
             p.exps = p.exps[:2] + (["mind"] if "mind" in p.exps else [])
@@ -1159,6 +1563,10 @@ def main() -> None:
             t = time.time()
             run_selection(uri, artifacts)
             timings.append(f"MIND selection {(time.time() - t) / 60:.1f} min")
+        if "shared" in args.parts:
+            t = time.time()
+            run_shared(uri, artifacts)
+            timings.append(f"shared settings' selection {(time.time() - t) / 60:.1f} min")
         t = time.time()
         for part, exp in QUEUE:
             if part not in args.parts:
