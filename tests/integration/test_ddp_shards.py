@@ -98,6 +98,8 @@ def test_in_memory_ranks_read_distinct_shards(tmp_path: Path) -> None:
     _check_shards(seen)
 
 
+@pytest.mark.slow  # about 40 s; the default suite keeps test_ddp.py's run and the loader's
+# fork-server start (tests/unit/data/test_streaming.py)
 def test_streaming_ranks_and_workers_read_distinct_shards_and_gather_exact_metrics(
     tmp_path: Path,
 ) -> None:

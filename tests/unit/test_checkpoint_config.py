@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
+import logging
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -303,28 +301,19 @@ def test_an_old_checkpoints_model_is_rebuilt_and_takes_its_weights(name: str) ->
 
 @pytest.mark.parametrize("name", ["mmoe", "two_tower"])
 def test_an_old_checkpoint_evaluates_to_the_metrics_it_was_tested_at(
-    name: str, tmp_path: Path
+    name: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """`python -m recolab evaluate ckpt_path=<a checkpoint written at de8d598>` rebuilds its model,
-    its module and its (seeded, synthetic) data, and reports the metrics that run reported."""
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "recolab",
-            "evaluate",
-            f"ckpt_path={OLD_CHECKPOINTS / f'{name}_de8d598.ckpt'}",
-            "logger=none",
-        ],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(Path(recolab.train.__file__).parents[1])},
-        capture_output=True,
-        text=True,
-        timeout=300,
+    """`recolab evaluate ckpt_path=<a checkpoint written at de8d598>` rebuilds its model, its
+    module and its (seeded, synthetic) data, and reports the metrics that run reported."""
+    from recolab.evaluate import evaluate
+    from tests.conftest import compose_train
+
+    caplog.set_level(logging.INFO, logger="recolab.checkpoint_config")
+    ckpt = OLD_CHECKPOINTS / f"{name}_de8d598.ckpt"
+    cfg = compose_train(
+        tmp_path, [f"ckpt_path={ckpt}", "logger=none"], config_name="evaluate", out="eval"
     )
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert "settings of an older recolab" in run.stdout + run.stderr or name == "two_tower"
-    (report,) = tmp_path.glob("outputs/runs/evaluate/*/report/metrics.json")
-    metrics = json.loads(report.read_text())["metrics"]
+    metrics = evaluate(cfg)
+    assert "settings of an older recolab" in caplog.text or name == "two_tower"
     expected = json.loads((OLD_CHECKPOINTS / f"{name}_de8d598.metrics.json").read_text())
     assert {k: metrics.get(k) for k in expected} == pytest.approx(expected, rel=1e-6, nan_ok=True)
