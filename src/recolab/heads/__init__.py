@@ -25,6 +25,7 @@ from, the model's checkpoint. A head replaces its task's own loss and prediction
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any
 
 import torch
@@ -35,7 +36,7 @@ from recolab.data.schema import Task
 Meta = dict[str, torch.Tensor]
 
 
-class Head(nn.Module):
+class Head(nn.Module, ABC):
     """The base class (see the module docstring). Subclasses set `kinds` and `required_meta`."""
 
     #: task kinds the head applies to
@@ -71,11 +72,13 @@ class Head(nn.Module):
     def fit(self, label: torch.Tensor, meta: Meta) -> None:
         """Fit anything the head estimates from the training split: (N,) labels, (N,) meta columns."""
 
+    @abstractmethod
     def loss(self, output: torch.Tensor, label: torch.Tensor, meta: Meta) -> torch.Tensor:
-        raise NotImplementedError
+        """Scalar training and validation loss of the task's (B,) output."""
 
+    @abstractmethod
     def predict(self, output: torch.Tensor, meta: Meta) -> torch.Tensor:
-        raise NotImplementedError
+        """(B,) served values: a probability or the label's scale."""
 
     def debiased(self, output: torch.Tensor, meta: Meta) -> torch.Tensor:
         """The score the head considers free of the bias it models; the served prediction by default."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -87,7 +88,7 @@ def make_optimizer(
     return factory(module.parameters(), lr=lr, weight_decay=weight_decay)
 
 
-class PipelineModule(TrainingFlops, pl.LightningModule):
+class PipelineModule(TrainingFlops, pl.LightningModule, ABC):
     """The shared part of the pipeline modules (see the module docstring).
 
     Args:
@@ -126,18 +127,18 @@ class PipelineModule(TrainingFlops, pl.LightningModule):
 
     # -- what a pipeline writes ---------------------------------------------------------------
 
+    @abstractmethod
     def collect(self, batch: Any, *, test: bool) -> dict[str, torch.Tensor]:
         """One evaluation batch -> `{key: (n, ...)}` tensors, gathered from every rank later."""
-        raise NotImplementedError
 
+    @abstractmethod
     def compute(self, split: str, rows: dict[str, torch.Tensor]) -> dict[str, float]:
         """The gathered rows of `split` ("val" or "test") -> the metrics it logs, `split/...`."""
-        raise NotImplementedError
 
+    @abstractmethod
     def logged_metric_names(self, split: str) -> list[str]:
         """The metric names this module logs for `split` ("train", "val" or "test"), as
         `compute` builds them; `recolab.run_checks` checks monitors against them."""
-        raise NotImplementedError
 
     # -- checkpoints and epochs ---------------------------------------------------------------
 
