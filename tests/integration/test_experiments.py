@@ -19,6 +19,7 @@ SMALL = ["data.max_rows=3000", "data.batch_size=256", "data.eval_batch_size=1024
 #: that make it tiny. A new data config must be registered here, so that its experiments are tested.
 TINY_BY_DATA: dict[str, tuple[str | None, list[str]]] = {
     "synthetic_video": (None, TINY_WORLD),
+    "synthetic_video_purchase": (None, TINY_WORLD),
     "synthetic_video_streaming": (None, TINY_WORLD),
     "synthetic_retrieval": (None, TINY_WORLD),
     "census": ("census-income-kdd", SMALL),

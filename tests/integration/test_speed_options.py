@@ -125,7 +125,7 @@ def test_sparse_embeddings_give_sparse_gradients_and_train_with_adagrad(tiny):
 
 
 def test_unknown_optimizer_is_named(tiny):
-    with pytest.raises(TypeError, match="module.optimizer: expected a torch optimizer"):
+    with pytest.raises(ValueError, match="optimizer='sgd': expected a torch optimizer node"):
         RankModule(nn.Linear(1, 1), tiny.schema, optimizer="sgd")
 
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from recolab.config_validation import RULES, ConfigError, top_level_keys, validate_config
+from recolab.config_validation import ConfigError, top_level_keys, validate_config
 from recolab.train import train
 from tests.conftest import CONFIGS, TINY_WORLD, compose_train
 
@@ -47,15 +47,15 @@ def test_every_experiment_config_is_valid(exp: str, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["model.num_experts=abc"], "model.num_experts='abc': expected int, got str"),
-        (["model.num_experts=[2,3]"], "model.num_experts=[2, 3]: expected int, got a list"),
+        (["model.num_experts=abc"], "model.num_experts='abc': expected an integer, got str"),
+        (["model.num_experts=[2,3]"], "model.num_experts=[2, 3]: expected an integer, got a list"),
         (["model.num_experts=0"], "model.num_experts=0: expected a number >= 1"),
         (["module.lr=-0.01"], "module.lr=-0.01: expected a number > 0"),
-        (["model.dropout=1.0"], "model.dropout=1.0: expected a number in [0, 1)"),
-        (["model.expert_dims=64"], "model.expert_dims=64: expected list[int], got int"),
+        (["model.dropout=1.0"], "model.dropout=1.0: expected a number < 1"),
+        (["model.expert_dims=64"], "model.expert_dims=64: expected a list, got int"),
         (
             ["model.expert_dims=[64,0]"],
-            "model.expert_dims=[64, 0]: expected every element a number >= 1",
+            "model.expert_dims[1]=0: expected a number >= 1",
         ),
         (["data.batch_size=0"], "data.batch_size=0: expected a number >= 1"),
         (
@@ -64,11 +64,11 @@ def test_every_experiment_config_is_valid(exp: str, tmp_path: Path) -> None:
         ),
         (
             ["data.split.kind=timestamp"],
-            "data.split.kind='timestamp': expected one of 'time', 'random', 'column'",
+            "data.split.kind='timestamp': expected one of 'time', 'random' or 'column'",
         ),
         (
             ["data.tasks=[{name: click, kind: binry}]"],
-            "data.tasks[0].kind='binry': expected one of 'binary', 'regression'",
+            "data.tasks[0].kind='binry': expected one of 'binary' or 'regression'",
         ),
         (
             ["data.tasks=[{name: click, wieght: 2}]"],
@@ -78,7 +78,7 @@ def test_every_experiment_config_is_valid(exp: str, tmp_path: Path) -> None:
             ["trainer.max_epochs=0"],
             "trainer.max_epochs=0: expected an integer >= 1 (or -1: no limit)",
         ),
-        (["trainer.precision=33"], "trainer.precision=33: expected one of 64, 32, 16,"),
+        (["trainer.precision=33"], "trainer.precision=33: expected one of 64, 32 or 16, 'transformer-engine'"),
         (
             ["+model.num_expert=8"],
             "model.num_expert: unknown key for MMoE; did you mean 'num_experts'?",
@@ -153,7 +153,7 @@ def test_every_experiment_config_is_valid(exp: str, tmp_path: Path) -> None:
         ),
         (
             ["+exp=two_tower_mns", "module.sampler.num_negatives=-1"],
-            "module.sampler.num_negatives=-1: expected a number >= 0",
+            "module.sampler.num_negatives=-1: expected a number >= 1",
         ),
         # the run's seed and the trainer's limits: each would fail late, raw, or not at all
         (["seed=-1"], "seed=-1: expected an integer in [0, 4294967295] (0 to 2**32 - 1)"),
@@ -252,7 +252,7 @@ def test_every_problem_is_listed_one_per_line(mmoe: DictConfig) -> None:
     lines = problems(cfg).splitlines()
     assert lines == [
         "model.num_experts=0: expected a number >= 1",
-        "module.lr='fast': expected float, got str",
+        "module.lr='fast': expected a number, got str",
     ]
 
 
@@ -448,32 +448,39 @@ def test_a_one_letter_typo_of_a_model_key_is_caught_with_a_suggestion(
     assert f"model.{typo}: unknown key for MMoE; did you mean {key!r}?" in problems(cfg)
 
 
-def test_rules_are_keyed_by_real_constructor_parameters() -> None:
-    # A rule for a name no constructor takes would never fire: keep the table honest.
-    from hydra._internal.utils import _locate
+def test_external_constraints_name_real_parameters_of_their_constructors() -> None:
+    # A constraint on a parameter its constructor does not take would never fire.
+    from hydra.utils import get_object
 
-    from recolab.config_validation import accepted_parameters
+    from recolab.config_validation import EXTERNAL, accepted_parameters
 
-    targets = {
-        "recolab.models.rank.mmoe.MMoE",
-        "recolab.models.blocks.FeatureEmbedding",
-        "recolab.models.rank.cgc.PLE",
-        "recolab.pipelines.rank.RankModule",
-        "recolab.data.synthetic_video.SyntheticVideoDataModule",
-        "pytorch_lightning.Trainer",
-        "pytorch_lightning.callbacks.EarlyStopping",
-        "pytorch_lightning.callbacks.ModelCheckpoint",
-        "recolab.pipelines.recall.RecallModule",
-        "recolab.samplers.MixedNegativeSoftmax",
-        "recolab.data.retrieval.SyntheticRetrievalDataModule",
-        "recolab.models.recall.mind.MIND",
-        "recolab.models.rank.shared_bottom.SharedBottom",
-        "recolab.data.mmoe_synthetic.MMoESyntheticDataModule",
-    }
-    names = set()
-    for t in targets:
-        names |= set(accepted_parameters(_locate(t))[0])
-    assert set(RULES) - names - {"fractions"} == set()  # fractions: inside data.split
+    for target, constraints in EXTERNAL.items():
+        assert set(constraints) <= set(accepted_parameters(get_object(target))[0]), target
+
+
+def test_a_rule_is_the_constructors_own_and_a_new_parameter_gets_no_other() -> None:
+    # The check reads each constructor's annotated signature: a parameter named like another
+    # constructor's (`dropout`) takes its own hint's rule, not that one's.
+    from typing import Annotated
+
+    from annotated_types import Ge
+
+    from recolab.config_validation import value_problems
+    from recolab.params import Rate
+
+    assert value_problems(1.5, float, "model.dropout") == []
+    assert value_problems(1.5, Rate, "model.dropout") == ["model.dropout=1.5: expected a number < 1"]
+    assert value_problems(2, Annotated[int, Ge(3)], "data.days") == [
+        "data.days=2: expected a number >= 3"
+    ]
+
+
+def test_constructors_enforce_the_same_declared_rules_when_built() -> None:
+    from recolab.models.rank.mmoe import MMoE
+    from recolab.params import ArgumentError
+
+    with pytest.raises(ArgumentError, match=r"(?m)^MMoE: num_experts=0: expected a number >= 1$"):
+        MMoE(None, num_experts=0)
 
 
 def test_the_readmes_optimizer_override_composes(tmp_path: Path) -> None:

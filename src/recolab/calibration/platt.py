@@ -12,11 +12,12 @@ unconstrained slope is negative, `a = 0` and `q` is the (smoothed) base rate.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from recolab.calibration._checks import probabilities, scalar, scores_1d, scores_and_labels
+from recolab.params import Count, checked
 
 EPS = 1e-7
 
@@ -41,11 +42,10 @@ class PlattCalibrator:
 
     kind = "platt"
 
-    def __init__(self, *, input: str = "probability", max_iter: int = 100) -> None:
-        if input not in ("probability", "score"):
-            raise ValueError(
-                f"PlattCalibrator input must be 'probability' or 'score', got {input!r}"
-            )
+    @checked
+    def __init__(
+        self, *, input: Literal["probability", "score"] = "probability", max_iter: Count = 100
+    ) -> None:
         self.input = input
         self.max_iter = max_iter
         self.a: float | None = None

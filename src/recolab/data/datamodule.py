@@ -9,15 +9,19 @@ standardization (`DenseStats`), and columnar batches (`recolab.data.columnar`).
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytorch_lightning as pl
 import torch
+from annotated_types import Gt, Le, Len, MinLen
+from pydantic import AfterValidator, ConfigDict, StrictBool, with_config
 from torch.utils.data import DataLoader
+from typing_extensions import Required, TypedDict  # pydantic reads typing's only from Python 3.12
 
 from recolab.data import checks, device, validation
 from recolab.data.checks import DataError
@@ -43,8 +47,55 @@ from recolab.data.schema import (
     Task,
 )
 from recolab.data.source import SPLITS, Sourced, no_such, split_rows
+from recolab.params import Count, Count0, NonNegative, checked
 
 log = logging.getLogger(__name__)
+
+
+@with_config(ConfigDict(extra="forbid"))
+class SequenceSpec(TypedDict, total=False):
+    """`data.sequences.<name>`: an id-list column (e.g. a history)."""
+
+    max_len: Required[Count]  # the most recent ids kept
+    vocab_of: str | None  # the sparse feature whose vocabulary (and embedding table) it shares
+
+
+def _fractions_sum_to_one(fractions: list[float]) -> list[float]:
+    if not math.isclose(sum(fractions), 1.0, abs_tol=1e-6):
+        raise ValueError("3 non-negative numbers (train, val, test) summing to 1")
+    return fractions
+
+
+#: `[train, val, test]` shares of the rows, summing to 1.
+Fractions = Annotated[list[NonNegative], Len(3, 3), AfterValidator(_fractions_sum_to_one)]
+
+
+def _split_column_named(split: dict[str, Any]) -> dict[str, Any]:
+    if split.get("kind") == "column" and not split.get("column"):
+        raise ValueError("a `column` holding train/val/test where kind is 'column'")
+    return split
+
+
+@with_config(ConfigDict(extra="forbid"))
+class SplitSpec(TypedDict, total=False):
+    """`data.split`: by time (the `timestamp` column), at random, or by a column naming each row's
+    split (`train`, `val`, `test`)."""
+
+    kind: Literal["time", "random", "column"]
+    fractions: Fractions
+    column: str
+
+
+Split = Annotated[SplitSpec, AfterValidator(_split_column_named)]
+
+
+@with_config(ConfigDict(extra="forbid"))
+class NegativeDownsampling(TypedDict):
+    """`data.negative_downsampling`: keep each training row whose binary label `task` is 0 with
+    probability `rate`."""
+
+    task: str
+    rate: Annotated[float, Gt(0), Le(1)]
 
 
 class RankDataModule(Sourced, pl.LightningDataModule):
@@ -72,23 +123,24 @@ class RankDataModule(Sourced, pl.LightningDataModule):
             (`module_inputs`), which corrects predictions by `q = p / (p + (1 - p) / w)`.
     """
 
+    @checked
     def __init__(
         self,
         *,
         sparse: list[str],
         dense: list[str] = (),
-        sequences: dict[str, dict[str, Any]] | None = None,
-        tasks: list[dict[str, Any]],
+        sequences: dict[str, SequenceSpec] | None = None,
+        tasks: Annotated[list[Task], MinLen(1)],
         meta: list[str] = (),
         oracle: dict[str, str] | None = None,
-        split: dict[str, Any] | None = None,
-        batch_size: int = 2048,
-        eval_batch_size: int = 16384,
+        split: Split | None = None,
+        batch_size: Count = 2048,
+        eval_batch_size: Count = 16384,
         drop_bad_rows: bool = False,
-        pin_memory: bool | str = "auto",
-        device_resident: bool | str = "auto",
-        seed: int = 0,
-        negative_downsampling: dict[str, Any] | None = None,
+        pin_memory: StrictBool | Literal["auto"] = "auto",
+        device_resident: StrictBool | Literal["auto"] = "auto",
+        seed: Count0 = 0,
+        negative_downsampling: NegativeDownsampling | None = None,
     ) -> None:
         super().__init__()
         self.device_resident = device.parse_setting(device_resident)
@@ -97,9 +149,7 @@ class RankDataModule(Sourced, pl.LightningDataModule):
         self.sparse_names = list(sparse)
         self.dense_names = list(dense)
         self.sequence_specs = {k: dict(v) for k, v in (sequences or {}).items()}
-        self.tasks = tuple(Task(**dict(t)) for t in tasks)
-        if not self.tasks:
-            raise ValueError("data.tasks is empty: at least one task is needed")
+        self.tasks = tuple(tasks)
         self.meta_names = list(meta)
         self.oracle = dict(oracle or {})
         self.split_cfg = {"kind": "time", "fractions": [0.8, 0.1, 0.1], **dict(split or {})}
@@ -428,19 +478,12 @@ def _check_downsampling(
     if not spec:
         return None
     spec = dict(spec)
-    if set(spec) != {"task", "rate"}:
-        raise ValueError(
-            f"data.negative_downsampling must be {{task: <binary task>, rate: <w in (0, 1]>}}, got keys {sorted(spec)}"
-        )
     kinds = {t.name: t.kind for t in tasks}
     if kinds.get(spec["task"]) != "binary":
         raise ValueError(
             f"data.negative_downsampling.task: {spec['task']!r} is not a binary task of data.tasks ({list(kinds)})"
         )
-    rate = float(spec["rate"])
-    if not 0.0 < rate <= 1.0:
-        raise ValueError(f"data.negative_downsampling.rate must lie in (0, 1], got {spec['rate']}")
-    return {"task": str(spec["task"]), "rate": rate}
+    return {"task": str(spec["task"]), "rate": float(spec["rate"])}
 
 
 def _list_offsets_values(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:

@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 from recolab.data.datamodule import DataError, RankDataModule
 from recolab.data.source import cached_parquet, check_max_rows, read_csv, require, take_earliest
 from recolab.data.validation import check_columns
+from recolab.params import Count, checked
 
 log = logging.getLogger(__name__)
 
@@ -166,8 +167,14 @@ class KuaiRandDataModule(RankDataModule):
         **kwargs: `RankDataModule` arguments (features, tasks, meta, split, batch sizes, seed).
     """
 
+    @checked
     def __init__(
-        self, *, path: str | None = None, cache_dir: str, max_rows: int | None = None, **kwargs: Any
+        self,
+        *,
+        path: str | None = None,
+        cache_dir: str,
+        max_rows: Count | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         path = str(DEFAULT_PATH) if path is None else path

@@ -24,13 +24,15 @@ shape the sinusoids and does not give their values in its text.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import pyarrow as pa
+from annotated_types import Ge
 
-from recolab.data.datamodule import RankDataModule
+from recolab.data.datamodule import Fractions, RankDataModule
 from recolab.data.source import split_column
+from recolab.params import Correlation, Count0, NonNegative, Positive, checked
 
 SPLIT_COLUMN = "split"
 
@@ -97,41 +99,29 @@ class MMoESyntheticDataModule(RankDataModule):
             `meta`, `oracle` to the two regression tasks with their noise-free values.
     """
 
+    @checked
     def __init__(
         self,
         *,
-        num_rows: int = 100_000,
-        dim: int = 100,
-        correlation: float = 0.5,
-        scale: float = 1.0,
-        num_sines: int = 10,
-        noise_std: float = 0.1,
-        world_seed: int = 0,
-        row_seed: int = 1,
-        fractions: list[float] = (0.8, 0.1, 0.1),
-        split_seed: int = 0,
+        num_rows: Annotated[int, Ge(10)] = 100_000,
+        dim: Annotated[int, Ge(2)] = 100,
+        correlation: Correlation = 0.5,
+        scale: Positive = 1.0,
+        num_sines: Count0 = 10,
+        noise_std: NonNegative = 0.1,
+        world_seed: Count0 = 0,
+        row_seed: Count0 = 1,
+        fractions: Fractions = (0.8, 0.1, 0.1),
+        split_seed: Count0 = 0,
         **kwargs: Any,
     ) -> None:
         if "split" in kwargs:
             raise ValueError(
                 "data.split is not used by the MMoE synthetic data: set data.fractions and data.split_seed"
             )
-        if not -1.0 <= correlation <= 1.0:
-            raise ValueError(f"data.correlation must be in [-1, 1], got {correlation}")
-        if dim < 2:
-            raise ValueError(f"data.dim must be >= 2 (two orthogonal directions), got {dim}")
-        if num_rows < 10:
-            raise ValueError(f"data.num_rows must be >= 10, got {num_rows}")
-        if num_sines < 0 or noise_std < 0 or scale <= 0:
-            raise ValueError(
-                f"data.num_sines and data.noise_std must be >= 0 and data.scale > 0; got "
-                f"{num_sines}, {noise_std}, {scale}"
-            )
         fractions = [float(f) for f in fractions]
-        if len(fractions) != 3 or min(fractions) <= 0 or not np.isclose(sum(fractions), 1.0):
-            raise ValueError(
-                f"data.fractions must be 3 shares (train, val, test) > 0 summing to 1; got {fractions}"
-            )
+        if min(fractions) <= 0:
+            raise ValueError(f"data.fractions must give every split a share > 0; got {fractions}")
         kwargs.setdefault("sparse", [])
         if not kwargs.get("dense"):
             kwargs["dense"] = [f"x{j}" for j in range(dim)]

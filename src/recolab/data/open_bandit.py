@@ -29,16 +29,18 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from annotated_types import Gt, Lt
 
 from recolab.data.datamodule import DataError, RankDataModule
 from recolab.data.source import cached_parquet, check_max_rows, read_csv, require
 from recolab.data.validation import check_columns
+from recolab.params import Count, checked
 
 log = logging.getLogger(__name__)
 
@@ -186,14 +188,15 @@ class OpenBanditDataModule(RankDataModule):
             split is fixed by the policies (`split` must be left out).
     """
 
+    @checked
     def __init__(
         self,
         *,
         path: str | None = None,
         cache_dir: str,
         campaigns: list[str] = CAMPAIGNS,
-        val_fraction: float = 0.1,
-        max_rows: int | None = None,
+        val_fraction: Annotated[float, Gt(0), Lt(1)] = 0.1,
+        max_rows: Count | None = None,
         **kwargs: Any,
     ) -> None:
         if "split" in kwargs and kwargs["split"] not in (None, {}):
@@ -208,8 +211,6 @@ class OpenBanditDataModule(RankDataModule):
             raise ValueError(
                 f"data.campaigns: expected a non-empty subset of {list(CAMPAIGNS)}, got {self.campaigns}"
             )
-        if not 0.0 < val_fraction < 1.0:
-            raise ValueError(f"data.val_fraction must lie in (0, 1), got {val_fraction}")
         path = str(DEFAULT_PATH) if path is None else path
         max_rows = check_max_rows(max_rows)
         self.source = OpenBanditSource(path, self.campaigns, cache_dir, val_fraction, max_rows)

@@ -39,13 +39,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytorch_lightning as pl
 import torch
+from annotated_types import Ge
+from pydantic import StrictBool
 from torch.utils.data import DataLoader
 
 from recolab.data import validation
@@ -62,6 +64,7 @@ from recolab.data.columnar import (
 from recolab.data.schema import Schema, SequenceFeature, SparseFeature
 from recolab.data.source import Sourced
 from recolab.data.synthetic_video import WorldParams, WorldSource
+from recolab.params import Count, Count0, Probability, checked
 
 log = logging.getLogger(__name__)
 
@@ -140,26 +143,20 @@ class RetrievalDataModule(Sourced, pl.LightningDataModule):
         seed: seeds the shuffling of training rows.
     """
 
+    @checked
     def __init__(
         self,
         *,
-        history_len: int = 50,
-        min_interactions: int = 5,
+        history_len: Count = 50,
+        min_interactions: Annotated[int, Ge(3)] = 5,
         user_features: Sequence[str] = (),
         item_features: Sequence[str] = (),
-        batch_size: int = 1024,
-        eval_batch_size: int = 2048,
-        pin_memory: bool | str = "auto",
-        seed: int = 0,
+        batch_size: Count = 1024,
+        eval_batch_size: Count = 2048,
+        pin_memory: StrictBool | Literal["auto"] = "auto",
+        seed: Count0 = 0,
     ) -> None:
         super().__init__()
-        if history_len < 1:
-            raise ValueError(f"data.history_len must be >= 1, got {history_len}")
-        if min_interactions < 3:
-            raise ValueError(
-                f"data.min_interactions must be >= 3 (one test, one validation and one training "
-                f"interaction per user), got {min_interactions}"
-            )
         self.history_len, self.min_interactions = history_len, min_interactions
         self.user_feature_names = list(user_features)
         self.item_feature_names = list(item_features)
@@ -204,14 +201,23 @@ class RetrievalDataModule(Sourced, pl.LightningDataModule):
         self.vocabs = vocabs_from_state(state["vocabs"])
 
     def model_inputs(self) -> dict[str, Any]:
-        """What a recaller may take (see `recolab.train.build` and `recolab.models.recall`)."""
+        """What a recaller may take (see `recolab.train.build` and `recolab.models.recall`): the
+        schema's feature specs by role, the user tower's (`user_features`: name -> vocabulary)
+        and the item tower's (`item_features`: name -> (each item's id in it, vocabulary)), the
+        ids themselves apart."""
+        user, item = (
+            [f for f in self.schema.features_of(role) if isinstance(f, SparseFeature)]
+            for role in ("user", "item")
+        )
         return {
             "num_users": self.vocabs["user_id"].size - 1,
             "num_items": self.num_items,
             "history_len": self.history_len,
-            "user_features": {n: self.vocabs[n].size for n in self.user_feature_names},
+            "user_features": {f.name: f.vocab_size for f in user if f.name != "user_id"},
             "item_features": {
-                n: (t, self.vocabs[n].size) for n, t in self.item_feature_tables.items()
+                f.name: (self.item_feature_tables[f.name], f.vocab_size)
+                for f in item
+                if f.name != "item_id"
             },
         }
 
@@ -412,13 +418,16 @@ class SyntheticRetrievalDataModule(RetrievalDataModule):
             arguments (`history_len` is the retrieval history).
     """
 
-    def __init__(self, *, cache_dir: str, min_watch_ratio: float = 0.3, **kwargs: Any) -> None:
+    kwargs_fields = WorldParams  # the **kwargs it takes are WorldParams fields, then its parent's
+
+    @checked
+    def __init__(
+        self, *, cache_dir: str, min_watch_ratio: Probability = 0.3, **kwargs: Any
+    ) -> None:
         # `history_len` is the retrieval history here, not the world's (ranking) history column.
         fields = set(WorldParams.__dataclass_fields__) - {"history_len"}
         self.params = WorldParams(**{k: kwargs.pop(k) for k in list(kwargs) if k in fields})
         super().__init__(**kwargs)
-        if not 0.0 <= min_watch_ratio <= 1.0:
-            raise ValueError(f"data.min_watch_ratio must be in [0, 1], got {min_watch_ratio}")
         self.source = WorldPositives(self.params, cache_dir, min_watch_ratio)
 
 

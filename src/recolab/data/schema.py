@@ -18,6 +18,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from pydantic import ConfigDict
+from pydantic.dataclasses import dataclass as pydantic_dataclass
+
+from recolab.params import NonNegative
+
 TaskKind = Literal["binary", "regression"]
 Transform = Literal["none", "log1p"]
 
@@ -67,34 +72,22 @@ class SequenceFeature:
 Feature = SparseFeature | DenseFeature | SequenceFeature
 
 
-@dataclass(frozen=True)
+@pydantic_dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class Task:
     """One prediction target.
 
     Attributes:
         name: the label column and the task's key in logits and metric names.
         kind: `binary` (logit, BCE) or `regression` (MSE on `transform(label)`).
-        weight: the task's weight in the summed training loss.
+        weight: the task's weight in the summed training loss, >= 0.
         transform: for regression, the label transform the model is trained on; predictions are
             mapped back through its inverse before any metric.
     """
 
     name: str
     kind: TaskKind = "binary"
-    weight: float = 1.0
+    weight: NonNegative = 1.0
     transform: Transform = "none"
-
-    def __post_init__(self) -> None:
-        if self.kind not in ("binary", "regression"):
-            raise ValueError(
-                f"task {self.name!r}: kind must be 'binary' or 'regression', got {self.kind!r}"
-            )
-        if self.transform not in ("none", "log1p"):
-            raise ValueError(
-                f"task {self.name!r}: transform must be 'none' or 'log1p', got {self.transform!r}"
-            )
-        if not self.weight >= 0:
-            raise ValueError(f"task {self.name!r}: weight must be >= 0, got {self.weight}")
 
 
 @dataclass(frozen=True)

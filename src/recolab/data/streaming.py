@@ -62,10 +62,11 @@ from recolab.data.columnar import (
     resolve_pin_memory,
     shard_of,
 )
-from recolab.data.datamodule import SPLITS, DataError, RankDataModule, _list_values
+from recolab.data.datamodule import SPLITS, DataError, Fractions, RankDataModule, _list_values
 from recolab.data.resumable import StreamLoader
 from recolab.data.source import split_cuts
 from recolab.data.synthetic_video import WorldParams, cached_world
+from recolab.params import Count, Count0, checked
 from recolab.stacks import dump_stacks_on_signal
 
 log = logging.getLogger(__name__)
@@ -573,27 +574,25 @@ class StreamingParquetDataModule(RankDataModule):
             `split` must be null: the folders are the split.
     """
 
+    @checked
     def __init__(
         self,
         *,
         path: str,
         splits: dict[str, str] | None = None,
-        shuffle_buffer: int = 100_000,
-        num_workers: int = 1,
+        shuffle_buffer: Count0 = 100_000,
+        num_workers: Count0 = 1,
         **kwargs: Any,
     ) -> None:
         if kwargs.pop("split", None) is not None:
             raise ValueError(
                 "a streaming data set is split by folder: set data.splits, not data.split"
             )
-        super().__init__(split={"kind": "folder"}, **kwargs)
+        super().__init__(**kwargs)
+        self.split_cfg = {"kind": "folder"}  # split by folder (`splits`), not by `data.split`
         if getattr(self, "negative_downsampling", None):
             raise ValueError(
                 "data.negative_downsampling is not supported by streaming data yet: use the in-memory module"
-            )
-        if shuffle_buffer < 0 or num_workers < 0:
-            raise ValueError(
-                f"data.shuffle_buffer and data.num_workers must be >= 0, got {shuffle_buffer}, {num_workers}"
             )
         if self.device_resident is True:
             raise ValueError(
@@ -951,13 +950,16 @@ class SyntheticVideoStreamingDataModule(StreamingParquetDataModule):
         **kwargs: `WorldParams` fields and `StreamingParquetDataModule` arguments (not `path`).
     """
 
+    kwargs_fields = WorldParams  # the **kwargs it takes are WorldParams fields, then its parent's
+
+    @checked
     def __init__(
         self,
         *,
         cache_dir: str,
-        fractions: list[float] = (0.8, 0.1, 0.1),
-        rows_per_file: int = 1_000_000,
-        row_group_size: int = 100_000,
+        fractions: Fractions = (0.8, 0.1, 0.1),
+        rows_per_file: Count = 1_000_000,
+        row_group_size: Count = 100_000,
         **kwargs: Any,
     ) -> None:
         fields = WorldParams.__dataclass_fields__

@@ -28,14 +28,16 @@ prediction * duration).
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from annotated_types import Ge
 from torch import nn
 
 from recolab.heads import Head, Meta, meta_column
+from recolab.params import Count, checked
 
 log = logging.getLogger(__name__)
 
@@ -72,21 +74,16 @@ class D2Q(Head):
     kinds = ("regression",)
     residual = False
 
+    @checked
     def __init__(
         self,
         *,
-        num_groups: int = 30,
-        num_quantiles: int = 1001,
-        loss: str = "mse",
+        num_groups: Count = 30,
+        num_quantiles: Annotated[int, Ge(2)] = 1001,
+        loss: Literal["mse", "bce"] = "mse",
         duration_column: str = "duration",
     ) -> None:
         super().__init__()
-        if num_groups < 1:
-            raise ValueError(f"num_groups must be >= 1, got {num_groups}")
-        if num_quantiles < 2:
-            raise ValueError(f"num_quantiles must be >= 2, got {num_quantiles}")
-        if loss not in ("mse", "bce"):
-            raise ValueError(f"loss must be 'mse' or 'bce', got {loss!r}")
         self.num_groups = num_groups
         self.num_quantiles = num_quantiles
         self.loss_kind = loss
@@ -259,12 +256,13 @@ class ResD2Q(D2Q):
 
     residual = True
 
+    @checked
     def __init__(
         self,
         *,
-        num_groups: int = 30,
-        num_quantiles: int = 1001,
-        loss: str = "mse",
+        num_groups: Count = 30,
+        num_quantiles: Annotated[int, Ge(2)] = 1001,
+        loss: Literal["mse", "bce"] = "mse",
         duration_column: str = "duration",
     ) -> None:
         super().__init__(
@@ -302,10 +300,14 @@ class WatchTimeRegression(Head):
     kinds = ("regression",)
     TARGETS = ("watch_time", "log_watch_time", "watch_ratio")
 
-    def __init__(self, *, target: str = "watch_time", duration_column: str = "duration") -> None:
+    @checked
+    def __init__(
+        self,
+        *,
+        target: Literal["watch_time", "log_watch_time", "watch_ratio"] = "watch_time",
+        duration_column: str = "duration",
+    ) -> None:
         super().__init__()
-        if target not in self.TARGETS:
-            raise ValueError(f"target must be one of {self.TARGETS}, got {target!r}")
         self.target = target
         self.duration_column = duration_column
         self.register_buffer("scale", torch.ones((), dtype=torch.float64))

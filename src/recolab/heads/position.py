@@ -27,6 +27,7 @@ from torch import nn
 
 from recolab.heads import Head, Meta, meta_column
 from recolab.models.blocks import MLP
+from recolab.params import Count, Rate, Widths, checked
 
 
 def log1mexp(x: torch.Tensor) -> torch.Tensor:
@@ -48,22 +49,18 @@ class PositionTower(nn.Module):
         hidden_dims: MLP widths between the embeddings and the logit (empty: a linear map).
     """
 
+    @checked
     def __init__(
         self,
-        num_positions: int,
+        num_positions: Count,
         *,
-        context: dict[str, int] | None = None,
-        embedding_dim: int = 8,
-        hidden_dims: list[int] = (),
+        context: dict[str, Count] | None = None,
+        embedding_dim: Count = 8,
+        hidden_dims: Widths = (),
     ) -> None:
         super().__init__()
-        if num_positions < 1:
-            raise ValueError(f"num_positions must be >= 1, got {num_positions}")
         self.num_positions = num_positions
         self.context = {str(k): int(v) for k, v in (context or {}).items()}
-        for name, buckets in self.context.items():
-            if buckets < 1:
-                raise ValueError(f"context {name!r}: the bucket count must be >= 1, got {buckets}")
         self.position = nn.Embedding(num_positions + 1, embedding_dim)
         self.context_tables = nn.ModuleDict(
             {k: nn.Embedding(v, embedding_dim) for k, v in self.context.items()}
@@ -142,13 +139,14 @@ class PAL(_PositionHead):
         position_column: the meta column holding the 1-based position.
     """
 
+    @checked
     def __init__(
         self,
         *,
-        num_positions: int,
-        context: dict[str, int] | None = None,
-        embedding_dim: int = 8,
-        hidden_dims: list[int] = (),
+        num_positions: Count,
+        context: dict[str, Count] | None = None,
+        embedding_dim: Count = 8,
+        hidden_dims: Widths = (),
         position_column: str = "position",
     ) -> None:
         super().__init__(
@@ -192,14 +190,15 @@ class ShallowTower(_PositionHead):
         position_column: the meta column holding the 1-based position.
     """
 
+    @checked
     def __init__(
         self,
         *,
-        num_positions: int,
-        position_dropout: float = 0.1,
-        context: dict[str, int] | None = None,
-        embedding_dim: int = 8,
-        hidden_dims: list[int] = (),
+        num_positions: Count,
+        position_dropout: Rate = 0.1,
+        context: dict[str, Count] | None = None,
+        embedding_dim: Count = 8,
+        hidden_dims: Widths = (),
         position_column: str = "position",
     ) -> None:
         super().__init__(
@@ -209,8 +208,6 @@ class ShallowTower(_PositionHead):
             hidden_dims=hidden_dims,
             position_column=position_column,
         )
-        if not 0.0 <= position_dropout < 1.0:
-            raise ValueError(f"position_dropout must lie in [0, 1), got {position_dropout}")
         self.position_dropout = position_dropout
 
     def bias_logit(self, meta: Meta) -> torch.Tensor:

@@ -116,25 +116,41 @@ _METRICS = (
 METRICS: dict[str, Metric] = {m.name: m for m in _METRICS}
 
 
-def metric_set(names: Iterable[str], kind: str, *, key: str) -> tuple[Metric, ...]:
-    """The registered metrics `names` of `kind`, in the given order; ValueError naming `key` (the
-    config key that declared them) for an unknown name or one of another kind."""
+def names_problem(names: Sequence[str], kind: str) -> str | None:
+    """What is wrong with `names` as a declared metric set of `kind` (None: nothing): an unknown
+    name or one of another kind, or a name given twice; phrased as what was expected."""
     import difflib
 
-    names = list(names)
     known = [m.name for m in _METRICS if m.kind == kind]
-    out = []
     for name in names:
         if name not in known:
             close = difflib.get_close_matches(str(name), known, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ValueError(
-                f"{key}: {name!r} is not a {kind} metric; expected some of {known}{hint}"
-            )
-        out.append(METRICS[name])
+            return f"names of {kind} metrics, some of {known} ({name!r} is not one{hint})"
     if len(set(names)) != len(names):
-        raise ValueError(f"{key}: a metric named twice in {names}")
-    return tuple(out)
+        return f"each {kind} metric named once"
+    return None
+
+
+def metric_names(kind: str) -> Callable[[list[str]], list[str]]:
+    """A pydantic after-validator for a constructor's declared metric set of `kind`
+    (`Annotated[list[str], AfterValidator(metric_names("binary"))]`)."""
+
+    def check(names: list[str]) -> list[str]:
+        if problem := names_problem(names, kind):
+            raise ValueError(problem)
+        return names
+
+    return check
+
+
+def metric_set(names: Iterable[str], kind: str, *, key: str) -> tuple[Metric, ...]:
+    """The registered metrics `names` of `kind`, in the given order; ValueError naming `key` (the
+    config key that declared them) for an unknown name or one of another kind."""
+    names = list(names)
+    if problem := names_problem(names, kind):
+        raise ValueError(f"{key}={names}: expected {problem}")
+    return tuple(METRICS[name] for name in names)
 
 
 def at_k(metric: str, k: int) -> str:

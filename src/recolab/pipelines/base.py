@@ -22,12 +22,14 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Annotated, Any, Protocol, runtime_checkable
 
 import pytorch_lightning as pl
 import torch
+from pydantic import BeforeValidator
 from torch import nn
 
+from recolab.params import Count0, NonNegative, Positive, checked
 from recolab.pipelines.distributed import gather_columns, log_gathered
 from recolab.pipelines.flops import TrainingFlops
 
@@ -36,6 +38,20 @@ log = logging.getLogger(__name__)
 #: `module.optimizer`: the torch optimizer's class (or a partial of it), called with the
 #: parameters, `lr` and `weight_decay`.
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
+
+
+def _an_optimizer(value: Any) -> Any:
+    if value is not None and not callable(value):
+        raise ValueError(
+            "a torch optimizer node {_target_: torch.optim.Adam, _partial_: true, ...}, its keys "
+            "the optimizer's own (e.g. module.optimizer._target_=torch.optim.Adagrad, "
+            "+module.optimizer.fused=false)"
+        )
+    return value
+
+
+#: A pipeline's `optimizer` parameter: a factory, given by its config node.
+Optimizer = Annotated[OptimizerFactory, BeforeValidator(_an_optimizer)]
 #: Adam options that choose (or rule out) an implementation: given any, Adam is not made fused.
 FUSED_OFF = {"fused", "foreach", "differentiable"}
 
@@ -99,22 +115,16 @@ class PipelineModule(TrainingFlops, pl.LightningModule, ABC):
             (`recolab.reports.per_user`); 0 for none.
     """
 
+    @checked
     def __init__(
         self,
         *,
-        lr: float,
-        weight_decay: float,
-        optimizer: OptimizerFactory | None,
-        report_bootstrap: int,
+        lr: Positive,
+        weight_decay: NonNegative,
+        optimizer: Optimizer | None,
+        report_bootstrap: Count0,
     ) -> None:
         super().__init__()
-        if not lr > 0:
-            raise ValueError(f"module.lr must be > 0, got {lr}")
-        if optimizer is not None and not callable(optimizer):
-            raise TypeError(
-                f"module.optimizer: expected a torch optimizer factory, a node {{_target_: "
-                f"torch.optim.Adam, _partial_: true, ...}}, got {optimizer!r}"
-            )
         self.lr = lr
         self.weight_decay = weight_decay
         self.optimizer = optimizer if optimizer is not None else torch.optim.Adam

@@ -38,22 +38,25 @@ Three optional stages compose with any ranker:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Annotated, Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import AfterValidator, ConfigDict, with_config
 from torch import nn
+from typing_extensions import TypedDict  # pydantic reads typing's only from Python 3.12
 
 from recolab import calibration as C
 from recolab.data.columnar import batch_rows
 from recolab.data.schema import Schema, Task
 from recolab.heads import Head
 from recolab.metrics.device import ExactMetrics
-from recolab.metrics.registry import METRICS, Metric, metric_set
-from recolab.pipelines.base import OptimizerFactory, PipelineModule
+from recolab.metrics.registry import METRICS, Metric, metric_names, metric_set
+from recolab.params import Count0, NonNegative, Positive, checked
+from recolab.pipelines.base import Optimizer, PipelineModule
 from recolab.reports.rank_report import metric_table, to_markdown, write_rank_report
 from recolab.run_checks import check_finite_loss
 
@@ -185,6 +188,15 @@ class CalibrationStage(nn.Module):
         self.calibrators = {t: C.from_state(s) for t, s in state.get("calibrators", {}).items()}
 
 
+@with_config(ConfigDict(extra="forbid"))
+class RankMetricSets(TypedDict, total=False):
+    """`module.metrics` of a ranking run: the declared metric set of each task kind, names of
+    `recolab.metrics.registry`; a kind left out gets every registered metric of that kind."""
+
+    binary: Annotated[list[str], AfterValidator(metric_names("binary"))]
+    regression: Annotated[list[str], AfterValidator(metric_names("regression"))]
+
+
 class RankModule(PipelineModule):
     """Trains a multi-task ranker; evaluates it on all rows of each evaluation split.
 
@@ -212,31 +224,27 @@ class RankModule(PipelineModule):
             `recolab.reports.per_user`); 0 for none.
     """
 
+    @checked
     def __init__(
         self,
         model: nn.Module,
         schema: Schema,
         *,
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
+        lr: Positive = 1e-3,
+        weight_decay: NonNegative = 0.0,
         group_key: str = "user_id",
         heads: dict[str, Head] | None = None,
         calibration: Callable[[], Any] | None = None,
         truth: dict[str, str] | None = None,
         negative_downsampling: dict[str, float] | None = None,
-        optimizer: OptimizerFactory | None = None,
-        metrics: Mapping[str, Sequence[str]] | None = None,
-        report_bootstrap: int = 2000,
+        optimizer: Optimizer | None = None,
+        metrics: RankMetricSets | None = None,
+        report_bootstrap: Count0 = 2000,
     ) -> None:
         super().__init__(
             lr=lr, weight_decay=weight_decay, optimizer=optimizer, report_bootstrap=report_bootstrap
         )
         declared = dict(metrics or {})
-        unknown_kinds = sorted(set(declared) - {"binary", "regression"})
-        if unknown_kinds:
-            raise ValueError(
-                f"module.metrics: no task kind(s) {unknown_kinds}; expected binary and regression"
-            )
         #: The declared metric set of each task kind (`module.metrics`).
         self.metrics: MetricSets = {
             kind: metric_set(
@@ -256,10 +264,6 @@ class RankModule(PipelineModule):
                 f"module.heads: no task(s) {unknown}; the data's tasks are {schema.task_names}"
             )
         for name, head in heads.items():
-            if not isinstance(head, Head):
-                raise TypeError(
-                    f"module.heads.{name}: expected a recolab.heads.Head, got {type(head).__name__}"
-                )
             head.bind(schema.task(name), schema.meta)
         self.heads = nn.ModuleDict(heads)
         self.truth = dict(truth or {})

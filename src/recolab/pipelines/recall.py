@@ -35,12 +35,15 @@ Shapes: B batch, D embedding, K interests, I items (+ the padding row 0), N retr
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+import typing
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
+from annotated_types import MinLen
+from pydantic import AfterValidator
 from torch import Tensor, nn
 
 from recolab.data.checks import splitmix64
@@ -49,13 +52,15 @@ from recolab.metrics.registry import (
     METRICS,
     RetrievalInputs,
     at_k,
+    metric_names,
     metric_set,
     popularity_k,
     retrieval_names,
     retrieval_values,
 )
 from recolab.models.recall import merge_interest_topk
-from recolab.pipelines.base import OptimizerFactory, PipelineModule
+from recolab.params import Count, Count0, NonNegative, Positive, checked
+from recolab.pipelines.base import Optimizer, PipelineModule
 from recolab.reports.per_user import recall_per_user, user_ids
 from recolab.reports.recall_report import metric_rows, to_markdown, write_recall_report
 from recolab.run_checks import check_finite_loss
@@ -64,7 +69,8 @@ from recolab.samplers import InBatchSoftmax
 log = logging.getLogger(__name__)
 
 Batch = dict[str, dict[str, Tensor]]
-INDEX_KINDS = ("exact", "flat", "ivf", "hnsw")
+IndexKind = Literal["exact", "flat", "ivf", "hnsw"]
+INDEX_KINDS = typing.get_args(IndexKind)
 
 
 def repeat_rows_csr(indptr: Tensor, indices: Tensor, repeats: int) -> tuple[Tensor, Tensor]:
@@ -118,33 +124,30 @@ class RecallModule(PipelineModule):
             (`recolab.reports.per_user`); 0 for none.
     """
 
+    @checked
     def __init__(
         self,
         model: nn.Module,
         *,
-        num_items: int,
+        num_items: Count,
         item_counts: Tensor,
         sampler: InBatchSoftmax | None = None,
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
-        optimizer: OptimizerFactory | None = None,
-        ks: Sequence[int] = (20, 50, 100),
-        metrics: Sequence[str] | None = None,
-        index: str = "exact",
+        lr: Positive = 1e-3,
+        weight_decay: NonNegative = 0.0,
+        optimizer: Optimizer | None = None,
+        ks: Annotated[list[Count], MinLen(1)] = (20, 50, 100),
+        metrics: Annotated[list[str], AfterValidator(metric_names("retrieval"))] | None = None,
+        index: IndexKind = "exact",
         index_options: Mapping[str, Any] | None = None,
         baselines: bool = True,
         data_summary: Mapping[str, Any] | None = None,
-        seed: int = 0,
-        report_bootstrap: int = 2000,
+        seed: Count0 = 0,
+        report_bootstrap: Count0 = 2000,
     ) -> None:
         super().__init__(
             lr=lr, weight_decay=weight_decay, optimizer=optimizer, report_bootstrap=report_bootstrap
         )
-        if index not in INDEX_KINDS:
-            raise ValueError(f"module.index must be one of {INDEX_KINDS}, got {index!r}")
         ks = sorted({int(k) for k in ks})
-        if not ks or ks[0] < 1:
-            raise ValueError(f"module.ks must be positive cut-offs, got {ks}")
         #: The declared metric set (`module.metrics`).
         self.metrics = metric_set(
             metrics
@@ -157,11 +160,6 @@ class RecallModule(PipelineModule):
         if item_counts.shape != (num_items + 1,):
             raise ValueError(
                 f"item_counts must have shape ({num_items + 1},), got {tuple(item_counts.shape)}"
-            )
-        if sampler is not None and not isinstance(sampler, InBatchSoftmax):
-            raise TypeError(
-                f"module.sampler: expected a recolab.samplers sampler (configs/sampler/), got "
-                f"{type(sampler).__name__}"
             )
         self.model = model
         self.num_items = num_items

@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
+from annotated_types import Gt, Le
 from torch import Tensor, nn
 
+from recolab.params import Count, Positive, checked
 from recolab.samplers.distributed import GlobalPositives, global_positives
 from recolab.samplers.frequency import StreamingFrequencyEstimator
 
@@ -184,25 +186,20 @@ class InBatchSoftmax(nn.Module):
 
     kind = "in_batch"
 
+    @checked
     def __init__(
         self,
         *,
-        temperature: float = 0.05,
+        temperature: Positive = 0.05,
         similarity: Similarity = "dot",
         mask_accidental_hits: bool = True,
         logq: bool = False,
-        alpha: float = 0.05,
-        num_hashes: int = 2,
-        num_buckets: int | None = None,
+        alpha: Annotated[float, Gt(0), Le(1)] = 0.05,
+        num_hashes: Count = 2,
+        num_buckets: Count | None = None,
         sync_distributed: bool = True,
     ) -> None:
         super().__init__()
-        if not temperature > 0:
-            raise ValueError(f"module.sampler.temperature must be > 0, got {temperature}")
-        if similarity not in ("dot", "cosine"):
-            raise ValueError(
-                f"module.sampler.similarity must be 'dot' or 'cosine', got {similarity!r}"
-            )
         self.temperature = float(temperature)
         self.similarity: Similarity = similarity
         self.mask_accidental_hits = bool(mask_accidental_hits)

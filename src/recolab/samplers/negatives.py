@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from recolab.params import Count, checked
 from recolab.samplers.distributed import GlobalPositives, distributed_world
 from recolab.samplers.in_batch import (
     InBatchSoftmax,
@@ -170,23 +171,16 @@ class MixedNegativeSoftmax(InBatchSoftmax):
 
     kind = "mixed"
 
+    @checked
     def __init__(
         self,
         *,
-        num_negatives: int = 512,
+        num_negatives: Count = 512,
         distribution: Literal["uniform", "popularity"] = "uniform",
         power: float = 0.75,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if num_negatives < 1:
-            raise ValueError(
-                f"module.sampler.num_negatives must be >= 1 for kind=mixed, got {num_negatives}"
-            )
-        if distribution not in ("uniform", "popularity"):
-            raise ValueError(
-                f"module.sampler.distribution must be 'uniform' or 'popularity', got {distribution!r}"
-            )
         self.num_negatives = int(num_negatives)
         self.distribution = distribution
         self.power = power

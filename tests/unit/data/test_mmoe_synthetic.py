@@ -69,9 +69,9 @@ def test_data_module_reads_dense_columns_and_two_regression_tasks() -> None:
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"correlation": 1.5}, "data.correlation must be in [-1, 1], got 1.5"),
-        ({"dim": 1}, "data.dim must be >= 2"),
-        ({"fractions": [0.9, 0.1]}, "data.fractions must be 3 shares"),
+        ({"correlation": 1.5}, "correlation=1.5: expected a number <= 1"),
+        ({"dim": 1}, "dim=1: expected a number >= 2"),
+        ({"fractions": [0.9, 0.1]}, "fractions=[0.9, 0.1]: expected at least 3 element(s)"),
         ({"split": {"kind": "time"}}, "data.split is not used"),
         ({"dense": ["x0", "x9"], "dim": 4}, "column(s) ['x9']"),
     ],

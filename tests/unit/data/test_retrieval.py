@@ -165,7 +165,7 @@ def test_errors_name_the_source_and_column():
         )
     with pytest.raises(DataError, match=r"no user has 100 or more"):
         _setup(good, min_interactions=100)
-    with pytest.raises(ValueError, match="min_interactions must be >= 3"):
+    with pytest.raises(ValueError, match="min_interactions=2: expected a number >= 3"):
         TableModule(good, min_interactions=2)
 
 

@@ -182,5 +182,5 @@ def test_bad_input_fails_clearly() -> None:
         D2Q().bind(Task("click"), ("duration",))
     with pytest.raises(ValueError, match=r"needs meta column\(s\) \['duration'\]"):
         D2Q().bind(WATCH, ("position",))
-    with pytest.raises(ValueError, match="target must be one of"):
+    with pytest.raises(ValueError, match="target='ratio': expected one of 'watch_time'"):
         WatchTimeRegression(target="ratio")

@@ -279,16 +279,16 @@ def test_checkpoint_state_loads_weights_only(data):
 
 
 def test_bad_settings_fail_with_the_key():
-    with pytest.raises(ValueError, match="module.sampler.similarity"):
+    with pytest.raises(ValueError, match="similarity='l2': expected one of 'dot' or 'cosine'"):
         InBatchSoftmax(similarity="l2")
-    with pytest.raises(ValueError, match="module.sampler.temperature"):
+    with pytest.raises(ValueError, match="temperature=0: expected a number > 0"):
         InBatchSoftmax(temperature=0)
-    with pytest.raises(ValueError, match="module.sampler.num_negatives"):
+    with pytest.raises(ValueError, match="num_negatives=0: expected a number >= 1"):
         MixedNegativeSoftmax(num_negatives=0)
-    with pytest.raises(ValueError, match="module.sampler.distribution"):
+    with pytest.raises(ValueError, match="distribution='zipf': expected one of 'uniform' or 'popularity'"):
         MixedNegativeSoftmax(distribution="zipf")
     model = TwoTower(num_users=3, num_items=4, dim=4)
-    with pytest.raises(ValueError, match="module.index"):
+    with pytest.raises(ValueError, match="index='annoy': expected one of 'exact', 'flat'"):
         RecallModule(model, num_items=4, item_counts=torch.ones(5, dtype=torch.long), index="annoy")
     with pytest.raises(ValueError, match=r"item_counts must have shape \(5,\)"):
         RecallModule(model, num_items=4, item_counts=torch.ones(4, dtype=torch.long))
@@ -380,7 +380,7 @@ def test_retrieved_popularity_is_named_after_the_cut_off_it_measured():
 def test_the_declared_metric_set_is_what_is_logged(data):
     module = _module(data, metrics=["mrr", "recall"])
     assert module.logged_metric_names("val") == ["val/recall_at_5", "val/recall_at_10", "val/mrr"]
-    with pytest.raises(ValueError, match=r"module.metrics: 'recal' is not a retrieval metric"):
+    with pytest.raises(ValueError, match=r"metrics=\['recal'\]: expected names of retrieval metrics.*did you mean 'recall'"):
         _module(data, metrics=["recal"])
     with pytest.raises(ValueError, match="did you mean 'recall'"):
         _module(data, metrics=["recal"])

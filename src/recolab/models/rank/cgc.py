@@ -19,7 +19,7 @@ task. PLE with one level is CGC.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -32,6 +32,7 @@ from recolab.models.blocks import (
     TaskTowers,
     softmax_last,
 )
+from recolab.params import Count, Count0, Layers, Rate, Widths, checked
 
 
 class LevelGates(NamedTuple):
@@ -116,37 +117,30 @@ class PLE(nn.Module):
     expert_dims: hidden widths of each expert MLP (the last is the expert's output width H).
     """
 
+    @checked
     def __init__(
         self,
         schema: Schema,
         *,
         embedding: EmbeddingFactory = FeatureEmbedding,
-        num_levels: int = 2,
-        num_task_experts: int = 2,
-        num_shared_experts: int = 2,
-        expert_dims: list[int] = (128, 64),
-        tower_dims: list[int] = (32,),
-        dropout: float = 0.0,
+        num_levels: Count = 2,
+        num_task_experts: Count0 = 2,
+        num_shared_experts: Count0 = 2,
+        expert_dims: Layers = (128, 64),
+        tower_dims: Widths = (32,),
+        dropout: Rate = 0.0,
     ) -> None:
         super().__init__()
-        if num_levels < 1:
-            raise ValueError(f"num_levels must be >= 1, got {num_levels}")
-        if (
-            num_task_experts < 0
-            or num_shared_experts < 0
-            or num_task_experts + num_shared_experts < 1
-        ):
+        if num_task_experts + num_shared_experts < 1:
             raise ValueError(
-                "num_task_experts and num_shared_experts must be >= 0 and give each task at least one "
-                f"expert, got {num_task_experts} and {num_shared_experts}"
+                "num_task_experts and num_shared_experts must give each task at least one expert, "
+                f"got {num_task_experts} and {num_shared_experts}"
             )
         if num_levels > 1 and num_shared_experts < 1:
             raise ValueError(
                 f"num_levels={num_levels} needs num_shared_experts >= 1: the inner layers pass information "
                 "between tasks only through the shared experts of the next layer"
             )
-        if not expert_dims:
-            raise ValueError("expert_dims must name at least one layer")
         self.tasks = schema.task_names
         self.embed = embedding(schema)
         dims = [self.embed.output_dim] + [expert_dims[-1]] * (num_levels - 1)
@@ -194,7 +188,25 @@ class CGC(PLE):
     Takes PLE's arguments but `num_levels`.
     """
 
-    def __init__(self, schema: Schema, **kwargs: Any) -> None:
-        if "num_levels" in kwargs:
-            raise TypeError("CGC has one extraction layer; for more, use PLE(num_levels=...)")
-        super().__init__(schema, num_levels=1, **kwargs)
+    @checked
+    def __init__(
+        self,
+        schema: Schema,
+        *,
+        embedding: EmbeddingFactory = FeatureEmbedding,
+        num_task_experts: Count0 = 2,
+        num_shared_experts: Count0 = 2,
+        expert_dims: Layers = (128, 64),
+        tower_dims: Widths = (32,),
+        dropout: Rate = 0.0,
+    ) -> None:
+        super().__init__(
+            schema,
+            embedding=embedding,
+            num_levels=1,
+            num_task_experts=num_task_experts,
+            num_shared_experts=num_shared_experts,
+            expert_dims=expert_dims,
+            tower_dims=tower_dims,
+            dropout=dropout,
+        )

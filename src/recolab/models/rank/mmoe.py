@@ -24,6 +24,7 @@ from recolab.models.blocks import (
     TaskTowers,
     softmax_last,
 )
+from recolab.params import Count, Layers, Rate, Widths, checked
 
 
 class MMoE(nn.Module):
@@ -36,22 +37,19 @@ class MMoE(nn.Module):
         Function). experiments/bench/vs_rechub_bn.md measures both AUC and speed with it.
     """
 
+    @checked
     def __init__(
         self,
         schema: Schema,
         *,
         embedding: EmbeddingFactory = FeatureEmbedding,
-        num_experts: int = 4,
-        expert_dims: list[int] = (128, 64),
-        tower_dims: list[int] = (32,),
-        dropout: float = 0.0,
+        num_experts: Count = 4,
+        expert_dims: Layers = (128, 64),
+        tower_dims: Widths = (32,),
+        dropout: Rate = 0.0,
         batch_norm: bool = False,
     ) -> None:
         super().__init__()
-        if num_experts < 1:
-            raise ValueError(f"num_experts must be >= 1, got {num_experts}")
-        if not expert_dims:
-            raise ValueError("expert_dims must name at least one layer")
         self.tasks = schema.task_names
         self.embed = embedding(schema)
         d_in = self.embed.output_dim

@@ -10,6 +10,7 @@ from torch import nn
 
 from recolab.data.schema import Schema
 from recolab.models.blocks import MLP, EmbeddingFactory, FeatureEmbedding, TaskTowers
+from recolab.params import Rate, Widths, checked
 
 
 class SharedBottom(nn.Module):
@@ -18,14 +19,15 @@ class SharedBottom(nn.Module):
     bottom_dims: hidden widths of the shared bottom.
     """
 
+    @checked
     def __init__(
         self,
         schema: Schema,
         *,
         embedding: EmbeddingFactory = FeatureEmbedding,
-        bottom_dims: list[int] = (128, 64),
-        tower_dims: list[int] = (32,),
-        dropout: float = 0.0,
+        bottom_dims: Widths = (128, 64),
+        tower_dims: Widths = (32,),
+        dropout: Rate = 0.0,
     ) -> None:
         super().__init__()
         self.tasks = schema.task_names

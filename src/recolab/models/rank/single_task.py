@@ -18,6 +18,7 @@ from torch import nn
 
 from recolab.data.schema import Schema
 from recolab.models.blocks import EmbeddingFactory, FeatureEmbedding, TaskTowers
+from recolab.params import Rate, Widths, checked
 
 
 class SingleTask(nn.Module):
@@ -28,13 +29,14 @@ class SingleTask(nn.Module):
         tower over its own embedding.
     """
 
+    @checked
     def __init__(
         self,
         schema: Schema,
         *,
         embedding: EmbeddingFactory = FeatureEmbedding,
-        hidden_dims: list[int] = (128, 64, 32),
-        dropout: float = 0.0,
+        hidden_dims: Widths = (128, 64, 32),
+        dropout: Rate = 0.0,
     ) -> None:
         super().__init__()
         self.tasks = schema.task_names

@@ -26,6 +26,7 @@ from recolab.models.recall._blocks import (
     dedup_interest_candidates,
     hard_interest_readout,
 )
+from recolab.params import Count, checked
 
 
 class _ComiRec(Recaller):
@@ -68,14 +69,15 @@ class ComiRecDR(_ComiRec):
     `history_len` is also the number of per-position transforms.
     """
 
+    @checked
     def __init__(
         self,
         *,
-        num_items: int,
-        dim: int = 64,
-        num_interests: int = 4,
-        routing_iters: int = 3,
-        history_len: int = 50,
+        num_items: Count,
+        dim: Count = 64,
+        num_interests: Count = 4,
+        routing_iters: Count = 3,
+        history_len: Count = 50,
         item_features: Mapping[str, tuple[Tensor, int]] | None = None,
     ) -> None:
         super().__init__(num_items, dim, num_interests, history_len, item_features)
@@ -107,14 +109,15 @@ class ComiRecSA(_ComiRec):
         add_positions: add trainable position embeddings before the attention.
     """
 
+    @checked
     def __init__(
         self,
         *,
-        num_items: int,
-        dim: int = 64,
-        num_interests: int = 4,
-        history_len: int = 50,
-        attention_dim: int | None = None,
+        num_items: Count,
+        dim: Count = 64,
+        num_interests: Count = 4,
+        history_len: Count = 50,
+        attention_dim: Count | None = None,
         add_positions: bool = True,
         item_features: Mapping[str, tuple[Tensor, int]] | None = None,
     ) -> None:

@@ -8,7 +8,7 @@ A user is K vectors, one per interest, extracted from the behavior sequence by c
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
@@ -20,6 +20,7 @@ from recolab.models.recall._blocks import (
     capsule_routing,
     label_aware_attention,
 )
+from recolab.params import Count, NonNegative, Widths, checked
 
 
 class MIND(Recaller):
@@ -62,22 +63,23 @@ class MIND(Recaller):
         dynamic_interests: use `K'_u` (True) or always all K interests.
     """
 
+    @checked
     def __init__(
         self,
         *,
-        num_items: int,
-        dim: int = 64,
-        num_interests: int = 4,
-        routing_iters: int = 3,
-        pow_p: float = 2.0,
-        history_len: int = 50,
-        hidden_dims: Sequence[int] = (128,),
+        num_items: Count,
+        dim: Count = 64,
+        num_interests: Count = 4,
+        routing_iters: Count = 3,
+        pow_p: NonNegative = 2.0,
+        history_len: Count = 50,
+        hidden_dims: Widths = (128,),
         user_features: Mapping[str, int] | None = None,
         item_features: Mapping[str, tuple[Tensor, int]] | None = None,
         dynamic_interests: bool = True,
     ) -> None:
         super().__init__()
-        if pow_p < 0 or float(pow_p) != int(pow_p):
+        if float(pow_p) != int(pow_p):
             raise ValueError(f"pow_p must be a non-negative integer value, got {pow_p}")
         user_features = dict(user_features or {})
         self.num_items = num_items

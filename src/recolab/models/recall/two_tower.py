@@ -9,7 +9,7 @@ with `recolab.samplers.InBatchSoftmax` (logQ-corrected in-batch negatives).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from recolab.models.blocks import MLP, EmbeddingTables, masked_mean
 from recolab.models.recall._blocks import ItemEmbedding, Recaller, recent_history
+from recolab.params import Count, Rate, Widths, checked
 
 
 class TwoTower(Recaller):
@@ -43,17 +44,18 @@ class TwoTower(Recaller):
 
     num_interests = 1
 
+    @checked
     def __init__(
         self,
         *,
-        num_users: int,
-        num_items: int,
-        dim: int = 64,
-        hidden_dims: Sequence[int] = (128,),
+        num_users: Count,
+        num_items: Count,
+        dim: Count = 64,
+        hidden_dims: Widths = (128,),
         user_features: Mapping[str, int] | None = None,
         item_features: Mapping[str, tuple[Tensor, int]] | None = None,
-        history_len: int = 50,
-        dropout: float = 0.0,
+        history_len: Count = 50,
+        dropout: Rate = 0.0,
         normalize: bool = False,
     ) -> None:
         super().__init__()
