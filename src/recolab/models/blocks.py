@@ -5,7 +5,9 @@
   as one (the experts of MMoE, CGC and PLE);
 - `EmbeddingTables`, the one set of id embedding tables (one `nn.Embedding` per named feature),
   with `masked_mean` to pool a padded sequence of them; `FeatureEmbedding`, a schema's features
-  as one vector per row, the collaborator every ranker is given (`EmbeddingFactory`).
+  as one vector per row, the collaborator every ranker is given (`EmbeddingFactory`), with two
+  optional parts it builds and runs: a history pooling (`recolab.models.din`) and an input
+  interaction (`recolab.models.cross`).
 
 Shapes: B batch, L sequence, D embedding, F features, H hidden, E experts, T tasks.
 """
@@ -19,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from recolab.data.schema import Schema
+from recolab.params import Count, checked
 
 
 def softmax_last(x: torch.Tensor) -> torch.Tensor:
@@ -386,6 +389,15 @@ class FeatureEmbedding(nn.Module):
 
     Rankers are given it (`EmbeddingFactory`, the config's `model.embedding` node) rather than
     each building its own: `model.embedding.embedding_dim=8`, `model.embedding.batch_norm=true`.
+    So are the two optional parts that change how the input is formed, which every ranker
+    thereby gets by config (`+interaction=dcnv2`, `+pooling=din`; docs/architecture.md):
+
+    - `pooling`: target attention (`recolab.models.din.TargetAttention`, DIN) in place of the
+      mean for every sequence whose `vocab_of` names a sparse feature, that feature's embedding
+      being the candidate; other sequences keep the mean.
+    - `interaction`: a module over the concatenated (and normalized) vector, whose output the
+      ranker reads instead (`recolab.models.cross.CrossNetwork`, DCN-V2); `output_dim` is then
+      its width.
 
     Args:
         schema: the features to read; anything else in the batch is ignored.
@@ -396,19 +408,25 @@ class FeatureEmbedding(nn.Module):
             batch touches few rows (experiments/bench/speed.md).
         batch_norm: batch normalization of the concatenated features (`norm`); a training batch
             then needs more than one row.
+        pooling: called with D for each sequence feature that has a candidate (`vocab_of`),
+            giving a module (history (B, L, D), candidate (B, D), mask (B, L)) -> (B, D)
+            (`pooling[name]`); None: the masked mean for every sequence.
+        interaction: called with the concatenated width, giving a module (B, width) ->
+            (B, output_dim) with an `output_dim` (`interaction`); None: the vector as it is.
     """
 
+    @checked
     def __init__(
         self,
         schema: Schema,
         *,
-        embedding_dim: int = 16,
+        embedding_dim: Count = 16,
         sparse: bool = False,
         batch_norm: bool = False,
+        pooling: Callable[[int], nn.Module] | None = None,
+        interaction: Callable[[int], nn.Module] | None = None,
     ) -> None:
         super().__init__()
-        if embedding_dim < 1:
-            raise ValueError(f"embedding_dim must be >= 1, got {embedding_dim}")
         self.schema = schema
         own = [f for f in schema.sequences if f.vocab_of is None]  # the others share a table
         self.tables = EmbeddingTables(
@@ -423,6 +441,28 @@ class FeatureEmbedding(nn.Module):
             schema.dense
         )
         self.norm = nn.BatchNorm1d(self.output_dim) if batch_norm else None
+        if pooling is not None:
+            sparse_names = {f.name for f in schema.sparse}
+            targets = [f.name for f in schema.sequences if f.vocab_of in sparse_names]
+            if not targets:
+                raise ValueError(
+                    "model.embedding.pooling: target attention needs a sequence feature whose "
+                    "vocab_of names a sparse feature (the candidate, e.g. hist_items of item_id); "
+                    f"the schema's sequences are {[(f.name, f.vocab_of) for f in schema.sequences]}"
+                )
+            if sparse:
+                raise ValueError(
+                    "model.embedding.pooling needs dense tables (the attention reads every "
+                    "position's row); set model.embedding.sparse=false"
+                )
+            self.pooling = nn.ModuleDict({name: pooling(embedding_dim) for name in targets})
+        else:
+            self.pooling = None
+        if interaction is not None:
+            self.interaction = interaction(self.output_dim)
+            self.output_dim = self.interaction.output_dim
+        else:
+            self.interaction = None
 
     @staticmethod
     def _lookup(table: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
@@ -446,6 +486,10 @@ class FeatureEmbedding(nn.Module):
             ids = features[f.name]  # (B, L), 0 = padding
             table = self.tables[f.vocab_of or f.name]
             emb = self._lookup(table, ids)  # (B, L, D)
+            if self.pooling is not None and f.name in self.pooling:
+                candidate = self._lookup(table, features[f.vocab_of])  # (B, D)
+                parts.append(self.pooling[f.name](emb, candidate, ids > 0))  # (B, D)
+                continue
             if table.sparse:  # a sparse gradient cannot take the dense correction below
                 parts.append(masked_mean(emb, ids > 0))  # (B, D)
                 continue
@@ -460,8 +504,10 @@ class FeatureEmbedding(nn.Module):
             parts.append(
                 torch.stack([features[f.name] for f in self.schema.dense], dim=1)
             )  # (B, F_dense)
-        x = torch.cat(parts, dim=1)  # (B, output_dim)
-        return x if self.norm is None else self.norm(x)
+        x = torch.cat(parts, dim=1)  # (B, F * D + F_dense)
+        if self.norm is not None:
+            x = self.norm(x)
+        return x if self.interaction is None else self.interaction(x)  # (B, output_dim)
 
 
 #: What a ranker is given to embed its input: the schema -> a `FeatureEmbedding` (the class
