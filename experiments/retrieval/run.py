@@ -5,25 +5,29 @@ it writes).
     python experiments/retrieval/run.py --parts skewed index      # some parts
     python experiments/retrieval/run.py --tables-only    # compare the tracked runs again, rebuild README.md
 
-Parts:
+Parts, in the order they run:
 
-- select: MIND's ml-latest-small settings chosen on validation only. One run per candidate
-  (`model.num_interests` {2, 4} x `module.sampler.temperature` {0.05, 0.1}) at candidate seed 11,
-  then `python -m recolab select exps=[mind] filter=<the candidates> metric=val/recall_at_50
-  seeds=[1,2,3,4,5]`: it reads each candidate's validation recall@50 alone, picks the best, and
-  re-runs the choice on seeds 1-5, which are the MIND row of the ml-latest-small table
-  (selection output: `selection/`).
 - shared: the settings every model shares and ComiRec's dimension, chosen on ml-latest-small
-  validation only (choose, not re-run: the table rows keep today's configs). One run per candidate
-  at candidate seed 11, MLflow experiment `retrieval_ml_shared`: `+exp=two_tower_logq` over
-  (similarity, temperature) {(cosine, 0.05), (cosine, 0.1), (cosine, 0.2), (dot, 0.05), (dot, 0.5)}
-  x `module.lr` {0.001, 0.005} x `data.batch_size` {512, 1024}; then `data.history_len` {20, 50} at
-  that choice; then `model.dim` {32, 64} for comirec_sa and comirec_dr; each step chosen by
-  `python -m recolab select ... metric=val/recall_at_50 rerun=false` (output:
-  `selection/shared/<step>/`). README.md says whether each choice is today's setting.
+  validation only. One run per candidate and candidate seed (`SHARED_SEEDS`, 11-13; none a table
+  seed), MLflow experiment `retrieval_ml_shared`: `+exp=two_tower_logq` over (similarity,
+  temperature) {(cosine, 0.05), (cosine, 0.1), (cosine, 0.2), (dot, 0.05), (dot, 0.5)} x
+  `module.lr` {0.001, 0.005} x `data.batch_size` {512, 1024}; then `data.history_len` {20, 50} at
+  that choice; then `model.dim` {32, 64} for comirec_sa and comirec_dr at the choices so far; each
+  step chosen by `python -m recolab select ... metric=val/recall_at_50 rerun=false` on the mean over
+  the candidate seeds (output: `selection/shared/<step>/`).
+- select: MIND's ml-latest-small settings chosen on validation only, at the shared settings chosen
+  above (MIND's temperature is one of its own axes). One run per candidate (`model.num_interests`
+  {2, 4} x `module.sampler.temperature` {0.05, 0.1}) and candidate seed (`MIND_SEEDS`, 11-13;
+  `--mind-seeds` runs fewer), MLflow experiment `retrieval_ml_val`, then `python -m recolab select
+  exps=[mind] filter=<the candidates> metric=val/recall_at_50 seeds=[1,2,3,4,5]`: it reads each
+  candidate's validation recall@50 alone, picks the best mean, and re-runs the choice on seeds 1-5,
+  which are the MIND row of the ml-latest-small table (selection output: `selection/`).
 - ml, synthetic: the six retrieval experiments (two_tower, two_tower_logq, two_tower_mns, mind,
   comirec_dr, comirec_sa; `QUEUE` orders them) at seeds 1-5 on ml-latest-small and on the
-  synthetic retrieval world. The baselines (most popular, random) are scored inside every run
+  synthetic retrieval world. On ml-latest-small every model takes the settings chosen on
+  validation, read from `selection/shared/*/selection.json` (`ml_settings`) and passed as
+  overrides, into MLflow experiment `retrieval_ml_val`; the earlier rows at today's configs stay in
+  `retrieval_ml` and are compared again beside them (`comparisons/ml_today-*`). The baselines (most popular, random) are scored inside every run
   (`baseline_popular/*`, `baseline_random/*`). Then `python -m recolab compare` with baseline
   two_tower_logq (the sampler every multi-interest model trains with, so a difference is the
   architecture's; the two_tower row is then logQ's effect), and each model against most popular:
@@ -70,14 +74,25 @@ SELECTION = HERE / "selection"
 ML_PATH = ROOT.parent / "shared" / "data" / "ml-latest-small"
 ML = ["data=movielens", f"data.path={ML_PATH}"]
 SEEDS = [1, 2, 3, 4, 5]
-#: MIND's candidates on ml-latest-small run on this seed (not a table seed); one seed per
-#: candidate is what the time budget allowed (select cannot then test the margin over the runner-up).
-CANDIDATE_SEEDS = [11]
+#: MIND's candidates on ml-latest-small run on these seeds (none a table seed; `--mind-seeds`
+#: runs fewer where the time budget says so); `recolab select` picks the best mean over them.
+MIND_SEEDS = [11, 12, 13]
+MIND_SEEDS_ALL = list(MIND_SEEDS)
+#: The ml-latest-small rows at the settings chosen on validation (the `shared` and `select`
+#: parts). The earlier rows, at today's configs, stay in `retrieval_ml`, unused by the tables.
+ML_EXPERIMENT = "retrieval_ml_val"
+#: The shared settings every ml-latest-small model takes from selection/shared/ (MIND all but the
+#: temperature, one of its own candidates' axes).
+COMMON_KEYS = ["module.sampler.similarity", "module.lr", "data.batch_size", "data.history_len"]
 TEMPERATURE = "module.sampler.temperature"
 #: MIND's candidates (num_interests, temperature): 2 x 2, what the time budget allowed.
 CANDIDATES = [(2, 0.05), (2, 0.1), (4, 0.05), (4, 0.1)]
 #: MIND's ml-latest-small settings as configs/ have them today (chosen on test, seed 0).
 TODAY = {"model.num_interests": "2", "module.sampler.temperature": "0.1"}
+#: The shared part's candidate seeds (none a table seed): each candidate runs on every one, and
+#: `recolab select` picks the best mean over them.
+SHARED_SEEDS = [11, 12, 13]
+SHARED_SEEDS_ALL = list(SHARED_SEEDS)
 #: The settings every model shares, re-chosen on ml-latest-small validation (the `shared` part):
 #: two_tower_logq (the shared logQ-corrected in-batch softmax) at candidate seed 11, one run per
 #: candidate, `recolab select ... rerun=false` on val/recall_at_50 (choose only: the table rows
@@ -122,8 +137,8 @@ COMPARE_METRICS = [
     *(f"baseline_popular/{m}" for _, m in METRICS),
     *(f"baseline_random/{m}" for _, m in METRICS),
 ]
-#: ml-latest-small's comparisons leave out MIND's candidate runs (seeds 11, 12, same exp_name).
-NOT_CANDIDATES = " and ".join(f"params.seed != '{s}'" for s in CANDIDATE_SEEDS)
+#: ml-latest-small's comparisons leave out MIND's candidate runs (same exp_name, candidate seeds).
+NOT_CANDIDATES = " and ".join(f"params.seed != '{s}'" for s in MIND_SEEDS)
 MODEL = {
     "two_tower": "two-tower",
     "two_tower_logq": "two-tower",
@@ -150,6 +165,8 @@ class Part:
     exps: list[str]
     filter: str = ""
     extra: list[str] = field(default_factory=list)
+    #: exp -> its own overrides (key -> value), e.g. the settings chosen on validation
+    per_exp: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 #: The settings trained, in this order (most needed first, so that a run cut short by the time
@@ -177,7 +194,7 @@ def _exps(part: str) -> list[str]:
 
 
 PARTS = {
-    "ml": Part("retrieval_ml", "ml-latest-small", ML, _exps("ml"), NOT_CANDIDATES),
+    "ml": Part(ML_EXPERIMENT, "ml-latest-small", ML, _exps("ml"), NOT_CANDIDATES),
     "synthetic": Part("retrieval_synthetic", "synthetic retrieval world", [], _exps("synthetic")),
     "skewed": Part(
         "retrieval_skewed",
@@ -263,10 +280,14 @@ def sweep(name: str, overrides: list[str]) -> str:
     return folder
 
 
+def _and(*clauses: str) -> str:
+    return " and ".join(c for c in clauses if c)
+
+
 def train_setting(part: str, p: Part, exp: str, uri: str, artifacts: str | None) -> None:
-    missing = [
-        s for s in SEEDS if s not in done_seeds(uri, p.experiment, exp, extra_filter=p.filter)
-    ]
+    own = p.per_exp.get(exp, {})
+    query = _and(p.filter, *(_eq(k, v) for k, v in own.items()))
+    missing = [s for s in SEEDS if s not in done_seeds(uri, p.experiment, exp, query)]
     if not missing:
         print(f"[{part}] {exp}: seeds {SEEDS} already tracked", flush=True)
         return
@@ -276,6 +297,7 @@ def train_setting(part: str, p: Part, exp: str, uri: str, artifacts: str | None)
             f"+exp={exp}",
             *p.data,
             *p.extra,
+            *(f"{k}={v}" for k, v in own.items()),
             f"seed={','.join(map(str, missing))}",
             f"exp_name={exp}",
             f"tags=[retrieval,{part},{exp}]",
@@ -285,32 +307,46 @@ def train_setting(part: str, p: Part, exp: str, uri: str, artifacts: str | None)
 
 
 def run_selection(uri: str, artifacts: str | None) -> None:
-    """MIND on ml-latest-small: the candidates (one run each at the candidate seed), then
-    `recolab select` on val/recall_at_50, which re-runs the choice on seeds 1-5 into the ml part's
-    experiment (exp_name mind): those are the table's MIND runs."""
+    """MIND on ml-latest-small at the shared settings chosen on validation: the candidates (one
+    run per candidate and candidate seed), then `recolab select` on the mean val/recall_at_50 over
+    the candidate seeds, which re-runs the choice on seeds 1-5 into the ml part's experiment
+    (exp_name mind): those are the table's MIND runs."""
     p = PARTS["ml"]
+    common = p.per_exp["mind"]
+    made = _load(SELECTION / "selection.json") if (SELECTION / "selection.json").exists() else {}
     if (
         all(s in done_seeds(uri, p.experiment, "mind", p.filter) for s in SEEDS)
-        and (SELECTION / "selection.json").exists()
+        and f"experiment '{p.experiment}'" in made.get("source", "")
+        and sorted(map(int, made.get("candidate_seeds", []))) == sorted(MIND_SEEDS)
     ):
         print("[select] MIND's choice and its re-runs on seeds 1-5 already tracked", flush=True)
         return
-    for seed in CANDIDATE_SEEDS:
-        runs = done_seeds(uri, p.experiment, "mind", f"params.seed = '{seed}'").get(seed, [])
+    for seed in MIND_SEEDS:
+        query = _and(f"params.seed = '{seed}'", *(_eq(k, v) for k, v in common.items()))
+        runs = done_seeds(uri, p.experiment, "mind", query).get(seed, [])
         have = {
             (r.data.params.get("model.num_interests"), r.data.params.get(TEMPERATURE)) for r in runs
         }
-        for k, tau in CANDIDATES:
-            if any(_same(h[0], str(k)) and _same(h[1], str(tau)) for h in have):
-                print(f"[select] candidate K={k}, tau={tau}, seed {seed}: already tracked")
-                continue
+        todo = [
+            (k, tau)
+            for k, tau in CANDIDATES
+            if not any(_same(h[0], str(k)) and _same(h[1], str(tau)) for h in have)
+        ]
+        if not todo:
+            print(f"[select] MIND's candidates at seed {seed}: already tracked", flush=True)
+            continue
+        ks = sorted({k for k, _ in todo})
+        taus = sorted({t for _, t in todo})
+        grid = len(todo) == len(ks) * len(taus)
+        for group in [todo] if grid else [[c] for c in todo]:
             sweep(
-                f"select-mind-k{k}-t{tau}-s{seed}",
+                f"select-mind-s{seed}" + ("" if grid else f"-k{group[0][0]}-t{group[0][1]}"),
                 [
                     "+exp=mind",
                     *ML,
-                    f"model.num_interests={k}",
-                    f"{TEMPERATURE}={tau}",
+                    *(f"{k}={v}" for k, v in common.items()),
+                    f"model.num_interests={','.join(str(k) for k in sorted({k for k, _ in group}))}",
+                    f"{TEMPERATURE}={','.join(str(t) for t in sorted({t for _, t in group}))}",
                     f"seed={seed}",
                     "exp_name=mind",
                     "tags=[retrieval,ml,mind,mind_candidate]",
@@ -333,14 +369,81 @@ def run_selection(uri: str, artifacts: str | None) -> None:
     print(f"  {time.time() - start:.0f} s, exit {done.returncode}", flush=True)
     if done.returncode:
         sys.exit(f"recolab select failed: see {log_path}")
+    check_seeds(_load(SELECTION / "selection.json"), MIND_SEEDS, SELECTION / "selection.json")
 
 
-#: The candidates' MLflow filter: the candidate seeds, and only the grid's temperatures.
+def ml_settings() -> dict[str, dict[str, str]] | None:
+    """exp -> the ml-latest-small overrides chosen on validation, read from
+    selection/shared/<step>/selection.json: the grid's similarity, temperature, lr and batch and
+    the history step's length for every model (MIND all but the temperature: its own select
+    chooses it), and each ComiRec model's dimension. None where a step has not run; exits where
+    a later step was chosen at other settings than the earlier steps chose."""
+    res = shared_results()
+    if any(step not in res for step in SHARED_CHOICES):
+        return None
+    shared = {k: str(res["grid"]["chosen"][k]) for k in SHARED_TODAY}
+    shared["data.history_len"] = str(res["history"]["chosen"]["data.history_len"])
+    for step, need in (("history", {k: shared[k] for k in SHARED_TODAY}),) + tuple(
+        (f"{e}-dim", shared) for e in ("comirec_sa", "comirec_dr")
+    ):
+        source = res[step]["selection"]["source"]
+        off = [f"{k}={v}" for k, v in need.items() if _eq(k, v) not in source]
+        if off:
+            sys.exit(
+                f"{SELECTION / 'shared' / step / 'selection.json'}: chosen at other settings than "
+                f"the earlier steps chose (its source does not fix {', '.join(off)}): run "
+                "`python experiments/retrieval/run.py --parts shared` again"
+            )
+    out = {}
+    for exp in EXPS:
+        own = {k: v for k, v in shared.items() if exp != "mind" or k != TEMPERATURE}
+        if f"{exp}-dim" in res:
+            own["model.dim"] = str(res[f"{exp}-dim"]["chosen"]["model.dim"])
+        out[exp] = own
+    return out
+
+
+def configure_ml(required: bool) -> bool:
+    """Give the ml part the settings chosen on validation (its filter: not MIND's candidate seeds,
+    at the shared settings every model takes); exits where `required` and they are not chosen."""
+    found = ml_settings()
+    if found is None:
+        if required:
+            sys.exit(
+                "the ml-latest-small rows take the shared settings chosen on validation: "
+                f"{SELECTION / 'shared'} lacks a step ({', '.join(SHARED_CHOICES)}); run "
+                "`python experiments/retrieval/run.py --parts shared` first"
+            )
+        return False
+    p = PARTS["ml"]
+    p.per_exp = found
+    p.filter = _and(NOT_CANDIDATES, *(_eq(k, found["two_tower_logq"][k]) for k in COMMON_KEYS))
+    return True
+
+
+def seed_filter(wanted: list[int]) -> str:
+    """The runs of the `wanted` seeds. MLflow's filter has no OR and no IN for params, so several
+    seeds are the exclusion of every other seed this script runs (the table's and the candidate
+    seeds); `check_seeds` then checks what select read."""
+    if len(wanted) == 1:
+        return f"params.seed = '{wanted[0]}'"
+    others = sorted(set(SEEDS + MIND_SEEDS_ALL + SHARED_SEEDS_ALL) - set(wanted))
+    return _and(*(f"params.seed != '{s}'" for s in others))
+
+
+def check_seeds(selection: dict, wanted: list[int], path: Path) -> None:
+    got = sorted(int(s) for s in selection.get("candidate_seeds", []))
+    if got != sorted(wanted):
+        sys.exit(
+            f"{path}: recolab select read candidate seeds {got}, expected {sorted(wanted)}: a run "
+            "at another seed is in the experiment, or a candidate is missing"
+        )
+
+
 def candidate_filter() -> str:
-    clauses = [f"params.seed = '{s}'" for s in CANDIDATE_SEEDS]
-    taus = {str(t) for _, t in CANDIDATES}
-    clauses += [f"params.`{TEMPERATURE}` != '{t}'" for t in ("0.2", "0.5") if t not in taus]
-    return " and ".join(clauses)
+    """MIND's candidates in MLflow: the candidate seeds, at the shared settings it takes."""
+    common = PARTS["ml"].per_exp["mind"]
+    return _and(seed_filter(MIND_SEEDS), *(_eq(k, v) for k, v in common.items()))
 
 
 def select_command(uri: str) -> list[str]:
@@ -367,7 +470,7 @@ def select_command(uri: str) -> list[str]:
 def _shared_runs(uri: str, exp: str) -> list:
     """The complete candidate runs of `exp` in the shared experiment (candidate seeds only)."""
     out = []
-    for seed in CANDIDATE_SEEDS:
+    for seed in SHARED_SEEDS:
         out += done_seeds(uri, SHARED_EXPERIMENT, exp, f"params.seed = '{seed}'").get(seed, [])
     return out
 
@@ -376,14 +479,16 @@ def _has(runs: list, want: dict[str, str]) -> bool:
     return any(all(_same(r.data.params.get(k, ""), str(v)) for k, v in want.items()) for r in runs)
 
 
-def _shared_sweep(name: str, exp: str, settings: list[str], seed: int, uri: str, artifacts) -> None:
+def _shared_sweep(
+    name: str, exp: str, settings: list[str], seeds: list[int], uri: str, artifacts
+) -> None:
     sweep(
         name,
         [
             f"+exp={exp}",
             *ML,
             *settings,
-            f"seed={seed}",
+            f"seed={','.join(map(str, seeds))}",
             f"exp_name={exp}",
             f"tags=[retrieval,ml_shared,{exp},shared_candidate]",
             *tracking(uri, artifacts, SHARED_EXPERIMENT),
@@ -396,9 +501,7 @@ def _eq(key: str, value: str) -> str:
 
 
 def shared_filter(extra: dict[str, str]) -> str:
-    seeds = " or ".join(f"params.seed = '{s}'" for s in CANDIDATE_SEEDS)
-    clauses = [seeds if len(CANDIDATE_SEEDS) == 1 else f"({seeds})"]
-    return " and ".join(clauses + [_eq(k, v) for k, v in extra.items()])
+    return _and(seed_filter(SHARED_SEEDS), *(_eq(k, v) for k, v in extra.items()))
 
 
 def shared_select(name: str, exp: str, extra: dict[str, str], title: str, uri: str) -> dict:
@@ -427,6 +530,7 @@ def shared_select(name: str, exp: str, extra: dict[str, str], title: str, uri: s
     if done.returncode:
         sys.exit(f"recolab select failed: see {log_path}")
     result = _load(out / "selection.json")
+    check_seeds(result, SHARED_SEEDS, out / "selection.json")
     (out / "command.txt").write_text(_command(cmd) + "\n")
     return result
 
@@ -436,39 +540,66 @@ def _chosen_params(uri: str, selection: dict) -> dict[str, str]:
     return dict(run.data.params)
 
 
+def _missing(runs: list, want: dict[str, str], axis: str, values: list) -> list[tuple]:
+    """The (value, seed) pairs of `axis` x SHARED_SEEDS at `want` with no complete run."""
+    return [
+        (v, seed)
+        for seed in SHARED_SEEDS
+        for v in values
+        if not _has(runs, {**want, "seed": str(seed), axis: str(v)})
+    ]
+
+
+def _shared_fill(
+    name: str, exp: str, want: dict[str, str], axis: str, values: list, uri, artifacts
+):
+    """Train the missing (value of `axis`, seed) candidates at `want`: one sweep where they form
+    a full grid, else one sweep per seed."""
+    missing = _missing(_shared_runs(uri, exp), want, axis, values)
+    if not missing:
+        print(f"[shared] {name}: already tracked", flush=True)
+        return
+    vals = sorted({v for v, _ in missing}, key=values.index)
+    seeds = sorted({s for _, s in missing})
+    fixed = [f"{k}={v}" for k, v in want.items()]
+    if len(missing) == len(vals) * len(seeds):
+        groups = [(vals, seeds)]
+    else:
+        groups = [([v for v, s in missing if s == seed], [seed]) for seed in seeds]
+    for vs, ss in groups:
+        _shared_sweep(
+            f"shared-{name}-s{'_'.join(map(str, ss))}",
+            exp,
+            [*fixed, f"{axis}={','.join(map(str, vs))}"],
+            ss,
+            uri,
+            artifacts,
+        )
+
+
 def run_shared(uri: str, artifacts: str | None) -> None:
     """The shared settings on ml-latest-small, chosen on validation: the grid (score x lr x
     batch) with two_tower_logq, then the history length at the grid's choice, then ComiRec's
-    dimension (each one run per candidate at the candidate seed; tracked candidates are not
-    trained again), each chosen by `recolab select ... rerun=false`."""
-    for seed in CANDIDATE_SEEDS:
-        for sim, tau in SHARED_SCORES:
-            for batch in SHARED_BATCHES:
-                runs = _shared_runs(uri, SHARED_EXP)
-                want = {
-                    "seed": str(seed),
-                    "module.sampler.similarity": sim,
-                    "module.sampler.temperature": str(tau),
-                    "data.batch_size": str(batch),
-                    "data.history_len": HISTORY_TODAY,
-                }
-                lrs = [lr for lr in SHARED_LRS if not _has(runs, {**want, "module.lr": str(lr)})]
-                if not lrs:
-                    print(f"[shared] {sim} {tau} batch {batch} seed {seed}: already tracked")
-                    continue
-                _shared_sweep(
-                    f"shared-{SHARED_EXP}-{sim}-t{tau}-b{batch}-s{seed}",
-                    SHARED_EXP,
-                    [
-                        f"module.sampler.similarity={sim}",
-                        f"{TEMPERATURE}={tau}",
-                        f"module.lr={','.join(map(str, lrs))}",
-                        f"data.batch_size={batch}",
-                    ],
-                    seed,
-                    uri,
-                    artifacts,
-                )
+    dimension at the chosen shared settings (each one run per candidate and candidate seed;
+    tracked candidates are not trained again), each chosen by `recolab select ... rerun=false`
+    on the mean over the candidate seeds."""
+    for sim, tau in SHARED_SCORES:
+        for batch in SHARED_BATCHES:
+            want = {
+                "module.sampler.similarity": sim,
+                TEMPERATURE: str(tau),
+                "data.batch_size": str(batch),
+                "data.history_len": HISTORY_TODAY,
+            }
+            _shared_fill(
+                f"{SHARED_EXP}-{sim}-t{tau}-b{batch}",
+                SHARED_EXP,
+                want,
+                "module.lr",
+                SHARED_LRS,
+                uri,
+                artifacts,
+            )
     grid = shared_select(
         "grid",
         SHARED_EXP,
@@ -478,49 +609,30 @@ def run_shared(uri: str, artifacts: str | None) -> None:
     )
     chosen = _chosen_params(uri, grid)
     fixed = {k: chosen[k] for k in SHARED_TODAY}
-    for seed in CANDIDATE_SEEDS:
-        for h in SHARED_HISTORIES:
-            want = {**fixed, "seed": str(seed), "data.history_len": str(h)}
-            if _has(_shared_runs(uri, SHARED_EXP), want):
-                print(f"[shared] history {h} seed {seed}: already tracked")
-                continue
-            _shared_sweep(
-                f"shared-{SHARED_EXP}-history{h}-s{seed}",
-                SHARED_EXP,
-                [f"{k}={v}" for k, v in fixed.items()] + [f"data.history_len={h}"],
-                seed,
-                uri,
-                artifacts,
-            )
-    shared_select(
+    _shared_fill(
+        f"{SHARED_EXP}-history",
+        SHARED_EXP,
+        fixed,
+        "data.history_len",
+        SHARED_HISTORIES,
+        uri,
+        artifacts,
+    )
+    history = shared_select(
         "history",
         SHARED_EXP,
         fixed,
         "two_tower_logq on ml-latest-small: history length at the grid choice, on val/recall_at_50",
         uri,
     )
+    settings = {**fixed, "data.history_len": _chosen_params(uri, history)["data.history_len"]}
     for exp in ("comirec_sa", "comirec_dr"):
-        for seed in CANDIDATE_SEEDS:
-            runs = _shared_runs(uri, exp)
-            dims = [
-                d for d in COMIREC_DIMS if not _has(runs, {"seed": str(seed), "model.dim": str(d)})
-            ]
-            if not dims:
-                print(f"[shared] {exp} dims seed {seed}: already tracked")
-                continue
-            _shared_sweep(
-                f"shared-{exp}-dim-s{seed}",
-                exp,
-                [f"model.dim={','.join(map(str, dims))}"],
-                seed,
-                uri,
-                artifacts,
-            )
+        _shared_fill(f"{exp}-dim", exp, settings, "model.dim", COMIREC_DIMS, uri, artifacts)
         shared_select(
             f"{exp}-dim",
             exp,
-            {},
-            f"{exp} on ml-latest-small: model.dim on val/recall_at_50",
+            settings,
+            f"{exp} on ml-latest-small: model.dim at the chosen shared settings, on val/recall_at_50",
             uri,
         )
 
@@ -695,6 +807,7 @@ def run_times(uri: str) -> Path:
     client = MlflowClient(tracking_uri=uri)
     rows = []
     for experiment in [p.experiment for p in PARTS.values()] + [
+        TODAY_PART.experiment,
         INDEX_EXPERIMENT,
         SHARED_EXPERIMENT,
     ]:
@@ -710,7 +823,7 @@ def run_times(uri: str) -> Path:
             key = r.data.tags.get("recolab.exp", "?")
             if "mind_candidate" in r.data.tags.get("recolab.tags", "") and r.data.params.get(
                 "seed"
-            ) in {str(s) for s in CANDIDATE_SEEDS}:
+            ) in {str(s) for s in MIND_SEEDS}:
                 key += " (candidates)"
             per.setdefault(key, []).append((r.info.end_time - r.info.start_time) / 1000)
         for key, secs in per.items():
@@ -915,13 +1028,52 @@ def model_findings(found: dict, title: str) -> list[str]:
         parts.append(text)
     if not parts:
         return []
-    return [f"- {title}, recall@50, each model - `{MODEL_BASELINE}`: " + "; ".join(parts) + "."]
+    out = [f"- {title}, recall@50, each model - `{MODEL_BASELINE}`: " + "; ".join(parts) + "."]
+    both = []  # the other metrics: differences significant after Holm over seeds and over users
+    for exp in EXPS:
+        for label, m in TESTED:
+            seeds, users = _rec(found, exp, m, "seeds"), _rec(found, exp, m, "users")
+            if (
+                m != "recall_at_50"
+                and _holds(seeds) in ("+", "-")
+                and _holds(users) == _holds(seeds)
+            ):
+                both.append(
+                    f"`{exp}` at {label} {_short_claim(seeds)} (seeds), {_short_claim(users)} (users)"
+                )
+    if both:
+        out.append(
+            f"- {title}, the other metrics, each model - `{MODEL_BASELINE}` where it is significant "
+            "after Holm over seeds and over users alike: " + "; ".join(both) + "."
+        )
+    return out
+
+
+def _margin(ru: dict) -> str:
+    """select's runner-up record as a sentence: the margin, tested over seeds where it could be."""
+    if not ru:
+        return ""
+    if ru.get("within_noise") is None:
+        return (
+            f"{_sgn(ru['diff'])} over the runner-up ({ru['config']}; not tested: fewer than two "
+            "seeds a side)"
+        )
+    return (
+        f"{_sgn(ru['diff'])} {_ci(ru['diff_ci_low'], ru['diff_ci_high'])} over the runner-up "
+        f"({ru['config']}; {ru['method']}, p {_p(ru['p_value'])}): "
+        + ("within seed noise" if ru["within_noise"] else "a margin beyond seed noise")
+    )
+
+
+def _seeds_of(s: dict) -> list[str]:
+    return sorted(s.get("candidate_seeds", []), key=int)
 
 
 def selection_section() -> str:
     path = SELECTION / "selection.json"
+    title = "## MIND's settings on ml-latest-small, chosen on validation"
     if not path.exists():
-        return "## MIND's settings on ml-latest-small, chosen on validation\n\nNot run yet."
+        return f"{title}\n\nNot run yet."
     s = _load(path)
     lines = [
         f"| candidate | n | mean {s['metric']} | std | 95% CI (t, seeds) |",
@@ -937,40 +1089,45 @@ def selection_section() -> str:
     same = all(_same(picked[k], v) for k, v in TODAY.items())
     ru = s.get("runner_up") or {}
     rerun = s.get("rerun") or {}
+    seeds = _seeds_of(s)
     verdict = (
         "the same as configs/ have today (`configs/model/mind.yaml` num_interests 2, "
         "`configs/sampler/in_batch.yaml` temperature 0.1): the setting chosen on test stands, now "
         "chosen on validation"
         if same
         else "not what configs/ have today (num_interests 2, temperature 0.1, chosen on test); the "
-        "ml-latest-small MIND row below uses the choice (its runs are select's re-runs); "
+        "ml-latest-small MIND row uses the choice (its runs are select's re-runs); "
         "configs/model/mind.yaml or the sampler's temperature for MIND should follow it"
     )
-    rr = ""
-    if ru and ru["within_noise"] is None:
-        rr = (
-            f" One seed per candidate: the margin over the runner-up ({ru['config']}, "
-            f"{_sgn(ru['diff'])}) is not tested, so the choice may be within seed noise."
+    common = (PARTS["ml"].per_exp or {}).get("mind", {})
+    at = ", ".join(f"`{k}={v}`" for k, v in common.items()) or "the shared settings"
+    cut = ""
+    if len(seeds) < len(MIND_SEEDS_ALL):
+        cut = (
+            f" Candidate seeds cut from {len(MIND_SEEDS_ALL)} to {len(seeds)} (time budget; the "
+            "table's 5 seeds were kept)."
         )
-    return f"""## MIND's settings on ml-latest-small, chosen on validation
+    return f"""{title}
 
 The earlier page chose MIND's ml-latest-small settings (K = 2 interests, among others) on test
-recall@50 at seed 0. Here they are chosen on validation alone: one run per candidate
-(`model.num_interests`, `{TEMPERATURE}`) in {{{", ".join(f"({k}, {t})" for k, t in CANDIDATES)}}} at candidate seed(s) {", ".join(map(str, CANDIDATE_SEEDS))} (none of
-them a table seed), then `recolab select` (it reads each candidate run's `{s["metric"]}` alone,
-the validation value of the checkpoint the run tested, and drops every test metric before the
-choice), which re-ran the winner on seeds {rerun.get("seeds", SEEDS)}: those re-runs are the MIND
-row of the ml-latest-small tables. Epochs are chosen on validation inside every run (at most 8,
-early stopping on `val/recall_at_50`, patience 3, the best validation epoch tested). The grid
-(2 x 2, one seed per candidate) is what the time budget allowed: temperature 0.2, the embedding
-dimension and dot-product scores were not searched, and with one seed per candidate `select`
-cannot test the winner's margin. Files:
-`selection/selection.{{json,md}}` and the re-runs' `selection/comparison.{{md,json,html}}`.
+recall@50 at seed 0. Here they are chosen on validation alone, at the shared settings chosen on
+validation (next section: {at}; MIND's temperature is one of its own candidates' axes): one run
+per candidate (`model.num_interests`, `{TEMPERATURE}`) in
+{{{", ".join(f"({k}, {t})" for k, t in CANDIDATES)}}} and candidate seed ({", ".join(seeds)}; none
+a table seed), MLflow experiment `{ML_EXPERIMENT}`, then `recolab select` (it reads each candidate
+run's `{s["metric"]}` alone, the validation value of the checkpoint the run tested, drops every
+test metric before the choice, and picks the best mean over the candidate seeds), which re-ran the
+winner on seeds {rerun.get("seeds", SEEDS)}: those re-runs are the MIND row of the ml-latest-small
+tables.{cut} Epochs are chosen on validation inside every run (at most 8, early stopping on
+`val/recall_at_50`, patience 3, the best validation epoch tested). MIND's embedding dimension is
+the config's (not searched). Files: `selection/selection.{{json,md}}` and the re-runs'
+`selection/comparison.{{md,json,html}}`.
 
 {chr(10).join(lines)}
 
-**Chosen: {s["chosen"]["config"]}** ({", ".join(f"{k}={v}" for k, v in picked.items())}): {s["reason"]}.{rr}
-That is {verdict}.
+**Chosen: {s["chosen"]["config"]}** ({", ".join(f"{k}={v}" for k, v in picked.items())}), mean
+{s["metric"]} {_num(s["candidates"][0]["mean"])} over {len(seeds)} seed(s), {_margin(ru)}. That is
+{verdict}.
 
 Re-run command (`recolab select`'s):
 
@@ -1008,13 +1165,14 @@ def shared_results() -> dict[str, dict]:
             continue
         s = _load(path)
         # the candidates' params hold only the keys that differ among them; the others are fixed
-        cands = [{**today, **c["params"]} | {"_mean": c["mean"]} for c in s["candidates"]]
+        cands = [{**today, **c["params"]} | {"_c": c, "_mean": c["mean"]} for c in s["candidates"]]
         chosen = cands[0]
         match = [c for c in cands if all(_same(str(c.get(k)), v) for k, v in today.items())]
         out[step] = {
             "what": what,
             "keys": keys,
             "selection": s,
+            "seeds": _seeds_of(s),
             "candidates": cands,
             "chosen": chosen,
             "today": today,
@@ -1029,12 +1187,13 @@ ML_USERS = 610
 
 
 def _users(diff: float) -> str:
-    n = round(abs(diff) * ML_USERS)
-    return f"{n} of the {ML_USERS} validation users"
+    n = abs(diff) * ML_USERS
+    return f"{n:.1f} of the {ML_USERS} validation users"
 
 
 def shared_verdict(step: str, r: dict) -> str:
     chosen, today = r["chosen"], r["today"]
+    n = len(r["seeds"])
     where = ""
     if step == "history":
         grid = shared_results().get("grid")
@@ -1043,68 +1202,90 @@ def shared_verdict(step: str, r: dict) -> str:
                 f"; both candidates at the grid's choice ({_short(grid['chosen'], grid['keys'])}), "
                 "not at today's shared settings"
             )
+    if step.endswith("-dim"):
+        where = "; at the shared settings chosen above"
     if r["same"]:
         return (
             f"{r['what']}: chosen on validation: the same as today's ({_short(chosen, r['keys'])}; "
-            f"val/recall@50 {_num(chosen['_mean'])}){where}"
+            f"mean val/recall@50 {_num(chosen['_mean'])} over {n} seed(s)){where}"
         )
     margin = (
         f", {_sgn(chosen['_mean'] - r['today_mean'])} over today's {_short(today, r['keys'])} "
-        f"({_num(r['today_mean'])}), a margin of "
-        f"{_users(chosen['_mean'] - r['today_mean'])} at one seed"
+        f"({_num(r['today_mean'])}), on average {_users(chosen['_mean'] - r['today_mean'])}"
         if r["today_mean"] is not None
         else f" (today's {_short(today, r['keys'])} was not among the candidates)"
     )
     return (
-        f"{r['what']}: validation prefers {_short(chosen, r['keys'])} (val/recall@50 "
-        f"{_num(chosen['_mean'])}{margin}), not today's{where}"
+        f"{r['what']}: validation prefers {_short(chosen, r['keys'])} (mean val/recall@50 "
+        f"{_num(chosen['_mean'])} over {n} seed(s){margin}), not today's{where}"
     )
 
 
 #: step -> the ml-latest-small rows that use the setting it chooses.
 SHARED_ROWS = {
-    "grid": "every ml-latest-small model row (MIND's too: it shares the similarity, lr, batch "
-    "and history length)",
-    "history": "every ml-latest-small model row (MIND's too: it shares the similarity, lr, batch "
-    "and history length)",
+    "grid": "every ml-latest-small model row (MIND's takes all but the temperature)",
+    "history": "every ml-latest-small model row",
     "comirec_sa-dim": "the ml-latest-small `comirec_sa` row",
     "comirec_dr-dim": "the ml-latest-small `comirec_dr` row",
 }
 
 
 def still_on_test() -> str:
-    """The paragraph on what is still chosen on test, from the selections that ran."""
+    """The paragraph on what is chosen on validation and what is not, from the selections that ran
+    and the settings the ml-latest-small rows were trained with."""
     res = shared_results()
-    differ = [s for s, r in res.items() if not r["same"]]
     missing = [s for s in SHARED_CHOICES if s not in res]
+    settings = PARTS["ml"].per_exp
     text = (
-        "**What is chosen on validation, what is still chosen on test.** MIND's ml-latest-small "
-        "interests and temperature were chosen again on validation (below)"
+        "**What is chosen on validation, what is not.** MIND's ml-latest-small interests and "
+        "temperature were chosen on validation (below)"
     )
     if res:
+        seeds = sorted({x for r in res.values() for x in r["seeds"]}, key=int)
         text += (
-            ", and so were the settings every model shares and ComiRec's dimension, each on "
-            f"`val/recall_at_50` at candidate seed {', '.join(map(str, CANDIDATE_SEEDS))} with "
-            '`recolab select ... rerun=false` (section "The shared settings on ml-latest-small, '
-            'chosen on validation"):\n\n'
+            ", and so were the settings every model shares and ComiRec's dimension, each on the "
+            f"mean `val/recall_at_50` over candidate seeds {', '.join(seeds)} with `recolab select "
+            '... rerun=false` (section "The shared settings on ml-latest-small, chosen on '
+            'validation"):\n\n'
             + "\n".join(f"- {_cap(shared_verdict(s, r))}." for s, r in res.items())
             + "\n\n"
         )
+        noisy = [
+            r["what"]
+            for r in res.values()
+            if (r["selection"].get("runner_up") or {}).get("within_noise") is not False
+        ]
+        if len(noisy) == len(res):
+            text += (
+                f"None of these {len(res)} choices is beyond seed noise over its runner-up (`select`'s paired t over the "
+                "candidate seeds): validation does not tell the chosen settings from the next "
+                "best, today's included where they differ; the ml-latest-small rows are at the settings "
+                "with the best validation mean, which is all the protocol asks. "
+            )
+        elif noisy:
+            text += (
+                "Within seed noise of its runner-up (`select`'s paired t over the candidate "
+                f"seeds): {', '.join(noisy)}; the others are beyond it. "
+            )
     else:
         text += ". "
-    if res and not differ:
+    if settings and not missing:
         text += (
-            "Validation chose today's settings throughout: the settings chosen on test stand, now "
-            "chosen on validation, and the rows no longer carry a bias from choosing on test. "
-        )
-    elif res:
-        text += (
-            "Where validation agrees, the setting chosen on test stands, now chosen on validation. "
-            "Where it prefers another setting, the table rows were not retrained (time budget): "
-            "they use the setting chosen on ml-latest-small test recall@50 at seed 0 (today's "
-            "configs), so "
-            + " and ".join(dict.fromkeys(SHARED_ROWS[s] for s in differ))
-            + " may still be biased upwards, a bias these intervals do not measure. "
+            f"Every ml-latest-small row is trained at these choices (MLflow experiment "
+            f"`{ML_EXPERIMENT}`; `run.py` reads them from `selection/shared/*/selection.json` and "
+            "passes them as overrides: "
+            + "; ".join(
+                f"`{e}` " + " ".join(f"`{k}={v}`" for k, v in settings[e].items())
+                for e in PARTS["ml"].exps
+                if e in settings
+            )
+            + "), so no ml-latest-small row carries a bias from settings chosen on test, beyond "
+            "what no step here re-chose: the cap of 8 epochs and the candidate values the grids "
+            "offer (both from the tuning history at the end of this page), and settings no tuning "
+            "touched (the two-tower and MIND dimension 64, the mixed sampler's 512 negatives); "
+            "the earlier rows, at today's configs, stay in "
+            "MLflow experiment `retrieval_ml` and are shown against these in the section "
+            "\"Validation's settings against today's configs\". "
         )
     if missing:
         text += (
@@ -1116,8 +1297,8 @@ def still_on_test() -> str:
             + " may still be biased upwards. "
         )
     text += (
-        "Epochs are early-stopped on `val/recall_at_50` inside every run (the cap of 8 comes from "
-        "the tuning history). The synthetic world's rows were not tuned on it."
+        "Epochs are early-stopped on `val/recall_at_50` inside every run. The synthetic world's "
+        "rows use the configs' settings (above), not tuned on it."
     )
     return text
 
@@ -1131,31 +1312,32 @@ def shared_section() -> str:
     title = "## The shared settings on ml-latest-small, chosen on validation"
     if not res:
         return f"{title}\n\nNot run yet (`python experiments/retrieval/run.py --parts shared`)."
+    seeds = sorted({x for r in res.values() for x in r["seeds"]}, key=int)
     parts = [
         f"""{title}
 
 The earlier page chose the settings every model shares and ComiRec's dimension on ml-latest-small
 test recall@50 at seed 0 (tuning history at the end of this page). Here they are chosen on
-validation alone, in MLflow experiment `{SHARED_EXPERIMENT}`: one run per candidate at candidate
-seed(s) {", ".join(map(str, CANDIDATE_SEEDS))} (none of them a table seed), then `recolab select ...
-metric=val/recall_at_50 rerun=false` (it reads each candidate run's `val/recall_at_50` alone, the
-validation value of the checkpoint the run tested, drops every test metric before the choice, and
-re-runs nothing). Three steps: (1) `+exp={SHARED_EXP}` (the logQ-corrected in-batch softmax every
-multi-interest model shares) over (similarity, temperature) in
-{{{", ".join(f"({a}, {b})" for a, b in SHARED_SCORES)}}} x lr {{{", ".join(map(str, SHARED_LRS))}}} x
-batch {{{", ".join(map(str, SHARED_BATCHES))}}}, history 20; (2) history length
-{{{", ".join(map(str, SHARED_HISTORIES))}}} at (1)'s choice; (3) `model.dim`
-{{{", ".join(map(str, COMIREC_DIMS))}}} for `comirec_sa` and `comirec_dr` at today's shared settings
-(those their table rows use). One seed per candidate: `select` cannot test a margin, so a small one
-may be seed noise. Files: `selection/shared/<step>/selection.{{json,md}}` and the `select` command
-in `command.txt` beside them."""
+validation alone, in MLflow experiment `{SHARED_EXPERIMENT}`: one run per candidate and candidate
+seed ({", ".join(seeds)}; none a table seed), then `recolab select ... metric=val/recall_at_50
+rerun=false` (it reads each candidate run's `val/recall_at_50` alone, the validation value of the
+checkpoint the run tested, drops every test metric before the choice, picks the best mean over the
+seeds, tests its margin over the runner-up over seeds, and re-runs nothing). Three steps: (1)
+`+exp={SHARED_EXP}` (the logQ-corrected in-batch softmax every multi-interest model shares) over
+(similarity, temperature) in {{{", ".join(f"({a}, {b})" for a, b in SHARED_SCORES)}}} x lr
+{{{", ".join(map(str, SHARED_LRS))}}} x batch {{{", ".join(map(str, SHARED_BATCHES))}}}, history
+20; (2) history length {{{", ".join(map(str, SHARED_HISTORIES))}}} at (1)'s choice; (3) `model.dim`
+{{{", ".join(map(str, COMIREC_DIMS))}}} for `comirec_sa` and `comirec_dr` at (1) and (2)'s choices
+(the settings their table rows use). Cells: mean over the seeds [95% t interval]. Files:
+`selection/shared/<step>/selection.{{json,md}}` and the `select` command in `command.txt` beside
+them."""
     ]
     for step, r in res.items():
         keys = r["keys"]
         head = [SHARED_KEYS.get(k, k) for k in keys]
         lines = [
-            "| " + " | ".join(head) + " | val/recall@50 | |",
-            "|" + "---|" * len(head) + "---:|---|",
+            "| " + " | ".join(head) + " | n | val/recall@50 | |",
+            "|" + "---|" * len(head) + "---:|---|---|",
         ]
         for i, c in enumerate(r["candidates"]):
             mark = []
@@ -1166,18 +1348,14 @@ in `command.txt` beside them."""
             lines.append(
                 "| "
                 + " | ".join(str(c.get(k)) for k in keys)
-                + f" | {_num(c['_mean'])} | {', '.join(mark)} |"
+                + f" | {c['_c']['n']} | {_num(c['_mean'])} {_ci(c['_c']['ci_low'], c['_c']['ci_high'])}"
+                + f" | {', '.join(mark)} |"
             )
         ru = r["selection"].get("runner_up") or {}
-        margin = (
-            f" Margin over the runner-up: {_sgn(ru.get('diff'))} ({_users(ru['diff'])}; one seed "
-            "per candidate, not tested)."
-            if ru
-            else ""
-        )
+        margin = f" Margin: {_margin(ru)}." if ru else ""
         cmd = SELECTION / "shared" / step / "command.txt"
         parts.append(
-            f"### {r['what'][0].upper() + r['what'][1:]} (`selection/shared/{step}/`)\n\n"
+            f"### {_cap(r['what'])} (`selection/shared/{step}/`)\n\n"
             + "\n".join(lines)
             + f"\n\n{_cap(shared_verdict(step, r))}.{margin}"
             + (f"\n\n```\n{cmd.read_text().strip()}\n```" if cmd.exists() else "")
@@ -1271,7 +1449,9 @@ def index_section() -> str:
         )
     return f"""## faiss index recall against the exact top-k
 
-`+exp=two_tower_logq module.index=flat,ivf,hnsw seed=1` on each data set (MLflow experiment
+`+exp=two_tower_logq module.index=flat,ivf,hnsw seed=1` on each data set, at the configs' settings
+(on ml-latest-small today's, not validation's: the index is measured against the exact top-k of
+the same model, so the model's settings do not bias it) (MLflow experiment
 `{INDEX_EXPERIMENT}`, `comparisons/index.json`): the share of the exact top-50 (brute force,
 same exclusions) that the index returned, averaged over test users; IVF with faiss's defaults
 here (`nlist` = 4 sqrt(I) capped at I / 39, `nprobe` 16), HNSW with M 32, efConstruction 200,
@@ -1392,6 +1572,107 @@ def cut_note() -> str:
     )
 
 
+#: The earlier ml-latest-small rows, at today's configs (settings chosen on test): compared again
+#: beside the rows at validation's settings (no training; the experiment keeps them).
+TODAY_PART = Part(
+    "retrieval_ml",
+    "ml-latest-small at the earlier configs (settings chosen on test)",
+    ML,
+    list(EXPS),
+    NOT_CANDIDATES,
+)
+
+
+def _short_claim(r: dict | None) -> str:
+    if r is None:
+        return "-"
+    return f"{_sgn(r['diff'])} {_ci(r['diff_ci_low'], r['diff_ci_high'])}: {_verdict(r['within_noise'], r.get('p_holm'))}"
+
+
+def _holds(r: dict | None) -> str | None:
+    """'+', '-' or '0': significantly above, below, or not told apart (after Holm)."""
+    if r is None:
+        return None
+    if r["within_noise"] or (r.get("p_holm") is not None and r["p_holm"] >= 0.05):
+        return "0"
+    return "+" if r["diff"] > 0 else "-"
+
+
+def today_section() -> str:
+    """The rows at validation's settings beside the earlier rows at today's configs."""
+    title = "## Validation's settings against today's configs (ml-latest-small)"
+    files = [OUT / f"{k}-{f}" for k in ("ml", "ml_today") for f in ("vs_popular.json", "models")]
+    if not all(f.exists() for f in files):
+        return f"{title}\n\nNot compared yet (`python experiments/retrieval/run.py --tables-only`)."
+    pops = {k: _load(OUT / f"{k}-vs_popular.json")["records"] for k in ("ml", "ml_today")}
+    found = {k: models_table(k)[1] for k in ("ml", "ml_today")}
+    summary = {
+        k: {
+            (r["config"], r["metric"]): r
+            for r in _load(OUT / f"{k}-models" / "comparison.json")["records"]
+            if r["test"] in (None, "seeds")
+        }
+        for k in ("ml", "ml_today")
+    }
+    lines = [
+        "| model | recall@50, today's configs | validation's settings | - most popular, today's "
+        "| validation's | - `two_tower_logq` (seeds), today's | validation's |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    changed = []
+    for exp in EXPS:
+        cells = []
+        for k in ("ml_today", "ml"):
+            r = summary[k].get((exp, "test/recall_at_50"))
+            cells.append(
+                "-" if r is None else f"{_num(r['mean'])} {_ci(r['ci_low'], r['ci_high'])}"
+            )
+        pop = [_short_claim(_vp(pops[k], exp, "recall_at_50")) for k in ("ml_today", "ml")]
+        mod = [_short_claim(_rec(found[k], exp, "recall_at_50")) for k in ("ml_today", "ml")]
+        same = cells[0] == cells[1] and cells[0] != "-"  # validation chose today's settings
+        name = f"`{exp}`" + (" (identical: validation chose today's settings)" if same else "")
+        lines.append(f"| {name} | " + " | ".join(cells + pop + mod) + " |")
+        for label, m in TESTED:
+            pairs = {
+                "most popular": [_vp(pops[k], exp, m) for k in ("ml_today", "ml")],
+                **{
+                    f"`{MODEL_BASELINE}` ({t})": [
+                        _rec(found[k], exp, m, t) for k in ("ml_today", "ml")
+                    ]
+                    for t in ("seeds", "users")
+                },
+            }
+            for what, (before, after) in pairs.items():
+                if None not in (_holds(before), _holds(after)) and _holds(before) != _holds(after):
+                    changed.append(
+                        f"`{exp}` - {what} at {label}: {_short_claim(before)} at today's "
+                        f"configs, {_short_claim(after)} at validation's settings"
+                    )
+    verdicts = (
+        "Verdicts that changed with the settings (each model against most popular and against "
+        f"`{MODEL_BASELINE}`, every tested metric): "
+        + ("; ".join(changed) + "." if changed else "none.")
+    )
+    cmd = _command(compare_command("ml_today", TODAY_PART, "<store>", EXPS, MODEL_BASELINE))
+    return f"""{title}
+
+The ml-latest-small rows of the page before this one were trained at today's configs (the shared
+settings, ComiRec's dimension and MIND's interests chosen on test at seed 0), MLflow experiment
+`{TODAY_PART.experiment}`, seeds {",".join(map(str, SEEDS))}; they are compared again here with the
+same commands (`comparisons/ml_today-models/`, `comparisons/ml_today-vs_popular.json`) beside the
+rows at validation's settings above. Cells: mean over seeds [95% t interval]; differences with
+their 95% interval and the verdict after Holm, as in the tables above. The two sets of rows are not
+tested against each other (they differ in several settings at once).
+
+{chr(10).join(lines)}
+
+{verdicts}
+
+```
+{cmd.replace("tracking_uri=<store>", "tracking_uri=sqlite:///outputs/retrieval/mlflow/mlflow.db")}
+```"""
+
+
 def write_readme(uri: str, command: str, took: str) -> Path:
     results = {}
     body = []
@@ -1425,8 +1706,9 @@ every setting fixed in advance or chosen on validation, every claim from `recola
 intervals or a paired t over seeds). Written by `{command}` ({took}; machine: {machine}, shared
 with other experiments, one torch thread per process; {time.strftime("%Y-%m-%d")}) from the files
 under `comparisons/` and `selection/` alone. {invocations_text()} {times_text()} The runs are in the experiment's own MLflow store,
-`{rel_uri}` (experiments `retrieval_ml`, `retrieval_synthetic`, `retrieval_skewed`,
-`retrieval_index`, `{SHARED_EXPERIMENT}`; look at them with `mlflow ui --backend-store-uri {rel_uri}`). Rebuild this page
+`{rel_uri}` (experiments `{ML_EXPERIMENT}` (the ml-latest-small rows and MIND's candidates),
+`{SHARED_EXPERIMENT}`, `retrieval_synthetic`, `retrieval_skewed`, `retrieval_index`, and
+`{TODAY_PART.experiment}`, the earlier ml-latest-small rows at today's configs; look at them with `mlflow ui --backend-store-uri {rel_uri}`). Rebuild this page
 from the tracked runs with `python experiments/retrieval/run.py --tables-only`; a run that stopped
 resumes with the same command as the first (a (setting, seed) pair already tracked is not trained
 again).
@@ -1444,11 +1726,12 @@ one before = validation, the rest = training); every training item is ranked for
 sampled evaluation negatives), the user's earlier items excluded; exact batched top-k. *Most
 popular* = the most frequent training items the user has not seen; *random* = a seeded uniform order
 of the unseen items. `retrieved pop.@50` = mean log(1 + training count) of the top 50 (higher: more
-popular items). Test targets that are not training items count as misses. Settings are the
+popular items). Test targets that are not training items count as misses. Settings: on
+ml-latest-small, those chosen on validation (next paragraph); on the synthetic world, the
 experiment configs' (`configs/exp/*.yaml`, `configs/sampler/`, `configs/model/`): cosine scores
-with temperature 0.1, Adam lr 0.005, batch 512, history of the last 20 items, at most 8 epochs with
-early stopping on `val/recall_at_50`, the best validation epoch tested; MIND's ml-latest-small
-interests and temperature as chosen below. Data: `data=movielens data.path=../shared/data/ml-latest-small`
+with temperature 0.1, Adam lr 0.005, batch 512, history of the last 20 items, dimension 64
+(two-tower, MIND) or 32 (ComiRec); everywhere at most 8 epochs with early stopping on `val/recall_at_50`, the best validation epoch
+tested. Data: `data=movielens data.path=../shared/data/ml-latest-small`
 (every rating a positive, users with >= 5 ratings); synthetic: the default retrieval world
 (`data=synthetic_retrieval`: 5,000 users, 2,000 items, 1,000,000 impressions; a positive is a click
 watched for >= 30% of the video).
@@ -1466,6 +1749,8 @@ Claims of the earlier page (3 seeds, means only):
 {selection_section()}
 
 {shared_section()}
+
+{today_section()}
 """
     for part, title in (("ml", "ml-latest-small"), ("synthetic", "Synthetic world")):
         if part in results:
@@ -1521,6 +1806,7 @@ with a sampled softmax corrected by the sampling probability."""
 
 
 def main() -> None:
+    global SEEDS, CANDIDATES, SHARED_SCORES, SHARED_LRS, SHARED_BATCHES, SHARED_SEEDS, MIND_SEEDS
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -1543,10 +1829,34 @@ def main() -> None:
         "candidates, three ml models; "
         "use with --store elsewhere",
     )
+    ap.add_argument(
+        "--shared-seeds",
+        nargs="+",
+        type=int,
+        default=SHARED_SEEDS,
+        help="the shared part's candidate seeds (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--mind-seeds",
+        nargs="+",
+        type=int,
+        default=MIND_SEEDS,
+        help="MIND's candidate seeds, a subset of the default where time is short "
+        "(default: %(default)s)",
+    )
     args = ap.parse_args()
+    for name, given in (("--shared-seeds", args.shared_seeds), ("--mind-seeds", args.mind_seeds)):
+        if set(given) & set(SEEDS) or len(set(given)) != len(given):
+            sys.exit(f"{name} {given}: expected distinct seeds, none of the table's {SEEDS}")
+    if not set(args.mind_seeds) <= set(MIND_SEEDS):
+        sys.exit(
+            f"--mind-seeds {args.mind_seeds}: expected a subset of {MIND_SEEDS} (the ml "
+            "comparisons leave those seeds out)"
+        )
+    SHARED_SEEDS, MIND_SEEDS = args.shared_seeds, args.mind_seeds
     if args.smoke:
-        global SEEDS, CANDIDATES, SHARED_SCORES, SHARED_LRS, SHARED_BATCHES
         SEEDS = [1, 2]
+        SHARED_SEEDS, MIND_SEEDS = SHARED_SEEDS[:1], MIND_SEEDS[:1]
         CANDIDATES = CANDIDATES[:2]
         SHARED_SCORES, SHARED_LRS, SHARED_BATCHES = SHARED_SCORES[:2], SHARED_LRS[-1:], [512]
         LEAN.append("trainer.max_epochs=1")
@@ -1558,57 +1868,85 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     start = time.time()
     timings = []
-    if not args.tables_only:  # every sweep first: a failing comparison loses no training
-        if "select" in args.parts:
-            t = time.time()
-            run_selection(uri, artifacts)
-            timings.append(f"MIND selection {(time.time() - t) / 60:.1f} min")
-        if "shared" in args.parts:
-            t = time.time()
-            run_shared(uri, artifacts)
-            timings.append(f"shared settings' selection {(time.time() - t) / 60:.1f} min")
-        t = time.time()
-        for part, exp in QUEUE:
-            if part not in args.parts:
-                continue
-            if part == "ml" and exp == "mind":
-                p = PARTS[part]
-                if not all(s in done_seeds(uri, p.experiment, "mind", p.filter) for s in SEEDS):
-                    sys.exit("MIND's ml-latest-small runs come from the select part: run it first")
-                continue
-            train_setting(part, PARTS[part], exp, uri, artifacts)
-        timings.append(f"models {(time.time() - t) / 60:.1f} min")
-        if "index" in args.parts:
-            t = time.time()
-            train_index(uri, artifacts)
-            timings.append(f"index training {(time.time() - t) / 60:.1f} min")
+    command = "python experiments/retrieval/run.py" + (
+        f" {' '.join(sys.argv[1:])}" if sys.argv[1:] else ""
+    )
+    try:
+        if not args.tables_only:  # every sweep first: a failing comparison loses no training
+            train(args, uri, artifacts, timings)
+        took = compare_all(args, uri, timings, start)
+    except SystemExit as stop:  # the invocation is recorded, what it trained is kept
+        if not args.tables_only:
+            took = "; ".join(
+                [*timings, f"stopped after {(time.time() - start) / 60:.1f} min: {stop}"]
+            )
+            record_invocation(command, start, took)
+        raise
+    if not args.tables_only:
+        record_invocation(command, start, took)
+    path = write_readme(uri, command, took)
+    print(path.read_text())
+
+
+def compare_all(args: argparse.Namespace, uri: str, timings: list[str], start: float) -> str:
+    """The comparisons of the parts asked for; returns the invocation's times as a sentence."""
+    configure_ml(required="ml" in args.parts)
     t = time.time()
     for part in ("ml", "synthetic", "skewed"):
         if part in args.parts and done_seeds(uri, PARTS[part].experiment, PARTS[part].exps[0]):
             run_compare(part, PARTS[part], uri)
             against_popular(part, PARTS[part], uri)
+    if "ml" in args.parts and done_seeds(uri, TODAY_PART.experiment, MODEL_BASELINE):
+        run_compare("ml_today", TODAY_PART, uri)
+        against_popular("ml_today", TODAY_PART, uri)
     if "index" in args.parts:
         index_results(uri)
     run_times(uri)
     timings.append(f"comparisons {time.time() - t:.0f} s")
-    took = "; ".join(timings) + f"; {(time.time() - start) / 60:.1f} min in all"
-    command = "python experiments/retrieval/run.py" + (
-        f" {' '.join(sys.argv[1:])}" if sys.argv[1:] else ""
+    return "; ".join(timings) + f"; {(time.time() - start) / 60:.1f} min in all"
+
+
+def train(args: argparse.Namespace, uri: str, artifacts: str | None, timings: list[str]) -> None:
+    """Every sweep of the parts asked for, in order; appends each step's time to `timings`."""
+    if "shared" in args.parts:
+        t = time.time()
+        run_shared(uri, artifacts)
+        timings.append(f"shared settings' selection {(time.time() - t) / 60:.1f} min")
+    configure_ml(required="select" in args.parts or "ml" in args.parts)
+    if "select" in args.parts:
+        t = time.time()
+        run_selection(uri, artifacts)
+        timings.append(f"MIND selection {(time.time() - t) / 60:.1f} min")
+    t = time.time()
+    for part, exp in QUEUE:
+        if part not in args.parts:
+            continue
+        if part == "ml" and exp == "mind":
+            p = PARTS[part]
+            if not all(s in done_seeds(uri, p.experiment, "mind", p.filter) for s in SEEDS):
+                sys.exit("MIND's ml-latest-small runs come from the select part: run it first")
+            continue
+        train_setting(part, PARTS[part], exp, uri, artifacts)
+    timings.append(f"models {(time.time() - t) / 60:.1f} min")
+    if "index" in args.parts:
+        t = time.time()
+        train_index(uri, artifacts)
+        timings.append(f"index training {(time.time() - t) / 60:.1f} min")
+
+
+def record_invocation(command: str, start: float, took: str) -> None:
+    """Append this invocation to comparisons/invocations.json (README.md's time paragraph)."""
+    log = OUT / "invocations.json"
+    done = json.loads(log.read_text()) if log.exists() else []
+    done.append(
+        {
+            "command": command,
+            "started_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime(start)),
+            "took": took,
+            "load_average_15min_at_end": round(os.getloadavg()[2], 1),
+        }
     )
-    if not args.tables_only:
-        log = OUT / "invocations.json"
-        done = json.loads(log.read_text()) if log.exists() else []
-        done.append(
-            {
-                "command": command,
-                "started_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime(start)),
-                "took": took,
-                "load_average_15min_at_end": round(os.getloadavg()[2], 1),
-            }
-        )
-        log.write_text(json.dumps(done, indent=2))
-    path = write_readme(uri, command, took)
-    print(path.read_text())
+    log.write_text(json.dumps(done, indent=2))
 
 
 def invocations_text() -> str:
@@ -1624,7 +1962,7 @@ def invocations_text() -> str:
     return (
         f"The training ran in {len(rows)} invocation(s) of this script, each resuming the one "
         "before (`comparisons/invocations.json`): " + "; ".join(lines) + "."
-    )
+    ).replace(str(ROOT) + "/", "")
 
 
 if __name__ == "__main__":
