@@ -36,6 +36,15 @@ index per item, vocabulary size)`, kept as buffers.
 from recolab.models.recall._blocks import merge_interest_topk
 from recolab.models.recall.comirec import ComiRecDR, ComiRecSA, aggregate
 from recolab.models.recall.mind import MIND
+from recolab.models.recall.sasrec import SASRec
 from recolab.models.recall.two_tower import TwoTower
 
-__all__ = ["MIND", "ComiRecDR", "ComiRecSA", "TwoTower", "aggregate", "merge_interest_topk"]
+__all__ = [
+    "MIND",
+    "SASRec",
+    "ComiRecDR",
+    "ComiRecSA",
+    "TwoTower",
+    "aggregate",
+    "merge_interest_topk",
+]
