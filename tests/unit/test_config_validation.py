@@ -78,7 +78,10 @@ def test_every_experiment_config_is_valid(exp: str, tmp_path: Path) -> None:
             ["trainer.max_epochs=0"],
             "trainer.max_epochs=0: expected an integer >= 1 (or -1: no limit)",
         ),
-        (["trainer.precision=33"], "trainer.precision=33: expected one of 64, 32 or 16, 'transformer-engine'"),
+        (
+            ["trainer.precision=33"],
+            "trainer.precision=33: expected one of 64, 32 or 16, 'transformer-engine'",
+        ),
         (
             ["+model.num_expert=8"],
             "model.num_expert: unknown key for MMoE; did you mean 'num_experts'?",
@@ -469,7 +472,9 @@ def test_a_rule_is_the_constructors_own_and_a_new_parameter_gets_no_other() -> N
     from recolab.params import Rate
 
     assert value_problems(1.5, float, "model.dropout") == []
-    assert value_problems(1.5, Rate, "model.dropout") == ["model.dropout=1.5: expected a number < 1"]
+    assert value_problems(1.5, Rate, "model.dropout") == [
+        "model.dropout=1.5: expected a number < 1"
+    ]
     assert value_problems(2, Annotated[int, Ge(3)], "data.days") == [
         "data.days=2: expected a number >= 3"
     ]

@@ -178,7 +178,10 @@ def test_downsampling_correction_recovers_the_true_rate() -> None:
             lambda: PlattCalibrator().fit(np.array([0.5, 1.5]), np.array([0, 1])),
             r"must lie in \[0, 1\]",
         ),
-        (lambda: PlattCalibrator(input="logits"), "input='logits': expected one of 'probability' or 'score'"),
+        (
+            lambda: PlattCalibrator(input="logits"),
+            "input='logits': expected one of 'probability' or 'score'",
+        ),
         (lambda: downsampling_correction(np.array([0.5]), 0.0), r"rate must lie in \(0, 1\]"),
         (lambda: from_state({"kind": "spline"}), "unknown kind 'spline'"),
         (lambda: from_state({"kind": "isotonic", "x": [0.1]}), "no 'y'"),

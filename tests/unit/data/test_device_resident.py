@@ -36,7 +36,9 @@ def test_setting_parses(value, parsed):
 def test_a_bad_setting_names_the_key_and_the_choices(bad):
     with pytest.raises(ValueError, match=r"data\.device_resident must be auto, true or false"):
         D.parse_setting(bad)
-    with pytest.raises(ValueError, match=r"device_resident=.*: expected one of 'auto' or true or false"):
+    with pytest.raises(
+        ValueError, match=r"device_resident=.*: expected one of 'auto' or true or false"
+    ):
         _dm("unused.parquet", device_resident=bad)
 
 

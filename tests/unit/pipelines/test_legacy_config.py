@@ -166,7 +166,9 @@ def test_modules_take_the_optimizer_node_and_the_sampler_object() -> None:
     )
     assert isinstance(recall.sampler, InBatchSoftmax) and recall.sampler.temperature == 0.05
     assert isinstance(rank, Reporting) and isinstance(recall, Reporting)  # the report protocol
-    with pytest.raises(ValueError, match="RecallModule: sampler=.*expected an instance of InBatchSoftmax"):
+    with pytest.raises(
+        ValueError, match="RecallModule: sampler=.*expected an instance of InBatchSoftmax"
+    ):
         RecallModule(
             torch.nn.Linear(2, 1),
             num_items=4,

@@ -154,9 +154,7 @@ def test_negative_downsampling_keeps_positives_and_a_share_of_negatives(tmp_path
     )  # evaluation untouched
     assert dm.module_inputs()["negative_downsampling"] == {"click": 0.25}
     assert full.module_inputs()["negative_downsampling"] == {}
-    with pytest.raises(
-        ValueError, match=r"negative_downsampling.rate=0: expected a number > 0"
-    ):
+    with pytest.raises(ValueError, match=r"negative_downsampling.rate=0: expected a number > 0"):
         ParquetDataModule(
             path=str(path),
             sparse=["user_id"],

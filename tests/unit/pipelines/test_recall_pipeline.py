@@ -285,7 +285,9 @@ def test_bad_settings_fail_with_the_key():
         InBatchSoftmax(temperature=0)
     with pytest.raises(ValueError, match="num_negatives=0: expected a number >= 1"):
         MixedNegativeSoftmax(num_negatives=0)
-    with pytest.raises(ValueError, match="distribution='zipf': expected one of 'uniform' or 'popularity'"):
+    with pytest.raises(
+        ValueError, match="distribution='zipf': expected one of 'uniform' or 'popularity'"
+    ):
         MixedNegativeSoftmax(distribution="zipf")
     model = TwoTower(num_users=3, num_items=4, dim=4)
     with pytest.raises(ValueError, match="index='annoy': expected one of 'exact', 'flat'"):
@@ -380,7 +382,10 @@ def test_retrieved_popularity_is_named_after_the_cut_off_it_measured():
 def test_the_declared_metric_set_is_what_is_logged(data):
     module = _module(data, metrics=["mrr", "recall"])
     assert module.logged_metric_names("val") == ["val/recall_at_5", "val/recall_at_10", "val/mrr"]
-    with pytest.raises(ValueError, match=r"metrics=\['recal'\]: expected names of retrieval metrics.*did you mean 'recall'"):
+    with pytest.raises(
+        ValueError,
+        match=r"metrics=\['recal'\]: expected names of retrieval metrics.*did you mean 'recall'",
+    ):
         _module(data, metrics=["recal"])
     with pytest.raises(ValueError, match="did you mean 'recall'"):
         _module(data, metrics=["recal"])
