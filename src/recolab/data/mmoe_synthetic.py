@@ -151,7 +151,7 @@ class MMoESyntheticSource:
         self.world, self.fractions, self.split_seed = world, fractions, split_seed
 
     def prepare(self) -> None:
-        pass  # generated in memory, in a second or two
+        """Nothing to convert or cache: `load` generates the rows in memory (a second or two)."""
 
     def load(self, required: list[str]) -> tuple[str, pa.Table]:
         columns = make_tables(**self.world)

@@ -79,7 +79,10 @@ class Sourced:
     def _load(self) -> tuple[str, pa.Table]:
         """(where, for messages; the table): the source's, with the columns this module uses."""
         if self.source is None:
-            raise NotImplementedError(f"{type(self).__name__} has no source (self.source)")
+            raise TypeError(
+                f"{type(self).__name__} has no source: a data module's constructor sets "
+                "self.source (recolab.data.source.Source)"
+            )
         return self.source.load(self.required_columns)
 
 

@@ -10,6 +10,7 @@ Shapes: B batch, L history length, D embedding, H hidden, K interests, N retriev
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 
 import torch
@@ -79,7 +80,7 @@ class ItemEmbedding(nn.Module):
         return torch.stack(fields, dim=-2)  # (..., 1 + F, D)
 
 
-class Recaller(nn.Module):
+class Recaller(nn.Module, ABC):
     """The recaller interface (`recolab.models.recall`) with what every recaller shares.
 
     A subclass sets `num_items`, `num_interests` (1 by default), `history_len` and `item` (its
@@ -98,9 +99,9 @@ class Recaller(nn.Module):
         hist, mask = recent_history(batch, self.history_len)  # (B, L), (B, L)
         return self.item_embeddings(hist), mask  # (B, L, D), (B, L)
 
+    @abstractmethod
     def user_embeddings(self, batch: Mapping[str, Tensor]) -> Tensor:
         """(B, D) or (B, K, D) serving vectors."""
-        raise NotImplementedError
 
     def training_user_embeddings(
         self, batch: Mapping[str, Tensor], target_item_emb: Tensor
